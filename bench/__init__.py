@@ -1,0 +1,1 @@
+"""Latency and throughput of the ResNet family per backend, precision and batch size."""

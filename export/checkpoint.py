@@ -1,0 +1,150 @@
+"""Checkpoints and weight files: saved atomically, loaded without executing code.
+
+A checkpoint written by ``resnet-train`` is a dict of tensors and plain data:
+
+    {"format": "resnet-deploy-checkpoint", "version": 1, "model": ModelSpec.to_dict(),
+     "state_dict": {...}, "class_names": [...], "dataset": {...}, "train_config": {...},
+     "metrics": {...}, "epoch": int, ...resume state...}
+
+A plain torchvision-format state dict (``{"conv1.weight": ..., ...}``) is also accepted where
+weights are asked for. Both are read with ``torch.load(weights_only=True)``, which refuses any
+pickled object other than tensors and plain containers, so a hostile file cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .fileio import atomic_path, sha256_file
+from .models import ModelSpec, UnknownModelError
+
+CHECKPOINT_FORMAT = "resnet-deploy-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """What a weights file holds, whichever of the two kinds it was."""
+
+    path: Path
+    sha256: str
+    state_dict: dict[str, torch.Tensor]
+    spec: ModelSpec | None = None  # None for a plain state dict: the caller must name the model
+    class_names: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # everything else a checkpoint carried
+
+    @property
+    def is_plain_state_dict(self) -> bool:
+        return self.spec is None
+
+
+def read_weights_file(path: str | os.PathLike) -> Any:
+    """Load a torch file safely; every failure becomes one clear :class:`UserError`."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"weights file not found: {path}")
+    if not path.is_file():
+        raise UserError(f"weights path is not a file: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"refusing {path}: it holds objects that would execute code when loaded "
+                        f"(only tensors and plain data are accepted) [{first}]") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read {path}: not a valid PyTorch weights file ({first})") from None
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a resnet-train checkpoint or a plain state dict (e.g. torchvision ImageNet weights)."""
+    path = Path(path)
+    obj = read_weights_file(path)
+    digest = sha256_file(path)
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        version = obj.get("version")
+        if version != CHECKPOINT_VERSION:
+            raise UserError(f"{path}: checkpoint version {version} is not supported "
+                            f"(this release reads version {CHECKPOINT_VERSION})")
+        try:
+            spec = ModelSpec.from_dict(obj["model"])
+        except (KeyError, TypeError, ValueError, UnknownModelError) as exc:
+            raise UserError(f"{path}: checkpoint has a bad model description ({exc})") from None
+        state = obj.get("state_dict")
+        if not _is_tensor_dict(state):
+            raise UserError(f"{path}: checkpoint has no state_dict of tensors")
+        meta = {k: v for k, v in obj.items() if k not in ("model", "state_dict", "class_names")}
+        return Checkpoint(path, digest, state, spec, obj.get("class_names"), meta)
+    # Common wrappers around a plain state dict.
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and _is_tensor_dict(obj.get(key)):
+            obj = obj[key]
+            break
+    if _is_tensor_dict(obj):
+        return Checkpoint(path, digest, obj)
+    raise UserError(f"{path}: neither a resnet-train checkpoint nor a state dict of tensors")
+
+
+def load_state_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load strictly, turning a mismatch into a short message rather than a wall of keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+             for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            parts.append(f"{len(wrong)} with wrong shape (e.g. {wrong[0]})")
+        raise UserError(f"{source} does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state_dict)
+
+
+def model_from_checkpoint(ckpt: Checkpoint, spec: ModelSpec | None = None) -> nn.Module:
+    """Rebuild the network a checkpoint describes (or ``spec`` for a plain state dict)."""
+    spec = spec or ckpt.spec
+    if spec is None:
+        raise UserError(f"{ckpt.path} is a plain state dict: name the model it belongs to")
+    model = spec.build()
+    load_state_into(model, ckpt.state_dict, str(ckpt.path))
+    return model.eval()
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec,
+                    class_names: list[str] | None = None, **extra: Any) -> Path:
+    """Write a checkpoint atomically; ``extra`` must be tensors and plain data only."""
+    state = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+               "model": spec.to_dict(), "state_dict": state,
+               "class_names": list(class_names) if class_names is not None else None, **extra}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module behind DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner

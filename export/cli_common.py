@@ -1,0 +1,104 @@
+"""Pieces every command line shares: one-line errors, model naming, a group with a default command."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable
+
+import click
+
+from .errors import UserError
+from .models import UnknownModelError, family_table, get_architecture, model_names
+from .runners import BackendUnavailable
+
+
+class OneLineUsageError(click.UsageError):
+    """A usage error shown as a single ``Error: ...`` line (exit status 2), without the usage dump."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the errors a user can cause into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UnknownModelError as exc:
+            raise OneLineUsageError(str(exc)) from None
+        except (UserError, BackendUnavailable) as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def resolve_model_name(depth: int | None, model: str | None) -> str:
+    """``--depth 50`` or ``--model resnet50`` -> "resnet50"; a bad name is a usage error (exit 2)."""
+    if depth is not None and model is not None:
+        raise OneLineUsageError("give --depth or --model, not both")
+    try:
+        return get_architecture(model if model is not None else depth).name
+    except UnknownModelError as exc:
+        raise OneLineUsageError(str(exc)) from None
+
+
+def model_options(default: str | None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--depth`` and ``--model``, shared by every command that picks a family member."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = click.option("--model", "model", metavar="NAME", default=None,
+                          help="Model name, e.g. resnet50, resnet20 (see --list-models)."
+                               + (f" [default: {default}]" if default else ""))(fn)
+        fn = click.option("--depth", type=int, default=None,
+                          help="Depth of the family member, e.g. 18, 50, 152, or 20 for the "
+                               "small-image ResNet-20.")(fn)
+        return fn
+
+    return decorate
+
+
+def print_family_table(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """Eager ``--list-models`` callback: print the family and exit."""
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(format_family_table())
+    ctx.exit(0)
+
+
+def format_family_table() -> str:
+    header = f"{'model':<17} {'block':<10} {'layers':<14} {'input':>5} {'params':>12} {'GMACs':>7}"
+    lines = [header, "-" * len(header)]
+    for row in family_table():
+        layers = "-".join(str(n) for n in row.layers)
+        lines.append(f"{row.name:<17} {row.block:<10} {layers:<14} {row.input_size:>5} "
+                     f"{row.params:>12,} {row.macs / 1e9:>7.3f}")
+    lines.append("ImageNet models with 1000 classes; small-image models with 10. "
+                 "MACs per image at the input size shown, counted by torch.utils.flop_counter.")
+    return "\n".join(lines)
+
+
+class DefaultGroup(click.Group):
+    """A group that runs ``default_command`` when the first argument is not a sub-command.
+
+    So ``resnet-export --depth 50 --fmt onnx`` and ``resnet-export verify DIR`` both work, and
+    ``resnet-export --help`` shows the default command's options, which is what users look for.
+    """
+
+    def __init__(self, *args: Any, default_command: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.default_command = default_command
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands:
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+__all__ = ["DefaultGroup", "OneLineUsageError", "format_family_table", "model_names", "model_options",
+           "one_line_errors", "print_family_table", "resolve_model_name"]

@@ -1,0 +1,408 @@
+"""The ResNet family: ImageNet ResNets in torchvision's layout and the paper's small-image ResNets.
+
+Everything is built through two private constructors (``_ResNet`` for 224x224 inputs and
+``_CifarResNet`` for 32x32 inputs) and a table of architectures, so a name always means exactly
+one network. Module names follow torchvision (conv1, bn1, layer1..4, downsample, fc), so a state
+dict saved by torchvision loads here unchanged and the other way round.
+
+A :class:`ModelSpec` is the small, serialisable description that checkpoints and manifests carry:
+``ModelSpec.from_dict(spec.to_dict()).build()`` rebuilds the same network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class UnknownModelError(ValueError):
+    """Raised for a model name that is not in the family; the message lists the valid names."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks (torchvision's BasicBlock and Bottleneck: stride on the bottleneck's 3x3)
+# ---------------------------------------------------------------------------------------------
+
+
+def _conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=False)
+
+
+def _conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with an identity (or projected) shortcut."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64):
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock only supports groups=1 and base_width=64")
+        self.conv1 = _conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carries the stride, as in torchvision "ResNet v1.5"), 1x1 expand."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64):
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        self.conv1 = _conv1x1(inplanes, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = _conv3x3(width, width, stride, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = _conv1x1(width, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class PadShortcut(nn.Module):
+    """The paper's parameter-free shortcut (option A): subsample spatially, zero-pad channels."""
+
+    def __init__(self, out_planes: int, stride: int):
+        super().__init__()
+        self.out_planes = out_planes
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        extra = self.out_planes - x.shape[1]
+        return F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
+
+
+def _init_weights(model: nn.Module, zero_init_residual: bool) -> None:
+    """torchvision's initialisation: Kaiming (fan_out) convolutions, unit BatchNorm."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+    if zero_init_residual:
+        # Each residual branch starts as zero, so every block starts as the identity.
+        for m in model.modules():
+            if isinstance(m, Bottleneck):
+                nn.init.constant_(m.bn3.weight, 0)
+            elif isinstance(m, BasicBlock):
+                nn.init.constant_(m.bn2.weight, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The two constructors
+# ---------------------------------------------------------------------------------------------
+
+
+class _ResNet(nn.Module):
+    """ResNet for ImageNet-sized inputs (He et al. 2015, torchvision layout)."""
+
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int],
+                 num_classes: int = 1000, in_chans: int = 3, zero_init_residual: bool = False,
+                 groups: int = 1, width_per_group: int = 64):
+        super().__init__()
+        self.inplanes = 64
+        self.groups = groups
+        self.base_width = width_per_group
+        self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512 * block.expansion, num_classes)
+        _init_weights(self, zero_init_residual)
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                _conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width)
+                   for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class _CifarResNet(nn.Module):
+    """The paper's 6n+2-layer ResNet for 32x32 inputs: a 3x3 stem and stages of 16/32/64 channels."""
+
+    def __init__(self, n: int, num_classes: int = 10, in_chans: int = 3, shortcut: str = "A",
+                 zero_init_residual: bool = False):
+        super().__init__()
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (projection), got {shortcut!r}")
+        self.inplanes = 16
+        self.shortcut = shortcut
+        self.conv1 = _conv3x3(in_chans, 16)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(16, n)
+        self.layer2 = self._make_layer(32, n, stride=2)
+        self.layer3 = self._make_layer(64, n, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(64, num_classes)
+        _init_weights(self, zero_init_residual)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            if self.shortcut == "A":
+                downsample = PadShortcut(planes, stride)
+            else:
+                downsample = nn.Sequential(_conv1x1(self.inplanes, planes, stride),
+                                           nn.BatchNorm2d(planes))
+        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes
+        layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The family table and the public builders
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One row of the family: what a name means."""
+
+    name: str
+    kind: str  # "imagenet" or "cifar"
+    block: type[nn.Module]
+    layers: tuple[int, ...]
+    input_size: int  # the input side length the architecture was designed for
+    groups: int = 1
+    width_per_group: int = 64
+
+    @property
+    def depth(self) -> int:
+        per_block = 2 if self.block is BasicBlock else 3
+        return per_block * sum(self.layers) + 2
+
+    def construct(self, num_classes: int, in_chans: int, shortcut: str,
+                  zero_init_residual: bool) -> nn.Module:
+        if self.kind == "cifar":
+            return _CifarResNet(self.layers[0], num_classes, in_chans, shortcut, zero_init_residual)
+        return _ResNet(self.block, list(self.layers), num_classes, in_chans, zero_init_residual,
+                       self.groups, self.width_per_group)
+
+
+def _family() -> dict[str, Architecture]:
+    rows = [
+        Architecture("resnet18", "imagenet", BasicBlock, (2, 2, 2, 2), 224),
+        Architecture("resnet34", "imagenet", BasicBlock, (3, 4, 6, 3), 224),
+        Architecture("resnet50", "imagenet", Bottleneck, (3, 4, 6, 3), 224),
+        Architecture("resnet101", "imagenet", Bottleneck, (3, 4, 23, 3), 224),
+        Architecture("resnet152", "imagenet", Bottleneck, (3, 8, 36, 3), 224),
+        Architecture("resnext50_32x4d", "imagenet", Bottleneck, (3, 4, 6, 3), 224, 32, 4),
+        Architecture("wide_resnet50_2", "imagenet", Bottleneck, (3, 4, 6, 3), 224, 1, 128),
+    ]
+    rows += [Architecture(f"resnet{6 * n + 2}", "cifar", BasicBlock, (n, n, n), 32)
+             for n in (3, 5, 7, 9, 18)]
+    return {a.name: a for a in rows}
+
+
+ARCHITECTURES: dict[str, Architecture] = _family()
+IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
+
+
+def model_names() -> list[str]:
+    return list(ARCHITECTURES)
+
+
+def get_architecture(name: str) -> Architecture:
+    """Look a name up; ``"50"`` and ``50`` are accepted for ``"resnet50"``."""
+    key = str(name).strip().lower()
+    if key.isdigit():
+        key = f"resnet{key}"
+    try:
+        return ARCHITECTURES[key]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {str(name)!r}; choose one of: {', '.join(ARCHITECTURES)}") from None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a network and feed it: travels in checkpoints and manifests."""
+
+    name: str
+    num_classes: int = 1000
+    in_chans: int = 3
+    input_size: int = 224
+    shortcut: str = "A"  # small-image ResNets only: "A" zero-pad, "B" projection
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        arch = get_architecture(self.name)
+        object.__setattr__(self, "name", arch.name)
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.num_classes < 1 or self.in_chans < 1 or self.input_size < 1:
+            raise ValueError("num_classes, in_chans and input_size must be positive")
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ValueError(f"mean/std need {self.in_chans} values (one per input channel)")
+
+    @classmethod
+    def create(cls, name: str, num_classes: int = 1000, in_chans: int = 3,
+               input_size: int | None = None, shortcut: str = "A",
+               mean: tuple[float, ...] | None = None,
+               std: tuple[float, ...] | None = None) -> "ModelSpec":
+        """A spec with defaults that suit the architecture (input size, normalisation)."""
+        arch = get_architecture(name)
+        if mean is None or std is None:
+            mean, std = default_normalisation(in_chans)
+        return cls(arch.name, num_classes, in_chans, input_size or arch.input_size, shortcut,
+                   tuple(mean), tuple(std))
+
+    @property
+    def architecture(self) -> Architecture:
+        return get_architecture(self.name)
+
+    def build(self, zero_init_residual: bool = False) -> nn.Module:
+        return self.architecture.construct(self.num_classes, self.in_chans, self.shortcut,
+                                           zero_init_residual)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"model description has unknown fields: {sorted(unknown)}")
+        if "name" not in data:
+            raise ValueError("model description has no 'name'")
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()})
+
+
+def default_normalisation(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet statistics for RGB; mid-grey centring for any other channel count."""
+    if in_chans == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (0.5,) * in_chans, (0.5,) * in_chans
+
+
+def build_model(name: str, num_classes: int = 1000, in_chans: int = 3, shortcut: str = "A",
+                zero_init_residual: bool = False) -> nn.Module:
+    """Build a family member by name ("resnet50", "resnet20", or a bare depth such as "50")."""
+    return get_architecture(name).construct(num_classes, in_chans, shortcut, zero_init_residual)
+
+
+def _thin(name: str) -> Callable[..., nn.Module]:
+    def builder(**kwargs: Any) -> nn.Module:
+        return build_model(name, **kwargs)
+    builder.__name__ = name
+    builder.__doc__ = f"Build {name} (see :func:`build_model` for the keyword arguments)."
+    return builder
+
+
+resnet18 = _thin("resnet18")
+resnet34 = _thin("resnet34")
+resnet50 = _thin("resnet50")
+resnet101 = _thin("resnet101")
+resnet152 = _thin("resnet152")
+resnext50_32x4d = _thin("resnext50_32x4d")
+wide_resnet50_2 = _thin("wide_resnet50_2")
+resnet20 = _thin("resnet20")
+resnet32 = _thin("resnet32")
+resnet44 = _thin("resnet44")
+resnet56 = _thin("resnet56")
+resnet110 = _thin("resnet110")
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting
+# ---------------------------------------------------------------------------------------------
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
+    """Multiply-accumulates of one forward pass on one image, from torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model.eval()
+    x = torch.zeros(1, in_chans, input_size, input_size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+@dataclass
+class FamilyRow:
+    name: str
+    block: str
+    layers: tuple[int, ...]
+    input_size: int
+    params: int
+    macs: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def family_table(num_classes: int = 1000, names: list[str] | None = None) -> list[FamilyRow]:
+    """Name, block, layers, parameters and MACs at the design input size, for each member."""
+    rows = []
+    for name in names or model_names():
+        arch = get_architecture(name)
+        ncls = num_classes if arch.kind == "imagenet" else 10
+        model = arch.construct(ncls, 3, "A", False)
+        rows.append(FamilyRow(arch.name, arch.block.__name__, arch.layers, arch.input_size,
+                              count_parameters(model), count_macs(model, arch.input_size)))
+    return rows

@@ -1,0 +1,190 @@
+"""The model family: exact sizes, shapes, torchvision's state-dict scheme, rebuilds, bad names."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from export.cli import main as export_cli
+from export.models import (ModelSpec, UnknownModelError, build_model, count_macs, count_parameters,
+                           model_names, resnet50)
+
+# torchvision's published parameter counts (1000 classes).
+IMAGENET_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904,
+    "wide_resnet50_2": 68_883_240,
+}
+# He et al. 2015, table 6 (CIFAR-10, option A shortcuts), in millions.
+CIFAR_PARAMS_M = {"resnet20": 0.27, "resnet32": 0.46, "resnet44": 0.66, "resnet56": 0.85,
+                  "resnet110": 1.7}
+
+
+@pytest.mark.parametrize("name,expected", IMAGENET_PARAMS.items())
+def test_imagenet_parameter_counts_match_torchvision(name, expected):
+    assert count_parameters(build_model(name)) == expected
+
+
+@pytest.mark.parametrize("name,millions", CIFAR_PARAMS_M.items())
+def test_cifar_parameter_counts_match_paper(name, millions):
+    params = count_parameters(build_model(name, num_classes=10))
+    assert abs(params / 1e6 - millions) / millions < 0.03
+
+
+def test_projection_shortcut_adds_parameters_and_option_a_has_none():
+    a = build_model("resnet20", num_classes=10, shortcut="A")
+    b = build_model("resnet20", num_classes=10, shortcut="B")
+    assert not list(a.layer2[0].downsample.parameters())
+    # two 1x1 projections (16->32, 32->64) with their BatchNorms
+    assert count_parameters(b) - count_parameters(a) == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_forward_shape_every_model(name):
+    model = build_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20"])
+def test_grayscale_input(name):
+    model = build_model(name, num_classes=10, in_chans=1).eval()
+    assert model.conv1.weight.shape[1] == 1
+    with torch.no_grad():
+        assert model(torch.randn(3, 1, 32, 32)).shape == (3, 10)
+
+
+def _torchvision_scheme(block: str, layers, num_classes=1000, in_chans=3, width=1):
+    """torchvision's ResNet state-dict keys and shapes, written from its naming rules."""
+    keys = {}
+
+    def bn(prefix, c):
+        keys.update({f"{prefix}.weight": (c,), f"{prefix}.bias": (c,),
+                     f"{prefix}.running_mean": (c,), f"{prefix}.running_var": (c,),
+                     f"{prefix}.num_batches_tracked": ()})
+
+    keys["conv1.weight"] = (64, in_chans, 7, 7)
+    bn("bn1", 64)
+    expansion = 1 if block == "basic" else 4
+    inplanes = 64
+    for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
+        for i in range(blocks):
+            p = f"layer{stage}.{i}"
+            if block == "basic":
+                keys[f"{p}.conv1.weight"] = (planes, inplanes, 3, 3)
+                bn(f"{p}.bn1", planes)
+                keys[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
+                bn(f"{p}.bn2", planes)
+            else:
+                w = planes * width
+                keys[f"{p}.conv1.weight"] = (w, inplanes, 1, 1)
+                bn(f"{p}.bn1", w)
+                keys[f"{p}.conv2.weight"] = (w, w, 3, 3)
+                bn(f"{p}.bn2", w)
+                keys[f"{p}.conv3.weight"] = (planes * 4, w, 1, 1)
+                bn(f"{p}.bn3", planes * 4)
+            if i == 0 and (stage > 1 or inplanes != planes * expansion):
+                keys[f"{p}.downsample.0.weight"] = (planes * expansion, inplanes, 1, 1)
+                bn(f"{p}.downsample.1", planes * expansion)
+            inplanes = planes * expansion
+    keys["fc.weight"] = (num_classes, 512 * expansion)
+    keys["fc.bias"] = (num_classes,)
+    return keys
+
+
+@pytest.mark.parametrize("name,block,layers", [
+    ("resnet18", "basic", (2, 2, 2, 2)), ("resnet34", "basic", (3, 4, 6, 3)),
+    ("resnet50", "bottleneck", (3, 4, 6, 3)), ("resnet101", "bottleneck", (3, 4, 23, 3)),
+    ("resnet152", "bottleneck", (3, 8, 36, 3)),
+])
+def test_state_dict_follows_torchvision_scheme(name, block, layers):
+    state = build_model(name).state_dict()
+    expected = _torchvision_scheme(block, layers)
+    assert list(state) == list(expected)  # same keys, same order
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected
+
+
+def test_bottleneck_carries_stride_on_the_3x3():
+    block = build_model("resnet50").layer2[0]
+    assert block.conv1.stride == (1, 1)
+    assert block.conv2.stride == (2, 2)
+    assert block.downsample[0].stride == (2, 2)
+
+
+def test_torchvision_weights_load_both_ways():
+    tv = pytest.importorskip("torchvision", reason="torchvision is not installed")
+    for name in ("resnet18", "resnet50"):
+        ours = build_model(name).eval()
+        theirs = getattr(tv.models, name)().eval()
+        ours.load_state_dict(theirs.state_dict())
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), theirs(x))
+        theirs.load_state_dict(build_model(name).state_dict())
+
+
+def test_zero_init_residual_zeros_the_last_bn_of_each_block():
+    model = build_model("resnet50", zero_init_residual=True)
+    assert all(float(b.bn3.weight.detach().abs().sum()) == 0 for layer in
+               (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer)
+    plain = build_model("resnet18")
+    assert float(plain.layer1[0].bn2.weight.detach().sum()) == 64
+
+
+def test_rebuild_from_description_gives_identical_logits():
+    spec = ModelSpec.create("resnet20", num_classes=10, in_chans=1)
+    model = spec.build().eval()
+    restored_spec = ModelSpec.from_dict(spec.to_dict())
+    assert restored_spec == spec
+    clone = restored_spec.build().eval()
+    clone.load_state_dict(model.state_dict())
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), clone(x))
+
+
+def test_spec_defaults_and_validation():
+    assert ModelSpec.create("50").input_size == 224
+    assert ModelSpec.create("resnet20", in_chans=1).mean == (0.5,)
+    with pytest.raises(ValueError, match="mean/std"):
+        ModelSpec("resnet18", in_chans=1)  # ImageNet's three-channel statistics
+    with pytest.raises(ValueError, match="unknown fields"):
+        ModelSpec.from_dict({"name": "resnet18", "colour": "red"})
+
+
+def test_thin_builder_matches_build_model():
+    assert count_parameters(resnet50(num_classes=10)) == count_parameters(
+        build_model("resnet50", num_classes=10))
+
+
+def test_unknown_model_name_lists_valid_ones():
+    with pytest.raises(UnknownModelError, match="resnet18.*resnet152"):
+        build_model("resnet42")
+
+
+def test_macs_come_from_the_flop_counter():
+    # ResNet-50 at 224x224 is the well-known 4.09 GMACs. Doubling the side quadruples every
+    # convolution exactly, while the classifier (2048 x 1000 MACs) stays the same.
+    model = build_model("resnet50")
+    macs = count_macs(model, 224)
+    assert 4.08e9 < macs < 4.10e9
+    fc = 2048 * 1000
+    assert count_macs(model, 448) - fc == 4 * (macs - fc)
+
+
+def test_cli_unknown_depth_exits_2_with_one_line():
+    result = CliRunner().invoke(export_cli, ["--depth", "42"])
+    assert result.exit_code == 2
+    assert "unknown model '42'" in result.output
+    assert "resnet50" in result.output
+
+
+def test_cli_lists_models_with_counts():
+    result = CliRunner().invoke(export_cli, ["--list-models"])
+    assert result.exit_code == 0, result.output
+    assert "25,557,032" in result.output and "resnet110" in result.output
