@@ -1,0 +1,164 @@
+"""The timing harness and the statistics, driven by a fake clock: known timings, no sleeping."""
+
+import numpy as np
+import pytest
+
+from bench.stats import NoiseRule, summarize
+from bench.timing import ClockTimer, TimingConfig, measure, time_once
+
+
+class FakeClock:
+    """A clock that only moves when the fake workload says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def workload(clock, durations):
+    """A callable whose n-th call 'takes' durations[n] seconds on ``clock``."""
+    it = iter(durations)
+    calls = []
+
+    def fn():
+        calls.append(1)
+        clock.now += next(it)
+
+    fn.calls = calls
+    return fn
+
+
+def run(durations, **cfg):
+    clock = FakeClock()
+    fn = workload(clock, durations)
+    return measure(fn, TimingConfig(**cfg), clock=clock), fn
+
+
+def test_warmup_iterations_are_run_but_not_sampled():
+    samples, fn = run([9.0, 9.0, 1.0, 2.0, 3.0, 4.0, 5.0], warmup_iters=2, warmup_time=0,
+                      min_iters=5, min_time=0)
+    assert samples.latencies_s.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert samples.warmup_iters == 2 and samples.warmup_s == 18.0
+    assert len(fn.calls) == 7
+    assert samples.wall_s == 15.0  # the timed loop only; the fake clock has no harness cost
+
+
+def test_warmup_runs_until_its_time_is_spent():
+    samples, _ = run([0.5] * 3 + [1.0] * 2, warmup_iters=1, warmup_time=1.0, min_iters=2,
+                     min_time=0)
+    assert samples.warmup_iters == 2  # 1 iteration was not enough: 1.0 s needs two of 0.5 s
+    assert samples.latencies_s.tolist() == [0.5, 1.0]
+
+
+def test_min_iters_rule_when_time_is_already_met():
+    samples, _ = run([1.0] * 20, warmup_iters=0, warmup_time=0, min_iters=7, min_time=0.5)
+    assert samples.iterations == 7
+
+
+def test_min_time_rule_when_iterations_are_already_met():
+    samples, _ = run([0.25] * 20, warmup_iters=0, warmup_time=0, min_iters=1, min_time=1.0)
+    assert samples.iterations == 4
+    assert samples.wall_s == 1.0
+
+
+def test_both_minimums_must_hold():
+    fast, _ = run([0.25] * 20, warmup_iters=0, warmup_time=0, min_iters=6, min_time=1.0)
+    slow, _ = run([0.25] * 20, warmup_iters=0, warmup_time=0, min_iters=3, min_time=1.0)
+    assert (fast.iterations, slow.iterations) == (6, 4)
+
+
+def test_ctrl_c_in_the_timed_loop_keeps_the_samples_so_far():
+    clock = FakeClock()
+    durations = iter([1.0, 1.0, 2.0, 3.0])
+
+    def fn():
+        try:
+            clock.now += next(durations)
+        except StopIteration:
+            raise KeyboardInterrupt from None
+
+    samples = measure(fn, TimingConfig(1, 0, 100, 0), clock=clock)
+    assert not samples.complete
+    assert samples.latencies_s.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_ctrl_c_during_warmup_propagates():
+    def fn():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        measure(fn, TimingConfig(2, 0, 3, 0), clock=FakeClock())
+
+
+def test_time_once_and_clock_timer_use_the_injected_clock():
+    clock = FakeClock()
+    assert time_once(workload(clock, [0.125]), ClockTimer(clock)) == 0.125
+    assert time_once(workload(clock, [2.5]), clock=clock) == 2.5
+
+
+@pytest.mark.parametrize("bad", [dict(min_iters=0), dict(min_time=-1), dict(warmup_iters=-1)])
+def test_timing_config_rejects_nonsense(bad):
+    with pytest.raises(ValueError):
+        TimingConfig(**bad)
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def test_percentiles_spread_and_throughput_of_known_samples():
+    ms = np.arange(1, 101, dtype=float)  # 1..100 ms
+    s = summarize(ms / 1e3, batch_size=4, wall_s=5.05)
+    assert s["iterations"] == 100
+    assert s["min_ms"] == pytest.approx(1.0) and s["max_ms"] == pytest.approx(100.0)
+    assert s["mean_ms"] == pytest.approx(50.5)
+    # numpy's linear interpolation between closest ranks
+    assert s["p50_ms"] == pytest.approx(50.5)
+    assert s["p90_ms"] == pytest.approx(90.1)
+    assert s["p95_ms"] == pytest.approx(95.05)
+    assert s["p99_ms"] == pytest.approx(99.01)
+    assert s["std_ms"] == pytest.approx(np.std(ms, ddof=1))
+    assert s["cv"] == pytest.approx(np.std(ms, ddof=1) / 50.5)
+    assert s["throughput_ips"] == pytest.approx(4 * 100 / 5.05)
+
+
+def test_harness_samples_feed_the_statistics_end_to_end():
+    samples, _ = run([0.010] * 2 + [0.010, 0.020, 0.030, 0.040], warmup_iters=2, warmup_time=0,
+                     min_iters=4, min_time=0)
+    s = summarize(samples.latencies_s, 8, samples.wall_s)
+    assert s["p50_ms"] == pytest.approx(25.0)
+    assert s["throughput_ips"] == pytest.approx(8 * 4 / 0.1)  # warm-up excluded from the rate
+
+
+def test_a_quiet_run_is_not_flagged():
+    ms = np.linspace(10.0, 10.5, 50)
+    s = summarize(ms / 1e3, 1, 1.0)
+    assert not s["noisy"] and s["noise_reasons"] == []
+
+
+def test_a_heavy_tail_is_flagged_even_with_a_low_cv():
+    ms = np.array([10.0] * 98 + [16.0] * 2)
+    s = summarize(ms / 1e3, 1, 1.0)
+    assert s["cv"] < 0.10
+    assert s["noisy"] and len(s["noise_reasons"]) == 1 and "p99/p50" in s["noise_reasons"][0]
+
+
+def test_a_wide_spread_is_flagged_by_cv():
+    ms = np.array([8.0, 12.0] * 50)
+    s = summarize(ms / 1e3, 1, 1.0)
+    assert s["noisy"] and len(s["noise_reasons"]) == 1 and "CV" in s["noise_reasons"][0]
+
+
+def test_noise_rule_thresholds_are_configurable():
+    ms = np.array([8.0, 12.0] * 50)
+    assert not summarize(ms / 1e3, 1, 1.0, NoiseRule(cv_max=0.5))["noisy"]
+
+
+def test_single_sample_and_bad_input():
+    s = summarize([0.005], 1, 0.005)
+    assert s["std_ms"] == 0.0 and s["p99_ms"] == pytest.approx(5.0)
+    with pytest.raises(ValueError):
+        summarize([], 1, 1.0)
+    with pytest.raises(ValueError):
+        summarize([0.001], 0, 1.0)
