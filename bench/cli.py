@@ -1,9 +1,368 @@
-"""``resnet-bench``: latency percentiles and throughput per backend and batch size."""
+"""``resnet-bench``: latency percentiles and throughput per backend, precision and batch size.
+
+``resnet-bench`` alone measures ResNet-50 at 224x224 on every backend this machine has, at batch 1
+and a larger batch, and writes bench.json/.csv/.md/.png under artifacts/bench/<time>/.
+``resnet-bench report RUN ...`` rebuilds (and merges) the CSV/Markdown/PNG from JSON files.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
 
 import click
+import torch
+
+from export.cli_common import (DefaultGroup, OneLineUsageError, model_options, one_line_errors,
+                               print_family_table, resolve_model_name)
+from export.errors import UserError
+from export.models import ModelSpec, get_architecture
+from export.runners import ORT_OPTIMIZATION_LEVELS, BackendUnavailable, Runner, TorchRunner
+
+from . import environment, report
+from .backends import BACKENDS, PRECISIONS, Candidate, Request, Skip, plan
+from .stats import NoiseRule, summarize
+from .timing import ClockTimer, CudaEventTimer, Samples, TimingConfig, measure, time_once
+
+DEFAULT_BATCHES = {"cpu": [1, 8], "cuda": [1, 32]}
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineCommand(click.Command):
+    """Every option error is one ``Error: ...`` line and exit status 2 (no usage dump)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except OneLineUsageError:
+            raise
+        except click.UsageError as exc:
+            raise OneLineUsageError(exc.format_message(), ctx) from None
+
+
+# -- option parsing --------------------------------------------------------------------------
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _parse_batches(_ctx: Any, _param: Any, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    items = _split(value)
+    if not items or not all(v.isdigit() and int(v) > 0 for v in items):
+        raise click.BadParameter(f"{value!r}: give positive integers separated by commas, e.g. 1,8")
+    return list(dict.fromkeys(int(v) for v in items))
+
+
+def _parse_choices(choices: tuple[str, ...], what: str) -> Callable[..., list[str] | None]:
+    def parse(_ctx: Any, _param: Any, value: str | None) -> list[str] | None:
+        if value is None:
+            return None
+        items = [v.lower() for v in _split(value)]
+        bad = [v for v in items if v not in choices]
+        if not items or bad:
+            raise click.BadParameter(f"unknown {what} {bad[0] if bad else value!r}; choose from "
+                                     f"{', '.join(choices)}")
+        return list(dict.fromkeys(items))
+
+    return parse
+
+
+def _parse_warmup(_ctx: Any, _param: Any, value: str) -> tuple[int, float]:
+    """"5" = 5 iterations, "0.5s" = 0.5 seconds, "5,0.5s" = at least both."""
+    iters, seconds = 0, 0.0
+    try:
+        for item in _split(value):
+            if item.endswith("s"):
+                seconds = float(item[:-1])
+            else:
+                iters = int(item)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give iterations and/or seconds, e.g. 5, 0.5s or "
+                                 "5,0.5s") from None
+    if iters < 0 or seconds < 0:
+        raise click.BadParameter(f"{value!r}: warm-up cannot be negative")
+    return iters, seconds
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+# -- the measurement -------------------------------------------------------------------------
+
+
+class Sweep:
+    """Measures each candidate at each batch size; keeps rows and skips as it goes."""
+
+    def __init__(self, doc: dict[str, Any], timing: TimingConfig, batches: list[int], seed: int,
+                 threads: int, macs: Callable[[ModelSpec], int], rule: NoiseRule, bar: Any):
+        self.doc, self.timing, self.batches, self.seed = doc, timing, batches, seed
+        self.threads, self.macs, self.rule, self.bar = threads, macs, rule, bar
+
+    def skip(self, cand: Candidate, reason: str, batch_size: int | None = None) -> None:
+        self.doc["skipped"].append(Skip(cand.backend, reason, cand.precision, batch_size,
+                                        cand.artifact).to_dict())
+
+    def _progress(self, text: str) -> Callable[[str, int, float], None] | None:
+        if self.bar is None or self.bar.disable:
+            return None
+        last = [0.0]
+
+        def update(phase: str, n: int, elapsed: float) -> None:
+            if n == 1 or elapsed - last[0] >= 0.25:
+                last[0] = elapsed
+                self.bar.set_postfix_str(f"{text} {phase} {n} it {elapsed:.1f}s", refresh=True)
+
+        return update
+
+    def run(self, cand: Candidate) -> None:
+        if self.bar is not None:
+            self.bar.set_description(cand.label)
+        try:
+            t0 = time.perf_counter()
+            runner, setup = cand.prepare()
+            runner.activate()
+            setup_s = time.perf_counter() - t0 - setup.get("export_s", 0.0)
+        except (BackendUnavailable, UserError) as exc:
+            self.skip(cand, str(exc))
+            self._advance(len(self.batches))
+            return
+        except Exception as exc:  # a backend that breaks on this machine: report it, go on
+            self.skip(cand, f"setup failed: {_first_line(exc)}")
+            self._advance(len(self.batches))
+            return
+        try:
+            for b in self.batches:
+                reason = cand.batch_skip_reason(b)
+                if reason:
+                    self.skip(cand, reason, b)
+                else:
+                    self._run_batch(cand, runner, b, {**setup, "setup_s": setup_s})
+                self._advance(1)
+        finally:
+            runner.deactivate()
+
+    def _advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def _timer(self, runner: Runner) -> Any:
+        # CUDA events see the work torch queues on its stream; other runners return host data
+        # (their call is synchronous), so the host clock times them exactly.
+        if isinstance(runner, TorchRunner) and runner.device == "cuda":
+            return CudaEventTimer()
+        return ClockTimer()
+
+    def _run_batch(self, cand: Candidate, runner: Runner, b: int, setup: dict[str, Any]) -> None:
+        batch = cand.make_batch(b, self.seed)
+        timer = self._timer(runner)
+        modes: list[tuple[str, Callable[[], Any]]] = [("e2e", lambda: runner.infer(batch))]
+        for timing, fn in modes:
+            try:
+                first = time_once(fn, timer)
+                samples = measure(fn, self.timing, timer, progress=self._progress(
+                    f"b{b} {timing}"))
+            except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. CUDA out of memory
+                self.skip(cand, f"{timing} failed: {_first_line(exc)}", b)
+                return
+            if samples.iterations:
+                self.doc["results"].append(self._row(cand, runner, b, timing, first, samples,
+                                                     setup))
+            if not samples.complete:
+                raise KeyboardInterrupt
+            if timing == "e2e":
+                compute = runner.compute_fn(batch)  # device-resident input, where allowed
+                if compute is not None:
+                    modes.append(("compute", compute))
+
+    def _row(self, cand: Candidate, runner: Runner, b: int, timing: str, first_s: float,
+             samples: Samples, setup: dict[str, Any]) -> dict[str, Any]:
+        stats = summarize(samples.latencies_s, b, samples.wall_s, self.rule)
+        macs = None if cand.backend == "null" else self.macs(cand.spec)
+        return {
+            "backend": cand.backend, "label": cand.label, "precision": cand.precision,
+            "device": runner.device, "timing": timing, "cuda_graphs": cand.cuda_graphs,
+            "channels_last": cand.channels_last, "batch_size": b,
+            "input_shape": [b, *cand.input_shape], "model": cand.spec.name,
+            **stats,
+            "gflops": (2 * macs * b / (stats["p50_ms"] / 1e3) / 1e9) if macs else None,
+            "warmup_iterations": samples.warmup_iters, "warmup_s": samples.warmup_s,
+            "first_infer_ms": first_s * 1e3, "setup_s": setup.get("setup_s"),
+            "export_s": setup.get("export_s"), "onnx_cached": setup.get("onnx_cached"),
+            "timer": samples.timer, "threads": self.threads, "complete": samples.complete,
+            "artifact": cand.artifact, **cand.extra,
+        }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@click.group(cls=DefaultGroup, default_command="run",
+             context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Benchmark the ResNet family on every backend this machine has."""
-    raise click.ClickException("benchmarking is not available yet")
+
+
+@main.command("run", cls=OneLineCommand)
+@model_options(default="resnet50")
+@click.option("--list-models", is_flag=True, expose_value=False, is_eager=True,
+              callback=print_family_table, help="Print the model family table and exit.")
+@click.option("--input-size", type=click.IntRange(min=16), default=None,
+              help="Input side length [default: the model's, 224 for ImageNet models].")
+@click.option("--artifacts", type=click.Path(path_type=Path), default=None,
+              help="Benchmark exported artifacts: a folder with manifest.json (or sub-folders "
+                   "with one each), as written by resnet-export.")
+@click.option("--backends", callback=_parse_choices(BACKENDS, "backend"), default=None,
+              help=f"Comma list from: {', '.join(BACKENDS)}. [default: every backend of the "
+                   "device; 'null' measures the harness itself]")
+@click.option("--batch-sizes", callback=_parse_batches, default=None,
+              help="Comma list, e.g. 1,8. [default: 1,8 on CPU, 1,32 on CUDA]")
+@click.option("--precision", "precisions", callback=_parse_choices(PRECISIONS, "precision"),
+              default=None, help="Comma list from fp32, fp16, bf16 (FP16/BF16 torch on CUDA "
+                                 "only). [default: fp32; fp32,fp16 on CUDA]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="Where torch runs; auto = cuda when PyTorch sees a GPU.")
+@click.option("--channels-last", is_flag=True, help="torch: channels_last (NHWC) weights/inputs.")
+@click.option("--cuda-graphs", type=click.Choice(["off", "on", "both"]), default="off",
+              is_flag=False, flag_value="on", show_default=True,
+              help="torch on CUDA: replay the forward as a CUDA graph (eager: CUDAGraph capture; "
+                   "torch.compile: mode=reduce-overhead); 'both' measures with and without.")
+@click.option("--warmup", default="2,0.5s", show_default=True, callback=_parse_warmup,
+              help="Warm-up: iterations and/or seconds, e.g. 5, 0.5s, 5,0.5s (at least both).")
+@click.option("--min-iters", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Timed loop: at least this many iterations...")
+@click.option("--min-time", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="...and at least this many seconds.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch and onnxruntime intra-op [default: usable cores].")
+@click.option("--ort-opt-level", type=click.Choice(list(ORT_OPTIMIZATION_LEVELS)),
+              default="all", show_default=True, help="ONNX Runtime graph optimisation level.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the inputs and the (untrained) weights.")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where on-the-fly ONNX exports are kept [default: ~/.cache/resnet-deploy].")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Output folder [default: artifacts/bench/<UTC time>].")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bar on stderr.")
+@one_line_errors
+def run(depth: int | None, model: str | None, input_size: int | None, artifacts: Path | None,
+        backends: list[str] | None, batch_sizes: list[int] | None, precisions: list[str] | None,
+        device: str, channels_last: bool, cuda_graphs: str, warmup: tuple[int, float],
+        min_iters: int, min_time: float, threads: int | None, ort_opt_level: str, seed: int,
+        cache_dir: Path | None, out: Path | None, progress: bool) -> None:
+    """Measure latency and throughput; write bench.json, .csv, .md and .png.
+
+    \b
+    resnet-bench                                   ResNet-50, every backend here
+    resnet-bench --depth 18 --batch-sizes 1,4,16   another model and batches
+    resnet-bench --device cuda --precision fp16 --channels-last --cuda-graphs both
+    resnet-bench --artifacts artifacts/resnet50    exported ONNX / TensorRT artifacts
+    resnet-bench --backends null,torch --depth 18 --batch-sizes 1   the harness's own overhead
+    resnet-bench report RUN1 RUN2 --out DIR        merge runs into one table and plot
+    """
+    name = resolve_model_name(depth, model) if (depth is not None or model is not None) \
+        else "resnet50"
+    arch = get_architecture(name)
+    spec = ModelSpec.create(name, num_classes=1000 if arch.kind == "imagenet" else 10,
+                            input_size=input_size)
+    dev = _resolve_device(device)
+    threads = threads or environment.usable_cores()
+    batches = batch_sizes or DEFAULT_BATCHES[dev]
+    timing = TimingConfig(warmup[0], warmup[1], min_iters, min_time)
+    rule = NoiseRule()
+    graphs = {"off": (False,), "on": (True,), "both": (False, True)}[cuda_graphs]
+    out = out or Path("artifacts/bench") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+    previous_threads = torch.get_num_threads()
+    previous_benchmark = torch.backends.cudnn.benchmark
+    torch.set_num_threads(threads)
+    if dev == "cuda":
+        torch.backends.cudnn.benchmark = True  # pick the fastest convolution per shape
+    try:
+        request = Request(spec, dev, backends, precisions, channels_last, graphs, threads, seed,
+                          ort_opt_level, cache_dir, artifacts)
+        candidates, skipped, models = plan(request)
+        spec = request.spec  # --artifacts: the manifests' model
+        config = {
+            "model": spec.to_dict(), "input_size": spec.input_size, "device": dev,
+            "backends": backends or "default", "batch_sizes": batches,
+            "precisions": precisions or "default", "channels_last": channels_last,
+            "cuda_graphs": cuda_graphs, "threads": threads, "seed": seed,
+            "ort_opt_level": ort_opt_level, "artifacts": str(artifacts) if artifacts else None,
+            "timing": {"warmup_iters": timing.warmup_iters, "warmup_time": timing.warmup_time,
+                       "min_iters": timing.min_iters, "min_time": timing.min_time},
+            "noise_rule": rule.to_dict(), "percentiles": "numpy linear interpolation",
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "input": "seeded uniform [0,1) pixels normalised with the model's mean/std",
+            "macs_per_image": models.macs(spec) if candidates else None,
+        }
+        doc = report.new_document(environment.collect(threads), config)
+        doc["skipped"] = [s.to_dict() for s in skipped]
+        _sweep(doc, candidates, timing, batches, seed, threads, models.macs, rule, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+        torch.backends.cudnn.benchmark = previous_benchmark
+
+    doc["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    paths = report.write_all(doc, out)
+    click.echo(report.markdown(doc), nl=False)
+    click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
+    if doc["interrupted"]:
+        click.echo(f"interrupted: kept {len(doc['results'])} result(s) in {out}", err=True)
+        sys.exit(130)
+    if not doc["results"]:
+        raise click.ClickException(f"nothing was measured: every backend was skipped "
+                                   f"(reasons in {paths['md']})")
+
+
+def _sweep(doc: dict[str, Any], candidates: list[Candidate], timing: TimingConfig,
+           batches: list[int], seed: int, threads: int, macs: Callable[[ModelSpec], int],
+           rule: NoiseRule, progress: bool) -> None:
+    """Measure every candidate; Ctrl-C stops here and marks the document interrupted."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(candidates) * len(batches), file=sys.stderr, unit="case",
+               disable=not progress, dynamic_ncols=True, leave=False)
+    sweep = Sweep(doc, timing, batches, seed, threads, macs, rule, bar)
+    try:
+        for cand in candidates:
+            sweep.run(cand)
+    except KeyboardInterrupt:
+        doc["interrupted"] = True
+    finally:
+        bar.close()
+
+
+@main.command("report", cls=OneLineCommand)
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder for the merged bench.json, .csv, .md and .png.")
+@one_line_errors
+def report_cmd(runs: tuple[Path, ...], out: Path) -> None:
+    """Rebuild CSV/Markdown/PNG from bench.json files (or run folders), merging several runs."""
+    docs, names = [], []
+    for path in runs:
+        path = path / report.FILES["json"] if path.is_dir() else path
+        try:
+            docs.append(report.load(path))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        names.append(str(path))
+    doc = docs[0] if len(docs) == 1 else report.merge(docs, names)
+    paths = report.write_all(doc, out)
+    click.echo(report.markdown(doc), nl=False)
+    click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
+
+
+if __name__ == "__main__":
+    main()

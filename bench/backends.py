@@ -1,0 +1,392 @@
+"""Backend selection: which runners a benchmark run builds, and the stated reason for every other.
+
+A run asks for backends, precisions and options; :func:`plan` answers with candidates (each one
+knows how to build its runner, its input shape and its batch range) and skips (backend, reason).
+Nothing expensive happens here: models are built, ONNX files exported and sessions created only
+when the CLI prepares a candidate, so a skipped backend costs nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from export.errors import UserError
+from export.models import ModelSpec, count_macs
+from export.runners import BackendUnavailable, OnnxRuntimeRunner, Runner, TorchRunner
+
+from .onnx_cache import cached_onnx
+
+ORT_PROVIDERS: dict[str, list[str]] = {
+    "onnxruntime": ["CPUExecutionProvider"],
+    "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "onnxruntime-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                        "CPUExecutionProvider"],
+}
+TORCH_BACKENDS = ("torch", "torch-compile")
+#: every name --backends accepts; "null" does nothing and measures the harness itself
+BACKENDS = (*TORCH_BACKENDS, *ORT_PROVIDERS, "tensorrt", "null")
+PRECISIONS = ("fp32", "fp16", "bf16")
+#: what a run without --backends measures, per device; the rest are listed as skipped
+DEFAULT_BACKENDS = {
+    "cpu": ("torch", "onnxruntime"),
+    "cuda": ("torch", "torch-compile", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"),
+}
+NOT_DEFAULT_REASON = {
+    ("cpu", "torch-compile"): "left out of the default CPU run: compiling takes tens of seconds "
+                              "per batch size on a few cores (add it with --backends torch-compile)",
+    ("cpu", "onnxruntime-cuda"): "needs --device cuda",
+    ("cpu", "onnxruntime-trt"): "needs --device cuda",
+    ("cpu", "tensorrt"): "needs --device cuda and a TensorRT engine from --artifacts DIR",
+    ("cuda", "onnxruntime"): "CPU backend: measured with --device cpu (or --backends onnxruntime)",
+}
+
+
+@dataclass
+class Skip:
+    """A backend (or one batch size of it) that was not measured, and why."""
+
+    backend: str
+    reason: str
+    precision: str | None = None
+    batch_size: int | None = None
+    artifact: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "precision": self.precision,
+                "batch_size": self.batch_size, "artifact": self.artifact, "reason": self.reason}
+
+
+@dataclass
+class Candidate:
+    """One runner to measure over the batch sizes: how to build it and what to feed it."""
+
+    backend: str
+    precision: str
+    spec: ModelSpec
+    prepare: Callable[[], tuple[Runner, dict[str, Any]]]  # -> runner, setup facts (export_s, ...)
+    channels_last: bool = False
+    cuda_graphs: bool = False
+    batch_range: tuple[int, int] | None = None
+    artifact: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        parts = [self.backend, self.precision]
+        if self.channels_last:
+            parts.append("channels_last")
+        if self.cuda_graphs:
+            parts.append("cuda-graphs")
+        if self.artifact:
+            parts.append(f"({Path(self.artifact).parent.name or self.artifact})")
+        return " ".join(parts)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.spec.in_chans, self.spec.input_size, self.spec.input_size)
+
+    def batch_skip_reason(self, batch_size: int) -> str | None:
+        if self.batch_range and not self.batch_range[0] <= batch_size <= self.batch_range[1]:
+            lo, hi = self.batch_range
+            return f"batch {batch_size} is outside the artifact's batch range {lo}..{hi}"
+        return None
+
+    def make_batch(self, batch_size: int, seed: int) -> np.ndarray:
+        return make_input(batch_size, self.spec, seed)
+
+
+def make_input(batch_size: int, spec: ModelSpec, seed: int) -> np.ndarray:
+    """Seeded uniform pixels in [0, 1), normalised with the model's mean/std: never constant."""
+    rng = np.random.default_rng([seed, batch_size])
+    shape = (batch_size, spec.in_chans, spec.input_size, spec.input_size)
+    pixels = rng.random(shape, dtype=np.float32)
+    mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
+    return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
+
+
+class NullRunner(Runner):
+    """Does nothing and returns a preallocated output: the harness's own cost per iteration."""
+
+    backend = "null"
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__("fp32", "cpu")
+        self.num_classes = num_classes
+        self._out = np.zeros((1, num_classes), np.float32)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        if self._out.shape[0] != batch.shape[0]:
+            self._out = np.zeros((batch.shape[0], self.num_classes), np.float32)
+        return self._out
+
+
+@dataclass
+class Request:
+    """What the user asked for, after option parsing."""
+
+    spec: ModelSpec
+    device: str  # "cpu" or "cuda"
+    backends: list[str] | None = None  # None: the device's defaults
+    precisions: list[str] | None = None  # None: fp32 (fp32+fp16 on CUDA; all with --artifacts)
+    channels_last: bool = False
+    cuda_graphs: tuple[bool, ...] = (False,)
+    threads: int | None = None
+    seed: int = 0
+    ort_opt_level: str = "all"
+    cache_dir: Path | None = None
+    artifacts: Path | None = None
+
+
+class _Models:
+    """Builds each model description once (seeded), hands out copies, counts MACs once."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._models: dict[str, torch.nn.Module] = {}
+        self._macs: dict[str, int] = {}
+
+    def base(self, spec: ModelSpec) -> torch.nn.Module:
+        key = json.dumps(spec.to_dict(), sort_keys=True)
+        if key not in self._models:
+            torch.manual_seed(self.seed)
+            self._models[key] = spec.build().eval()
+        return self._models[key]
+
+    def copy(self, spec: ModelSpec) -> torch.nn.Module:
+        return copy.deepcopy(self.base(spec))
+
+    def macs(self, spec: ModelSpec) -> int:
+        key = json.dumps(spec.to_dict(), sort_keys=True)
+        if key not in self._macs:
+            self._macs[key] = count_macs(copy.deepcopy(self.base(spec)), spec.input_size,
+                                         spec.in_chans)
+        return self._macs[key]
+
+
+def _ort_available(backend: str) -> str | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnxruntime is not installed"
+    have = ort.get_available_providers()
+    missing = [p for p in ORT_PROVIDERS[backend] if p not in have]
+    if missing:
+        return (f"{missing[0]} is not in this onnxruntime build (available: {', '.join(have)})")
+    return None
+
+
+def _compile_unavailable(device: str) -> str | None:
+    if device == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return "torch.compile on CPU needs a C++ compiler (none found on PATH)"
+    if device == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+        except ImportError:  # pragma: no cover - very old torch
+            return None
+        if not has_triton():
+            return "torch.compile on CUDA needs Triton, which is not installed"
+    return None
+
+
+class Planner:
+    """Turns a :class:`Request` into candidates and skips."""
+
+    def __init__(self, request: Request):
+        self.req = request
+        self.models = _Models(request.seed)
+        self.candidates: list[Candidate] = []
+        self.skipped: list[Skip] = []
+
+    def plan(self) -> tuple[list[Candidate], list[Skip]]:
+        req = self.req
+        if req.artifacts is not None:
+            self._plan_artifacts(req.artifacts)
+            for backend in req.backends or []:
+                if backend in TORCH_BACKENDS or backend == "null":
+                    self._plan_model_backend(backend, req.spec)
+            return self.candidates, self.skipped
+        names = req.backends if req.backends is not None else list(DEFAULT_BACKENDS[req.device])
+        for backend in names:
+            self._plan_model_backend(backend, req.spec)
+        if req.backends is None:
+            for backend in BACKENDS:
+                reason = NOT_DEFAULT_REASON.get((req.device, backend))
+                if reason and backend not in names:
+                    self.skipped.append(Skip(backend, reason))
+        return self.candidates, self.skipped
+
+    # -- backends that run a model built here ---------------------------------------------
+
+    def _precisions(self) -> list[str]:
+        if self.req.precisions is not None:
+            return self.req.precisions
+        return ["fp32", "fp16"] if self.req.device == "cuda" else ["fp32"]
+
+    def _plan_model_backend(self, backend: str, spec: ModelSpec) -> None:
+        req = self.req
+        if backend in TORCH_BACKENDS:
+            compile_ = backend == "torch-compile"
+            reason = _compile_unavailable(req.device) if compile_ else None
+            for precision in self._precisions():
+                for graphs in req.cuda_graphs:
+                    if reason:
+                        self.skipped.append(Skip(backend, reason, precision))
+                        continue
+                    self._add_torch(backend, spec, precision, graphs, compile_)
+        elif backend in ORT_PROVIDERS:
+            reason = _ort_available(backend)
+            for precision in self._precisions():
+                if reason is None and precision != "fp32":
+                    reason_p = (f"the on-the-fly ONNX export is FP32; benchmark an FP16 ONNX from "
+                                f"resnet-export with --artifacts DIR")
+                else:
+                    reason_p = reason
+                if reason_p:
+                    self.skipped.append(Skip(backend, reason_p, precision))
+                    continue
+                self._add_ort(backend, spec)
+        elif backend == "tensorrt":
+            self.skipped.append(Skip(backend, "TensorRT engines are benchmarked from the export's "
+                                              "artifacts: pass --artifacts DIR"))
+        elif backend == "null":
+            self.candidates.append(Candidate(
+                "null", "fp32", spec, lambda: (NullRunner(spec.num_classes), {})))
+        else:  # pragma: no cover - the CLI validates names
+            raise UserError(f"unknown backend {backend!r}")
+
+    def _add_torch(self, backend: str, spec: ModelSpec, precision: str, graphs: bool,
+                   compile_: bool) -> None:
+        req = self.req
+
+        def make(model: Any) -> TorchRunner:
+            return TorchRunner(model, req.device, precision, req.channels_last, compile_,
+                               compile_dynamic=False if compile_ else None, cuda_graphs=graphs)
+
+        try:
+            make(None)  # the constructor's checks (device, precision, graphs) cost nothing
+        except BackendUnavailable as exc:
+            self.skipped.append(Skip(backend, str(exc), precision))
+            return
+        extra = {"compile_mode": "reduce-overhead" if compile_ and graphs else
+                 ("default" if compile_ else None)}
+        self.candidates.append(Candidate(
+            backend, precision, spec, lambda: (make(self.models.copy(spec)), {}),
+            channels_last=req.channels_last, cuda_graphs=graphs, extra=extra))
+
+    def _add_ort(self, backend: str, spec: ModelSpec) -> None:
+        req = self.req
+
+        def prepare() -> tuple[Runner, dict[str, Any]]:
+            path, info = cached_onnx(self.models.base(spec), spec, req.seed, req.cache_dir)
+            runner = OnnxRuntimeRunner(path, ORT_PROVIDERS[backend], req.threads,
+                                       optimization_level=req.ort_opt_level)
+            return runner, info
+
+        self.candidates.append(Candidate(backend, "fp32", spec, prepare,
+                                         extra={"ort_opt_level": req.ort_opt_level}))
+
+    # -- exported artifacts (through their manifest) ------------------------------------
+
+    def _plan_artifacts(self, root: Path) -> None:
+        manifests = find_manifests(root)
+        if not manifests:
+            raise UserError(f"no manifest.json in {root} or its sub-folders")
+        first_spec = None
+        for path in manifests:
+            try:
+                manifest = json.loads(path.read_text())
+                fmt = manifest["format"]
+                precision = manifest.get("precision", "fp32")
+                spec = ModelSpec.from_dict(manifest["model"])
+                rng = manifest.get("batch_range") or {}
+                batch_range = (int(rng["min"]), int(rng["max"])) if rng else None
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                self.skipped.append(Skip("artifact", f"unreadable manifest: {exc}",
+                                         artifact=str(path)))
+                continue
+            first_spec = first_spec or spec
+            artifact = str(path.parent / manifest.get("artifact", ""))
+            if self.req.precisions is not None and precision not in self.req.precisions:
+                self.skipped.append(Skip(fmt, f"artifact precision {precision} is not in "
+                                              f"--precision", precision, artifact=artifact))
+                continue
+            if fmt in ("onnx", "onnx-fp16"):
+                wanted = [b for b in (self.req.backends or []) if b in ORT_PROVIDERS] or (
+                    ["onnxruntime"] if self.req.device == "cpu"
+                    else ["onnxruntime-cuda", "onnxruntime-trt"])
+            elif fmt == "trt":
+                wanted = ["tensorrt"] if (self.req.backends is None
+                                          or "tensorrt" in self.req.backends) else []
+            else:
+                self.skipped.append(Skip(fmt, f"unknown artifact format {fmt!r}", precision,
+                                         artifact=artifact))
+                continue
+            for backend in wanted:
+                reason = (_ort_available(backend) if backend in ORT_PROVIDERS
+                          else _tensorrt_unavailable())
+                if reason:
+                    self.skipped.append(Skip(backend, reason, precision, artifact=artifact))
+                    continue
+                self.candidates.append(Candidate(
+                    backend, precision, spec, self._artifact_loader(path.parent, backend),
+                    batch_range=batch_range, artifact=artifact, extra={"format": fmt}))
+        if first_spec is not None:
+            self.req.spec = first_spec
+
+    def _artifact_loader(self, folder: Path,
+                         backend: str) -> Callable[[], tuple[Runner, dict[str, Any]]]:
+        def prepare() -> tuple[Runner, dict[str, Any]]:
+            load = load_artifact_runner_fn()
+            providers = ORT_PROVIDERS.get(backend)
+            runner = load(folder, providers=providers) if providers else load(folder)
+            if isinstance(runner, OnnxRuntimeRunner):  # same thread count as every backend
+                if runner.threads is None:
+                    runner.threads = self.req.threads
+                runner.optimization_level = self.req.ort_opt_level
+            return runner, {}
+
+        return prepare
+
+
+def _tensorrt_unavailable() -> str | None:
+    if importlib.util.find_spec("tensorrt") is None:
+        return "the tensorrt Python package is not installed"
+    if not torch.cuda.is_available():
+        return "TensorRT needs a CUDA device"
+    return None
+
+
+def load_artifact_runner_fn() -> Callable[..., Runner]:
+    """The export package's manifest loader (the parity gate's runners), or a clear skip."""
+    try:
+        from export.manifest import load_artifact_runner
+    except ImportError as exc:
+        raise BackendUnavailable(f"export.manifest.load_artifact_runner is not available "
+                                 f"in this checkout ({exc})") from None
+    return load_artifact_runner
+
+
+def find_manifests(root: Path) -> list[Path]:
+    """``root/manifest.json``, else every manifest.json one or two folders below ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"--artifacts {root}: not a folder")
+    if (root / "manifest.json").is_file():
+        return [root / "manifest.json"]
+    return sorted([*root.glob("*/manifest.json"), *root.glob("*/*/manifest.json")])
+
+
+def plan(request: Request) -> tuple[list[Candidate], list[Skip], _Models]:
+    planner = Planner(request)
+    candidates, skipped = planner.plan()
+    return candidates, skipped, planner.models

@@ -1,0 +1,262 @@
+"""resnet-bench end to end: the four files, the JSON schema, skips with reasons, option errors,
+Ctrl-C, exported artifacts through their manifest, and merging runs."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import bench.backends as backends
+from bench import report
+from bench.cli import main
+from export.runners import OnnxRuntimeRunner
+
+FAST = ["--depth", "18", "--input-size", "32", "--warmup", "1", "--min-iters", "3",
+        "--min-time", "0", "--no-progress"]
+
+
+def invoke(args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("run")
+    result = invoke([*FAST, "--backends", "torch,onnxruntime,null,onnxruntime-cuda",
+                     "--batch-sizes", "1,2", "--threads", "1", "--cache-dir", str(cache_dir),
+                     "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_a_run_writes_json_csv_markdown_and_png(cpu_run):
+    out, result = cpu_run
+    assert sorted(p.name for p in out.iterdir()) == ["bench.csv", "bench.json", "bench.md",
+                                                     "bench.png"]
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((out / "bench.json").read_text())
+    rows = list(csv.DictReader((out / "bench.csv").open()))
+    assert len(rows) == len(doc["results"]) == 6  # 3 backends x 2 batch sizes
+    assert rows[0].keys() >= {"backend", "p50_ms", "throughput_ips", "noise_reasons"}
+    md = (out / "bench.md").read_text()
+    assert "| backend | precision |" in md and "Skipped:" in md
+    assert md in result.stdout  # the table is printed, the progress and paths go to stderr
+    assert "wrote" in result.stderr and "wrote" not in result.stdout
+
+
+def test_json_schema(cpu_run):
+    doc = json.loads((cpu_run[0] / "bench.json").read_text())
+    report.validate(doc)
+    assert doc["schema"] == "resnet-bench" and doc["schema_version"] == 1
+    assert doc["interrupted"] is False
+    env = doc["environment"]
+    assert env["cpu"]["usable_cores"] >= 1 and env["versions"]["torch"] == torch.__version__
+    assert env["threads"]["requested"] == 1 and env["threads"]["onnxruntime_intra_op"] == 1
+    assert "hostname" not in json.dumps(env).lower()
+    cfg = doc["config"]
+    assert cfg["model"]["name"] == "resnet18" and cfg["input_size"] == 32
+    assert cfg["batch_sizes"] == [1, 2] and cfg["threads"] == 1
+    assert cfg["timing"] == {"warmup_iters": 1, "warmup_time": 0.0, "min_iters": 3,
+                             "min_time": 0.0}
+    assert cfg["macs_per_image"] > 0
+    for row in doc["results"]:
+        assert row["iterations"] >= 3 and row["warmup_iterations"] == 1
+        assert row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
+        assert row["throughput_ips"] > 0 and row["device"] == "cpu" and row["timing"] == "e2e"
+        assert isinstance(row["noisy"], bool) and isinstance(row["noise_reasons"], list)
+        assert row["timer"] == "perf_counter" and row["complete"] is True
+        assert row["input_shape"] == [row["batch_size"], 3, 32, 32]
+    by = {(r["backend"], r["batch_size"]): r for r in doc["results"]}
+    assert by[("torch", 1)]["speedup_vs_torch"] == pytest.approx(1.0)
+    assert by[("onnxruntime", 2)]["speedup_vs_torch"] == pytest.approx(
+        by[("torch", 2)]["p50_ms"] / by[("onnxruntime", 2)]["p50_ms"])
+    assert by[("onnxruntime", 1)]["export_s"] >= 0 and "onnx_cached" in by[("onnxruntime", 1)]
+    assert by[("null", 1)]["gflops"] is None and by[("torch", 1)]["gflops"] > 0
+
+
+def test_missing_backend_is_listed_with_its_reason(cpu_run):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has the CUDA provider")
+    doc = json.loads((cpu_run[0] / "bench.json").read_text())
+    (skip,) = [s for s in doc["skipped"] if s["backend"] == "onnxruntime-cuda"]
+    assert "CUDAExecutionProvider is not in this onnxruntime build" in skip["reason"]
+    assert "onnxruntime-cuda" in (cpu_run[0] / "bench.md").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_request_without_a_gpu_skips_everything_and_says_why(tmp_path):
+    result = invoke([*FAST, "--device", "cuda", "--backends", "torch", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: nothing was measured")
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert doc["results"] == []
+    assert {s["precision"] for s in doc["skipped"]} == {"fp32", "fp16"}
+    assert all("no CUDA device" in s["reason"] for s in doc["skipped"])
+
+
+def test_default_backends_on_cpu_list_the_rest_as_skipped(monkeypatch):
+    calls = []
+    monkeypatch.setattr(backends.Planner, "_plan_model_backend",
+                        lambda self, b, spec: calls.append(b))
+    candidates, skipped, _ = backends.plan(backends.Request(
+        backends.ModelSpec.create("resnet18"), "cpu"))
+    assert calls == ["torch", "onnxruntime"]
+    reasons = {s.backend: s.reason for s in skipped}
+    assert set(reasons) == {"torch-compile", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"}
+    assert "--backends torch-compile" in reasons["torch-compile"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch-sizes", "0,x"], "Invalid value for '--batch-sizes'"),
+    (["--batch-sizes", ""], "Invalid value for '--batch-sizes'"),
+    (["--backends", "torch,tpu"], "unknown backend 'tpu'"),
+    (["--precision", "fp8"], "unknown precision 'fp8'"),
+    (["--warmup", "lots"], "Invalid value for '--warmup'"),
+    (["--device", "tpu"], "Invalid value for '--device'"),
+    (["--min-iters", "0"], "Invalid value for '--min-iters'"),
+    (["--depth", "51"], "unknown model"),
+    (["--depth", "18", "--model", "resnet50"], "not both"),
+    (["--no-such-option"], "No such option"),
+])
+def test_bad_options_are_one_line_and_exit_2(args, message):
+    result = invoke(args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
+
+
+def test_warmup_and_cuda_graph_option_forms(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_plan(request):
+        seen["graphs"] = request.cuda_graphs
+        return [], [], backends._Models(0)
+
+    monkeypatch.setattr("bench.cli.plan", fake_plan)
+    for flag, graphs in ((["--cuda-graphs"], (True,)), (["--cuda-graphs", "both"], (False, True)),
+                         ([], (False,))):
+        result = invoke([*FAST, "--warmup", "4,0.25s", *flag, "--out", str(tmp_path)])
+        assert result.exit_code == 1 and seen["graphs"] == graphs  # nothing measured: exit 1
+        timing = json.loads((tmp_path / "bench.json").read_text())["config"]["timing"]
+        assert (timing["warmup_iters"], timing["warmup_time"]) == (4, 0.25)
+
+
+def test_ctrl_c_keeps_what_was_measured_and_exits_130(tmp_path, monkeypatch):
+    calls = []
+
+    def infer(self, batch):
+        calls.append(1)
+        if len(calls) == 30:  # first inference, 1 warm-up, then 27 timed, then Ctrl-C
+            raise KeyboardInterrupt
+        return np.zeros((batch.shape[0], 10), np.float32)
+
+    monkeypatch.setattr(backends.NullRunner, "_infer", infer)
+    result = invoke([*FAST, "--backends", "null,torch", "--batch-sizes", "1,2",
+                     "--min-iters", "1000", "--out", str(tmp_path)])
+    assert result.exit_code == 130
+    assert "interrupted" in result.stderr
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert doc["interrupted"] is True
+    (row,) = doc["results"]  # the interrupted case, then nothing else ran
+    assert row["backend"] == "null" and row["complete"] is False and row["iterations"] == 27
+    assert "Interrupted" in (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "bench.png").exists() and (tmp_path / "bench.csv").exists()
+
+
+def _write_artifact(folder, onnx_path, batch_range):
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(onnx_path.read_bytes())
+    spec = backends.ModelSpec.create("resnet18", input_size=32)
+    (folder / "manifest.json").write_text(json.dumps({
+        "format": "onnx", "precision": "fp32", "model": spec.to_dict(), "artifact": "model.onnx",
+        "inputs": [{"name": "images", "shape": ["batch", 3, 32, 32], "dtype": "float32"}],
+        "outputs": [{"name": "logits", "shape": ["batch", 1000], "dtype": "float32"}],
+        "batch_range": batch_range}))
+
+
+def test_artifacts_are_measured_through_their_manifest_within_the_batch_range(
+        tmp_path, cpu_run, cache_dir, monkeypatch):
+    (onnx_path,) = cache_dir.glob("resnet18-*.onnx")
+    _write_artifact(tmp_path / "a", onnx_path, {"min": 1, "opt": 2, "max": 2})
+    loaded = []
+
+    def load_artifact_runner(folder, providers=None):
+        loaded.append((folder, providers))
+        return OnnxRuntimeRunner(folder / "model.onnx", providers)
+
+    monkeypatch.setattr(backends, "load_artifact_runner_fn", lambda: load_artifact_runner)
+    out = tmp_path / "out"
+    result = invoke([*FAST, "--artifacts", str(tmp_path), "--batch-sizes", "1,4",
+                     "--threads", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert loaded == [(tmp_path / "a", ["CPUExecutionProvider"])]
+    doc = json.loads((out / "bench.json").read_text())
+    (row,) = doc["results"]
+    assert (row["backend"], row["batch_size"], row["format"]) == ("onnxruntime", 1, "onnx")
+    assert row["artifact"].endswith("model.onnx") and row["threads"] == 1
+    (skip,) = doc["skipped"]
+    assert skip["batch_size"] == 4 and "outside the artifact's batch range 1..2" in skip["reason"]
+
+
+def test_artifacts_without_the_manifest_loader_are_skipped_with_a_reason(
+        tmp_path, cpu_run, cache_dir, monkeypatch):
+    (onnx_path,) = cache_dir.glob("resnet18-*.onnx")
+    _write_artifact(tmp_path / "a", onnx_path, {"min": 1, "opt": 1, "max": 8})
+    monkeypatch.setitem(__import__("sys").modules, "export.manifest", None)  # import fails
+    result = invoke([*FAST, "--artifacts", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    doc = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert "load_artifact_runner is not available" in doc["skipped"][0]["reason"]
+
+
+def test_artifacts_folder_without_manifest_is_a_one_line_error(tmp_path):
+    result = invoke([*FAST, "--artifacts", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: no manifest.json in {tmp_path} or its sub-folders"
+
+
+def test_report_merges_runs_and_rebuilds_the_files(cpu_run, tmp_path):
+    run_dir = cpu_run[0]
+    result = invoke(["report", str(run_dir), str(run_dir / "bench.json"), "--out",
+                     str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    single = json.loads((run_dir / "bench.json").read_text())
+    assert len(doc["results"]) == 2 * len(single["results"])
+    assert len(doc["config"]["runs"]) == 2
+    assert (tmp_path / "bench.png").exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema": "other"}))
+    result = invoke(["report", str(bad), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+
+
+def test_validate_rejects_broken_documents(cpu_run):
+    doc = json.loads((cpu_run[0] / "bench.json").read_text())
+    broken = json.loads(json.dumps(doc))
+    broken["results"][0]["p50_ms"] = "fast"
+    with pytest.raises(ValueError, match="p50_ms"):
+        report.validate(broken)
+    broken = {**doc, "schema_version": 2}
+    with pytest.raises(ValueError, match="v1"):
+        report.validate(broken)
+
+
+def test_inputs_are_seeded_normalised_and_never_constant():
+    spec = backends.ModelSpec.create("resnet18", input_size=32)
+    a, b = backends.make_input(4, spec, 0), backends.make_input(4, spec, 0)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, backends.make_input(4, spec, 1))
+    assert a.dtype == np.float32 and a.shape == (4, 3, 32, 32) and a.std() > 0.5
+    pixels = a * np.reshape(spec.std, (1, 3, 1, 1)) + np.reshape(spec.mean, (1, 3, 1, 1))
+    assert pixels.min() >= -1e-5 and pixels.max() < 1 + 1e-5
