@@ -1,9 +1,115 @@
 """``resnet-train``: train a ResNet on the embedded digits data or the user's own data."""
 
+from __future__ import annotations
+
+from typing import Any
+
 import click
+from click.core import ParameterSource
+
+from .cli_common import (OneLineUsageError, model_options, one_line_errors, print_family_table,
+                         resolve_model_name)
+from .train import RESUME_CHANGES, TrainConfig, run_training
+DEFAULTS = TrainConfig()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Train a ResNet and write a checkpoint that resnet-export understands."""
-    raise click.ClickException("training is not available yet")
+class OneLineCommand(click.Command):
+    """A command whose bad-option errors are one ``Error:`` line, like every other user error."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except OneLineUsageError:
+            raise
+        except click.UsageError as exc:
+            raise OneLineUsageError(exc.format_message(), ctx) from None
+
+
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"],
+                                                     "show_default": True})
+@model_options(default=DEFAULTS.model)
+@click.option("--data", type=click.Path(), default=None,
+              help="A folder with one sub-folder of PNG/JPEG images per class, or an .npz file "
+                   "with arrays x (N x H x W [x C]) and y (N). [default: the embedded "
+                   "scikit-learn digits]")
+@click.option("--epochs", type=int, default=DEFAULTS.epochs, help="Epochs to train.")
+@click.option("--batch-size", type=int, default=DEFAULTS.batch_size,
+              help="Images per step and per process.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=DEFAULTS.optimizer,
+              help="SGD with Nesterov momentum 0.9, or AdamW.")
+@click.option("--lr", type=float, default=None,
+              help="Peak learning rate. [default: 0.1 for sgd, 0.001 for adamw]")
+@click.option("--weight-decay", type=float, default=None,
+              help="Weight decay (not on BatchNorm or biases). [default: 5e-4 sgd, 0.05 adamw]")
+@click.option("--warmup-epochs", type=float, default=DEFAULTS.warmup_epochs,
+              help="Linear warm-up before the cosine decay.")
+@click.option("--label-smoothing", type=float, default=DEFAULTS.label_smoothing,
+              help="Label smoothing of the training loss (0 turns it off).")
+@click.option("--input-size", type=int, default=None,
+              help="Side length images are resized to. [default: the model's design size "
+                   "(32 for resnet20..110, 224 for resnet18..152); 16 for resnet20..110 on "
+                   "the 8x8 digits]")
+@click.option("--augment/--no-augment", default=DEFAULTS.augment,
+              help="Small random rotations, shifts and scaling (never flips).")
+@click.option("--val-fraction", type=float, default=DEFAULTS.val_fraction,
+              help="Share of the data held out for validation (picks best.pt).")
+@click.option("--test-fraction", type=float, default=DEFAULTS.test_fraction,
+              help="Share of the data held out for the final test.")
+@click.option("--seed", type=int, default=DEFAULTS.seed,
+              help="Seeds the split, initialisation, shuffling and augmentation.")
+@click.option("--init-weights", type=click.Path(), default=None, metavar="FILE",
+              help="Start from these weights (a torchvision state dict or a resnet-train "
+                   "checkpoint); a classifier of another size is replaced.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Run folder. [default: artifacts/train/<model>-<data>, numbered -2, -3... "
+                   "when taken]")
+@click.option("--overwrite", is_flag=True, help="Start a new run in an --out that holds one.")
+@click.option("--resume", type=click.Path(), default=None, metavar="RUN",
+              help="Continue the run in this folder (or from this last.pt) where it stopped; "
+                   "only --epochs, --device, --workers and --max-steps may change.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=DEFAULTS.device,
+              help="auto takes CUDA when available (with mixed precision and channels_last).")
+@click.option("--workers", type=int, default=DEFAULTS.workers,
+              help="DataLoader worker processes (0 loads in the training process).")
+@click.option("--max-steps", type=int, default=None,
+              help="Stop after this many optimiser steps in this invocation (smoke tests).")
+@click.option("--list-models", is_flag=True, expose_value=False, is_eager=True,
+              callback=print_family_table, help="Print the model family table and exit.")
+@one_line_errors
+def main(depth: int | None, model: str | None, resume: str | None, out: str | None,
+         overwrite: bool, **options: Any) -> None:
+    """Train a ResNet and write a checkpoint that resnet-export understands.
+
+    \b
+    resnet-train                                  resnet20 on the embedded digits
+    resnet-train --data my_images/ --depth 18     your folder, one sub-folder per class
+    resnet-train --data train.npz --epochs 30     arrays x (N x H x W [x C]) and y (N)
+    resnet-train --resume artifacts/train/resnet20-digits --epochs 30
+    torchrun --nproc_per_node=2 -m export.train_cli ...   DistributedDataParallel
+
+    The run folder gets best.pt (best validation accuracy; resnet-export --checkpoint takes
+    it), last.pt (for --resume), metrics.jsonl, curves.png and summary.json (test accuracy,
+    per-class accuracy, confusion matrix).
+    """
+    ctx = click.get_current_context()
+    given = [name for name in ctx.params
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
+                                                   ParameterSource.ENVIRONMENT)]
+    if resume is not None:
+        fixed = [n for n in given if n not in (*RESUME_CHANGES, "resume")]
+        if fixed:
+            flags = ", ".join("--" + n.replace("_", "-") for n in fixed)
+            raise OneLineUsageError(f"--resume continues the saved run, so {flags} cannot "
+                                    f"change; only --epochs, --device, --workers and "
+                                    f"--max-steps can")
+        changes = {n: options[n] for n in RESUME_CHANGES if n in given}
+        run_training(None, resume=resume, changes=changes, echo=click.echo)
+        return
+    name = resolve_model_name(depth, model) if (depth is not None or model is not None) \
+        else DEFAULTS.model
+    run_training(TrainConfig(model=name, **options), out=out, overwrite=overwrite,
+                 echo=click.echo)
+
+
+if __name__ == "__main__":
+    main(prog_name="resnet-train")

@@ -1,0 +1,447 @@
+"""Training data: the embedded digits, an image folder or an ``.npz`` file, split and served.
+
+Every source goes through the same three steps, so training and the parity gate (through
+:func:`reference_images`) see exactly the same images:
+
+1. *scan* the source: labels, class names and something that can be decoded later (an array or a
+   list of files). A bad source fails here with one :class:`~export.errors.UserError`.
+2. *split* the labels into seeded, stratified train / validation / test indices.
+3. *decode* the chosen indices into ``uint8`` ``N x C x S x S`` arrays at the model's input size.
+
+Where a source came from is recorded as a small plain dict that checkpoints carry::
+
+    {"kind": "digits" | "folder" | "npz", "path": str | None, "seed": int,
+     "val_fraction": float, "test_fraction": float, "num_images": int}
+
+``kind`` and ``path`` say what to read, ``seed`` and the fractions rebuild the split, and
+``num_images`` lets a later reader notice that a folder or file changed since training.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+
+from .errors import UserError
+from .models import ModelSpec
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_TEST_FRACTION = 0.2
+# ITU-R 601-2 luma, the weights Pillow uses for its RGB -> "L" conversion.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+# ---------------------------------------------------------------------------------------------
+# Describing a source
+# ---------------------------------------------------------------------------------------------
+
+
+def describe_source(path: str | os.PathLike | None, seed: int = 0,
+                    val_fraction: float = DEFAULT_VAL_FRACTION,
+                    test_fraction: float = DEFAULT_TEST_FRACTION) -> dict[str, Any]:
+    """The checkpoint's ``dataset`` dict for ``--data PATH`` (None means the embedded digits)."""
+    for name, value in (("validation", val_fraction), ("test", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise UserError(f"the {name} fraction must be between 0 and 1, got {value}")
+    if val_fraction + test_fraction >= 0.9:
+        raise UserError(f"validation + test fractions ({val_fraction} + {test_fraction}) leave "
+                        "too little to train on; keep their sum below 0.9")
+    if path is None:
+        kind, where = "digits", None
+    else:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise UserError(f"data path not found: {p}")
+        if p.is_dir():
+            kind = "folder"
+        elif p.suffix.lower() == ".npz":
+            kind = "npz"
+        else:
+            raise UserError(f"unsupported data file {p}: give a folder with one sub-folder per "
+                            "class, or an .npz file with arrays 'x' and 'y'")
+        where = str(p.resolve())
+    return {"kind": kind, "path": where, "seed": int(seed), "val_fraction": float(val_fraction),
+            "test_fraction": float(test_fraction)}
+
+
+def source_name(dataset: dict[str, Any]) -> str:
+    """A short name for folder names and messages: "digits", or the folder / file stem."""
+    return "digits" if dataset["kind"] == "digits" else Path(dataset["path"]).stem
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 1: scan
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scanned:
+    """A source before decoding: labels (0..K-1), class names and a decoder for chosen indices."""
+
+    labels: np.ndarray  # int64, shape (N,)
+    class_names: list[str]
+    decode: Callable[[np.ndarray, int], np.ndarray]  # (indices, size) -> uint8 N x C x S x S
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def scan(dataset: dict[str, Any]) -> Scanned:
+    """Read what the ``dataset`` dict points at, as far as labels; fail early on bad data."""
+    kind, path = dataset.get("kind"), dataset.get("path")
+    if kind == "digits":
+        return _scan_digits()
+    if kind not in ("folder", "npz"):
+        raise UserError(f"unknown dataset kind {kind!r} (expected digits, folder or npz)")
+    if not path or not Path(path).exists():
+        raise UserError(f"the {kind} dataset is no longer at {path}: restore it there to use "
+                        "its images")
+    scanned = _scan_folder(Path(path)) if kind == "folder" else _scan_npz(Path(path))
+    expected = dataset.get("num_images")
+    if expected is not None and expected != len(scanned.labels):
+        raise UserError(f"the dataset at {path} has changed since training: it holds "
+                        f"{len(scanned.labels)} images, the checkpoint recorded {expected}")
+    return scanned
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Pixel values are 0..16; scale them to the 0..255 of every other source.
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    return images, digits.target.astype(np.int64)
+
+
+def _scan_digits() -> Scanned:
+    images, labels = _digits_arrays()
+    return Scanned(labels, [str(d) for d in range(10)],
+                   lambda idx, size: resize_array(images[idx], size))
+
+
+def _class_folders(root: Path) -> list[tuple[str, list[Path]]]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = []
+    for folder in folders:
+        files = sorted(f for f in folder.iterdir()
+                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                       and not f.name.startswith("."))
+        if files:
+            classes.append((folder.name, files))
+    return classes
+
+
+def _scan_folder(root: Path) -> Scanned:
+    classes = _class_folders(root)
+    if not classes:
+        raise UserError(f"no images found in {root}: expected one sub-folder per class holding "
+                        f"{'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} files")
+    _require_two_classes([name for name, _ in classes], root)
+    files = [f for _, fs in classes for f in fs]
+    labels = np.concatenate([np.full(len(fs), i, dtype=np.int64)
+                             for i, (_, fs) in enumerate(classes)])
+    return Scanned(labels, [name for name, _ in classes],
+                   lambda idx, size: _stack_images([read_image(files[i], size) for i in idx], size))
+
+
+def _stack_images(images: list[np.ndarray], size: int) -> np.ndarray:
+    """Stack C x S x S images; if any is in colour, grayscale ones are replicated to RGB."""
+    if not images:
+        return np.zeros((0, 1, size, size), dtype=np.uint8)
+    in_chans = max(img.shape[0] for img in images)
+    return np.stack([to_channels(img[None], in_chans)[0] for img in images])
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """One image file as ``uint8`` ``C x S x S`` (C = 1 for grayscale files, 3 otherwise)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            gray = img.mode in ("1", "L", "LA", "I", "I;16", "F")
+            img = img.convert("L" if gray else "RGB").resize((size, size), Image.BILINEAR)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else exc}"
+                        ) from None
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _scan_npz(path: Path) -> Scanned:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("x", "y") if k not in npz.files]
+            if missing:
+                raise UserError(f"{path} must hold arrays 'x' (images) and 'y' (labels); "
+                                f"found {npz.files or 'none'}")
+            x, y = npz["x"], npz["y"]
+    except UserError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"cannot read {path} as an .npz file ({str(exc).splitlines()[0]})"
+                        ) from None
+    images = _npz_images(x, path)
+    labels, class_names = _npz_labels(y, path)
+    if len(images) != len(labels):
+        raise UserError(f"{path}: x holds {len(images)} images but y holds {len(labels)} labels")
+    if len(labels) == 0:
+        raise UserError(f"{path} holds no images")
+    _require_two_classes(class_names, path)
+    return Scanned(labels, class_names, lambda idx, size: resize_array(images[idx], size))
+
+
+def _npz_images(x: np.ndarray, path: Path) -> np.ndarray:
+    """x as uint8 N x C x H x W; accepts uint8 (0..255) or floats (0..1), N x H x W (x C)."""
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    else:
+        raise UserError(f"{path}: x must be N x H x W (grayscale) or N x H x W x C with C = 1 "
+                        f"or 3, got shape {x.shape}")
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if np.issubdtype(x.dtype, np.floating):
+        if x.size and (not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0):
+            raise UserError(f"{path}: float images must hold values in 0..1 "
+                            f"(got {np.nanmin(x):.3g}..{np.nanmax(x):.3g}); "
+                            "or store them as uint8 0..255")
+        return np.rint(x * 255.0).astype(np.uint8)
+    raise UserError(f"{path}: x must be uint8 (0..255) or float (0..1) images, got {x.dtype}")
+
+
+def _npz_labels(y: np.ndarray, path: Path) -> tuple[np.ndarray, list[str]]:
+    """y as labels 0..K-1 and the sorted distinct values as class names."""
+    if y.ndim != 1:
+        raise UserError(f"{path}: y must be one label per image (shape N), got shape {y.shape}")
+    if not (np.issubdtype(y.dtype, np.integer) or y.dtype.kind == "U") or y.dtype == np.bool_:
+        raise UserError(f"{path}: y must hold integer or string class labels, got {y.dtype}")
+    values, labels = np.unique(y, return_inverse=True)
+    return labels.astype(np.int64).reshape(-1), [str(v) for v in values]
+
+
+def _require_two_classes(class_names: Sequence[str], where: Path) -> None:
+    if len(class_names) < 2:
+        found = f" ({class_names[0]})" if class_names else ""
+        raise UserError(f"{where} holds a single class{found}: training needs at least two")
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 2: split
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def split_indices(labels: np.ndarray, seed: int, val_fraction: float,
+                  test_fraction: float, class_names: Sequence[str] | None = None) -> Split:
+    """Seeded, stratified train / validation / test indices (each class in every part)."""
+    counts = np.bincount(labels)
+    num_classes = len(counts)
+    if counts.min() < 3:
+        name = (class_names or [str(i) for i in range(num_classes)])[int(counts.argmin())]
+        raise UserError(f"class {name!r} has {counts.min()} image(s): each class needs at least "
+                        "3 (one each for training, validation and test)")
+    n = len(labels)
+    n_test = max(num_classes, round(test_fraction * n))
+    n_val = max(num_classes, round(val_fraction * n))
+    if n - n_test - n_val < num_classes:
+        raise UserError(f"{n} images are too few to split {num_classes} classes into training, "
+                        "validation and test parts")
+    everything = np.arange(n)
+    rest, test = train_test_split(everything, test_size=n_test, random_state=seed,
+                                  stratify=labels)
+    train, val = train_test_split(rest, test_size=n_val, random_state=seed,
+                                  stratify=labels[rest])
+    return Split(np.sort(train), np.sort(val), np.sort(test))
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 3: decode, channels and normalisation
+# ---------------------------------------------------------------------------------------------
+
+
+def resize_array(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 N x C x H x W -> uint8 N x C x size x size (bilinear, antialiased when shrinking)."""
+    if images.shape[-2:] == (size, size):
+        return np.ascontiguousarray(images)
+    x = torch.from_numpy(np.ascontiguousarray(images)).float()
+    y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return y.round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def to_channels(images: np.ndarray, in_chans: int) -> np.ndarray:
+    """N x C x H x W with C in (1, 3) -> ``in_chans`` channels (replicate grey, luma of RGB)."""
+    have = images.shape[1]
+    if have == in_chans:
+        return images
+    if have == 1 and in_chans == 3:
+        return np.repeat(images, 3, axis=1)
+    if have == 3 and in_chans == 1:
+        luma = np.tensordot(np.asarray(LUMA_WEIGHTS, dtype=np.float32),
+                            images.astype(np.float32), axes=([0], [1]))
+        return np.rint(luma)[:, None].astype(images.dtype)
+    raise UserError(f"cannot turn {have}-channel images into {in_chans}-channel model input")
+
+
+def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 N x C x H x W -> float32, scaled to 0..1 then standardised per channel."""
+    m = np.asarray(mean, dtype=np.float32)[None, :, None, None]
+    s = np.asarray(std, dtype=np.float32)[None, :, None, None]
+    return np.ascontiguousarray((images.astype(np.float32) / 255.0 - m) / s, dtype=np.float32)
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (0..1 scale) of uint8 N x C x H x W images."""
+    x = images.astype(np.float64) / 255.0
+    mean = x.mean(axis=(0, 2, 3))
+    std = np.maximum(x.std(axis=(0, 2, 3)), 1e-3)
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+# ---------------------------------------------------------------------------------------------
+# What training uses
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingData:
+    """Decoded splits (uint8 N x C x S x S), labels, class names and the source description."""
+
+    dataset: dict[str, Any]
+    class_names: list[str]
+    images: dict[str, np.ndarray]  # "train" / "val" / "test"
+    labels: dict[str, np.ndarray]
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.images["train"].shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def counts(self) -> dict[str, int]:
+        return {part: int(len(v)) for part, v in self.labels.items()}
+
+
+def load_training_data(dataset: dict[str, Any], input_size: int) -> TrainingData:
+    """Scan, split and decode a source; ``dataset`` gains ``num_images``.
+
+    Channels are inferred from the data: grayscale (1) unless some image is in colour (3), in
+    which case grayscale images are replicated to three channels.
+    """
+    scanned = scan(dataset)
+    split = split_indices(scanned.labels, dataset["seed"], dataset["val_fraction"],
+                          dataset["test_fraction"], scanned.class_names)
+    order = np.concatenate([split.train, split.val, split.test])
+    decoded = scanned.decode(order, input_size)
+    bounds = np.cumsum([len(split.train), len(split.val)])
+    parts = dict(zip(("train", "val", "test"), np.split(decoded, bounds)))
+    index = dict(zip(("train", "val", "test"), (split.train, split.val, split.test)))
+    labels = {part: scanned.labels[idx] for part, idx in index.items()}
+    dataset = {**dataset, "num_images": int(len(scanned.labels))}
+    return TrainingData(dataset, scanned.class_names, parts, labels)
+
+
+def reference_images(dataset: dict[str, Any] | None, spec: ModelSpec, limit: int = 64,
+                     seed: int = 0) -> np.ndarray:
+    """Real test-split images as the model sees them: float32 N x C x S x S, normalised.
+
+    ``dataset`` is a checkpoint's ``dataset`` dict (None: the embedded digits with the default
+    split). Images are resized to ``spec.input_size``, converted to ``spec.in_chans`` channels and
+    normalised with ``spec.mean``/``spec.std``. At most ``limit`` images are returned: a
+    ``seed``-chosen subset of the test split, in split order, so the same call gives the same
+    array. Raises :class:`UserError` when the data is gone or changed.
+    """
+    dataset = dataset if dataset is not None else describe_source(None)
+    scanned = scan(dataset)
+    split = split_indices(scanned.labels, int(dataset.get("seed", 0)),
+                          float(dataset.get("val_fraction", DEFAULT_VAL_FRACTION)),
+                          float(dataset.get("test_fraction", DEFAULT_TEST_FRACTION)),
+                          scanned.class_names)
+    chosen = split.test
+    if limit < len(chosen):
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(chosen, size=max(0, limit), replace=False))
+    images = to_channels(scanned.decode(chosen, spec.input_size), spec.in_chans)
+    return normalise(images, spec.mean, spec.std)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving batches
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Small random affine jitter; no flips (digits and most labelled images are not mirror-safe)."""
+
+    max_rotate_deg: float = 10.0
+    max_shift: float = 0.1  # of the image side
+    max_scale: float = 0.1  # +- relative
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decoded uint8 images -> normalised float tensors, with optional seeded augmentation.
+
+    The jitter of image ``i`` in epoch ``e`` is drawn from a generator seeded by ``(seed, e, i)``,
+    so it does not depend on worker count, rank or whether the run was resumed.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mean: Sequence[float],
+                 std: Sequence[float], augment: Augment | None = None, seed: int = 0):
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[i].float().div_(255.0)
+        if self.augment is not None:
+            x = self._jitter(x, np.random.default_rng((self.seed, self.epoch, int(i))))
+        return (x - self.mean) / self.std, self.labels[i]
+
+    def _jitter(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        a = self.augment
+        angle = math.radians(rng.uniform(-a.max_rotate_deg, a.max_rotate_deg))
+        scale = 1.0 + rng.uniform(-a.max_scale, a.max_scale)
+        tx, ty = rng.uniform(-a.max_shift, a.max_shift, size=2) * 2.0  # grid units span 2
+        cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+        theta = torch.tensor([[cos, -sin, tx], [sin, cos, ty]], dtype=torch.float32)[None]
+        grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)
+        return F.grid_sample(x[None], grid, mode="bilinear", padding_mode="border",
+                             align_corners=False)[0]
+
+
+__all__ = ["Augment", "DEFAULT_TEST_FRACTION", "DEFAULT_VAL_FRACTION", "ImageDataset", "Scanned",
+           "Split", "TrainingData", "channel_stats", "describe_source", "load_training_data",
+           "normalise", "read_image", "reference_images", "resize_array", "scan", "source_name",
+           "split_indices", "to_channels"]
