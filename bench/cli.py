@@ -7,7 +7,9 @@ and a larger batch, and writes bench.json/.csv/.md/.png under artifacts/bench/<t
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -334,13 +336,22 @@ def _sweep(doc: dict[str, Any], candidates: list[Candidate], timing: TimingConfi
     bar = tqdm(total=len(candidates) * len(batches), file=sys.stderr, unit="case",
                disable=not progress, dynamic_ncols=True, leave=False)
     sweep = Sweep(doc, timing, batches, seed, threads, macs, rule, bar)
+    # SIGTERM (e.g. `timeout 120 resnet-bench ...`) stops the run like Ctrl-C: results are kept.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     try:
         for cand in candidates:
             sweep.run(cand)
     except KeyboardInterrupt:
         doc["interrupted"] = True
     finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
         bar.close()
+
+
+def _raise_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 @main.command("report", cls=OneLineCommand)

@@ -260,3 +260,67 @@ def test_inputs_are_seeded_normalised_and_never_constant():
     assert a.dtype == np.float32 and a.shape == (4, 3, 32, 32) and a.std() > 0.5
     pixels = a * np.reshape(spec.std, (1, 3, 1, 1)) + np.reshape(spec.mean, (1, 3, 1, 1))
     assert pixels.min() >= -1e-5 and pixels.max() < 1 + 1e-5
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_real_ctrl_c_or_sigterm_writes_the_files_and_exits_130(tmp_path, signame):
+    """In a real process: Ctrl-C (SIGINT) or `timeout`'s SIGTERM mid-loop keeps the results."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "--depth", "18", "--input-size", "32",
+         "--backends", "null", "--batch-sizes", "1", "--min-time", "120", "--progress",
+         "--out", str(tmp_path)],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": root})
+    seen = bytearray()
+    timed = threading.Event()
+
+    def read():
+        for chunk in iter(lambda: proc.stderr.read1(4096), b""):
+            seen.extend(chunk)
+            if b"timed" in seen:
+                timed.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert timed.wait(60), seen.decode(errors="replace")  # the timed loop has started
+        proc.send_signal(getattr(signal, signame))
+        proc.wait(timeout=60)
+        stdout = proc.stdout.read()  # small: the Markdown table
+    finally:
+        proc.kill()
+    reader.join(10)  # stderr is read by the reader thread only
+    assert proc.returncode == 130, seen.decode(errors="replace")
+    assert b"interrupted" in seen and b"| null" in stdout
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert doc["interrupted"] is True
+    (row,) = doc["results"]
+    assert row["complete"] is False and row["iterations"] > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_run_times_end_to_end_and_compute_only_with_and_without_graphs(tmp_path):
+    result = invoke(["--depth", "18", "--input-size", "64", "--warmup", "3", "--min-iters", "5",
+                     "--min-time", "0", "--no-progress", "--device", "cuda", "--backends",
+                     "torch", "--precision", "fp32,fp16", "--channels-last", "--cuda-graphs",
+                     "both", "--batch-sizes", "1,4", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert doc["environment"]["gpu"]["name"]
+    assert doc["config"]["cudnn_benchmark"] is True
+    got = {(r["precision"], r["cuda_graphs"], r["batch_size"], r["timing"])
+           for r in doc["results"]}
+    assert got == {(p, g, b, t) for p in ("fp32", "fp16") for g in (False, True)
+                   for b in (1, 4) for t in ("e2e", "compute")}
+    for row in doc["results"]:
+        assert row["device"] == "cuda" and row["timer"] == "cuda_event"
+        assert row["channels_last"] is True and row["iterations"] >= 5
+        assert 0 < row["min_ms"] <= row["p50_ms"]
