@@ -2,10 +2,50 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
 
-from .cli_common import (DefaultGroup, model_options, one_line_errors, print_family_table,
-                         resolve_model_name)
+from .cli_common import (DefaultGroup, OneLineUsageError, model_options, one_line_errors,
+                         print_family_table, resolve_model_name)
+from .errors import UserError
+from .onnx_export import DEFAULT_OPSET
+from .shapes import BatchRange
+
+
+class OneLineCommand(click.Command):
+    """Bad option values (a wrong --fmt, a non-number) as one ``Error:`` line, exit status 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except OneLineUsageError:
+            raise
+        except click.UsageError as exc:
+            raise OneLineUsageError(exc.format_message(), ctx) from None
+
+
+class _Parsed(click.ParamType):
+    """A click type from a parse function that raises UserError."""
+
+    def __init__(self, name: str, parse: Any):
+        self.name = name
+        self._parse = parse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self._parse(value)
+        except UserError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _parse_workspace(text: str) -> int:
+    from .tensorrt_engine import parse_size
+
+    return parse_size(text)
 
 
 @click.group(cls=DefaultGroup, default_command="build",
@@ -14,18 +54,82 @@ def main() -> None:
     """Export a ResNet and prove the artifact gives the eager model's logits."""
 
 
-@main.command("build")
+@main.command("build", cls=OneLineCommand)
 @model_options(default="resnet50")
 @click.option("--list-models", is_flag=True, expose_value=False, is_eager=True,
               callback=print_family_table, help="Print the model family table and exit.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Weights: a resnet-train checkpoint (it says which model it is) or a plain "
+                   "torchvision-format state dict (say the model with --depth/--model). Loaded "
+                   "without executing code. Without it: seeded UNTRAINED weights, with a warning.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None,
+              help="Classes [default: the checkpoint's; 1000 ImageNet, 10 small-image].")
+@click.option("--in-chans", type=click.IntRange(min=1), default=None,
+              help="Input channels [default: the checkpoint's; 3 ImageNet, 1 small-image].")
+@click.option("--fmt", type=click.Choice(["onnx", "onnx-fp16", "trt"]), default="onnx",
+              show_default=True,
+              help="onnx: FP32 ONNX; onnx-fp16: FP16-typed ONNX; trt: TensorRT engine.")
+@click.option("--input-size", type=click.IntRange(min=8), default=None,
+              help="Input side length [default: the model's, 224 or 32].")
+@click.option("--batch-range", type=_Parsed("MIN:OPT:MAX", BatchRange.parse), default=None,
+              help="Dynamic batch range, e.g. 1:8:32 [default 1:8:32 ImageNet, 1:64:256 "
+                   "small-image].")
+@click.option("--min-batch", type=click.IntRange(min=1), default=None, help="Smallest batch.")
+@click.option("--opt-batch", type=click.IntRange(min=1), default=None,
+              help="Batch TensorRT tunes for.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None, help="Largest batch.")
+@click.option("--opset", type=click.IntRange(min=13), default=DEFAULT_OPSET, show_default=True,
+              help="ONNX opset (20 is the newest TensorRT 10 reads).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: artifacts/<model>-<fmt> under the current folder].")
+@click.option("--fp16-io", is_flag=True,
+              help="FP16 inputs and outputs for FP16 artifacts [default: FP32 I/O, cast inside].")
+@click.option("--trt-precision", type=click.Choice(["fp16", "fp32"]), default="fp16",
+              show_default=True, help="Engine precision: fp16 builds from the FP16 ONNX.")
+@click.option("--workspace", type=_Parsed("SIZE", _parse_workspace), default="4G",
+              show_default=True, help="TensorRT workspace limit, e.g. 4G, 512M.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for fresh weights (no --checkpoint).")
+@click.option("--keep-failed", is_flag=True,
+              help="Keep an artifact that fails the gate as <out>.FAILED [default: delete it].")
 @one_line_errors
-def build(depth: int | None, model: str | None) -> None:
+def build(depth: int | None, model: str | None, checkpoint: Path | None,
+          num_classes: int | None, in_chans: int | None, fmt: str, input_size: int | None,
+          batch_range: BatchRange | None, min_batch: int | None, opt_batch: int | None,
+          max_batch: int | None, opset: int, out: Path | None, fp16_io: bool,
+          trt_precision: str, workspace: int, seed: int, keep_failed: bool) -> None:
     """Export a ResNet and prove the artifact gives the eager model's logits.
 
     \b
-    resnet-export --depth 50 --fmt onnx        export ResNet-50
+    resnet-export --depth 50 --fmt onnx        export ResNet-50 (fresh weights)
+    resnet-export --checkpoint ckpt.pt --fmt onnx-fp16
+    resnet-export --depth 50 --fmt trt         TensorRT FP16 engine (needs a GPU)
     resnet-export --list-models                the family with parameters and MACs
     resnet-export verify DIR                   re-run the parity gate on existing artifacts
     """
-    name = resolve_model_name(depth, model) if (depth or model) else "resnet50"
-    raise click.ClickException(f"exporting {name}: export formats are not available yet")
+    from .pipeline import ExportRequest, export_artifact
+
+    name = resolve_model_name(depth, model) if (depth is not None or model is not None) else None
+    if batch_range is not None and any(v is not None for v in (min_batch, opt_batch, max_batch)):
+        raise OneLineUsageError("give --batch-range or --min/--opt/--max-batch, not both")
+    request = ExportRequest(
+        fmt=fmt, model=name, checkpoint=checkpoint, num_classes=num_classes, in_chans=in_chans,
+        input_size=input_size, batch=batch_range, batch_parts=(min_batch, opt_batch, max_batch),
+        opset=opset, out=out, io_fp16=fp16_io, trt_precision=trt_precision, workspace=workspace,
+        seed=seed, keep_failed=keep_failed)
+    export_artifact(request, echo=click.echo, warn=lambda line: click.echo(line, err=True))
+
+
+@main.command("verify", cls=OneLineCommand)
+@click.argument("folder", type=click.Path(path_type=Path))
+@one_line_errors
+def verify(folder: Path) -> None:
+    """Re-run the parity gate on an existing artifact folder (exit 1 if it fails).
+
+    Checks every file's sha256 against manifest.json, rebuilds the eager reference from the
+    recorded weights (their sha256 checked) or seed, and runs the same gate as the export.
+    """
+    from .pipeline import verify_artifact
+
+    verify_artifact(folder, echo=click.echo)
+    click.echo(f"verified {folder}: PASS")

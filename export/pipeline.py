@@ -1,0 +1,396 @@
+"""Export and verify, end to end: the only module that knows the order of the steps.
+
+Export: check prerequisites -> eager reference -> FP32 ONNX -> (FP16 ONNX) -> (TensorRT engine)
+-> parity gate -> manifest -> into place. Everything is written into a hidden staging folder
+beside the output (``.<out>.XXXX.partial``); only an artifact that passed its gate is renamed to
+the output folder, atomically replacing a previous artifact there. A failed artifact is deleted
+(or, with ``keep_failed``, renamed to ``<out>.FAILED`` with its manifest saying so) and the
+command exits 1. ``--fmt trt`` checks for TensorRT and a GPU before anything is created.
+
+Verify: manifest -> every file's sha256 -> (engine compatibility) -> rebuild the eager reference
+from the recorded weights (sha256 checked) or seed -> the same gate -> exit 1 on failure.
+Verify never modifies the artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import UserError
+from .fp16 import convert_to_fp16
+from .manifest import (MANIFEST_NAME, build_manifest, file_entry, library_versions,
+                       read_manifest, verify_files, write_manifest)
+from .models import ModelSpec
+from .onnx_export import (DEFAULT_OPSET, export_onnx, io_signature, save_onnx, stamp_metadata)
+from .parity import (ParityInput, Verdict, format_table, random_inputs, real_inputs, run_gate)
+from .runners import Runner, TorchRunner
+from .shapes import BatchRange
+from .weights import DEFAULT_SEED, SourceModel, checkpoint_source, fresh_source, \
+    source_from_manifest
+
+FORMATS = ("onnx", "onnx-fp16", "trt")
+RANDOM_SEED = 1234
+Echo = Callable[[str], None]
+
+
+class ParityFailed(UserError):
+    """The artifact does not give the eager model's logits: nothing good-looking is left."""
+
+
+@dataclass
+class ExportRequest:
+    """What the user asked for; None means "the default that suits the model"."""
+
+    fmt: str = "onnx"
+    model: str | None = None  # resolved family name (None: from the checkpoint, or resnet50)
+    checkpoint: Path | None = None
+    num_classes: int | None = None
+    in_chans: int | None = None
+    input_size: int | None = None
+    batch: BatchRange | None = None
+    batch_parts: tuple[int | None, int | None, int | None] = (None, None, None)  # --min/opt/max
+    opset: int = DEFAULT_OPSET
+    out: Path | None = None
+    io_fp16: bool = False
+    trt_precision: str = "fp16"
+    workspace: int | None = None
+    seed: int = DEFAULT_SEED
+    keep_failed: bool = False
+
+    @property
+    def precision(self) -> str:
+        return {"onnx": "fp32", "onnx-fp16": "fp16"}.get(self.fmt, self.trt_precision)
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest: dict[str, Any]
+    verdicts: list[Verdict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# The eager reference
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_source(req: ExportRequest) -> SourceModel:
+    """Checkpoint / plain state dict / fresh weights, with defaults that suit the model."""
+    if req.checkpoint is not None:
+        return checkpoint_source(req.checkpoint, req.model, req.num_classes, req.in_chans,
+                                 req.input_size)
+    name = req.model or "resnet50"
+    small = ModelSpec.create(name).architecture.kind == "cifar"
+    # the small-image models default to the embedded digits: 10 classes, grayscale
+    spec = ModelSpec.create(name, num_classes=req.num_classes or (10 if small else 1000),
+                            in_chans=req.in_chans or (1 if small else 3),
+                            input_size=req.input_size)
+    return fresh_source(spec, req.seed)
+
+
+def merge_batch(default: BatchRange, lo: int | None, opt: int | None, hi: int | None
+                ) -> BatchRange:
+    """--min/--opt/--max-batch over the model's default; unnamed ends move to fit the named."""
+    lo_ = lo if lo is not None else min([default.min] + [v for v in (opt, hi) if v is not None])
+    hi_ = hi if hi is not None else max([default.max] + [v for v in (lo, opt) if v is not None])
+    opt_ = opt if opt is not None else min(max(default.opt, lo_), hi_)
+    return BatchRange(lo_, opt_, hi_)
+
+
+def default_out(spec: ModelSpec, req: ExportRequest) -> Path:
+    suffix = "trt-fp32" if req.fmt == "trt" and req.trt_precision == "fp32" else req.fmt
+    return Path("artifacts") / f"{spec.name}-{suffix}"
+
+
+def normalization_of(spec: ModelSpec) -> dict[str, Any]:
+    return {"mean": list(spec.mean), "std": list(spec.std), "layout": "NCHW",
+            "pixel_scale": "pixels / 255, then (x - mean) / std per channel",
+            "color": "RGB" if spec.in_chans == 3 else f"{spec.in_chans}-channel (grayscale)"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The gate's inputs and runners
+# ---------------------------------------------------------------------------------------------
+
+
+def parity_inputs(spec: ModelSpec, batch: BatchRange, dataset: dict[str, Any] | None
+                  ) -> tuple[list[ParityInput], dict[str, Any]]:
+    """Real test-split images (where available) and seeded random inputs at each batch size."""
+    sizes = batch.parity_sizes()
+    shape = (spec.in_chans, spec.input_size, spec.input_size)
+    items: list[ParityInput] = []
+    real: dict[str, Any] = {"available": False, "dataset": dataset, "count": 0, "note": None}
+    try:
+        from .data import reference_images
+    except ImportError as exc:  # the data module is optional for the gate
+        real["note"] = f"real images unavailable: export.data cannot be imported ({exc})"
+    else:
+        try:
+            images = reference_images(dataset, spec, limit=max(sizes))
+        except UserError as exc:
+            real["note"] = f"real images unavailable: {exc}"
+        else:
+            if len(images):
+                items += real_inputs(images, sizes)
+                real.update(available=True, count=int(len(images)))
+            else:
+                real["note"] = "real images unavailable: the test split is empty"
+    items += random_inputs(shape, sizes, RANDOM_SEED)
+    described = {"batch_sizes": sizes, "real": real,
+                 "random": {"distribution": "N(0,1)", "seed": RANDOM_SEED}}
+    return items, described
+
+
+def candidate_runners(folder: Path, manifest: dict[str, Any]) -> list[Runner]:
+    """The artifact in its own runtime(s): ONNX Runtime CPU (and CUDA where present) for ONNX;
+    for an engine, the ONNX it was built from on ONNX Runtime CPU, then the engine itself."""
+    from .loaders import ArtifactOnnxRuntimeRunner, runner_for
+
+    runners: list[Runner] = []
+    if manifest["format"] == "trt":
+        built_from = manifest["tensorrt"]["built_from"]
+        runners.append(ArtifactOnnxRuntimeRunner(folder / built_from, manifest))
+        runners.append(runner_for(folder, manifest))
+        return runners
+    runners.append(runner_for(folder, manifest))
+    if _cuda_ep_usable():
+        runners.append(runner_for(folder, manifest, ["CUDAExecutionProvider"]))
+    return runners
+
+
+def _cuda_ep_usable() -> bool:
+    import onnxruntime as ort
+    import torch
+
+    return "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+
+
+def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
+         ) -> tuple[dict[str, Any], list[Verdict]]:
+    """Run the gate for every candidate runtime; print a table for each."""
+    spec = ModelSpec.from_dict(manifest["model"])
+    batch = BatchRange.from_dict(manifest["batch_range"])
+    dataset = source.dataset
+    recorded = (manifest.get("parity") or {}).get("inputs", {}).get("real", {})
+    if recorded.get("dataset") is not None:
+        dataset = recorded["dataset"]
+    inputs, described = parity_inputs(spec, batch, dataset)
+    notes = [described["real"]["note"]] if described["real"]["note"] else []
+    reference = TorchRunner(source.model, device="cpu")
+    verdicts = []
+    for candidate in candidate_runners(folder, manifest):
+        started = time.perf_counter()
+        verdict = run_gate(reference, candidate, inputs, manifest["precision"], notes)
+        echo(format_table(verdict) + f"  ({time.perf_counter() - started:.1f}s)")
+        verdicts.append(verdict)
+    parity = {"passed": all(v.passed for v in verdicts), "inputs": described,
+              "runs": [v.to_dict() for v in verdicts]}
+    return parity, verdicts
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_out(out: Path) -> dict[str, Any] | None:
+    """May we write ``out``? Returns the previous artifact's manifest there, if any."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MANIFEST_NAME).is_file():
+            raise UserError(f"--out {out} exists and is not an artifact folder; choose another "
+                            "--out or empty it")
+        try:
+            return read_manifest(out)
+        except UserError:
+            return None
+    return None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _make_dirs(path: Path) -> list[Path]:
+    """mkdir -p that remembers what it created, so a failure can take it back."""
+    created = []
+    for parent in reversed([path, *path.parents]):
+        if not parent.exists():
+            parent.mkdir()
+            created.append(parent)
+    return created
+
+
+def _promote(staging: Path, out: Path) -> None:
+    """Rename the staging folder to ``out``, replacing a previous artifact as one step."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+        os.replace(out, old)
+        try:
+            os.replace(staging, out)
+        except OSError:
+            os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def export_artifact(req: ExportRequest, echo: Echo = print, warn: Echo = print) -> ExportResult:
+    """Export, gate, and move into place; raises :class:`ParityFailed` (exit 1) on a failed gate."""
+    if req.fmt not in FORMATS:
+        raise UserError(f"unknown format {req.fmt!r}; choose one of {', '.join(FORMATS)}")
+    trt_version, gpu = None, None
+    if req.fmt == "trt":  # before anything is read or created
+        from .tensorrt_engine import require_tensorrt
+
+        trt, gpu = require_tensorrt()
+        trt_version = str(trt.__version__)
+    if req.io_fp16 and req.precision != "fp16":
+        raise UserError("--fp16-io needs an FP16 artifact (--fmt onnx-fp16, or trt with "
+                        "--trt-precision fp16)")
+
+    source = resolve_source(req)
+    for note in source.warnings:
+        warn(f"warning: {note}")
+    spec = source.spec
+    batch = req.batch or merge_batch(BatchRange.default_for(spec), *req.batch_parts)
+    out = Path(req.out) if req.out is not None else default_out(spec, req)
+    previous = _check_out(out)
+
+    created = _make_dirs(out.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an artifact folder is not
+    promoted = False
+    try:
+        manifest, verdicts = _build_in(staging, req, source, batch, trt_version, gpu, previous,
+                                       out, echo)
+        if not manifest["parity"]["passed"]:
+            failed_note = "nothing was written"
+            if req.keep_failed:
+                failed = out.with_name(out.name + ".FAILED")
+                shutil.rmtree(failed, ignore_errors=True)
+                os.replace(staging, failed)
+                failed_note = f"kept for inspection in {failed}"
+            raise ParityFailed(f"parity gate FAILED for {spec.name} {req.fmt}: "
+                               f"{_first_failure(verdicts)}; {failed_note}")
+        _promote(staging, out)
+        promoted = True
+        files = ", ".join(f"{f['path']} ({f['bytes'] / 1e6:.1f} MB)" for f in manifest["files"])
+        echo(f"wrote {out}/: {files}, {MANIFEST_NAME}")
+        return ExportResult(out, manifest, verdicts)
+    finally:
+        if not promoted:
+            shutil.rmtree(staging, ignore_errors=True)
+            for path in reversed(created):
+                try:
+                    path.rmdir()
+                except OSError:
+                    break
+
+
+def _first_failure(verdicts: list[Verdict]) -> str:
+    for v in verdicts:
+        for c in v.comparisons:
+            if not c.passed:
+                return f"{v.candidate} on '{c.name}': {c.failures[0]}"
+    return "no comparison passed"
+
+
+def _build_in(staging: Path, req: ExportRequest, source: SourceModel, batch: BatchRange,
+              trt_version: str | None, gpu: Any, previous: dict[str, Any] | None, out: Path,
+              echo: Echo) -> tuple[dict[str, Any], list[Verdict]]:
+    """Write every file into ``staging``, gate them, write the manifest there."""
+    spec = source.spec
+    started = time.perf_counter()
+    echo(f"exporting {spec.name} ({spec.num_classes} classes, {spec.in_chans}x{spec.input_size}x"
+         f"{spec.input_size}, batch {batch}) to {req.fmt} with torch.onnx dynamo, opset "
+         f"{req.opset}")
+    proto = export_onnx(source.model, spec, req.opset)
+    metadata = {"model": spec.to_dict(), "normalization": normalization_of(spec),
+                "class_names": source.class_names, "batch_range": batch.to_dict(),
+                "source": {k: source.source.get(k) for k in ("kind", "sha256", "seed")}}
+    doc = (f"{spec.name}: {spec.num_classes} classes, input {spec.in_chans}x{spec.input_size}x"
+           f"{spec.input_size} NCHW normalised with the mean/std in metadata_props; exported by "
+           "resnet-deploy")
+    fp16_report = None
+    fp16_onnx = req.precision == "fp16"
+    if fp16_onnx:
+        proto, report = convert_to_fp16(proto, io_fp16=req.io_fp16)
+        fp16_report = report.to_dict()
+    stamp_metadata(proto, {**metadata, "precision": req.precision}, doc)
+    onnx_name = f"{spec.name}.fp16.onnx" if fp16_onnx else f"{spec.name}.onnx"
+    save_onnx(proto, staging / onnx_name)
+    inputs, outputs = io_signature(proto)
+    echo(f"  {onnx_name}: {(staging / onnx_name).stat().st_size / 1e6:.1f} MB, passes "
+         f"onnx.checker (full) ({time.perf_counter() - started:.1f}s)")
+
+    files = [file_entry(staging, onnx_name, "artifact" if req.fmt != "trt" else "source-onnx")]
+    artifact, tensorrt = onnx_name, None
+    if req.fmt == "trt":
+        from .tensorrt_engine import DEFAULT_WORKSPACE, build_engine, timing_cache_reusable
+
+        engine_name, cache_name = f"{spec.name}.engine", "timing.cache"
+        reuse = timing_cache_reusable(previous, trt_version, gpu)
+        if reuse and (out / cache_name).is_file():
+            shutil.copy2(out / cache_name, staging / cache_name)
+        tensorrt = build_engine(staging / onnx_name, staging / engine_name, inputs[0]["name"],
+                                batch.profile_shapes(spec), req.precision,
+                                req.workspace or DEFAULT_WORKSPACE, staging / cache_name,
+                                reuse, echo)
+        artifact = engine_name
+        files.insert(0, file_entry(staging, engine_name, "artifact"))
+        files.append(file_entry(staging, cache_name, "timing-cache"))
+
+    manifest = build_manifest(
+        fmt=req.fmt, precision=req.precision, artifact=artifact, files=files,
+        model=spec.to_dict(), class_names=source.class_names,
+        normalization=normalization_of(spec), source=source.source, inputs=inputs,
+        outputs=outputs, batch_range=batch.to_dict(), opset=req.opset, fp16=fp16_report,
+        tensorrt=tensorrt, gpu=gpu.to_dict() if gpu is not None and req.fmt == "trt" else None,
+        versions=library_versions(trt_version), parity={"passed": False, "runs": []})
+    parity, verdicts = gate(staging, manifest, source, echo)
+    manifest["parity"] = parity
+    write_manifest(staging, manifest)
+    return manifest, verdicts
+
+
+# ---------------------------------------------------------------------------------------------
+# Verify
+# ---------------------------------------------------------------------------------------------
+
+
+def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
+    """Re-run the gate on an existing artifact; raises :class:`ParityFailed` if it fails now."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    verify_files(folder, manifest)
+    echo(f"{folder}: {len(manifest['files'])} files match their sha256")
+    if manifest["format"] == "trt":
+        from .tensorrt_engine import check_engine_compatible, cuda_gpu, tensorrt_version
+
+        if tensorrt_version() is None or cuda_gpu() is None:
+            from .tensorrt_engine import require_tensorrt
+
+            require_tensorrt("verifying a TensorRT engine")
+        check_engine_compatible(manifest, tensorrt_version(), cuda_gpu())
+    source = source_from_manifest(manifest)
+    parity, verdicts = gate(folder, manifest, source, echo)
+    if not parity["passed"]:
+        raise ParityFailed(f"parity gate FAILED on {folder}: {_first_failure(verdicts)}")
+    if not manifest["parity"].get("passed"):
+        echo("note: the manifest records a failed gate at export; it passes now")
+    return parity
+
+
+__all__ = ["ExportRequest", "ExportResult", "FORMATS", "ParityFailed", "export_artifact",
+           "verify_artifact", "resolve_source", "parity_inputs", "gate"]
