@@ -207,6 +207,10 @@ class Planner:
         self.candidates: list[Candidate] = []
         self.skipped: list[Skip] = []
 
+    def _skip(self, skip: Skip) -> None:
+        if skip not in self.skipped:  # e.g. the same reason for the with/without-graphs variants
+            self.skipped.append(skip)
+
     def plan(self) -> tuple[list[Candidate], list[Skip]]:
         req = self.req
         if req.artifacts is not None:
@@ -222,7 +226,7 @@ class Planner:
             for backend in BACKENDS:
                 reason = NOT_DEFAULT_REASON.get((req.device, backend))
                 if reason and backend not in names:
-                    self.skipped.append(Skip(backend, reason))
+                    self._skip(Skip(backend, reason))
         return self.candidates, self.skipped
 
     # -- backends that run a model built here ---------------------------------------------
@@ -240,7 +244,7 @@ class Planner:
             for precision in self._precisions():
                 for graphs in req.cuda_graphs:
                     if reason:
-                        self.skipped.append(Skip(backend, reason, precision))
+                        self._skip(Skip(backend, reason, precision))
                         continue
                     self._add_torch(backend, spec, precision, graphs, compile_)
         elif backend in ORT_PROVIDERS:
@@ -252,11 +256,11 @@ class Planner:
                 else:
                     reason_p = reason
                 if reason_p:
-                    self.skipped.append(Skip(backend, reason_p, precision))
+                    self._skip(Skip(backend, reason_p, precision))
                     continue
                 self._add_ort(backend, spec)
         elif backend == "tensorrt":
-            self.skipped.append(Skip(backend, "TensorRT engines are benchmarked from the export's "
+            self._skip(Skip(backend, "TensorRT engines are benchmarked from the export's "
                                               "artifacts: pass --artifacts DIR"))
         elif backend == "null":
             self.candidates.append(Candidate(
@@ -275,7 +279,7 @@ class Planner:
         try:
             make(None)  # the constructor's checks (device, precision, graphs) cost nothing
         except BackendUnavailable as exc:
-            self.skipped.append(Skip(backend, str(exc), precision))
+            self._skip(Skip(backend, str(exc), precision))
             return
         extra = {"compile_mode": "reduce-overhead" if compile_ and graphs else
                  ("default" if compile_ else None)}
@@ -311,13 +315,13 @@ class Planner:
                 rng = manifest.get("batch_range") or {}
                 batch_range = (int(rng["min"]), int(rng["max"])) if rng else None
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                self.skipped.append(Skip("artifact", f"unreadable manifest: {exc}",
+                self._skip(Skip("artifact", f"unreadable manifest: {exc}",
                                          artifact=str(path)))
                 continue
             first_spec = first_spec or spec
             artifact = str(path.parent / manifest.get("artifact", ""))
             if self.req.precisions is not None and precision not in self.req.precisions:
-                self.skipped.append(Skip(fmt, f"artifact precision {precision} is not in "
+                self._skip(Skip(fmt, f"artifact precision {precision} is not in "
                                               f"--precision", precision, artifact=artifact))
                 continue
             if fmt in ("onnx", "onnx-fp16"):
@@ -328,14 +332,14 @@ class Planner:
                 wanted = ["tensorrt"] if (self.req.backends is None
                                           or "tensorrt" in self.req.backends) else []
             else:
-                self.skipped.append(Skip(fmt, f"unknown artifact format {fmt!r}", precision,
+                self._skip(Skip(fmt, f"unknown artifact format {fmt!r}", precision,
                                          artifact=artifact))
                 continue
             for backend in wanted:
                 reason = (_ort_available(backend) if backend in ORT_PROVIDERS
                           else _tensorrt_unavailable())
                 if reason:
-                    self.skipped.append(Skip(backend, reason, precision, artifact=artifact))
+                    self._skip(Skip(backend, reason, precision, artifact=artifact))
                     continue
                 self.candidates.append(Candidate(
                     backend, precision, spec, self._artifact_loader(path.parent, backend),
