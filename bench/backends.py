@@ -306,6 +306,7 @@ class Planner:
         if not manifests:
             raise UserError(f"no manifest.json in {root} or its sub-folders")
         first_spec = None
+        formats = set()
         for path in manifests:
             try:
                 manifest = json.loads(path.read_text())
@@ -319,6 +320,7 @@ class Planner:
                                          artifact=str(path)))
                 continue
             first_spec = first_spec or spec
+            formats.add(fmt)
             artifact = str(path.parent / manifest.get("artifact", ""))
             if self.req.precisions is not None and precision not in self.req.precisions:
                 self._skip(Skip(fmt, f"artifact precision {precision} is not in "
@@ -344,6 +346,9 @@ class Planner:
                 self.candidates.append(Candidate(
                     backend, precision, spec, self._artifact_loader(path.parent, backend),
                     batch_range=batch_range, artifact=artifact, extra={"format": fmt}))
+        wanted_trt = "tensorrt" in (self.req.backends or DEFAULT_BACKENDS[self.req.device])
+        if wanted_trt and "trt" not in formats:
+            self._skip(Skip("tensorrt", f"no TensorRT engine (format trt) under {root}"))
         if first_spec is not None:
             self.req.spec = first_spec
 
@@ -351,13 +356,10 @@ class Planner:
                          backend: str) -> Callable[[], tuple[Runner, dict[str, Any]]]:
         def prepare() -> tuple[Runner, dict[str, Any]]:
             load = load_artifact_runner_fn()
-            providers = ORT_PROVIDERS.get(backend)
-            runner = load(folder, providers=providers) if providers else load(folder)
-            if isinstance(runner, OnnxRuntimeRunner):  # same thread count as every backend
-                if runner.threads is None:
-                    runner.threads = self.req.threads
-                runner.optimization_level = self.req.ort_opt_level
-            return runner, {}
+            if backend in ORT_PROVIDERS:  # the same thread count and options as on-the-fly ONNX
+                return load(folder, providers=ORT_PROVIDERS[backend], threads=self.req.threads,
+                            optimization_level=self.req.ort_opt_level), {}
+            return load(folder), {}
 
         return prepare
 

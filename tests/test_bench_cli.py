@@ -3,6 +3,9 @@ Ctrl-C, exported artifacts through their manifest, and merging runs."""
 
 import csv
 import json
+import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,6 @@ from click.testing import CliRunner
 import bench.backends as backends
 from bench import report
 from bench.cli import main
-from export.runners import OnnxRuntimeRunner
 
 FAST = ["--depth", "18", "--input-size", "32", "--warmup", "1", "--min-iters", "3",
         "--min-time", "0", "--no-progress"]
@@ -173,46 +175,60 @@ def test_ctrl_c_keeps_what_was_measured_and_exits_130(tmp_path, monkeypatch):
     assert (tmp_path / "bench.png").exists() and (tmp_path / "bench.csv").exists()
 
 
-def _write_artifact(folder, onnx_path, batch_range):
+def _write_artifact(folder, onnx_path, batch_range, passed=True):
+    """A real artifact folder (export.manifest's schema) around an ONNX file from the cache."""
+    from export.manifest import build_manifest, file_entry, write_manifest
+
     folder.mkdir()
-    (folder / "model.onnx").write_bytes(onnx_path.read_bytes())
+    shutil.copy(onnx_path, folder / "model.onnx")
     spec = backends.ModelSpec.create("resnet18", input_size=32)
-    (folder / "manifest.json").write_text(json.dumps({
-        "format": "onnx", "precision": "fp32", "model": spec.to_dict(), "artifact": "model.onnx",
-        "inputs": [{"name": "images", "shape": ["batch", 3, 32, 32], "dtype": "float32"}],
-        "outputs": [{"name": "logits", "shape": ["batch", 1000], "dtype": "float32"}],
-        "batch_range": batch_range}))
+    write_manifest(folder, build_manifest(
+        fmt="onnx", precision="fp32", artifact="model.onnx",
+        files=[file_entry(folder, "model.onnx", "model")], model=spec.to_dict(), class_names=None,
+        normalization={"mean": list(spec.mean), "std": list(spec.std)},
+        source={"kind": "seed", "seed": 0},
+        inputs=[{"name": "images", "shape": ["batch", 3, 32, 32], "dtype": "float32"}],
+        outputs=[{"name": "logits", "shape": ["batch", 1000], "dtype": "float32"}],
+        batch_range=batch_range, opset=20, fp16=None, tensorrt=None, gpu=None, versions={},
+        parity={"passed": passed, "runs": []}))
 
 
 def test_artifacts_are_measured_through_their_manifest_within_the_batch_range(
         tmp_path, cpu_run, cache_dir, monkeypatch):
     (onnx_path,) = cache_dir.glob("resnet18-*.onnx")
-    _write_artifact(tmp_path / "a", onnx_path, {"min": 1, "opt": 2, "max": 2})
-    loaded = []
+    _write_artifact(tmp_path / "good", onnx_path, {"min": 1, "opt": 2, "max": 2})
+    _write_artifact(tmp_path / "failed", onnx_path, {"min": 1, "opt": 2, "max": 2}, passed=False)
+    real_loader = backends.load_artifact_runner_fn()  # export.manifest.load_artifact_runner
+    calls = []
 
-    def load_artifact_runner(folder, providers=None):
-        loaded.append((folder, providers))
-        return OnnxRuntimeRunner(folder / "model.onnx", providers)
+    def spy(folder, **kwargs):
+        calls.append((folder.name, kwargs))
+        return real_loader(folder, **kwargs)
 
-    monkeypatch.setattr(backends, "load_artifact_runner_fn", lambda: load_artifact_runner)
+    monkeypatch.setattr(backends, "load_artifact_runner_fn", lambda: spy)
     out = tmp_path / "out"
     result = invoke([*FAST, "--artifacts", str(tmp_path), "--batch-sizes", "1,4",
-                     "--threads", "1", "--out", str(out)])
+                     "--threads", "1", "--backends", "onnxruntime,tensorrt", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert loaded == [(tmp_path / "a", ["CPUExecutionProvider"])]
+    assert sorted(calls) == [(name, {"providers": ["CPUExecutionProvider"], "threads": 1,
+                                     "optimization_level": "all"}) for name in ("failed", "good")]
     doc = json.loads((out / "bench.json").read_text())
     (row,) = doc["results"]
     assert (row["backend"], row["batch_size"], row["format"]) == ("onnxruntime", 1, "onnx")
-    assert row["artifact"].endswith("model.onnx") and row["threads"] == 1
-    (skip,) = doc["skipped"]
-    assert skip["batch_size"] == 4 and "outside the artifact's batch range 1..2" in skip["reason"]
+    assert row["artifact"] == str(tmp_path / "good" / "model.onnx")
+    reasons = {f"{Path(s['artifact']).parent.name}:{s['batch_size']}": s["reason"]
+               for s in doc["skipped"] if s["artifact"]}
+    assert "outside the artifact's batch range 1..2" in reasons["good:4"]
+    assert "parity gate failed" in reasons["failed:None"]
+    assert any(s["backend"] == "tensorrt" and "no TensorRT engine" in s["reason"]
+               for s in doc["skipped"])
 
 
 def test_artifacts_without_the_manifest_loader_are_skipped_with_a_reason(
         tmp_path, cpu_run, cache_dir, monkeypatch):
     (onnx_path,) = cache_dir.glob("resnet18-*.onnx")
     _write_artifact(tmp_path / "a", onnx_path, {"min": 1, "opt": 1, "max": 8})
-    monkeypatch.setitem(__import__("sys").modules, "export.manifest", None)  # import fails
+    monkeypatch.setitem(sys.modules, "export.manifest", None)  # the import fails
     result = invoke([*FAST, "--artifacts", str(tmp_path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
     doc = json.loads((tmp_path / "out" / "bench.json").read_text())
