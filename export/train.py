@@ -32,7 +32,7 @@ from .errors import UserError
 from .fileio import atomic_path, write_json
 from .models import ModelSpec, get_architecture
 
-RESUME_CHANGES = ("epochs", "device", "workers", "max_steps")
+RESUME_CHANGES = ("epochs", "device", "workers", "threads", "max_steps")
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "summary.json")
 DIGITS_INPUT_SIZE = 16
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
@@ -61,6 +61,7 @@ class TrainConfig:
     init_weights: str | None = None
     device: str = "auto"
     workers: int = 0
+    threads: int = 0  # CPU threads per process; 0: chosen by cpu_thread_count
     max_steps: int | None = None  # stop early after this many optimiser steps (smoke tests)
 
     def resolved(self) -> "TrainConfig":
@@ -72,6 +73,7 @@ class TrainConfig:
                   (self.warmup_epochs >= 0, "--warmup-epochs cannot be negative"),
                   (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
                   (self.workers >= 0, "--workers cannot be negative"),
+                  (self.threads >= 0, "--threads cannot be negative"),
                   (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
                   (self.input_size is None or self.input_size >= 8, "--input-size must be >= 8"),
                   (self.lr is None or self.lr > 0, "--lr must be positive"),
@@ -147,12 +149,33 @@ def pick_device(name: str, procs: Processes) -> torch.device:
     return torch.device("cuda", procs.local_rank % torch.cuda.device_count())
 
 
-def set_cpu_threads(procs: Processes) -> int:
-    """Share the CPU cores among the processes on this machine unless OMP_NUM_THREADS says."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(max(1, (cores or 1) // procs.local_world_size))
-    return torch.get_num_threads()
+def cpu_thread_count(procs: Processes, requested: int = 0) -> int:
+    """Threads for this process: ``requested``, else OMP_NUM_THREADS, else the idle cores.
+
+    The cores are shared among the processes torchrun started on this machine. Cores that other
+    programs keep busy (by the 1-minute load average) are left out: an OpenMP thread that has to
+    wait for a busy core stalls every layer, and on a shared 2-core machine we measured 2 threads
+    running several times slower than 1.
+    """
+    if requested > 0:
+        return requested
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    share = max(1, (cores or 1) // procs.local_world_size)
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, min(share, (cores or 1) - busy))
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int) -> Iterator[int]:
+    """Use ``count`` intra-op threads for the block, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -432,12 +455,12 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
     if resumed is None:
         run_dir = resolve_run_dir(out, config, overwrite)
     device = pick_device(config.device, procs)
-    threads = set_cpu_threads(procs)
+    threads = cpu_thread_count(procs, config.threads)
     dataset = (resumed.meta["dataset"] if resumed is not None else
                describe_source(config.data, config.seed, config.val_fraction,
                                config.test_fraction))
     data = load_training_data(dataset, config.input_size)
-    with process_group(procs, device):
+    with process_group(procs, device), cpu_threads(threads):
         if procs.distributed:
             dist.barrier()  # every rank has checked the run folder before rank 0 writes to it
         return _fit(config, data, run_dir, resumed, procs, device, threads, started, echo)
@@ -626,6 +649,6 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
 
 
 __all__ = ["EpochStats", "Evaluation", "Processes", "TrainConfig", "TrainResult",
-           "adapt_init_weights", "build_optimizer", "evaluate", "format_confusion",
-           "pick_device", "plot_curves", "resolve_run_dir", "run_training", "train_one_epoch",
-           "warmup_cosine"]
+           "adapt_init_weights", "build_optimizer", "cpu_thread_count", "cpu_threads", "evaluate",
+           "format_confusion", "pick_device", "plot_curves", "resolve_run_dir", "run_training",
+           "train_one_epoch", "warmup_cosine"]

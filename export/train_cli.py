@@ -66,11 +66,13 @@ class OneLineCommand(click.Command):
 @click.option("--overwrite", is_flag=True, help="Start a new run in an --out that holds one.")
 @click.option("--resume", type=click.Path(), default=None, metavar="RUN",
               help="Continue the run in this folder (or from this last.pt) where it stopped; "
-                   "only --epochs, --device, --workers and --max-steps may change.")
+                   "only --epochs, --device, --workers, --threads and --max-steps may change.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=DEFAULTS.device,
               help="auto takes CUDA when available (with mixed precision and channels_last).")
 @click.option("--workers", type=int, default=DEFAULTS.workers,
               help="DataLoader worker processes (0 loads in the training process).")
+@click.option("--threads", type=int, default=DEFAULTS.threads,
+              help="CPU threads per process; 0 picks the idle cores (or OMP_NUM_THREADS).")
 @click.option("--max-steps", type=int, default=None,
               help="Stop after this many optimiser steps in this invocation (smoke tests).")
 @click.option("--list-models", is_flag=True, expose_value=False, is_eager=True,
@@ -100,8 +102,8 @@ def main(depth: int | None, model: str | None, resume: str | None, out: str | No
         if fixed:
             flags = ", ".join("--" + n.replace("_", "-") for n in fixed)
             raise OneLineUsageError(f"--resume continues the saved run, so {flags} cannot "
-                                    f"change; only --epochs, --device, --workers and "
-                                    f"--max-steps can")
+                                    "change; only --epochs, --device, --workers, "
+                                    "--threads and --max-steps can")
         changes = {n: options[n] for n in RESUME_CHANGES if n in given}
         run_training(None, resume=resume, changes=changes, echo=click.echo)
         return

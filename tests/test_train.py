@@ -15,9 +15,9 @@ from export.checkpoint import load_checkpoint, model_from_checkpoint
 from export.data import ImageDataset, describe_source, load_training_data, reference_images
 from export.errors import UserError
 from export.models import build_model
-from export.train import (Processes, TrainConfig, adapt_init_weights, build_optimizer, evaluate,
-                          pick_device, resolve_run_dir, run_training, train_one_epoch,
-                          warmup_cosine)
+from export.train import (Processes, TrainConfig, adapt_init_weights, build_optimizer,
+                          cpu_thread_count, cpu_threads, evaluate, pick_device, resolve_run_dir,
+                          run_training, train_one_epoch, warmup_cosine)
 from export.train_cli import main as train_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def digits_npz(tmp_path_factory):
 
 
 def small_config(data, **changes):
-    base = dict(data=str(data), epochs=2, batch_size=32, input_size=16, seed=0)
+    base = dict(data=str(data), epochs=2, batch_size=32, input_size=16, seed=0, threads=1)
     return TrainConfig(**{**base, **changes})
 
 
@@ -198,6 +198,24 @@ def test_cuda_without_a_gpu_is_a_user_error():
     with pytest.raises(UserError, match="no CUDA GPU"):
         pick_device("cuda", Processes())
     assert pick_device("auto", Processes()).type == "cpu"
+
+
+def test_cpu_threads_leave_busy_cores_alone(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    assert cpu_thread_count(Processes()) == 8
+    assert cpu_thread_count(Processes(local_world_size=4)) == 2
+    assert cpu_thread_count(Processes(), requested=3) == 3
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.6, 4.0, 3.0))
+    assert cpu_thread_count(Processes()) == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (11.0, 9.0, 9.0))
+    assert cpu_thread_count(Processes()) == 1
+
+    before = torch.get_num_threads()
+    with cpu_threads(1) as count:
+        assert count == torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
 
 
 # --- fine-tuning ------------------------------------------------------------------------------
