@@ -53,7 +53,7 @@ class TrainConfig:
     momentum: float = 0.9
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
-    input_size: int | None = None  # None: the architecture's design size (32 or 224)
+    input_size: int | None = None  # None: default_input_size(model, data)
     seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.2
@@ -103,7 +103,7 @@ def default_input_size(model: str, data: str | None) -> int:
     """The architecture's design size, except 16 for small-image ResNets on the 8x8 digits.
 
     Upsampling 8x8 digits to 32x32 adds no information but quadruples the work; at 16x16 the
-    network still has room for its two stride-2 stages and reaches the same accuracy.
+    network still has room for its two stride-2 stages (measured: docs/training.md).
     """
     arch = get_architecture(model)
     return DIGITS_INPUT_SIZE if data is None and arch.kind == "cifar" else arch.input_size
@@ -231,8 +231,9 @@ class EpochStats:
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module,
-                    device: torch.device, scaler: torch.amp.GradScaler, max_steps: int | None = None,
-                    progress: bool = False, desc: str = "") -> EpochStats:
+                    device: torch.device, scaler: torch.amp.GradScaler,
+                    max_steps: int | None = None, progress: bool = False,
+                    desc: str = "") -> EpochStats:
     """One pass over ``loader`` (or ``max_steps`` batches); loss and accuracy summed over ranks."""
     model.train()
     amp = scaler.is_enabled()
@@ -466,50 +467,92 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
         return _fit(config, data, run_dir, resumed, procs, device, threads, started, echo)
 
 
-def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs: Processes,
-         device: torch.device, threads: int, started: float, echo) -> TrainResult:
-    main = procs.is_main
-    say = echo if main else (lambda *a, **k: None)
-    if resumed is not None:
-        spec = resumed.spec
-    else:
-        mean, std = channel_stats(data.images["train"])
-        spec = ModelSpec.create(config.model, data.num_classes, data.in_chans, config.input_size,
-                                mean=mean, std=std)
-    if spec.in_chans != data.in_chans or spec.num_classes != data.num_classes:
-        raise UserError("the data no longer matches the checkpoint's model "
-                        f"({data.in_chans} channels / {data.num_classes} classes now)")
+@dataclass
+class Progress:
+    """Where a run stands between epochs; last.pt carries it so --resume can go on."""
 
-    torch.manual_seed(config.seed)
-    model = spec.build()
-    if resumed is None and config.init_weights:
-        for note in _load_init_weights(model, config):
-            say(f"init weights: {note}")
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    best: tuple[float, float] = (-1.0, -math.inf)  # (val top-1, -val loss) of best.pt
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+
+    def improves(self, top1: float, loss: float) -> bool:
+        """Better validation accuracy; on a tie, lower validation loss."""
+        return (top1, -loss) > self.best
+
+    def saved(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.step, "best_val_top1": self.best[0],
+                "best_val_loss": -self.best[1], "best_epoch": self.best_epoch,
+                "history": self.history}
+
+    @classmethod
+    def from_saved(cls, meta: dict[str, Any]) -> "Progress":
+        return cls(int(meta["epoch"]), int(meta.get("step", 0)),
+                   (float(meta["best_val_top1"]), -float(meta["best_val_loss"])),
+                   int(meta["best_epoch"]), list(meta.get("history", [])))
+
+
+def _model_spec(config: TrainConfig, data: TrainingData, resumed) -> ModelSpec:
+    """The resumed run's spec, or a new one with the training split's mean and std."""
+    if resumed is None:
+        mean, std = channel_stats(data.images["train"])
+        return ModelSpec.create(config.model, data.num_classes, data.in_chans, config.input_size,
+                                mean=mean, std=std)
+    spec = resumed.spec
+    if spec.in_chans != data.in_chans or spec.num_classes != data.num_classes:
+        raise UserError(f"the data no longer matches {resumed.path}'s model "
+                        f"({data.in_chans} channels / {data.num_classes} classes now)")
+    return spec
+
+
+def _place_model(model: nn.Module, procs: Processes,
+                 device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(the model, what the training step calls): channels_last and DDP where they apply."""
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
         if procs.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    train_model = model
-    if procs.distributed:
-        # On CPU each rank normalises its own batch; broadcast_buffers keeps running stats equal.
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if not procs.distributed:
+        return model, model
+    # On CPU (no SyncBatchNorm there) each rank normalises its own batch, and DDP's
+    # broadcast_buffers keeps every rank's running statistics equal to rank 0's.
+    return model, nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
 
+
+def _loaders(data: TrainingData, spec: ModelSpec, config: TrainConfig, procs: Processes,
+             device: torch.device) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """A sharded, seeded, augmented training loader and plain validation / test loaders."""
     train_set = ImageDataset(data.images["train"], data.labels["train"], spec.mean, spec.std,
                              Augment() if config.augment else None, config.seed)
-    per_rank = math.ceil(len(train_set) / procs.world_size)
-    batch_size = min(config.batch_size, per_rank)
+    # DistributedSampler even for one process: its order depends only on (seed, epoch), so a
+    # resumed run sees the batches an uninterrupted one would have.
     sampler = DistributedSampler(train_set, num_replicas=procs.world_size, rank=procs.rank,
                                  shuffle=True, seed=config.seed)
-    loader_args = dict(num_workers=config.workers, pin_memory=device.type == "cuda",
-                       persistent_workers=False)
-    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
-                              **loader_args)
-    eval_loaders = {part: DataLoader(ImageDataset(data.images[part], data.labels[part],
-                                                  spec.mean, spec.std),
-                                     batch_size=256, **loader_args)
-                    for part in ("val", "test")}
+    common = dict(num_workers=config.workers, pin_memory=device.type == "cuda")
+    batch_size = min(config.batch_size, math.ceil(len(train_set) / procs.world_size))
+    train = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
+                       **common)
+    evals = {part: DataLoader(ImageDataset(data.images[part], data.labels[part], spec.mean,
+                                           spec.std), batch_size=256, **common)
+             for part in ("val", "test")}
+    return train, evals
+
+
+def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs: Processes,
+         device: torch.device, threads: int, started: float, echo) -> TrainResult:
+    main = procs.is_main
+    say = echo if main else (lambda *a, **k: None)
+    spec = _model_spec(config, data, resumed)
+    torch.manual_seed(config.seed)
+    model = spec.build()
+    if resumed is None and config.init_weights:
+        for note in _load_init_weights(model, config):
+            say(f"init weights: {note}")
+    model, train_model = _place_model(model, procs, device)
+    train_loader, eval_loaders = _loaders(data, spec, config, procs, device)
 
     optimizer = build_optimizer(model, config)
     steps_per_epoch = len(train_loader)
@@ -517,9 +560,7 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
                               config.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-
-    history: list[dict[str, Any]] = []
-    start_epoch, best, best_epoch, step = 0, (-1.0, -math.inf), 0, 0
+    progress = Progress()
     if resumed is not None:
         meta = resumed.meta
         load_state_into(model, resumed.state_dict, str(resumed.path))
@@ -529,68 +570,66 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
             scaler.load_state_dict(meta["scaler"])
         if isinstance(meta.get("rng_state"), torch.Tensor):
             torch.set_rng_state(meta["rng_state"])
-        start_epoch, step = int(meta["epoch"]), int(meta.get("step", 0))
-        best = (float(meta["best_val_top1"]), -float(meta["best_val_loss"]))
-        best_epoch = int(meta["best_epoch"])
-        history = list(meta.get("history", []))
+        progress = Progress.from_saved(meta)
 
     log_path = run_dir / "metrics.jsonl"
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(log_path) as tmp:  # a fresh log, or the resumed run's epochs so far
-            tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+            tmp.write_text("".join(json.dumps(h) + "\n" for h in progress.history))
     counts = data.counts()
     say(f"{'resuming' if resumed else 'training'} {spec.name} on {source_name(data.dataset)} "
         f"({counts['train']} train / {counts['val']} val / {counts['test']} test images, "
         f"{data.num_classes} classes, {spec.in_chans}x{spec.input_size}x{spec.input_size}) "
         f"on {device}" + (f" x{procs.world_size} processes" if procs.distributed else "")
-        + f", {threads} threads, epochs {start_epoch + 1}..{config.epochs} -> {run_dir}")
+        + f", {threads} thread{'s' if threads != 1 else ''}, "
+        f"epochs {progress.epoch + 1}..{config.epochs} -> {run_dir}")
 
     saved_extra = dict(dataset=data.dataset, train_config=config.to_dict())
     steps_left = config.max_steps  # per invocation
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(progress.epoch, config.epochs):
         if steps_left is not None and steps_left <= 0:
             break
         epoch_started = time.perf_counter()
-        sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)
+        train_loader.dataset.set_epoch(epoch)
         stats = train_one_epoch(train_model, train_loader, optimizer, scheduler, criterion, device,
                                 scaler, steps_left, progress=main,
                                 desc=f"epoch {epoch + 1}/{config.epochs}")
-        step += stats.steps
+        progress.epoch, progress.step = epoch + 1, progress.step + stats.steps
         if steps_left is not None:
             steps_left -= stats.steps
         if not math.isfinite(stats.loss):
             raise UserError(f"training diverged (loss {stats.loss}) in epoch {epoch + 1}: "
                             "lower --lr or raise --warmup-epochs")
-        if main:
-            val = evaluate(model, eval_loaders["val"], device, data.num_classes)
-            record = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                      "train_loss": round(stats.loss, 6), "train_top1": round(stats.top1, 6),
-                      "val_loss": round(val.loss, 6), "val_top1": round(val.top1, 6),
-                      "epoch_time_s": round(time.perf_counter() - epoch_started, 3)}
-            history.append(record)
-            if (val.top1, -val.loss) > best:  # ties go to the lower validation loss
-                best, best_epoch = (val.top1, -val.loss), epoch + 1
-                save_checkpoint(run_dir / "best.pt", model, spec, data.class_names,
-                                metrics=record, epoch=epoch + 1, **saved_extra)
-            save_checkpoint(run_dir / "last.pt", model, spec, data.class_names, metrics=record,
-                            epoch=epoch + 1, step=step, optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                            rng_state=torch.get_rng_state(), best_val_top1=best[0],
-                            best_val_loss=-best[1],
-                            best_epoch=best_epoch, history=history, **saved_extra)
-            with open(log_path, "a") as log:
-                log.write(json.dumps(record) + "\n")
-            tqdm.write(f"epoch {epoch + 1}/{config.epochs}  train loss {stats.loss:.4f} "
-                       f"acc {stats.top1:.2%}  val loss {val.loss:.4f} acc {val.top1:.2%}  "
-                       f"lr {record['lr']:.4g}  {record['epoch_time_s']:.1f}s")
+        if not main:
+            continue  # rank 0 alone validates and writes; the others go on to the next epoch
+        val = evaluate(model, eval_loaders["val"], device, data.num_classes)
+        record = {"epoch": epoch + 1, "step": progress.step,
+                  "lr": optimizer.param_groups[0]["lr"],
+                  "train_loss": round(stats.loss, 6), "train_top1": round(stats.top1, 6),
+                  "val_loss": round(val.loss, 6), "val_top1": round(val.top1, 6),
+                  "epoch_time_s": round(time.perf_counter() - epoch_started, 3)}
+        progress.history.append(record)
+        if progress.improves(val.top1, val.loss):
+            progress.best, progress.best_epoch = (val.top1, -val.loss), epoch + 1
+            save_checkpoint(run_dir / "best.pt", model, spec, data.class_names, metrics=record,
+                            epoch=epoch + 1, **saved_extra)
+        save_checkpoint(run_dir / "last.pt", model, spec, data.class_names, metrics=record,
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        scaler=scaler.state_dict(), rng_state=torch.get_rng_state(),
+                        **progress.saved(), **saved_extra)
+        with open(log_path, "a") as log:
+            log.write(json.dumps(record) + "\n")
+        tqdm.write(f"epoch {epoch + 1}/{config.epochs}  train loss {stats.loss:.4f} "
+                   f"acc {stats.top1:.2%}  val loss {val.loss:.4f} acc {val.top1:.2%}  "
+                   f"lr {record['lr']:.4g}  {record['epoch_time_s']:.1f}s")
     if procs.distributed:
         dist.barrier()
     if not main:
         return TrainResult(run_dir)
-    return _finish(config, data, spec, run_dir, history, best_epoch, step, eval_loaders["test"],
-                   device, threads, procs, started, say)
+    return _finish(config, data, spec, run_dir, progress, eval_loaders["test"], device, threads,
+                   procs, started, say)
 
 
 def _load_init_weights(model: nn.Module, config: TrainConfig) -> list[str]:
@@ -605,9 +644,8 @@ def _load_init_weights(model: nn.Module, config: TrainConfig) -> list[str]:
 
 
 def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: Path,
-            history: list[dict[str, Any]], best_epoch: int, step: int, test_loader: DataLoader,
-            device: torch.device, threads: int, procs: Processes, started: float,
-            say) -> TrainResult:
+            progress: Progress, test_loader: DataLoader, device: torch.device, threads: int,
+            procs: Processes, started: float, say: Callable[[str], Any]) -> TrainResult:
     """Test the best checkpoint, record the figures in it, and write curves and summary."""
     best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
     best = load_checkpoint(best_path)
@@ -620,14 +658,14 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
     save_checkpoint(best_path, model, spec, data.class_names, metrics=metrics,
                     epoch=best.meta["epoch"], dataset=best.meta["dataset"],
                     train_config=best.meta["train_config"])
+    history = progress.history
     if history:
         plot_curves(history, run_dir / "curves.png")
     summary = {
         "model": spec.name, "spec": spec.to_dict(), "dataset": data.dataset,
         "class_names": data.class_names, "counts": data.counts(),
-        "epochs": history[-1]["epoch"] if history else 0, "epochs_planned": config.epochs,
-        "steps": step, "best_epoch": best_epoch,
-        "best_val_top1": max((h["val_top1"] for h in history), default=None),
+        "epochs": progress.epoch, "epochs_planned": config.epochs, "steps": progress.step,
+        "best_epoch": progress.best_epoch, "best_val_top1": progress.best[0],
         "test_top1": round(test.top1, 6), "test_loss": round(test.loss, 6),
         "per_class_top1": dict(zip(data.class_names, test.per_class_top1)),
         "confusion_matrix": test.confusion,
@@ -639,7 +677,7 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
     }
     write_json(run_dir / "summary.json", summary)
     say(f"test top-1 {test.top1:.2%} ({len(test_loader.dataset)} images, best epoch "
-        f"{best_epoch}); per class: "
+        f"{progress.best_epoch}); per class: "
         + ", ".join(f"{n} {v:.1%}" for n, v in zip(data.class_names, test.per_class_top1)))
     if data.num_classes <= 20:
         say(format_confusion(test.confusion, data.class_names))
@@ -648,7 +686,7 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
     return TrainResult(run_dir, summary, model.eval())
 
 
-__all__ = ["EpochStats", "Evaluation", "Processes", "TrainConfig", "TrainResult",
+__all__ = ["EpochStats", "Evaluation", "Processes", "Progress", "TrainConfig", "TrainResult",
            "adapt_init_weights", "build_optimizer", "cpu_thread_count", "cpu_threads", "evaluate",
            "format_confusion", "pick_device", "plot_curves", "resolve_run_dir", "run_training",
            "train_one_epoch", "warmup_cosine"]
