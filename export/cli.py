@@ -66,9 +66,10 @@ def main() -> None:
               help="Classes [default: the checkpoint's; 1000 ImageNet, 10 small-image].")
 @click.option("--in-chans", type=click.IntRange(min=1), default=None,
               help="Input channels [default: the checkpoint's; 3 ImageNet, 1 small-image].")
-@click.option("--fmt", type=click.Choice(["onnx", "onnx-fp16", "trt"]), default="onnx",
-              show_default=True,
-              help="onnx: FP32 ONNX; onnx-fp16: FP16-typed ONNX; trt: TensorRT engine.")
+@click.option("--fmt", "formats", type=click.Choice(["onnx", "onnx-fp16", "trt"]),
+              multiple=True, default=("onnx",), show_default=True,
+              help="onnx: FP32 ONNX; onnx-fp16: FP16-typed ONNX; trt: TensorRT engine. Repeat "
+                   "it to write several formats from one export.")
 @click.option("--input-size", type=click.IntRange(min=8), default=None,
               help="Input side length [default: the model's, 224 or 32].")
 @click.option("--batch-range", type=_Parsed("MIN:OPT:MAX", BatchRange.parse), default=None,
@@ -94,8 +95,8 @@ def main() -> None:
               help="Keep an artifact that fails the gate as <out>.FAILED [default: delete it].")
 @one_line_errors
 def build(depth: int | None, model: str | None, checkpoint: Path | None,
-          num_classes: int | None, in_chans: int | None, fmt: str, input_size: int | None,
-          batch_range: BatchRange | None, min_batch: int | None, opt_batch: int | None,
+          num_classes: int | None, in_chans: int | None, formats: tuple[str, ...],
+          input_size: int | None, batch_range: BatchRange | None, min_batch: int | None, opt_batch: int | None,
           max_batch: int | None, opset: int, out: Path | None, fp16_io: bool,
           trt_precision: str, workspace: int, seed: int, keep_failed: bool) -> None:
     """Export a ResNet and prove the artifact gives the eager model's logits.
@@ -104,20 +105,24 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
     resnet-export --depth 50 --fmt onnx        export ResNet-50 (fresh weights)
     resnet-export --checkpoint ckpt.pt --fmt onnx-fp16
     resnet-export --depth 50 --fmt trt         TensorRT FP16 engine (needs a GPU)
+    resnet-export --depth 50 --fmt onnx --fmt onnx-fp16   both, from one export
     resnet-export --list-models                the family with parameters and MACs
     resnet-export verify DIR                   re-run the parity gate on existing artifacts
     """
-    from .pipeline import ExportRequest, export_artifact
+    from .pipeline import ExportRequest, export_artifacts
 
     name = resolve_model_name(depth, model) if (depth is not None or model is not None) else None
     if batch_range is not None and any(v is not None for v in (min_batch, opt_batch, max_batch)):
         raise OneLineUsageError("give --batch-range or --min/--opt/--max-batch, not both")
     request = ExportRequest(
-        fmt=fmt, model=name, checkpoint=checkpoint, num_classes=num_classes, in_chans=in_chans,
-        input_size=input_size, batch=batch_range, batch_parts=(min_batch, opt_batch, max_batch),
+        fmt=formats[0], model=name, checkpoint=checkpoint, num_classes=num_classes,
+        in_chans=in_chans, input_size=input_size, batch=batch_range, batch_parts=(min_batch, opt_batch, max_batch),
         opset=opset, out=out, io_fp16=fp16_io, trt_precision=trt_precision, workspace=workspace,
         seed=seed, keep_failed=keep_failed)
-    export_artifact(request, echo=click.echo, warn=lambda line: click.echo(line, err=True))
+    if out is not None and len(set(formats)) > 1:
+        raise OneLineUsageError("--out names one folder; leave it out when giving several --fmt")
+    export_artifacts(request, list(formats), echo=click.echo,
+                     warn=lambda line: click.echo(line, err=True))
 
 
 @main.command("verify", cls=OneLineCommand)

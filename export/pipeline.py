@@ -14,6 +14,7 @@ Verify never modifies the artifact.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -21,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import onnx
 
 from .errors import UserError
 from .fp16 import convert_to_fp16
@@ -246,16 +249,32 @@ def _promote(staging: Path, out: Path) -> None:
 
 
 def export_artifact(req: ExportRequest, echo: Echo = print, warn: Echo = print) -> ExportResult:
-    """Export, gate, and move into place; raises :class:`ParityFailed` (exit 1) on a failed gate."""
-    if req.fmt not in FORMATS:
-        raise UserError(f"unknown format {req.fmt!r}; choose one of {', '.join(FORMATS)}")
+    """Export ``req.fmt``, gate it, move it into place; :class:`ParityFailed` if the gate fails."""
+    return export_artifacts(req, [req.fmt], echo, warn)[0]
+
+
+def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
+                     warn: Echo = print) -> list[ExportResult]:
+    """Several formats of one model from ONE dynamo export (the slow step).
+
+    Each format still gets its own staging folder, gate, manifest and rename; the ones that pass
+    are kept even if another fails, and :class:`ParityFailed` then names the failures.
+    """
+    formats = list(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UserError(f"unknown format {unknown[0] if unknown else None!r}; choose from "
+                        f"{', '.join(FORMATS)}")
+    requests = [dataclasses.replace(req, fmt=f) for f in formats]
+    if req.out is not None and len(requests) > 1:
+        raise UserError("--out names one folder; leave it out when exporting several formats")
     trt_version, gpu = None, None
-    if req.fmt == "trt":  # before anything is read or created
+    if "trt" in formats:  # before anything is read or created
         from .tensorrt_engine import require_tensorrt
 
         trt, gpu = require_tensorrt()
         trt_version = str(trt.__version__)
-    if req.io_fp16 and req.precision != "fp16":
+    if req.io_fp16 and not any(r.precision == "fp16" for r in requests):
         raise UserError("--fp16-io needs an FP16 artifact (--fmt onnx-fp16, or trt with "
                         "--trt-precision fp16)")
 
@@ -264,16 +283,39 @@ def export_artifact(req: ExportRequest, echo: Echo = print, warn: Echo = print) 
         warn(f"warning: {note}")
     spec = source.spec
     batch = req.batch or merge_batch(BatchRange.default_for(spec), *req.batch_parts)
-    out = Path(req.out) if req.out is not None else default_out(spec, req)
-    previous = _check_out(out)
+    outs = [Path(r.out) if r.out is not None else default_out(spec, r) for r in requests]
+    previous = [_check_out(out) for out in outs]
 
+    started = time.perf_counter()
+    echo(f"exporting {spec.name} ({spec.num_classes} classes, {spec.in_chans}x{spec.input_size}x"
+         f"{spec.input_size}, batch {batch}) with torch.onnx dynamo, opset {req.opset}")
+    fp32_proto = export_onnx(source.model, spec, req.opset)
+    echo(f"  traced and translated in {time.perf_counter() - started:.1f}s")
+
+    results, failures = [], []
+    for r, out, prev in zip(requests, outs, previous):
+        try:
+            results.append(_export_one(r, source, fp32_proto, batch, out, prev, trt_version, gpu,
+                                       echo))
+        except ParityFailed as exc:
+            failures.append(str(exc))
+    if failures:
+        raise ParityFailed(" | ".join(failures))
+    return results
+
+
+def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelProto,
+                batch: BatchRange, out: Path, previous: dict[str, Any] | None,
+                trt_version: str | None, gpu: Any, echo: Echo) -> ExportResult:
+    """One format: staging folder -> files -> gate -> manifest -> rename (or clean up)."""
+    spec = source.spec
     created = _make_dirs(out.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an artifact folder is not
     promoted = False
     try:
-        manifest, verdicts = _build_in(staging, req, source, batch, trt_version, gpu, previous,
-                                       out, echo)
+        manifest, verdicts = _build_in(staging, req, source, fp32_proto, batch, trt_version, gpu,
+                                       previous, out, echo)
         if not manifest["parity"]["passed"]:
             failed_note = "nothing was written"
             if req.keep_failed:
@@ -306,16 +348,13 @@ def _first_failure(verdicts: list[Verdict]) -> str:
     return "no comparison passed"
 
 
-def _build_in(staging: Path, req: ExportRequest, source: SourceModel, batch: BatchRange,
-              trt_version: str | None, gpu: Any, previous: dict[str, Any] | None, out: Path,
-              echo: Echo) -> tuple[dict[str, Any], list[Verdict]]:
-    """Write every file into ``staging``, gate them, write the manifest there."""
+def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
+              fp32_proto: onnx.ModelProto, batch: BatchRange, trt_version: str | None, gpu: Any,
+              previous: dict[str, Any] | None, out: Path, echo: Echo
+              ) -> tuple[dict[str, Any], list[Verdict]]:
+    """Write every file of one format into ``staging``, gate them, write the manifest there."""
     spec = source.spec
     started = time.perf_counter()
-    echo(f"exporting {spec.name} ({spec.num_classes} classes, {spec.in_chans}x{spec.input_size}x"
-         f"{spec.input_size}, batch {batch}) to {req.fmt} with torch.onnx dynamo, opset "
-         f"{req.opset}")
-    proto = export_onnx(source.model, spec, req.opset)
     metadata = {"model": spec.to_dict(), "normalization": normalization_of(spec),
                 "class_names": source.class_names, "batch_range": batch.to_dict(),
                 "source": {k: source.source.get(k) for k in ("kind", "sha256", "seed")}}
@@ -324,16 +363,18 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel, batch: Bat
            "resnet-deploy")
     fp16_report = None
     fp16_onnx = req.precision == "fp16"
-    if fp16_onnx:
-        proto, report = convert_to_fp16(proto, io_fp16=req.io_fp16)
+    if fp16_onnx:  # the converter works on its own copy
+        proto, report = convert_to_fp16(fp32_proto, io_fp16=req.io_fp16)
         fp16_report = report.to_dict()
+    else:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(fp32_proto)
     stamp_metadata(proto, {**metadata, "precision": req.precision}, doc)
     onnx_name = f"{spec.name}.fp16.onnx" if fp16_onnx else f"{spec.name}.onnx"
     save_onnx(proto, staging / onnx_name)
     inputs, outputs = io_signature(proto)
-    echo(f"  {onnx_name}: {(staging / onnx_name).stat().st_size / 1e6:.1f} MB, passes "
+    echo(f"[{req.fmt}] {onnx_name}: {(staging / onnx_name).stat().st_size / 1e6:.1f} MB, passes "
          f"onnx.checker (full) ({time.perf_counter() - started:.1f}s)")
-
     files = [file_entry(staging, onnx_name, "artifact" if req.fmt != "trt" else "source-onnx")]
     artifact, tensorrt = onnx_name, None
     if req.fmt == "trt":
@@ -393,4 +434,5 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
 
 
 __all__ = ["ExportRequest", "ExportResult", "FORMATS", "ParityFailed", "export_artifact",
+           "export_artifacts",
            "verify_artifact", "resolve_source", "parity_inputs", "gate"]

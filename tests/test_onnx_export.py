@@ -1,0 +1,195 @@
+"""ONNX and FP16 ONNX export: every ImageNet depth and the default small-image model pass the gate.
+
+These are the CI parity gates. Each case runs the real export pipeline (dynamo export, FP16
+conversion, staging folder, parity gate on ONNX Runtime CPU, manifest, rename into place) at a
+small input size so the whole set stays around two minutes on two cores.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from export.fp16 import FP16_MAX, Fp16ConversionError, convert_to_fp16, float_types_in
+from export.manifest import read_manifest
+from export.onnx_export import (BATCH_DIM, INPUT_NAME, OUTPUT_NAME, check_onnx_file, io_signature,
+                                read_metadata)
+from export.pipeline import ExportRequest, export_artifacts
+from export.shapes import BatchRange
+
+# (model, input size, classes, input channels): every ImageNet depth small, and the default
+# small-image model exactly as the digits use it.
+CASES = [("resnet18", 32, 10, 3), ("resnet34", 32, 10, 3), ("resnet50", 32, 10, 3),
+         ("resnet101", 32, 10, 3), ("resnet152", 32, 10, 3), ("resnet20", 32, 10, 1)]
+FORMATS = ["onnx", "onnx-fp16"]
+BATCH = BatchRange(1, 2, 4)
+
+_exported: dict = {}
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("exports")
+
+
+def exported(export_dir, name, fmt, size=32, classes=10, chans=3):
+    """Both formats of a model from one dynamo export (as ``--fmt onnx --fmt onnx-fp16``), once
+    for the whole module."""
+    if (name, fmt) not in _exported:
+        req = ExportRequest(model=name, input_size=size, num_classes=classes, in_chans=chans,
+                            batch=BATCH)
+        lines: list[str] = []
+        cwd = os.getcwd()
+        os.chdir(export_dir)  # default output folders: artifacts/<model>-<fmt>
+        try:
+            results = export_artifacts(req, FORMATS, echo=lines.append, warn=lines.append)
+        finally:
+            os.chdir(cwd)
+        for f, result in zip(FORMATS, results):
+            _exported[(name, f)] = (result, "\n".join(lines))
+    return _exported[(name, fmt)]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name,size,classes,chans", CASES)
+def test_every_depth_exports_and_passes_the_gate(export_dir, name, size, classes, chans, fmt):
+    result, printed = exported(export_dir, name, fmt, size, classes, chans)
+    manifest = result.manifest
+    parity = manifest["parity"]
+    assert parity["passed"] is True
+    run = parity["runs"][0]
+    assert run["candidate"].startswith("onnxruntime[CPU")
+    assert run["reference"] == "torch[cpu,fp32]"
+    kinds = {c["kind"] for c in run["comparisons"]}
+    assert kinds == {"real", "random"}, "the gate must use real images and random inputs"
+    assert sorted({c["batch_size"] for c in run["comparisons"]}) == [1, 2, 4]
+    assert run["summary"]["all_finite"]
+    tol = run["tolerance"]
+    assert run["summary"]["max_abs_error"] < tol["atol"]  # well inside, not just at the edge
+    assert run["summary"]["min_cosine"] >= tol["min_cosine"]
+    assert "verdict: PASS" in printed and "real b=4" in printed
+    # the folder holds exactly the artifact and its manifest: one self-contained file
+    out = export_dir / result.out
+    assert result.out.as_posix() == f"artifacts/{name}-{fmt}"
+    assert sorted(p.name for p in out.iterdir()) == sorted([manifest["artifact"], "manifest.json"])
+    assert read_manifest(out)["precision"] == ("fp16" if fmt == "onnx-fp16" else "fp32")
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet20"])
+def test_onnx_graph_is_named_dynamic_checked_and_described(export_dir, name):
+    case = next(c for c in CASES if c[0] == name)
+    result, _ = exported(export_dir, name, "onnx", *case[1:])
+    path = export_dir / result.out / result.manifest["artifact"]
+    check_onnx_file(path)  # full checker, no external data
+    proto = onnx.load(str(path))
+    assert all(t.data_location != TensorProto.EXTERNAL for t in proto.graph.initializer)
+    inputs, outputs = io_signature(proto)
+    chans = case[3]
+    assert inputs == [{"name": INPUT_NAME, "shape": [BATCH_DIM, chans, 32, 32],
+                       "dtype": "float32"}]
+    assert outputs == [{"name": OUTPUT_NAME, "shape": [BATCH_DIM, 10], "dtype": "float32"}]
+    meta = read_metadata(path)
+    assert meta["model"]["name"] == name and meta["model"]["input_size"] == 32
+    assert meta["normalization"]["mean"] == list(result.manifest["normalization"]["mean"])
+    assert "class_names" in meta and meta["batch_range"] == BATCH.to_dict()
+    assert proto.opset_import[0].version == result.manifest["opset"] == 20
+    # the dynamic batch really is dynamic: batches the example never had
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 3, 7):
+        x = np.zeros((n, chans, 32, 32), np.float32)
+        assert session.run(None, {INPUT_NAME: x})[0].shape == (n, 10)
+
+
+def test_fp16_artifact_is_fp16_inside_with_fp32_boundary(export_dir):
+    result, _ = exported(export_dir, "resnet50", "onnx-fp16")
+    proto = onnx.load(str(export_dir / result.out / result.manifest["artifact"]))
+    weights = [t for t in proto.graph.initializer if t.dims and len(t.dims) > 1]
+    assert weights and all(t.data_type == TensorProto.FLOAT16 for t in weights)
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    casts = [n for n in proto.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 2  # images -> fp16 on the way in, logits -> fp32 on the way out
+    fp16 = result.manifest["fp16"]
+    assert fp16["nodes_fp32"] == [] and fp16["casts_inserted"] == 2
+    assert read_metadata(proto)["precision"] == "fp16"
+    ref = onnx.load(str(export_dir / exported(export_dir, "resnet50", "onnx")[0].out
+                        / "resnet50.onnx"))
+    assert result.manifest["files"][0]["bytes"] < 0.55 * ref.ByteSize()
+
+
+# ---------------------------------------------------------------------------------------------
+# The FP16 converter on small hand-made graphs: the keep-FP32 policy
+# ---------------------------------------------------------------------------------------------
+
+
+def _graph(nodes, inits, out_shape=(2, 4)):
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", out_shape[1]])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def _run(model, x):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x.astype(sess.get_inputs()[0].type == "tensor(float16)"
+                                         and np.float16 or np.float32)})[0]
+
+
+def test_constant_beyond_fp16_range_keeps_its_node_in_fp32():
+    big = np.full((4,), 1e5, np.float32)  # 1e5 > 65504 would become inf in FP16
+    model = _graph([helper.make_node("Mul", ["x", "big"], ["m"], name="scale"),
+                    helper.make_node("Mul", ["m", "small"], ["y"], name="unscale")],
+                   {"big": big, "small": np.full((4,), 1e-5, np.float32)})
+    half, report = convert_to_fp16(model)
+    onnx.checker.check_model(half, full_check=True)
+    assert report.initializers_fp32 == ["big"]
+    assert any(entry.startswith("scale (Mul)") and "beyond FP16 range" in entry
+               for entry in report.nodes_fp32)
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    y = _run(half, x)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, x, rtol=2e-3, atol=2e-3)
+    assert FP16_MAX == 65504.0
+
+
+def test_keep_list_op_stays_fp32_and_io_fp16_switches_the_boundary():
+    model = _graph([helper.make_node("Softmax", ["x"], ["s"], axis=1, name="softmax"),
+                    helper.make_node("Add", ["s", "b"], ["y"], name="add")],
+                   {"b": np.ones(4, np.float32)})
+    half, report = convert_to_fp16(model, io_fp16=True)
+    onnx.checker.check_model(half, full_check=True)
+    assert [e.split(":")[0] for e in report.nodes_fp32] == ["softmax (Softmax)"]
+    assert half.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert half.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    expected = np.exp(x) / np.exp(x).sum(1, keepdims=True) + 1
+    y = _run(half, x)
+    assert y.dtype == np.float16
+    np.testing.assert_allclose(y.astype(np.float32), expected, rtol=2e-3, atol=2e-3)
+    counts = float_types_in(half)
+    assert counts.get("FLOAT16", 0) > 0
+
+
+def test_converter_refuses_control_flow():
+    then = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    model = _graph([helper.make_node("ReduceMax", ["x"], ["c"], keepdims=0),
+                    helper.make_node("Cast", ["c"], ["cb"], to=TensorProto.BOOL),
+                    helper.make_node("If", ["cb"], ["y"], then_branch=then, else_branch=then)],
+                   {})
+    with pytest.raises(Fp16ConversionError, match="subgraph"):
+        convert_to_fp16(model)
+
+
+def test_metadata_props_are_json(export_dir):
+    result, _ = exported(export_dir, "resnet20", "onnx", 32, 10, 1)
+    proto = onnx.load(str(export_dir / result.out / "resnet20.onnx"), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["resnet_deploy.model"])["in_chans"] == 1
+    assert json.loads(props["resnet_deploy.source"])["kind"] == "seed"
+    assert proto.producer_name == "resnet-deploy"
