@@ -279,12 +279,12 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
                         "--trt-precision fp16)")
 
     source = resolve_source(req)
-    for note in source.warnings:
-        warn(f"warning: {note}")
     spec = source.spec
     batch = req.batch or merge_batch(BatchRange.default_for(spec), *req.batch_parts)
     outs = [Path(r.out) if r.out is not None else default_out(spec, r) for r in requests]
     previous = [_check_out(out) for out in outs]
+    for note in source.warnings:  # once we know the export will go ahead
+        warn(f"warning: {note}")
 
     started = time.perf_counter()
     echo(f"exporting {spec.name} ({spec.num_classes} classes, {spec.in_chans}x{spec.input_size}x"
