@@ -375,7 +375,7 @@ def resume_checkpoint_path(resume: str | os.PathLike) -> Path:
     return path
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+def plot_curves(history: list[dict[str, Any]], path: Path, train_label: str = "train") -> None:
     """Loss and accuracy per epoch, training and validation, as one PNG."""
     import matplotlib
 
@@ -384,10 +384,11 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label=train_label)
     ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
-    ax_acc.plot(epochs, [100 * h["train_top1"] for h in history], "o-", label="train")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss (log scale)", title="Loss",
+                yscale="log")  # the first epoch's validation loss can dwarf the rest
+    ax_acc.plot(epochs, [100 * h["train_top1"] for h in history], "o-", label=train_label)
     ax_acc.plot(epochs, [100 * h["val_top1"] for h in history], "o-", label="validation")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="Accuracy")
     for ax in (ax_loss, ax_acc):
@@ -660,12 +661,15 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
                     train_config=best.meta["train_config"])
     history = progress.history
     if history:
-        plot_curves(history, run_dir / "curves.png")
+        extras = [name for name, on in (("label smoothing", config.label_smoothing > 0),
+                                        ("augmented", config.augment)) if on]
+        plot_curves(history, run_dir / "curves.png",
+                    "train" + (f" ({', '.join(extras)})" if extras else ""))
     summary = {
         "model": spec.name, "spec": spec.to_dict(), "dataset": data.dataset,
         "class_names": data.class_names, "counts": data.counts(),
         "epochs": progress.epoch, "epochs_planned": config.epochs, "steps": progress.step,
-        "best_epoch": progress.best_epoch, "best_val_top1": progress.best[0],
+        "best_epoch": progress.best_epoch, "best_val_top1": round(progress.best[0], 6),
         "test_top1": round(test.top1, 6), "test_loss": round(test.loss, 6),
         "per_class_top1": dict(zip(data.class_names, test.per_class_top1)),
         "confusion_matrix": test.confusion,
