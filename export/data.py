@@ -393,7 +393,7 @@ def reference_images(dataset: dict[str, Any] | None, spec: ModelSpec, limit: int
 
 @dataclass(frozen=True)
 class Augment:
-    """Small random affine jitter; no flips (digits and most labelled images are not mirror-safe)."""
+    """Small random affine jitter; never flips (a mirrored digit is not the same digit)."""
 
     max_rotate_deg: float = 10.0
     max_shift: float = 0.1  # of the image side

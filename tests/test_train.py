@@ -64,10 +64,11 @@ def test_a_few_steps_lower_the_loss_on_digits():
         with torch.no_grad():
             return torch.nn.functional.cross_entropy(model(images), labels).item()
 
-    before = loss_on_training_images()
-    stats = train_one_epoch(model, loader, optimizer, scheduler, torch.nn.CrossEntropyLoss(),
-                            torch.device("cpu"), scaler, max_steps=15)
-    after = loss_on_training_images()
+    with cpu_threads(1):  # steady on a shared machine
+        before = loss_on_training_images()
+        stats = train_one_epoch(model, loader, optimizer, scheduler, torch.nn.CrossEntropyLoss(),
+                                torch.device("cpu"), scaler, max_steps=15)
+        after = loss_on_training_images()
     assert stats.steps == 15
     assert after < 0.7 * before
     assert stats.top1 > 0.2  # well above chance (0.1) already
