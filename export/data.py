@@ -104,7 +104,7 @@ def scan(dataset: dict[str, Any]) -> Scanned:
         return _scan_digits()
     if kind not in ("folder", "npz"):
         raise UserError(f"unknown dataset kind {kind!r} (expected digits, folder or npz)")
-    if not path or not Path(path).exists():
+    if not path or not Path(path).exists() or Path(path).is_dir() != (kind == "folder"):
         raise UserError(f"the {kind} dataset is no longer at {path}: restore it there to use "
                         "its images")
     scanned = _scan_folder(Path(path)) if kind == "folder" else _scan_npz(Path(path))
