@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -90,9 +89,6 @@ def build_manifest(*, fmt: str, precision: str, artifact: str, files: list[dict[
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     path = Path(folder) / MANIFEST_NAME
     write_json(path, manifest)
-    mask = os.umask(0)
-    os.umask(mask)
-    path.chmod(0o666 & ~mask)  # the atomic temp file was private; the manifest is for everyone
     return path
 
 
