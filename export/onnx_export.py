@@ -43,15 +43,17 @@ META_PREFIX = "resnet_deploy."
 def _quiet_exporter() -> Iterator[None]:
     """The exporter prints progress and warnings (e.g. torchvision ops it skips); keep them off
     the user's terminal, which should show the export and parity story only."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
             yield
         finally:
-            logger.setLevel(level)
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def export_onnx(model: nn.Module, spec: ModelSpec, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
@@ -75,6 +77,10 @@ def export_onnx(model: nn.Module, spec: ModelSpec, opset: int = DEFAULT_OPSET) -
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"torch.onnx (dynamo) could not export {spec.name} at opset {opset}: "
                         f"{first}") from None
+    produced = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if produced != opset:  # the exporter falls back silently when it cannot convert
+        raise UserError(f"torch.onnx could not express {spec.name} in opset {opset} (it produced "
+                        f"opset {produced}); use --opset {produced} or newer")
     _name_the_batch_dim(proto)
     return proto
 

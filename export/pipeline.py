@@ -32,7 +32,7 @@ from .manifest import (MANIFEST_NAME, build_manifest, file_entry, library_versio
 from .models import ModelSpec
 from .onnx_export import (DEFAULT_OPSET, export_onnx, io_signature, save_onnx, stamp_metadata)
 from .parity import (ParityInput, Verdict, format_table, random_inputs, real_inputs, run_gate)
-from .runners import Runner, TorchRunner
+from .runners import BackendUnavailable, Runner, TorchRunner
 from .shapes import BatchRange
 from .weights import DEFAULT_SEED, SourceModel, checkpoint_source, fresh_source, \
     source_from_manifest
@@ -189,7 +189,13 @@ def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
     verdicts = []
     for candidate in candidate_runners(folder, manifest):
         started = time.perf_counter()
-        verdict = run_gate(reference, candidate, inputs, manifest["precision"], notes)
+        try:
+            verdict = run_gate(reference, candidate, inputs, manifest["precision"], notes)
+        except (UserError, BackendUnavailable, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # an artifact its runtime cannot run fails the gate
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ParityFailed(f"{candidate.label} could not run the artifact: {first}") from None
         echo(format_table(verdict) + f"  ({time.perf_counter() - started:.1f}s)")
         verdicts.append(verdict)
     parity = {"passed": all(v.passed for v in verdicts), "inputs": described,
@@ -204,8 +210,9 @@ def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
 
 def _check_out(out: Path) -> dict[str, Any] | None:
     """May we write ``out``? Returns the previous artifact's manifest there, if any."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder")
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"cannot write {out}: {blocker} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not (out / MANIFEST_NAME).is_file():
             raise UserError(f"--out {out} exists and is not an artifact folder; choose another "
@@ -299,6 +306,8 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
                                        echo))
         except ParityFailed as exc:
             failures.append(str(exc))
+        except OSError as exc:  # disk full, permissions: one line, not a traceback
+            raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     if failures:
         raise ParityFailed(" | ".join(failures))
     return results

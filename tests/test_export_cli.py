@@ -227,3 +227,49 @@ def test_help_lists_the_options():
                    "--max-batch", "--input-size", "--opset", "--out", "--fp16-io",
                    "--trt-precision", "--workspace", "--keep-failed"):
         assert option in result.output
+
+
+def test_an_out_folder_that_cannot_be_created_is_one_line(cwd):
+    (cwd / "a-file").write_text("x")
+    result = run("--depth", "20", "--out", "a-file/sub/out", *FAST)
+    assert result.exit_code == 1
+    assert "cannot write a-file/sub/out: a-file is a file" in one_line_error(result)
+    assert not (cwd / "artifacts").exists()
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_folder(cwd, monkeypatch):
+    import errno
+
+    import export.pipeline as pipeline
+
+    def full(proto, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "save_onnx", full)
+    result = run("--depth", "20", *FAST)
+    assert result.exit_code == 1
+    assert "cannot write artifacts/resnet20-onnx: No space left on device" in \
+        one_line_error_after_progress(result)
+    assert list(cwd.iterdir()) == []
+
+
+def one_line_error_after_progress(result):
+    """Progress went to stdout; stderr holds the warning and exactly one error line."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def test_opset_is_what_the_file_says_or_a_clear_refusal(cwd):
+    result = run("--depth", "20", "--opset", "18", *FAST)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((cwd / "artifacts/resnet20-onnx/manifest.json").read_text())
+    import onnx
+    proto = onnx.load(str(cwd / "artifacts/resnet20-onnx/resnet20.onnx"), load_external_data=False)
+    assert manifest["opset"] == proto.opset_import[0].version == 18
+    # the exporter cannot lower the zero-padding shortcut's Pad to opset 17: say so, write nothing
+    old = run("--depth", "20", "--opset", "17", "--out", "o17", *FAST)
+    assert old.exit_code == 1
+    assert "could not express resnet20 in opset 17" in one_line_error_after_progress(old)
+    assert "Traceback" not in old.output
+    assert not (cwd / "o17").exists()

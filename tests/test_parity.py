@@ -204,3 +204,19 @@ def test_verify_fails_an_artifact_whose_weights_were_changed_consistently(tmp_pa
     result = runner.invoke(export_cli, ["verify", str(folder)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("Error: parity gate FAILED on")
+
+
+def test_an_artifact_its_runtime_cannot_run_fails_the_gate(tmp_path, monkeypatch):
+    from export.loaders import ArtifactOnnxRuntimeRunner
+
+    def crash(self, batch):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : boom\nmore detail")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ArtifactOnnxRuntimeRunner, "_infer", crash)
+    result = CliRunner().invoke(export_cli, ["--depth", "20", "--batch-range", "1:2:4"])
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last == ("Error: onnxruntime[CPU,fp32] could not run the artifact: "
+                    "[ONNXRuntimeError] : 1 : FAIL : boom")
+    assert list(tmp_path.iterdir()) == []
