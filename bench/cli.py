@@ -196,6 +196,7 @@ class Sweep:
             **stats,
             "gflops": (2 * macs * b / (stats["p50_ms"] / 1e3) / 1e9) if macs else None,
             "warmup_iterations": samples.warmup_iters, "warmup_s": samples.warmup_s,
+            "warmup_steady": samples.warmup_steady,
             "first_infer_ms": first_s * 1e3, "setup_s": setup.get("setup_s"),
             "export_s": setup.get("export_s"), "onnx_cached": setup.get("onnx_cached"),
             "timer": samples.timer, "threads": self.threads, "complete": samples.complete,
@@ -240,6 +241,9 @@ def main() -> None:
                    "torch.compile: mode=reduce-overhead); 'both' measures with and without.")
 @click.option("--warmup", default="2,0.5s", show_default=True, callback=_parse_warmup,
               help="Warm-up: iterations and/or seconds, e.g. 5, 0.5s, 5,0.5s (at least both).")
+@click.option("--steady-warmup/--no-steady-warmup", default=True, show_default=True,
+              help="Also warm up until the latency settles (median of the last 3 iterations "
+                   "within 15% of the 3 before; at most 30 s).")
 @click.option("--min-iters", type=click.IntRange(min=1), default=10, show_default=True,
               help="Timed loop: at least this many iterations...")
 @click.option("--min-time", type=click.FloatRange(min=0), default=2.0, show_default=True,
@@ -260,7 +264,7 @@ def main() -> None:
 def run(depth: int | None, model: str | None, input_size: int | None, artifacts: Path | None,
         backends: list[str] | None, batch_sizes: list[int] | None, precisions: list[str] | None,
         device: str, channels_last: bool, cuda_graphs: str, warmup: tuple[int, float],
-        min_iters: int, min_time: float, threads: int | None, ort_opt_level: str, seed: int,
+        steady_warmup: bool, min_iters: int, min_time: float, threads: int | None, ort_opt_level: str, seed: int,
         cache_dir: Path | None, out: Path | None, progress: bool) -> None:
     """Measure latency and throughput; write bench.json, .csv, .md and .png.
 
@@ -280,7 +284,7 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
     dev = _resolve_device(device)
     threads = threads or environment.usable_cores()
     batches = batch_sizes or DEFAULT_BATCHES[dev]
-    timing = TimingConfig(warmup[0], warmup[1], min_iters, min_time)
+    timing = TimingConfig(warmup[0], warmup[1], min_iters, min_time, steady=steady_warmup)
     rule = NoiseRule()
     graphs = {"off": (False,), "on": (True,), "both": (False, True)}[cuda_graphs]
     out = out or Path("artifacts/bench") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -302,7 +306,10 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
             "cuda_graphs": cuda_graphs, "threads": threads, "seed": seed,
             "ort_opt_level": ort_opt_level, "artifacts": str(artifacts) if artifacts else None,
             "timing": {"warmup_iters": timing.warmup_iters, "warmup_time": timing.warmup_time,
-                       "min_iters": timing.min_iters, "min_time": timing.min_time},
+                       "min_iters": timing.min_iters, "min_time": timing.min_time,
+                       "steady_warmup": timing.steady, "steady_window": timing.steady_window,
+                       "steady_tol": timing.steady_tol,
+                       "warmup_max_time": timing.warmup_max_time},
             "noise_rule": rule.to_dict(), "percentiles": "numpy linear interpolation",
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "input": "seeded uniform [0,1) pixels normalised with the model's mean/std",

@@ -29,7 +29,7 @@ REQUIRED_TOP = {"schema": str, "schema_version": int, "environment": dict, "conf
 COLUMNS = ["backend", "label", "precision", "device", "timing", "cuda_graphs", "channels_last",
            "batch_size", "iterations", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms",
            "max_ms", "std_ms", "cv", "throughput_ips", "gflops", "speedup_vs_torch", "wall_s",
-           "warmup_iterations", "warmup_s", "first_infer_ms", "setup_s", "export_s", "timer",
+           "warmup_iterations", "warmup_s", "warmup_steady", "first_infer_ms", "setup_s", "export_s", "timer",
            "threads", "noisy", "noise_reasons", "complete", "artifact"]
 
 
@@ -112,8 +112,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             "GFLOP/s", "vs torch", "setup s", "first ms", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
-        note = "; ".join([*r.get("noise_reasons", [])] + ([] if r.get("complete", True)
-                                                          else ["interrupted"]))
+        note = "; ".join([*r.get("noise_reasons", [])]
+                         + ([] if r.get("complete", True) else ["interrupted"])
+                         + (["warm-up never settled"] if r.get("warmup_steady") is False else []))
         cells = [r.get("label") or r["backend"], r["precision"],
                  "NHWC" if r.get("channels_last") else "NCHW",
                  "yes" if r.get("cuda_graphs") else "no", r["timing"], r["batch_size"],
@@ -139,8 +140,11 @@ def markdown(doc: dict[str, Any]) -> str:
     parts += environment_lines(doc["environment"])
     if "timing" in cfg:
         t = cfg["timing"]
+        steady = (f" and until steady (median of the last {t['steady_window']} within "
+                  f"{t['steady_tol']:.0%} of the {t['steady_window']} before, at most "
+                  f"{t['warmup_max_time']:g} s)") if t.get("steady_warmup") else ""
         parts.append(f"- Method: warm-up >= {t['warmup_iters']} iterations and "
-                     f">= {t['warmup_time']} s, then >= {t['min_iters']} iterations and "
+                     f">= {t['warmup_time']} s{steady}, then >= {t['min_iters']} iterations and "
                      f">= {t['min_time']} s; noisy when CV > {cfg['noise_rule']['cv_max']:.0%} "
                      f"or p99/p50 > {cfg['noise_rule']['tail_max']}")
     parts += ["", markdown_table(doc["results"]) if doc["results"] else "(no results)"]

@@ -16,8 +16,8 @@ import bench.backends as backends
 from bench import report
 from bench.cli import main
 
-FAST = ["--depth", "18", "--input-size", "32", "--warmup", "1", "--min-iters", "3",
-        "--min-time", "0", "--no-progress"]
+FAST = ["--depth", "18", "--input-size", "32", "--warmup", "1", "--no-steady-warmup",
+        "--min-iters", "3", "--min-time", "0", "--no-progress"]
 
 
 def invoke(args):
@@ -67,10 +67,12 @@ def test_json_schema(cpu_run):
     assert cfg["model"]["name"] == "resnet18" and cfg["input_size"] == 32
     assert cfg["batch_sizes"] == [1, 2] and cfg["threads"] == 1
     assert cfg["timing"] == {"warmup_iters": 1, "warmup_time": 0.0, "min_iters": 3,
-                             "min_time": 0.0}
+                             "min_time": 0.0, "steady_warmup": False, "steady_window": 3,
+                             "steady_tol": 0.15, "warmup_max_time": 30.0}
     assert cfg["macs_per_image"] > 0
     for row in doc["results"]:
         assert row["iterations"] >= 3 and row["warmup_iterations"] == 1
+        assert row["warmup_steady"] is None  # --no-steady-warmup
         assert row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
         assert row["throughput_ips"] > 0 and row["device"] == "cpu" and row["timing"] == "e2e"
         assert isinstance(row["noisy"], bool) and isinstance(row["noise_reasons"], list)
@@ -147,10 +149,12 @@ def test_warmup_and_cuda_graph_option_forms(tmp_path, monkeypatch):
     monkeypatch.setattr("bench.cli.plan", fake_plan)
     for flag, graphs in ((["--cuda-graphs"], (True,)), (["--cuda-graphs", "both"], (False, True)),
                          ([], (False,))):
-        result = invoke([*FAST, "--warmup", "4,0.25s", *flag, "--out", str(tmp_path)])
+        args = [a for a in FAST if a != "--no-steady-warmup"]  # the default: steady warm-up
+        result = invoke([*args, "--warmup", "4,0.25s", *flag, "--out", str(tmp_path)])
         assert result.exit_code == 1 and seen["graphs"] == graphs  # nothing measured: exit 1
         timing = json.loads((tmp_path / "bench.json").read_text())["config"]["timing"]
         assert (timing["warmup_iters"], timing["warmup_time"]) == (4, 0.25)
+        assert timing["steady_warmup"] is True
 
 
 def test_ctrl_c_keeps_what_was_measured_and_exits_130(tmp_path, monkeypatch):

@@ -31,6 +31,7 @@ def workload(clock, durations):
 
 
 def run(durations, **cfg):
+    cfg.setdefault("steady", False)
     clock = FakeClock()
     fn = workload(clock, durations)
     return measure(fn, TimingConfig(**cfg), clock=clock), fn
@@ -79,7 +80,7 @@ def test_ctrl_c_in_the_timed_loop_keeps_the_samples_so_far():
         except StopIteration:
             raise KeyboardInterrupt from None
 
-    samples = measure(fn, TimingConfig(1, 0, 100, 0), clock=clock)
+    samples = measure(fn, TimingConfig(1, 0, 100, 0, steady=False), clock=clock)
     assert not samples.complete
     assert samples.latencies_s.tolist() == [1.0, 2.0, 3.0]
 
@@ -92,13 +93,41 @@ def test_ctrl_c_during_warmup_propagates():
         measure(fn, TimingConfig(2, 0, 3, 0), clock=FakeClock())
 
 
+def test_steady_warmup_goes_on_until_the_latency_settles():
+    # a slow start (a process whose threads are not yet running in parallel), then steady
+    durations = [0.9, 0.8, 0.9, 0.03, 0.03, 0.031, 0.03, 0.03] + [0.03] * 20
+    samples, fn = run(durations, warmup_iters=2, warmup_time=0, min_iters=5, min_time=0,
+                      steady=True)
+    # windows of 3: [0.9, 0.03, 0.03] -> median 0.03 agrees with [0.03, 0.031, 0.03] at last
+    assert samples.warmup_iters == 8 and samples.warmup_steady is True
+    assert samples.latencies_s.tolist() == pytest.approx([0.03] * 5)
+
+
+def test_steady_warmup_stops_at_its_time_limit_and_says_so():
+    durations = [0.1, 1.0] * 50  # never settles
+    samples, _ = run(durations, warmup_iters=1, warmup_time=0, min_iters=2, min_time=0,
+                     steady=True, warmup_max_time=5.0)
+    assert samples.warmup_steady is False
+    assert samples.warmup_s == pytest.approx(5.5)  # ran until 5 s had passed: 10 iterations
+    assert samples.warmup_iters == 10
+
+
+def test_steady_rule_needs_a_warmup_and_is_quick_when_already_steady():
+    none, _ = run([1.0] * 5, warmup_iters=0, warmup_time=0, min_iters=3, min_time=0, steady=True)
+    assert none.warmup_iters == 0 and none.warmup_steady is None
+    steady, _ = run([1.0] * 20, warmup_iters=2, warmup_time=0, min_iters=3, min_time=0,
+                    steady=True)
+    assert steady.warmup_iters == 6 and steady.warmup_steady  # two windows of 3
+
+
 def test_time_once_and_clock_timer_use_the_injected_clock():
     clock = FakeClock()
     assert time_once(workload(clock, [0.125]), ClockTimer(clock)) == 0.125
     assert time_once(workload(clock, [2.5]), clock=clock) == 2.5
 
 
-@pytest.mark.parametrize("bad", [dict(min_iters=0), dict(min_time=-1), dict(warmup_iters=-1)])
+@pytest.mark.parametrize("bad", [dict(min_iters=0), dict(min_time=-1), dict(warmup_iters=-1),
+                                 dict(steady_window=0), dict(steady_tol=0)])
 def test_timing_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
         TimingConfig(**bad)
