@@ -180,7 +180,11 @@ class Sweep:
             if not samples.complete:
                 raise KeyboardInterrupt
             if timing == "e2e":
-                compute = runner.compute_fn(batch)  # device-resident input, where allowed
+                try:
+                    compute = runner.compute_fn(batch)  # device-resident input, where allowed
+                except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. graph capture
+                    self.skip(cand, f"compute failed: {_first_line(exc)}", b)
+                    return
                 if compute is not None:
                     modes.append(("compute", compute))
 

@@ -179,6 +179,24 @@ def test_ctrl_c_keeps_what_was_measured_and_exits_130(tmp_path, monkeypatch):
     assert (tmp_path / "bench.png").exists() and (tmp_path / "bench.csv").exists()
 
 
+def test_a_backend_failing_at_one_batch_size_is_skipped_and_the_run_goes_on(tmp_path,
+                                                                            monkeypatch):
+    def infer(self, batch):
+        if batch.shape[0] == 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 9 GiB\nmore detail")
+        return np.zeros((batch.shape[0], 10), np.float32)
+
+    monkeypatch.setattr(backends.NullRunner, "_infer", infer)
+    result = invoke([*FAST, "--backends", "null", "--batch-sizes", "1,2,4", "--out",
+                     str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["batch_size"] for r in doc["results"]] == [1, 4]
+    (skip,) = doc["skipped"]
+    assert skip["batch_size"] == 2
+    assert skip["reason"] == "e2e failed: RuntimeError: CUDA out of memory. Tried to allocate 9 GiB"
+
+
 def _write_artifact(folder, onnx_path, batch_range, passed=True):
     """A real artifact folder (export.manifest's schema) around an ONNX file from the cache."""
     from export.manifest import build_manifest, file_entry, write_manifest
