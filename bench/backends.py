@@ -41,8 +41,9 @@ DEFAULT_BACKENDS = {
     "cuda": ("torch", "torch-compile", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"),
 }
 NOT_DEFAULT_REASON = {
-    ("cpu", "torch-compile"): "left out of the default CPU run: compiling takes tens of seconds "
-                              "per batch size on a few cores (add it with --backends torch-compile)",
+    ("cpu", "torch-compile"): "left out of the default CPU run: compiling takes tens of "
+                              "seconds per batch size on a few cores (add it with --backends "
+                              "torch-compile)",
     ("cpu", "onnxruntime-cuda"): "needs --device cuda",
     ("cpu", "onnxruntime-trt"): "needs --device cuda",
     ("cpu", "tensorrt"): "needs --device cuda and a TensorRT engine from --artifacts DIR",
@@ -251,8 +252,8 @@ class Planner:
             reason = _ort_available(backend)
             for precision in self._precisions():
                 if reason is None and precision != "fp32":
-                    reason_p = (f"the on-the-fly ONNX export is FP32; benchmark an FP16 ONNX from "
-                                f"resnet-export with --artifacts DIR")
+                    reason_p = ("the on-the-fly ONNX export is FP32; benchmark an FP16 ONNX from "
+                                "resnet-export with --artifacts DIR")
                 else:
                     reason_p = reason
                 if reason_p:
@@ -261,7 +262,7 @@ class Planner:
                 self._add_ort(backend, spec)
         elif backend == "tensorrt":
             self._skip(Skip(backend, "TensorRT engines are benchmarked from the export's "
-                                              "artifacts: pass --artifacts DIR"))
+                                     "artifacts: pass --artifacts DIR"))
         elif backend == "null":
             self.candidates.append(Candidate(
                 "null", "fp32", spec, lambda: (NullRunner(spec.num_classes), {})))
@@ -281,8 +282,7 @@ class Planner:
         except BackendUnavailable as exc:
             self._skip(Skip(backend, str(exc), precision))
             return
-        extra = {"compile_mode": "reduce-overhead" if compile_ and graphs else
-                 ("default" if compile_ else None)}
+        extra = {"compile_mode": "reduce-overhead" if graphs else "default"} if compile_ else {}
         self.candidates.append(Candidate(
             backend, precision, spec, lambda: (make(self.models.copy(spec)), {}),
             channels_last=req.channels_last, cuda_graphs=graphs, extra=extra))

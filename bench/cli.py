@@ -268,8 +268,9 @@ def main() -> None:
 def run(depth: int | None, model: str | None, input_size: int | None, artifacts: Path | None,
         backends: list[str] | None, batch_sizes: list[int] | None, precisions: list[str] | None,
         device: str, channels_last: bool, cuda_graphs: str, warmup: tuple[int, float],
-        steady_warmup: bool, min_iters: int, min_time: float, threads: int | None, ort_opt_level: str, seed: int,
-        cache_dir: Path | None, out: Path | None, progress: bool) -> None:
+        steady_warmup: bool, min_iters: int, min_time: float, threads: int | None,
+        ort_opt_level: str, seed: int, cache_dir: Path | None, out: Path | None,
+        progress: bool) -> None:
     """Measure latency and throughput; write bench.json, .csv, .md and .png.
 
     \b

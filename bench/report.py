@@ -29,8 +29,8 @@ REQUIRED_TOP = {"schema": str, "schema_version": int, "environment": dict, "conf
 COLUMNS = ["backend", "label", "precision", "device", "timing", "cuda_graphs", "channels_last",
            "batch_size", "iterations", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms",
            "max_ms", "std_ms", "cv", "throughput_ips", "gflops", "speedup_vs_torch", "wall_s",
-           "warmup_iterations", "warmup_s", "warmup_steady", "first_infer_ms", "setup_s", "export_s", "timer",
-           "threads", "noisy", "noise_reasons", "complete", "artifact"]
+           "warmup_iterations", "warmup_s", "warmup_steady", "first_infer_ms", "setup_s",
+           "export_s", "timer", "threads", "noisy", "noise_reasons", "complete", "artifact"]
 
 
 def new_document(environment: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +52,8 @@ def validate(doc: dict[str, Any]) -> None:
             value = row.get(key)
             ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
             if not ok or isinstance(value, bool):
-                raise ValueError(f"bench document: results[{i}].{key} missing or not {kind.__name__}")
+                raise ValueError(f"bench document: results[{i}].{key} missing or not "
+                                 f"{kind.__name__}")
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
