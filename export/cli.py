@@ -96,8 +96,9 @@ def main() -> None:
 @one_line_errors
 def build(depth: int | None, model: str | None, checkpoint: Path | None,
           num_classes: int | None, in_chans: int | None, formats: tuple[str, ...],
-          input_size: int | None, batch_range: BatchRange | None, min_batch: int | None, opt_batch: int | None,
-          max_batch: int | None, opset: int, out: Path | None, fp16_io: bool,
+          input_size: int | None, batch_range: BatchRange | None, min_batch: int | None,
+          opt_batch: int | None, max_batch: int | None, opset: int, out: Path | None,
+          fp16_io: bool,
           trt_precision: str, workspace: int, seed: int, keep_failed: bool) -> None:
     """Export a ResNet and prove the artifact gives the eager model's logits.
 
@@ -116,9 +117,9 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
         raise OneLineUsageError("give --batch-range or --min/--opt/--max-batch, not both")
     request = ExportRequest(
         fmt=formats[0], model=name, checkpoint=checkpoint, num_classes=num_classes,
-        in_chans=in_chans, input_size=input_size, batch=batch_range, batch_parts=(min_batch, opt_batch, max_batch),
-        opset=opset, out=out, io_fp16=fp16_io, trt_precision=trt_precision, workspace=workspace,
-        seed=seed, keep_failed=keep_failed)
+        in_chans=in_chans, input_size=input_size, batch=batch_range,
+        batch_parts=(min_batch, opt_batch, max_batch), opset=opset, out=out, io_fp16=fp16_io,
+        trt_precision=trt_precision, workspace=workspace, seed=seed, keep_failed=keep_failed)
     if out is not None and len(set(formats)) > 1:
         raise OneLineUsageError("--out names one folder; leave it out when giving several --fmt")
     export_artifacts(request, list(formats), echo=click.echo,

@@ -1,4 +1,4 @@
-"""The parity gate: the eager FP32 model against the artifact, on the same inputs (Polygraphy-style).
+"""The parity gate: the eager FP32 model against the artifact on the same inputs (Polygraphy-like).
 
 Three parts, one job each:
 

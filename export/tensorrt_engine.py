@@ -187,7 +187,8 @@ def build_engine(onnx_path: Path, engine_path: Path, input_name: str,
     profile.set_shape(input_name, shape_min, shape_opt, shape_max)
     config.add_optimization_profile(profile)
 
-    cache_bytes = timing_cache.read_bytes() if reuse_timing_cache and timing_cache.is_file() else b""
+    reuse = reuse_timing_cache and timing_cache.is_file()
+    cache_bytes = timing_cache.read_bytes() if reuse else b""
     cache = config.create_timing_cache(cache_bytes)
     if not config.set_timing_cache(cache, False):
         log("timing cache from the previous build does not fit; starting a new one")

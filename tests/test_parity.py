@@ -168,7 +168,8 @@ def test_damaged_artifact_fails_the_gate_with_exit_1_and_leaves_nothing(tmp_path
     assert result.exit_code == 1, result.output
     assert "verdict: FAIL" in result.stdout
     last = result.output.strip().splitlines()[-1]
-    assert last.startswith("Error: parity gate FAILED for resnet20") and "nothing was written" in last
+    assert last.startswith("Error: parity gate FAILED for resnet20")
+    assert "nothing was written" in last
     assert list(tmp_path.iterdir()) == []  # no artifacts/, no partial folder, nothing
 
 
