@@ -31,6 +31,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .errors import UserError
+
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 #: Op types kept in FP32 whatever their inputs: each can overflow FP16 (exp, squares, sums of many
@@ -42,12 +44,22 @@ KEEP_FP32_OPS = frozenset({
     "RandomNormalLike", "RandomUniformLike",
 })
 
+#: Inputs that the ONNX spec types as float32 only, whatever the node computes in (by position).
+FLOAT32_ONLY_INPUTS = {"Resize": (2,), "Upsample": (1,)}  # the scales
+
 _FLOAT = TensorProto.FLOAT
 _HALF = TensorProto.FLOAT16
 
 
-class Fp16ConversionError(ValueError):
+class Fp16ConversionError(UserError):
     """The graph has something this converter does not handle (said in the message)."""
+
+
+def _wants(node: onnx.NodeProto, slot: int, node_is_fp32: bool) -> int:
+    """The float type ``node`` reads at input ``slot``."""
+    if node_is_fp32 or slot in FLOAT32_ONLY_INPUTS.get(node.op_type, ()):
+        return _FLOAT
+    return _HALF
 
 
 @dataclass
@@ -139,15 +151,14 @@ def convert_to_fp16(model: onnx.ModelProto, io_fp16: bool = False,
         for out in node.output:
             if elem_type.get(out) in (_FLOAT, _HALF):
                 home[out] = _FLOAT if i in fp32_nodes else _HALF
-    consumers: dict[str, list[int]] = defaultdict(list)
+    wanted: dict[str, set[int]] = defaultdict(set)  # what each tensor's readers want
     for i, node in enumerate(graph.node):
-        for inp in node.input:
-            consumers[inp].append(i)
+        for j, inp in enumerate(node.input):
+            wanted[inp].add(_wants(node, j, i in fp32_nodes))
     for name, init in initializers.items():
         if init.data_type != _FLOAT:
             continue
-        readers = consumers.get(name, [])
-        if name in big_constants or (readers and all(r in fp32_nodes for r in readers)):
+        if name in big_constants or wanted.get(name) == {_FLOAT}:
             home[name] = _FLOAT
             report.initializers_fp32.append(name)
         else:
@@ -199,8 +210,8 @@ def convert_to_fp16(model: onnx.ModelProto, io_fp16: bool = False,
         return cast_cache[key]
 
     for i, node in enumerate(graph.node):
-        want = _FLOAT if i in fp32_nodes else _HALF
         for j, inp in enumerate(node.input):
+            want = _wants(node, j, i in fp32_nodes)
             have = home.get(inp)
             if have is not None and have != want:
                 node.input[j] = cast_to(inp, want)
@@ -230,7 +241,11 @@ def convert_to_fp16(model: onnx.ModelProto, io_fp16: bool = False,
     graph.node.extend(new_nodes)
     # Intermediate type annotations are now stale: drop them; shape inference rebuilds them.
     del graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except onnx.shape_inference.InferenceError as exc:
+        first = (str(exc).strip().splitlines() or ["type error"])[0]
+        raise Fp16ConversionError(f"the FP16 graph does not type-check: {first}") from None
     return model, report
 
 

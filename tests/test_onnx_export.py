@@ -175,6 +175,18 @@ def test_keep_list_op_stays_fp32_and_io_fp16_switches_the_boundary():
     assert counts.get("FLOAT16", 0) > 0
 
 
+def test_float32_only_inputs_stay_float32_inside_an_fp16_graph():
+    """Resize computes in FP16 but the spec only allows float32 scales."""
+    model = _graph([helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")],
+                   {"scales": np.array([1.0, 2.0], np.float32)}, out_shape=(2, 8))
+    half, report = convert_to_fp16(model)
+    onnx.checker.check_model(half, full_check=True)
+    assert report.initializers_fp32 == ["scales"]
+    assert report.nodes_fp32 == []
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_allclose(_run(half, x), np.repeat(x, 2, axis=1), rtol=1e-3, atol=1e-3)
+
+
 def test_converter_refuses_control_flow():
     then = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "then", [],
                              [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
