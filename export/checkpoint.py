@@ -57,12 +57,23 @@ def read_weights_file(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"refusing {path}: it holds objects that would execute code when loaded "
-                        f"(only tensors and plain data are accepted) [{first}]") from None
+        reason = _unpickler_reason(exc)
+        if "global" in reason.lower():  # a class or function reference: loading would run code
+            raise UserError(f"refusing {path}: it holds objects that would execute code when "
+                            f"loaded (only tensors and plain data are accepted) [{reason}]") from None
+        raise UserError(f"cannot read {path}: not a valid PyTorch weights file ({reason})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot read {path}: not a valid PyTorch weights file ({first})") from None
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The one line of torch's long weights-only message that says what was wrong."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _is_tensor_dict(obj: Any) -> bool:
