@@ -182,6 +182,7 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     series: dict[str, list[dict[str, Any]]] = {}
     rows_plotted = [r for r in doc["results"] if r["backend"] != "null"]  # harness, not a model
@@ -207,14 +208,27 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
     if series:
-        ax_lat.set_yscale("log")
-        ax_tput.set_yscale("log")
+        plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+        for ax, key in ((ax_lat, "p50_ms"), (ax_tput, "throughput_ips")):
+            values = [r[key] for r in rows_plotted if r[key] > 0]
+            if values and max(values) / min(values) > 20:  # log only when the range needs it
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(plain)
+                ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+                ax.yaxis.set_minor_formatter(plain)
+            else:
+                ax.set_ylim(bottom=0)
         ax_tput.legend(fontsize=7, loc="best")
     cfg = doc["config"]
-    model = cfg.get("model", {}).get("name") if isinstance(cfg.get("model"), dict) else "merged"
+    if isinstance(cfg.get("model"), dict):
+        size = cfg.get("input_size")
+        model = f"{cfg['model'].get('name')} {size}x{size}"
+    else:
+        model = "merged runs"
     gpu = (doc["environment"].get("gpu") or {}).get("name")
     cpu = doc["environment"].get("cpu", {})
-    where = gpu or f"{cpu.get('model')} x{cpu.get('usable_cores')}"
+    threads = doc["environment"].get("threads", {}).get("torch_intra_op")
+    where = gpu or f"{cpu.get('model')}, {cpu.get('usable_cores')} cores, {threads} threads"
     fig.suptitle(f"resnet-bench: {model} on {where}" + (" (interrupted)" if doc["interrupted"]
                                                          else ""))
     fig.tight_layout()
