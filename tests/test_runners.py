@@ -192,3 +192,16 @@ def test_cuda_compiled_reduce_overhead_gives_the_eager_output():
     # inductor fuses the pointwise ops differently; FP32 convolutions may run as TF32 on both
     for out in outs:
         np.testing.assert_allclose(out, ref, rtol=1e-2, atol=1e-2 * np.abs(ref).max())
+
+
+@pytest.mark.slow
+def test_compiled_runner_gives_the_eager_output_on_cpu():
+    """torch.compile (default mode, static shapes) on the CPU: 10-30 s of compilation."""
+    x = _batch(2)
+    with TorchRunner(_model()) as eager:
+        ref = eager.infer(x)
+    runner = TorchRunner(_model(), compile=True, compile_dynamic=False)
+    assert runner.backend == "torch-compile" and runner.compile_mode is None
+    with runner:
+        out = runner.infer(x)
+    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
