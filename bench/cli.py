@@ -247,7 +247,9 @@ def main() -> None:
               help="Warm-up: iterations and/or seconds, e.g. 5, 0.5s, 5,0.5s (at least both).")
 @click.option("--steady-warmup/--no-steady-warmup", default=True, show_default=True,
               help="Also warm up until the latency settles (median of the last 3 iterations "
-                   "within 15% of the 3 before; at most 30 s).")
+                   "within 15% of the 3 before; at most --warmup-max-time).")
+@click.option("--warmup-max-time", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds after which a warm-up that has not settled stops (the row says so).")
 @click.option("--min-iters", type=click.IntRange(min=1), default=10, show_default=True,
               help="Timed loop: at least this many iterations...")
 @click.option("--min-time", type=click.FloatRange(min=0), default=2.0, show_default=True,
@@ -268,7 +270,7 @@ def main() -> None:
 def run(depth: int | None, model: str | None, input_size: int | None, artifacts: Path | None,
         backends: list[str] | None, batch_sizes: list[int] | None, precisions: list[str] | None,
         device: str, channels_last: bool, cuda_graphs: str, warmup: tuple[int, float],
-        steady_warmup: bool, min_iters: int, min_time: float, threads: int | None,
+        steady_warmup: bool, warmup_max_time: float, min_iters: int, min_time: float, threads: int | None,
         ort_opt_level: str, seed: int, cache_dir: Path | None, out: Path | None,
         progress: bool) -> None:
     """Measure latency and throughput; write bench.json, .csv, .md and .png.
@@ -289,7 +291,8 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
     dev = _resolve_device(device)
     threads = threads or environment.usable_cores()
     batches = batch_sizes or DEFAULT_BATCHES[dev]
-    timing = TimingConfig(warmup[0], warmup[1], min_iters, min_time, steady=steady_warmup)
+    timing = TimingConfig(warmup[0], warmup[1], min_iters, min_time, steady=steady_warmup,
+                          warmup_max_time=warmup_max_time)
     rule = NoiseRule()
     graphs = {"off": (False,), "on": (True,), "both": (False, True)}[cuda_graphs]
     out = out or Path("artifacts/bench") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")

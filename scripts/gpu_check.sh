@@ -58,7 +58,7 @@ bench() {  # bench NAME CAP extra resnet-bench options...
   # each run's own table goes nowhere: the merged one is printed at the end
   QUIET_STDOUT=1 step "resnet-bench $name" "$cap" "$PY" -m bench.cli run \
     --device cuda --depth 50 --batch-sizes 1,32,256 --cuda-graphs both --warmup 5,0.2s \
-    --min-iters 10 --min-time 0.5 --no-progress --out "$WORK/$name" "$@"
+    --warmup-max-time 5 --min-iters 10 --min-time 0.5 --no-progress --out "$WORK/$name" "$@"
 }
 
 main() {

@@ -150,11 +150,12 @@ def test_warmup_and_cuda_graph_option_forms(tmp_path, monkeypatch):
     for flag, graphs in ((["--cuda-graphs"], (True,)), (["--cuda-graphs", "both"], (False, True)),
                          ([], (False,))):
         args = [a for a in FAST if a != "--no-steady-warmup"]  # the default: steady warm-up
-        result = invoke([*args, "--warmup", "4,0.25s", *flag, "--out", str(tmp_path)])
+        result = invoke([*args, "--warmup", "4,0.25s", "--warmup-max-time", "7", *flag,
+                         "--out", str(tmp_path)])
         assert result.exit_code == 1 and seen["graphs"] == graphs  # nothing measured: exit 1
         timing = json.loads((tmp_path / "bench.json").read_text())["config"]["timing"]
         assert (timing["warmup_iters"], timing["warmup_time"]) == (4, 0.25)
-        assert timing["steady_warmup"] is True
+        assert timing["steady_warmup"] is True and timing["warmup_max_time"] == 7.0
 
 
 def test_ctrl_c_keeps_what_was_measured_and_exits_130(tmp_path, monkeypatch):
