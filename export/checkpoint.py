@@ -57,14 +57,21 @@ def read_weights_file(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = _unpickler_reason(exc)
-        if "global" in reason.lower():  # a class or function reference: loading would run code
+        code_reason = _global_reference(exc)
+        if code_reason:  # a class or function reference: loading it would run code
             raise UserError(f"refusing {path}: it holds objects that would execute code when "
-                            f"loaded (only tensors and plain data are accepted) [{reason}]") from None
-        raise UserError(f"cannot read {path}: not a valid PyTorch weights file ({reason})") from None
+                            f"loaded (only tensors and plain data are accepted) [{code_reason}]"
+                            ) from None
+        raise UserError(f"cannot read {path}: not a valid PyTorch weights file "
+                        f"({_unpickler_reason(exc)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot read {path}: not a valid PyTorch weights file ({first})") from None
+
+
+def _global_reference(exc: Exception) -> str | None:
+    """The line of torch's weights-only refusal that names a GLOBAL (a class or function)."""
+    return next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), None)
 
 
 def _unpickler_reason(exc: Exception) -> str:
