@@ -149,11 +149,15 @@ class TorchRunner(Runner):
         if self.device == "cuda":
             torch.cuda.empty_cache()
 
+    @torch.inference_mode()
     def to_device(self, batch: np.ndarray) -> torch.Tensor:
         """Host batch -> device tensor in the runner's dtype and memory format.
 
         Copy first, cast on the device: a blocking host->device copy that also changes the dtype
         would do the conversion on the CPU, which costs more than the copy at large batches.
+        Always an inference tensor: torch.compile guards on that, and a mix of inference and
+        normal inputs (end-to-end vs compute-only timing) recompiles until its limit and then
+        silently falls back to eager.
         """
         x = torch.from_numpy(batch).to(self.device).to(_TORCH_DTYPES[self.precision])
         if self.channels_last:

@@ -31,7 +31,8 @@ def test_training_on_cuda_with_amp_reaches_the_bar_and_reloads_on_cpu(tmp_path):
                for t in ckpt.state_dict.values())
     cpu_model = model_from_checkpoint(ckpt)
     images = reference_images(ckpt.meta["dataset"], ckpt.spec, limit=1000)
-    with torch.no_grad():
+    # FP32 on both sides: cuDNN's TF32 convolutions (on by default) would differ by ~3e-3.
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         cpu_logits = cpu_model(torch.from_numpy(images))
         trained = result.model.eval().float()
         device = next(trained.parameters()).device

@@ -194,6 +194,25 @@ def test_cuda_compiled_reduce_overhead_gives_the_eager_output():
         np.testing.assert_allclose(out, ref, rtol=1e-2, atol=1e-2 * np.abs(ref).max())
 
 
+@pytest.mark.cuda
+@cuda
+def test_cuda_compiled_end_to_end_and_compute_only_share_one_compilation():
+    """Both timing paths must feed the compiled module the same kind of tensor, or dynamo
+    recompiles on every switch, hits its limit and silently runs eager."""
+    import torch._dynamo
+
+    x = _batch(2)
+    torch._dynamo.reset()
+    runner = TorchRunner(_model(), device="cuda", compile=True, compile_dynamic=False)
+    with runner:
+        runner.infer(x)  # compiles once
+        compute = runner.compute_fn(x)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            compute()
+            runner.infer(x)
+        runner.synchronize()
+
+
 @pytest.mark.slow
 def test_compiled_runner_gives_the_eager_output_on_cpu():
     """torch.compile (default mode, static shapes) on the CPU: 10-30 s of compilation."""
