@@ -105,7 +105,7 @@ def collect(threads: int | None = None) -> dict[str, Any]:
             "onnx": _version("onnx"),
             "tensorrt": _version("tensorrt"),
             "numpy": np.__version__,
-            "resnet_deploy": _version("resnet-deploy"),
+            "resnet_deploy": _version("resnet-deploy") or _package_version(),
         },
         "onnxruntime_providers": onnxruntime_providers(),
         "threads": {
@@ -119,3 +119,10 @@ def collect(threads: int | None = None) -> dict[str, Any]:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "mkldnn": torch.backends.mkldnn.is_available(),
     }
+
+
+def _package_version() -> str:
+    """The source tree's own version, for runs from a checkout that is not pip-installed."""
+    from export import __version__
+
+    return __version__
