@@ -18,7 +18,7 @@ from typing import Any, Callable
 import click
 import torch
 
-from export.cli_common import (DefaultGroup, OneLineUsageError, model_options, one_line_errors,
+from export.cli_common import (DefaultGroup, OneLineCommand, model_options, one_line_errors,
                                print_family_table, resolve_model_name)
 from export.errors import UserError
 from export.models import ModelSpec, get_architecture
@@ -30,18 +30,6 @@ from .stats import NoiseRule, summarize
 from .timing import ClockTimer, CudaEventTimer, Samples, TimingConfig, measure, time_once
 
 DEFAULT_BATCHES = {"cpu": [1, 8], "cuda": [1, 32]}
-
-
-class OneLineCommand(click.Command):
-    """Every option error is one ``Error: ...`` line and exit status 2 (no usage dump)."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except OneLineUsageError:
-            raise
-        except click.UsageError as exc:
-            raise OneLineUsageError(exc.format_message(), ctx) from None
 
 
 # -- option parsing --------------------------------------------------------------------------

@@ -7,23 +7,11 @@ from typing import Any
 
 import click
 
-from .cli_common import (DefaultGroup, OneLineUsageError, model_options, one_line_errors,
+from .cli_common import (DefaultGroup, OneLineCommand, OneLineUsageError, model_options, one_line_errors,
                          print_family_table, resolve_model_name)
 from .errors import UserError
 from .onnx_export import DEFAULT_OPSET
 from .shapes import BatchRange
-
-
-class OneLineCommand(click.Command):
-    """Bad option values (a wrong --fmt, a non-number) as one ``Error:`` line, exit status 2."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except OneLineUsageError:
-            raise
-        except click.UsageError as exc:
-            raise OneLineUsageError(exc.format_message(), ctx) from None
 
 
 class _Parsed(click.ParamType):

@@ -20,6 +20,18 @@ class OneLineUsageError(click.UsageError):
         click.echo(f"Error: {self.format_message()}", err=True)
 
 
+class OneLineCommand(click.Command):
+    """A command whose bad option values are one ``Error: ...`` line, exit status 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except OneLineUsageError:
+            raise
+        except click.UsageError as exc:
+            raise OneLineUsageError(exc.format_message(), ctx) from None
+
+
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the errors a user can cause into one line on stderr and a non-zero exit."""
 
@@ -100,5 +112,5 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-__all__ = ["DefaultGroup", "OneLineUsageError", "format_family_table", "model_names", "model_options",
+__all__ = ["DefaultGroup", "OneLineCommand", "OneLineUsageError", "format_family_table", "model_names", "model_options",
            "one_line_errors", "print_family_table", "resolve_model_name"]

@@ -7,22 +7,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from .cli_common import (OneLineUsageError, model_options, one_line_errors, print_family_table,
-                         resolve_model_name)
+from .cli_common import (OneLineCommand, OneLineUsageError, model_options, one_line_errors,
+                         print_family_table, resolve_model_name)
 from .train import RESUME_CHANGES, TrainConfig, run_training
+
 DEFAULTS = TrainConfig()
-
-
-class OneLineCommand(click.Command):
-    """A command whose bad-option errors are one ``Error:`` line, like every other user error."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except OneLineUsageError:
-            raise
-        except click.UsageError as exc:
-            raise OneLineUsageError(exc.format_message(), ctx) from None
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"],
