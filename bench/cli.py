@@ -294,6 +294,9 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
         request = Request(spec, dev, backends, precisions, channels_last, graphs, threads, seed,
                           ort_opt_level, cache_dir, artifacts)
         candidates, skipped, models = plan(request)
+        if not candidates:  # one line, and no report that holds nothing
+            reasons = list(dict.fromkeys(s.reason for s in skipped))
+            raise UserError("nothing to measure: " + "; ".join(reasons))
         spec = request.spec  # --artifacts: the manifests' model
         config = {
             "model": spec.to_dict(), "input_size": spec.input_size, "device": dev,
