@@ -305,7 +305,11 @@ class TensorRTRunner(Runner):
 
         def run() -> Any:
             with torch.cuda.stream(self._stream):
-                return self._enqueue(x)
+                out = self._enqueue(x)
+            # torch's side streams do not synchronise with the default stream: without this,
+            # a CUDA event recorded on the caller's stream would not wait for the engine.
+            torch.cuda.current_stream().wait_stream(self._stream)
+            return out
 
         return run
 
