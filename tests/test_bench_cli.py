@@ -139,22 +139,31 @@ def test_bad_options_are_one_line_and_exit_2(args, message):
 
 
 def test_warmup_and_cuda_graph_option_forms(tmp_path, monkeypatch):
+    import bench.cli as cli_module
+
     seen = {}
+    real_timing_config = cli_module.TimingConfig
+
+    def recording_timing_config(*args, **kwargs):
+        seen["timing"] = real_timing_config(*args, **kwargs)
+        return seen["timing"]
 
     def fake_plan(request):
         seen["graphs"] = request.cuda_graphs
-        return [], [], backends._Models(0)
+        return [], [backends.Skip("torch", "stubbed out")], backends._Models(0)
 
+    monkeypatch.setattr("bench.cli.TimingConfig", recording_timing_config)
     monkeypatch.setattr("bench.cli.plan", fake_plan)
     for flag, graphs in ((["--cuda-graphs"], (True,)), (["--cuda-graphs", "both"], (False, True)),
                          ([], (False,))):
         args = [a for a in FAST if a != "--no-steady-warmup"]  # the default: steady warm-up
         result = invoke([*args, "--warmup", "4,0.25s", "--warmup-max-time", "7", *flag,
-                         "--out", str(tmp_path)])
-        assert result.exit_code == 1 and seen["graphs"] == graphs  # nothing measured: exit 1
-        timing = json.loads((tmp_path / "bench.json").read_text())["config"]["timing"]
-        assert (timing["warmup_iters"], timing["warmup_time"]) == (4, 0.25)
-        assert timing["steady_warmup"] is True and timing["warmup_max_time"] == 7.0
+                         "--out", str(tmp_path / "out")])
+        assert result.exit_code == 1 and seen["graphs"] == graphs  # nothing to measure: exit 1
+        assert "nothing to measure: stubbed out" in result.stderr
+        timing = seen["timing"]
+        assert (timing.warmup_iters, timing.warmup_time) == (4, 0.25)
+        assert timing.steady is True and timing.warmup_max_time == 7.0
 
 
 def test_ctrl_c_keeps_what_was_measured_and_exits_130(tmp_path, monkeypatch):
