@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from export import __version__ as resnet_deploy_version
+
 
 def _version(dist: str) -> str | None:
     try:
@@ -105,7 +107,7 @@ def collect(threads: int | None = None) -> dict[str, Any]:
             "onnx": _version("onnx"),
             "tensorrt": _version("tensorrt"),
             "numpy": np.__version__,
-            "resnet_deploy": _version("resnet-deploy") or _package_version(),
+            "resnet_deploy": resnet_deploy_version,
         },
         "onnxruntime_providers": onnxruntime_providers(),
         "threads": {
@@ -119,10 +121,3 @@ def collect(threads: int | None = None) -> dict[str, Any]:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "mkldnn": torch.backends.mkldnn.is_available(),
     }
-
-
-def _package_version() -> str:
-    """The source tree's own version, for runs from a checkout that is not pip-installed."""
-    from export import __version__
-
-    return __version__
