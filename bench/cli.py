@@ -7,10 +7,7 @@ and a larger batch, and writes bench.json/.csv/.md/.png under artifacts/bench/<t
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -18,16 +15,18 @@ from typing import Any, Callable
 import click
 import torch
 
-from export.cli_common import (DefaultGroup, OneLineCommand, model_options, one_line_errors,
+from export.core.cli import (DefaultGroup, OneLineCommand, model_options, one_line_errors,
                                print_family_table, resolve_model_name)
-from export.errors import UserError
-from export.models import ModelSpec, get_architecture
-from export.runners import ORT_OPTIMIZATION_LEVELS, BackendUnavailable, Runner, TorchRunner
+from export.core.errors import UserError
+from export.core.hardware import resolve_device, usable_cores
+from export.core.models import default_spec
+from export.runtime.ort_runner import ORT_OPTIMIZATION_LEVELS
 
 from . import environment, report
-from .backends import BACKENDS, PRECISIONS, Candidate, Request, Skip, plan
-from .stats import NoiseRule, summarize
-from .timing import ClockTimer, CudaEventTimer, Samples, TimingConfig, measure, time_once
+from .plan import BACKENDS, PRECISIONS, Request, plan
+from .stats import NoiseRule
+from .sweep import sweep
+from .timing import TimingConfig
 
 DEFAULT_BATCHES = {"cpu": [1, 8], "cuda": [1, 32]}
 
@@ -77,128 +76,6 @@ def _parse_warmup(_ctx: Any, _param: Any, value: str) -> tuple[int, float]:
     if iters < 0 or seconds < 0:
         raise click.BadParameter(f"{value!r}: warm-up cannot be negative")
     return iters, seconds
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-# -- the measurement -------------------------------------------------------------------------
-
-
-class Sweep:
-    """Measures each candidate at each batch size; keeps rows and skips as it goes."""
-
-    def __init__(self, doc: dict[str, Any], timing: TimingConfig, batches: list[int], seed: int,
-                 threads: int, macs: Callable[[ModelSpec], int], rule: NoiseRule, bar: Any):
-        self.doc, self.timing, self.batches, self.seed = doc, timing, batches, seed
-        self.threads, self.macs, self.rule, self.bar = threads, macs, rule, bar
-
-    def skip(self, cand: Candidate, reason: str, batch_size: int | None = None) -> None:
-        self.doc["skipped"].append(Skip(cand.backend, reason, cand.precision, batch_size,
-                                        cand.artifact).to_dict())
-
-    def _progress(self, text: str) -> Callable[[str, int, float], None] | None:
-        if self.bar is None or self.bar.disable:
-            return None
-        last = [0.0]
-
-        def update(phase: str, n: int, elapsed: float) -> None:
-            if n == 1 or elapsed - last[0] >= 0.25:
-                last[0] = elapsed
-                self.bar.set_postfix_str(f"{text} {phase} {n} it {elapsed:.1f}s", refresh=True)
-
-        return update
-
-    def run(self, cand: Candidate) -> None:
-        if self.bar is not None:
-            self.bar.set_description(cand.label)
-        try:
-            t0 = time.perf_counter()
-            runner, setup = cand.prepare()
-            runner.activate()
-            setup_s = time.perf_counter() - t0 - setup.get("export_s", 0.0)
-        except (BackendUnavailable, UserError) as exc:
-            self.skip(cand, str(exc))
-            self._advance(len(self.batches))
-            return
-        except Exception as exc:  # a backend that breaks on this machine: report it, go on
-            self.skip(cand, f"setup failed: {_first_line(exc)}")
-            self._advance(len(self.batches))
-            return
-        try:
-            for b in self.batches:
-                reason = cand.batch_skip_reason(b)
-                if reason:
-                    self.skip(cand, reason, b)
-                else:
-                    self._run_batch(cand, runner, b, {**setup, "setup_s": setup_s})
-                self._advance(1)
-        finally:
-            runner.deactivate()
-
-    def _advance(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def _timer(self, runner: Runner) -> Any:
-        # CUDA events see the work torch queues on its stream; other runners return host data
-        # (their call is synchronous), so the host clock times them exactly.
-        if isinstance(runner, TorchRunner) and runner.device == "cuda":
-            return CudaEventTimer()
-        return ClockTimer()
-
-    def _run_batch(self, cand: Candidate, runner: Runner, b: int, setup: dict[str, Any]) -> None:
-        batch = cand.make_batch(b, self.seed)
-        timer = self._timer(runner)
-        modes: list[tuple[str, Callable[[], Any]]] = [("e2e", lambda: runner.infer(batch))]
-        for timing, fn in modes:
-            try:
-                first = time_once(fn, timer)
-                samples = measure(fn, self.timing, timer, progress=self._progress(
-                    f"b{b} {timing}"))
-            except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. CUDA out of memory
-                self.skip(cand, f"{timing} failed: {_first_line(exc)}", b)
-                return
-            if samples.iterations:
-                self.doc["results"].append(self._row(cand, runner, b, timing, first, samples,
-                                                     setup))
-            if not samples.complete:
-                raise KeyboardInterrupt
-            if timing == "e2e":
-                try:
-                    compute = runner.compute_fn(batch)  # device-resident input, where allowed
-                except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. graph capture
-                    self.skip(cand, f"compute failed: {_first_line(exc)}", b)
-                    return
-                if compute is not None:
-                    modes.append(("compute", compute))
-
-    def _row(self, cand: Candidate, runner: Runner, b: int, timing: str, first_s: float,
-             samples: Samples, setup: dict[str, Any]) -> dict[str, Any]:
-        stats = summarize(samples.latencies_s, b, samples.wall_s, self.rule)
-        macs = None if cand.backend == "null" else self.macs(cand.spec)
-        return {
-            "backend": cand.backend, "label": cand.label, "precision": cand.precision,
-            "device": runner.device, "timing": timing, "cuda_graphs": cand.cuda_graphs,
-            "channels_last": cand.channels_last, "batch_size": b,
-            "input_shape": [b, *cand.input_shape], "model": cand.spec.name,
-            **stats,
-            "gflops": (2 * macs * b / (stats["p50_ms"] / 1e3) / 1e9) if macs else None,
-            "warmup_iterations": samples.warmup_iters, "warmup_s": samples.warmup_s,
-            "warmup_steady": samples.warmup_steady,
-            "first_infer_ms": first_s * 1e3, "setup_s": setup.get("setup_s"),
-            "export_s": setup.get("export_s"), "onnx_cached": setup.get("onnx_cached"),
-            "timer": samples.timer, "threads": self.threads, "complete": samples.complete,
-            "artifact": cand.artifact, **cand.extra,
-        }
-
-
-def _first_line(exc: BaseException) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @click.group(cls=DefaultGroup, default_command="run",
@@ -273,11 +150,9 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
     """
     name = resolve_model_name(depth, model) if (depth is not None or model is not None) \
         else "resnet50"
-    arch = get_architecture(name)
-    spec = ModelSpec.create(name, num_classes=1000 if arch.kind == "imagenet" else 10,
-                            input_size=input_size)
-    dev = _resolve_device(device)
-    threads = threads or environment.usable_cores()
+    spec = default_spec(name, input_size=input_size)
+    dev = resolve_device(device)
+    threads = threads or usable_cores()
     batches = batch_sizes or DEFAULT_BATCHES[dev]
     timing = TimingConfig(warmup[0], warmup[1], min_iters, min_time, steady=steady_warmup,
                           warmup_max_time=warmup_max_time)
@@ -316,7 +191,7 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
         }
         doc = report.new_document(environment.collect(threads), config)
         doc["skipped"] = [s.to_dict() for s in skipped]
-        _sweep(doc, candidates, timing, batches, seed, threads, models.macs, rule, progress)
+        sweep(doc, candidates, timing, batches, seed, threads, models.macs, rule, progress)
     finally:
         torch.set_num_threads(previous_threads)
         torch.backends.cudnn.benchmark = previous_benchmark
@@ -331,33 +206,6 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
     if not doc["results"]:
         raise click.ClickException(f"nothing was measured: every backend was skipped "
                                    f"(reasons in {paths['md']})")
-
-
-def _sweep(doc: dict[str, Any], candidates: list[Candidate], timing: TimingConfig,
-           batches: list[int], seed: int, threads: int, macs: Callable[[ModelSpec], int],
-           rule: NoiseRule, progress: bool) -> None:
-    """Measure every candidate; Ctrl-C stops here and marks the document interrupted."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(candidates) * len(batches), file=sys.stderr, unit="case",
-               disable=not progress, dynamic_ncols=True, leave=False)
-    sweep = Sweep(doc, timing, batches, seed, threads, macs, rule, bar)
-    # SIGTERM (e.g. `timeout 120 resnet-bench ...`) stops the run like Ctrl-C: results are kept.
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
-    try:
-        for cand in candidates:
-            sweep.run(cand)
-    except KeyboardInterrupt:
-        doc["interrupted"] = True
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
-        bar.close()
-
-
-def _raise_interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 @main.command("report", cls=OneLineCommand)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from export import __version__ as resnet_deploy_version
+from export.core.hardware import usable_cores
 
 
 def _version(dist: str) -> str | None:
@@ -38,14 +39,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (affinity / container limits), not the host's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _nvidia_driver() -> str | None:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -58,7 +51,7 @@ def _nvidia_driver() -> str | None:
 def gpu_info() -> dict[str, Any] | None:
     if not torch.cuda.is_available():
         return None
-    props = torch.cuda.get_device_properties(0)
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
     return {
         "name": props.name,
         "compute_capability": f"{props.major}.{props.minor}",

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from export.fileio import atomic_path
-from export.models import ModelSpec
+from export.core.fileio import atomic_path
+from export.core.models import ModelSpec
 
 
 def default_cache_dir() -> Path:

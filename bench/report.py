@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from export.fileio import atomic_path, write_json
+from export.core.fileio import atomic_path, write_json
 
 SCHEMA = "resnet-bench"
 SCHEMA_VERSION = 1

@@ -1,6 +1,6 @@
 """resnet-deploy: build, train and export the ResNet family, and prove every artifact matches."""
 
-from .models import ModelSpec, build_model, count_macs, count_parameters, model_names
+from .core.models import ModelSpec, build_model, count_macs, count_parameters, model_names
 
 __version__ = "0.1.0"
 __all__ = ["ModelSpec", "build_model", "count_macs", "count_parameters", "model_names"]

@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from .cli_common import (DefaultGroup, OneLineCommand, OneLineUsageError, model_options, one_line_errors,
+from .core.cli import (DefaultGroup, OneLineCommand, OneLineUsageError, model_options, one_line_errors,
                          print_family_table, resolve_model_name)
-from .errors import UserError
+from .core.errors import UserError
 from .onnx_export import DEFAULT_OPSET
-from .shapes import BatchRange
+from .core.shapes import BatchRange
 
 
 class _Parsed(click.ParamType):
@@ -31,7 +31,7 @@ class _Parsed(click.ParamType):
 
 
 def _parse_workspace(text: str) -> int:
-    from .tensorrt_engine import parse_size
+    from .tensorrt_build import parse_size
 
     return parse_size(text)
 

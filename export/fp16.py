@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import UserError
+from .core.errors import UserError
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 
@@ -247,13 +247,3 @@ def convert_to_fp16(model: onnx.ModelProto, io_fp16: bool = False,
         first = (str(exc).strip().splitlines() or ["type error"])[0]
         raise Fp16ConversionError(f"the FP16 graph does not type-check: {first}") from None
     return model, report
-
-
-def float_types_in(model: onnx.ModelProto) -> dict[str, int]:
-    """Count of float tensors by element type name (initializers and typed values); for tests."""
-    counts: dict[str, int] = defaultdict(int)
-    for init in model.graph.initializer:
-        counts[TensorProto.DataType.Name(init.data_type)] += 1
-    for vi in (*model.graph.input, *model.graph.output, *model.graph.value_info):
-        counts[TensorProto.DataType.Name(vi.type.tensor_type.elem_type)] += 1
-    return dict(counts)

@@ -1,49 +1,18 @@
-"""manifest.json: what an artifact folder holds, where it came from, and whether it passed.
+"""Writing manifest.json: what an artifact folder holds, where it came from, whether it passed.
 
-The schema is versioned (``schema_version``) and documented in docs/export.md. Readers (the
-benchmark, ``resnet-export verify``, :func:`export.loaders.load_artifact_runner`) rely on these
-keys:
-
-    schema_version  1
-    kind            "resnet-deploy-artifact"
-    format          "onnx" | "onnx-fp16" | "trt"
-    precision       "fp32" | "fp16"
-    artifact        relative name of the main file (the .onnx or the .engine)
-    files           [{"path", "sha256", "bytes", "role"}] - every file in the folder but this one
-    model           ModelSpec.to_dict()
-    class_names     list or null
-    normalization   {"mean", "std", "layout", "pixel_scale", "color"}
-    source          {"kind": "checkpoint"|"state_dict"|"seed", "path", "sha256", "seed", ...}
-    inputs/outputs  [{"name", "shape" ("batch" for the dynamic dim), "dtype"}]
-    batch_range     {"min", "opt", "max"}
-    opset           int
-    fp16            the converter's report (FP16 formats) or null
-    tensorrt        build settings (trt format) or null
-    gpu             {"name", "compute_capability"} for engines, else null
-    versions        {"python", "torch", "onnx", "onnxruntime", "tensorrt" (null if absent)}
-    parity          {"passed", "runs": [verdict per candidate runtime], "inputs": {...}}
-    created         ISO 8601 UTC
-    tool            {"name": "resnet-deploy", "version": export.__version__}
+The schema and its reading live in :mod:`export.core.artifact` (every reader goes through it);
+this module assembles a manifest in the documented key order.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import platform
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .fileio import sha256_file, write_json
-
-SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-KIND = "resnet-deploy-artifact"
-FORMATS = ("onnx", "onnx-fp16", "trt")
-REQUIRED_KEYS = ("schema_version", "kind", "format", "precision", "artifact", "files", "model",
-                 "source", "inputs", "outputs", "batch_range", "versions", "parity", "created",
-                 "tool")
+from .core.artifact import FORMATS, KIND, MANIFEST_NAME, SCHEMA_VERSION
+from .core.fileio import sha256_file, write_json
 
 
 def library_versions(tensorrt_version: str | None) -> dict[str, str | None]:
@@ -90,52 +59,3 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     path = Path(folder) / MANIFEST_NAME
     write_json(path, manifest)
     return path
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """Load and check a manifest; every problem is one :class:`UserError` line."""
-    folder = Path(folder)
-    path = folder / MANIFEST_NAME if folder.is_dir() or not folder.suffix else folder
-    if not path.is_file():
-        raise UserError(f"no {MANIFEST_NAME} in {folder}: not an artifact folder")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("kind") != KIND:
-        raise UserError(f"{path} is not a resnet-deploy artifact manifest")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise UserError(f"{path} has schema_version {data.get('schema_version')}; this release "
-                        f"reads {SCHEMA_VERSION}")
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}")
-    if data["format"] not in FORMATS:
-        raise UserError(f"{path}: unknown format {data['format']!r}")
-    if not any(f.get("path") == data["artifact"] for f in data["files"]):
-        raise UserError(f"{path}: the artifact {data['artifact']} is not among its files")
-    return data
-
-
-def verify_files(folder: str | Path, manifest: dict[str, Any]) -> None:
-    """Every listed file exists and has the recorded sha256 (tampering or truncation -> error)."""
-    folder = Path(folder)
-    for entry in manifest["files"]:
-        name = entry["path"]
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise UserError(f"manifest lists {name!r}, which is outside the artifact folder")
-        path = folder / name
-        if not path.is_file():
-            raise UserError(f"{path} is missing (listed in {MANIFEST_NAME})")
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            raise UserError(f"sha256 mismatch for {path}: {digest[:16]}..., manifest says "
-                            f"{entry['sha256'][:16]}... (the file changed after export)")
-
-
-def load_artifact_runner(manifest_dir: str | Path, providers: list[str] | None = None,
-                         **runner_kwargs: Any):
-    """See :func:`export.loaders.load_artifact_runner` (re-exported here for convenience)."""
-    from .loaders import load_artifact_runner as _load
-
-    return _load(manifest_dir, providers, **runner_kwargs)

@@ -24,8 +24,8 @@ import onnx
 import torch
 from torch import nn
 
-from .errors import UserError
-from .models import ModelSpec
+from .core.errors import UserError
+from .core.models import ModelSpec
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

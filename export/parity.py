@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .runners import Runner
+from .runtime.base import Runner
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,11 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance(
         atol=2e-2, rtol=2e-2, min_cosine=0.999, min_clear_top1=1.0, min_clear_top5=1.0,
         reason="FP16 weights and activations: 11-bit mantissa, 4.9e-4 relative rounding per op, "
-               "~4e-3 on ResNet logits through ONNX Runtime (measured); TensorRT FP16 kernels may "
-               "also accumulate in FP16, hence 5x headroom; cosine 0.999 still catches any wrong "
-               "weight or layer (a damaged artifact lands far outside)"),
+               "~4e-3 on ResNet logits through ONNX Runtime's CPU provider (measured; it stores "
+               "tensors in FP16 but computes in FP32 through inserted casts, so the verdict's "
+               "'arithmetic' says so); TensorRT and CUDA FP16 kernels may also accumulate in "
+               "FP16, hence 5x headroom; cosine 0.999 still catches any wrong weight or layer "
+               "(a damaged artifact lands far outside)"),
 }
 
 
@@ -100,6 +102,7 @@ class Verdict:
     candidate: str
     comparisons: list[Comparison]
     notes: list[str] = field(default_factory=list)
+    arithmetic: str = ""  # the precision the candidate's maths really ran in (runner.arithmetic)
 
     @property
     def passed(self) -> bool:
@@ -120,7 +123,8 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "precision": self.precision,
                 "tolerance": asdict(self.tolerance), "reference": self.reference,
-                "candidate": self.candidate, "summary": self.summary(),
+                "candidate": self.candidate, "arithmetic": self.arithmetic or self.precision,
+                "summary": self.summary(),
                 "comparisons": [asdict(c) for c in self.comparisons], "notes": self.notes}
 
 
@@ -253,17 +257,19 @@ def run_gate(reference: Runner, candidate: Runner, inputs: list[ParityInput], pr
             cand = candidate.infer(item.batch)
             comparisons.append(compare(ref, cand, tol, item.name, item.kind))
     return Verdict(precision, tol, reference.label, candidate.label, comparisons,
-                   list(notes or []))
+                   list(notes or []), candidate.arithmetic)
 
 
 def format_table(verdict: Verdict) -> str:
     """The terminal table: one row per input batch, then the verdict line."""
     head = (f"{'inputs':<15} {'max abs':>9} {'max rel':>9} {'fail':>6} {'min cos':>10} "
             f"{'top1':>6} {'top1*':>6} {'top5':>6} {'finite':>6}  result")
-    lines = [f"parity: {verdict.candidate} vs {verdict.reference} "
-             f"({verdict.precision}: atol {verdict.tolerance.atol:g}, "
-             f"rtol {verdict.tolerance.rtol:g}, cos >= {verdict.tolerance.min_cosine})",
-             head, "-" * len(head)]
+    tol = verdict.tolerance
+    lines = [f"parity: {verdict.candidate} vs {verdict.reference} ({verdict.precision}: "
+             f"atol {tol.atol:g} x max(1, logit std), rtol {tol.rtol:g}, "
+             f"cos >= {tol.min_cosine})", head, "-" * len(head)]
+    if verdict.arithmetic and verdict.arithmetic != verdict.precision:
+        lines.insert(1, f"arithmetic: {verdict.arithmetic}")
     for c in verdict.comparisons:
         clear = "-" if c.top1_clear_agreement is None else f"{c.top1_clear_agreement:.0%}"
         lines.append(

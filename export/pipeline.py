@@ -25,25 +25,25 @@ from typing import Any, Callable
 
 import onnx
 
-from .errors import UserError
+from .core.artifact import FORMATS, MANIFEST_NAME, read_manifest, verify_files
+from .core.errors import BackendUnavailable, ParityFailed, UserError, first_line
+from .core.fileio import current_umask
+from .core.models import ModelSpec, default_spec
 from .fp16 import convert_to_fp16
-from .manifest import (MANIFEST_NAME, build_manifest, file_entry, library_versions,
-                       read_manifest, verify_files, write_manifest)
-from .models import ModelSpec
+from .manifest import build_manifest, file_entry, library_versions, write_manifest
 from .onnx_export import (DEFAULT_OPSET, export_onnx, io_signature, save_onnx, stamp_metadata)
 from .parity import (ParityInput, Verdict, format_table, random_inputs, real_inputs, run_gate)
-from .runners import BackendUnavailable, Runner, TorchRunner
-from .shapes import BatchRange
+from .core.shapes import BatchRange
+from .runtime.base import Runner
+from .runtime.loader import runner_for
+from .runtime.ort_runner import cuda_provider_usable
+from .runtime.torch_runner import TorchRunner
+from .train.data import reference_images
 from .weights import DEFAULT_SEED, SourceModel, checkpoint_source, fresh_source, \
     source_from_manifest
 
-FORMATS = ("onnx", "onnx-fp16", "trt")
 RANDOM_SEED = 1234
 Echo = Callable[[str], None]
-
-
-class ParityFailed(UserError):
-    """The artifact does not give the eager model's logits: nothing good-looking is left."""
 
 
 @dataclass
@@ -88,12 +88,7 @@ def resolve_source(req: ExportRequest) -> SourceModel:
     if req.checkpoint is not None:
         return checkpoint_source(req.checkpoint, req.model, req.num_classes, req.in_chans,
                                  req.input_size)
-    name = req.model or "resnet50"
-    small = ModelSpec.create(name).architecture.kind == "cifar"
-    # the small-image models default to the embedded digits: 10 classes, grayscale
-    spec = ModelSpec.create(name, num_classes=req.num_classes or (10 if small else 1000),
-                            in_chans=req.in_chans or (1 if small else 3),
-                            input_size=req.input_size)
+    spec = default_spec(req.model or "resnet50", req.num_classes, req.in_chans, req.input_size)
     return fresh_source(spec, req.seed)
 
 
@@ -130,20 +125,15 @@ def parity_inputs(spec: ModelSpec, batch: BatchRange, dataset: dict[str, Any] | 
     items: list[ParityInput] = []
     real: dict[str, Any] = {"available": False, "dataset": dataset, "count": 0, "note": None}
     try:
-        from .data import reference_images
-    except ImportError as exc:  # the data module is optional for the gate
-        real["note"] = f"real images unavailable: export.data cannot be imported ({exc})"
+        images = reference_images(dataset, spec, limit=max(sizes))
+    except UserError as exc:
+        real["note"] = f"real images unavailable: {exc}"
     else:
-        try:
-            images = reference_images(dataset, spec, limit=max(sizes))
-        except UserError as exc:
-            real["note"] = f"real images unavailable: {exc}"
+        if len(images):
+            items += real_inputs(images, sizes)
+            real.update(available=True, count=int(len(images)))
         else:
-            if len(images):
-                items += real_inputs(images, sizes)
-                real.update(available=True, count=int(len(images)))
-            else:
-                real["note"] = "real images unavailable: the test split is empty"
+            real["note"] = "real images unavailable: the test split is empty"
     items += random_inputs(shape, sizes, RANDOM_SEED)
     described = {"batch_sizes": sizes, "real": real,
                  "random": {"distribution": "N(0,1)", "seed": RANDOM_SEED}}
@@ -151,27 +141,20 @@ def parity_inputs(spec: ModelSpec, batch: BatchRange, dataset: dict[str, Any] | 
 
 
 def candidate_runners(folder: Path, manifest: dict[str, Any]) -> list[Runner]:
-    """The artifact in its own runtime(s): ONNX Runtime CPU (and CUDA where present) for ONNX;
-    for an engine, the ONNX it was built from on ONNX Runtime CPU, then the engine itself."""
-    from .loaders import ArtifactOnnxRuntimeRunner, runner_for
+    """The artifact in every runtime here that runs its precision.
 
-    runners: list[Runner] = []
-    if manifest["format"] == "trt":
-        built_from = manifest["tensorrt"]["built_from"]
-        runners.append(ArtifactOnnxRuntimeRunner(folder / built_from, manifest))
+    ONNX formats: ONNX Runtime CPU, and the CUDA provider where it is usable (the only ONNX
+    Runtime that computes FP16 natively). An engine: the ONNX it was built from on ONNX Runtime
+    (CPU, and CUDA where usable), then the engine itself.
+    """
+    built_from = manifest["tensorrt"]["built_from"] if manifest["format"] == "trt" else None
+    providers = [["CPUExecutionProvider"]]
+    if cuda_provider_usable():
+        providers.append(["CUDAExecutionProvider"])
+    runners = [runner_for(folder, manifest, p, file=built_from) for p in providers]
+    if built_from is not None:
         runners.append(runner_for(folder, manifest))
-        return runners
-    runners.append(runner_for(folder, manifest))
-    if _cuda_ep_usable():
-        runners.append(runner_for(folder, manifest, ["CUDAExecutionProvider"]))
     return runners
-
-
-def _cuda_ep_usable() -> bool:
-    import onnxruntime as ort
-    import torch
-
-    return "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
 
 
 def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
@@ -194,8 +177,8 @@ def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
         except (UserError, BackendUnavailable, KeyboardInterrupt):
             raise
         except Exception as exc:  # an artifact its runtime cannot run fails the gate
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ParityFailed(f"{candidate.label} could not run the artifact: {first}") from None
+            raise ParityFailed(f"{candidate.label} could not run the artifact: "
+                               f"{first_line(exc)}") from None
         echo(format_table(verdict) + f"  ({time.perf_counter() - started:.1f}s)")
         verdicts.append(verdict)
     parity = {"passed": all(v.passed for v in verdicts), "inputs": described,
@@ -222,12 +205,6 @@ def _check_out(out: Path) -> dict[str, Any] | None:
         except UserError:
             return None
     return None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _make_dirs(path: Path) -> list[Path]:
@@ -277,7 +254,7 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
         raise UserError("--out names one folder; leave it out when exporting several formats")
     trt_version, gpu = None, None
     if "trt" in formats:  # before anything is read or created
-        from .tensorrt_engine import require_tensorrt
+        from .tensorrt_build import require_tensorrt
 
         trt, gpu = require_tensorrt()
         trt_version = str(trt.__version__)
@@ -320,7 +297,7 @@ def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelP
     spec = source.spec
     created = _make_dirs(out.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an artifact folder is not
+    staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; an artifact folder is not
     promoted = False
     try:
         manifest, verdicts = _build_in(staging, req, source, fp32_proto, batch, trt_version, gpu,
@@ -387,7 +364,7 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
     files = [file_entry(staging, onnx_name, "artifact" if req.fmt != "trt" else "source-onnx")]
     artifact, tensorrt = onnx_name, None
     if req.fmt == "trt":
-        from .tensorrt_engine import DEFAULT_WORKSPACE, build_engine, timing_cache_reusable
+        from .tensorrt_build import DEFAULT_WORKSPACE, build_engine, timing_cache_reusable
 
         engine_name, cache_name = f"{spec.name}.engine", "timing.cache"
         reuse = timing_cache_reusable(previous, trt_version, gpu)
@@ -426,10 +403,10 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
     verify_files(folder, manifest)
     echo(f"{folder}: {len(manifest['files'])} files match their sha256")
     if manifest["format"] == "trt":
-        from .tensorrt_engine import check_engine_compatible, cuda_gpu, tensorrt_version
+        from .tensorrt_build import check_engine_compatible, cuda_gpu, tensorrt_version
 
         if tensorrt_version() is None or cuda_gpu() is None:
-            from .tensorrt_engine import require_tensorrt
+            from .tensorrt_build import require_tensorrt
 
             require_tensorrt("verifying a TensorRT engine")
         check_engine_compatible(manifest, tensorrt_version(), cuda_gpu())

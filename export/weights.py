@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .errors import UserError
-from .fileio import sha256_file
-from .models import BasicBlock, Bottleneck, ModelSpec, get_architecture
+from .core.checkpoint import load_checkpoint, model_from_checkpoint
+from .core.errors import UserError
+from .core.fileio import sha256_file
+from .core.models import BasicBlock, Bottleneck, ModelSpec, get_architecture
 
 DEFAULT_SEED = 0
 CALIBRATION_BATCHES = 2
@@ -51,10 +51,6 @@ class SourceModel:
     class_names: list[str] | None = None
     dataset: dict[str, Any] | None = None  # the checkpoint's dataset description, if any
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def is_fresh(self) -> bool:
-        return self.source["kind"] == "seed"
 
 
 def state_digest(model: nn.Module) -> str:
@@ -159,10 +155,6 @@ def checkpoint_source(path: str | Path, name: str | None = None, num_classes: in
     source = {"kind": kind, "path": str(Path(path).resolve()), "sha256": ckpt.sha256,
               "seed": None}
     return SourceModel(model, spec, source, ckpt.class_names, ckpt.meta.get("dataset"), notes)
-
-
-def _differs_in_architecture(a: ModelSpec, b: ModelSpec) -> bool:
-    return (a.name, a.num_classes, a.in_chans) != (b.name, b.num_classes, b.in_chans)
 
 
 def _describe(spec: ModelSpec) -> str:

@@ -32,7 +32,7 @@ def train_command() -> list[str]:
     """The installed ``resnet-train`` beside this Python, else the module it runs."""
     beside = Path(sys.executable).with_name("resnet-train")
     found = str(beside) if beside.exists() else shutil.which("resnet-train")
-    return [found] if found else [sys.executable, "-m", "export.train_cli"]
+    return [found] if found else [sys.executable, "-m", "export.train.cli"]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -4,7 +4,6 @@ Ctrl-C, exported artifacts through their manifest, and merging runs."""
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import bench.backends as backends
+import bench.plan as backends
 from bench import report
 from bench.cli import main
 
@@ -103,7 +102,7 @@ def test_cuda_request_without_a_gpu_is_one_line_and_writes_nothing(tmp_path):
     result = invoke([*FAST, "--device", "cuda", "--backends", "torch", "--out", str(out)])
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("Error: nothing to measure: ") and "no CUDA device" in line
+    assert line.startswith("Error: --device cuda: no CUDA GPU is visible to PyTorch")
     assert not out.exists()
 
 
@@ -207,7 +206,7 @@ def test_a_backend_failing_at_one_batch_size_is_skipped_and_the_run_goes_on(tmp_
 
 
 def _write_artifact(folder, onnx_path, batch_range, passed=True):
-    """A real artifact folder (export.manifest's schema) around an ONNX file from the cache."""
+    """A real artifact folder (the manifest schema) around an ONNX file from the cache."""
     from export.manifest import build_manifest, file_entry, write_manifest
 
     folder.mkdir()
@@ -229,14 +228,14 @@ def test_artifacts_are_measured_through_their_manifest_within_the_batch_range(
     (onnx_path,) = cache_dir.glob("resnet18-*.onnx")
     _write_artifact(tmp_path / "good", onnx_path, {"min": 1, "opt": 2, "max": 2})
     _write_artifact(tmp_path / "failed", onnx_path, {"min": 1, "opt": 2, "max": 2}, passed=False)
-    real_loader = backends.load_artifact_runner_fn()  # export.manifest.load_artifact_runner
+    real_loader = backends.load_artifact  # export.runtime.load_artifact
     calls = []
 
     def spy(folder, **kwargs):
         calls.append((folder.name, kwargs))
         return real_loader(folder, **kwargs)
 
-    monkeypatch.setattr(backends, "load_artifact_runner_fn", lambda: spy)
+    monkeypatch.setattr(backends, "load_artifact", spy)
     out = tmp_path / "out"
     result = invoke([*FAST, "--artifacts", str(tmp_path), "--batch-sizes", "1,4",
                      "--threads", "1", "--backends", "onnxruntime,tensorrt", "--out", str(out)])
@@ -253,17 +252,6 @@ def test_artifacts_are_measured_through_their_manifest_within_the_batch_range(
     assert "parity gate failed" in reasons["failed:None"]
     assert any(s["backend"] == "tensorrt" and "no TensorRT engine" in s["reason"]
                for s in doc["skipped"])
-
-
-def test_artifacts_without_the_manifest_loader_are_skipped_with_a_reason(
-        tmp_path, cpu_run, cache_dir, monkeypatch):
-    (onnx_path,) = cache_dir.glob("resnet18-*.onnx")
-    _write_artifact(tmp_path / "a", onnx_path, {"min": 1, "opt": 1, "max": 8})
-    monkeypatch.setitem(sys.modules, "export.manifest", None)  # the import fails
-    result = invoke([*FAST, "--artifacts", str(tmp_path), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 1
-    doc = json.loads((tmp_path / "out" / "bench.json").read_text())
-    assert "load_artifact_runner is not available" in doc["skipped"][0]["reason"]
 
 
 def test_artifacts_folder_without_manifest_is_a_one_line_error(tmp_path):

@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from export.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from export.errors import UserError
-from export.models import ModelSpec
+from export.core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from export.core.errors import UserError
+from export.core.models import ModelSpec
 
 
 def test_random_bytes_are_not_a_weights_file(tmp_path):
@@ -42,7 +42,7 @@ def test_checkpoint_round_trip_and_plain_state_dict(tmp_path):
 
     torch.save(collections.OrderedDict(model.state_dict()), tmp_path / "plain.pth")
     plain = load_checkpoint(tmp_path / "plain.pth")
-    assert plain.is_plain_state_dict
+    assert plain.spec is None
     with pytest.raises(UserError, match="name the model"):
         model_from_checkpoint(plain)
     wrong = ModelSpec.create("resnet32", num_classes=10, in_chans=1)

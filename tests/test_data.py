@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from export.data import (Augment, ImageDataset, channel_stats, describe_source,
+from export.train.data import (Augment, ImageDataset, channel_stats, describe_source,
                          load_training_data, normalise, reference_images, split_indices)
-from export.errors import UserError
-from export.models import ModelSpec
+from export.core.errors import UserError
+from export.core.models import ModelSpec
 
 
 def write_pngs(root, classes, per_class=4, size=12, mode="L", seed=0):

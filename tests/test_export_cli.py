@@ -7,10 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from export.checkpoint import save_checkpoint
+from export.core.checkpoint import save_checkpoint
 from export.cli import main as export_cli
-from export.models import ModelSpec
-from export.tensorrt_engine import cuda_gpu, tensorrt_version
+from export.core.models import ModelSpec
+from export.runtime.tensorrt_runner import cuda_gpu, tensorrt_version
 
 FAST = ["--batch-range", "1:2:4"]  # small parity batches keep these tests quick
 
@@ -153,7 +153,7 @@ def test_checkpoint_export_records_its_source_and_verify_rechecks_it(cwd):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["source"]["kind"] == "checkpoint"
     assert manifest["source"]["path"] == str((cwd / "ckpt.pt").resolve())
-    from export.fileio import sha256_file
+    from export.core.fileio import sha256_file
     assert manifest["source"]["sha256"] == sha256_file(cwd / "ckpt.pt")
     assert manifest["class_names"] == [str(i) for i in range(10)]
 

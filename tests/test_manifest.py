@@ -1,4 +1,4 @@
-"""manifest.json: the documented schema, refusals of bad manifests, and load_artifact_runner."""
+"""manifest.json: the documented schema, refusals of bad manifests, and load_artifact."""
 
 import json
 import shutil
@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 from export import __version__
-from export.errors import UserError
-from export.loaders import ArtifactOnnxRuntimeRunner, load_artifact_runner
-from export.manifest import (REQUIRED_KEYS, SCHEMA_VERSION, load_artifact_runner as
-                             load_via_manifest, read_manifest, verify_files)
-from export.models import ModelSpec
+from export.core.errors import UserError
+from export.core.artifact import REQUIRED_KEYS, SCHEMA_VERSION, read_manifest, verify_files
+from export.runtime import load_artifact
+from export.runtime.ort_runner import OnnxRuntimeRunner
+from export.core.models import ModelSpec
 from export.pipeline import ExportRequest, export_artifact
-from export.runners import BackendUnavailable
-from export.shapes import BatchRange
-from export.tensorrt_engine import cuda_gpu, tensorrt_version
+from export.core.errors import BackendUnavailable
+from export.core.shapes import BatchRange
+from export.runtime.tensorrt_runner import cuda_gpu, tensorrt_version
 
 BATCH = BatchRange(1, 2, 4)
 
@@ -113,15 +113,14 @@ def test_verify_files_catches_tampering_truncation_and_escapes(copy_of):
         verify_files(copy_of, evil)
 
 
-def test_load_artifact_runner_gives_a_working_onnx_runtime_runner(artifact):
-    runner = load_artifact_runner(artifact)
-    assert isinstance(runner, ArtifactOnnxRuntimeRunner)
+def test_load_artifact_gives_a_working_onnx_runtime_runner(artifact):
+    runner = load_artifact(artifact)
+    assert isinstance(runner, OnnxRuntimeRunner) and runner.contract is not None
     assert runner.precision == "fp16" and runner.label == "onnxruntime[CPU,fp16]"
     x = np.random.default_rng(0).standard_normal((3, 1, 32, 32), dtype=np.float32)
     with runner:
         out = runner.infer(x)
     assert out.shape == (3, 10) and out.dtype == np.float32 and np.isfinite(out).all()
-    assert isinstance(load_via_manifest(artifact), ArtifactOnnxRuntimeRunner)
 
 
 @pytest.mark.parametrize("shape,message", [
@@ -132,7 +131,7 @@ def test_load_artifact_runner_gives_a_working_onnx_runtime_runner(artifact):
     ((1, 32, 32), "does not fit images"),
 ])
 def test_wrong_input_shape_gives_a_clear_error(artifact, shape, message):
-    with load_artifact_runner(artifact) as runner:
+    with load_artifact(artifact) as runner:
         with pytest.raises(ValueError, match=message):
             runner.infer(np.zeros(shape, np.float32))
 
@@ -141,8 +140,8 @@ def test_loader_refuses_tampered_files_unless_told_not_to_check(copy_of):
     path = copy_of / "resnet20.fp16.onnx"
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(UserError, match="sha256 mismatch"):
-        load_artifact_runner(copy_of)
-    assert load_artifact_runner(copy_of, verify=False) is not None
+        load_artifact(copy_of)
+    assert load_artifact(copy_of, verify=False) is not None
 
 
 @pytest.mark.skipif(tensorrt_version() is not None and cuda_gpu() is not None,
@@ -154,5 +153,5 @@ def test_engine_manifest_without_tensorrt_is_one_clear_line(copy_of):
     data["versions"]["tensorrt"] = "10.9.0"
     path.write_text(json.dumps(data))
     with pytest.raises(BackendUnavailable) as info:
-        load_artifact_runner(copy_of)
+        load_artifact(copy_of)
     assert "needs TensorRT and a CUDA GPU" in str(info.value) and "\n" not in str(info.value)

@@ -6,6 +6,7 @@ small input size so the whole set stays around two minutes on two cores.
 """
 
 import json
+from collections import defaultdict
 import os
 
 import numpy as np
@@ -14,12 +15,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.fp16 import FP16_MAX, Fp16ConversionError, convert_to_fp16, float_types_in
-from export.manifest import read_manifest
+from export.fp16 import FP16_MAX, Fp16ConversionError, convert_to_fp16
+from export.core.artifact import read_manifest
 from export.onnx_export import (BATCH_DIM, INPUT_NAME, OUTPUT_NAME, check_onnx_file, io_signature,
                                 read_metadata)
 from export.pipeline import ExportRequest, export_artifacts
-from export.shapes import BatchRange
+from export.core.shapes import BatchRange
 
 # (model, input size, classes, input channels): every ImageNet depth small, and the default
 # small-image model exactly as the digits use it.
@@ -205,3 +206,13 @@ def test_metadata_props_are_json(export_dir):
     assert json.loads(props["resnet_deploy.model"])["in_chans"] == 1
     assert json.loads(props["resnet_deploy.source"])["kind"] == "seed"
     assert proto.producer_name == "resnet-deploy"
+
+
+def float_types_in(model: onnx.ModelProto) -> dict[str, int]:
+    """Count of float tensors by element type name (initializers and typed values)."""
+    counts: dict[str, int] = defaultdict(int)
+    for init in model.graph.initializer:
+        counts[TensorProto.DataType.Name(init.data_type)] += 1
+    for vi in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        counts[TensorProto.DataType.Name(vi.type.tensor_type.elem_type)] += 1
+    return dict(counts)

@@ -11,11 +11,11 @@ from onnx import numpy_helper
 
 import export.pipeline as pipeline
 from export.cli import main as export_cli
-from export.fileio import sha256_file
-from export.models import ModelSpec
+from export.core.fileio import sha256_file
+from export.core.models import ModelSpec
 from export.parity import (TOLERANCES, Tolerance, compare, format_table, random_inputs, real_inputs,
                            run_gate)
-from export.runners import TorchRunner
+from export.runtime.torch_runner import TorchRunner
 
 FP32, FP16 = TOLERANCES["fp32"], TOLERANCES["fp16"]
 
@@ -174,8 +174,8 @@ def test_damaged_artifact_fails_the_gate_with_exit_1_and_leaves_nothing(tmp_path
 
 
 def test_keep_failed_keeps_it_under_a_failed_name_that_loaders_refuse(tmp_path, monkeypatch):
-    from export.errors import UserError
-    from export.loaders import load_artifact_runner
+    from export.core.errors import UserError
+    from export.runtime import load_artifact
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(pipeline, "save_onnx", _damaging_save(pipeline.save_onnx))
@@ -187,7 +187,7 @@ def test_keep_failed_keeps_it_under_a_failed_name_that_loaders_refuse(tmp_path, 
     manifest = json.loads((failed / "manifest.json").read_text())
     assert manifest["parity"]["passed"] is False
     with pytest.raises(UserError, match="parity gate failed"):
-        load_artifact_runner(failed)
+        load_artifact(failed)
 
 
 def test_verify_fails_an_artifact_whose_weights_were_changed_consistently(tmp_path, monkeypatch):
@@ -208,16 +208,16 @@ def test_verify_fails_an_artifact_whose_weights_were_changed_consistently(tmp_pa
 
 
 def test_an_artifact_its_runtime_cannot_run_fails_the_gate(tmp_path, monkeypatch):
-    from export.loaders import ArtifactOnnxRuntimeRunner
+    from export.runtime.ort_runner import OnnxRuntimeRunner
 
     def crash(self, batch):
         raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : boom\nmore detail")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(ArtifactOnnxRuntimeRunner, "_infer", crash)
+    monkeypatch.setattr(OnnxRuntimeRunner, "_infer", crash)
     result = CliRunner().invoke(export_cli, ["--depth", "20", "--batch-range", "1:2:4"])
     assert result.exit_code == 1
     last = result.output.strip().splitlines()[-1]
     assert last == ("Error: onnxruntime[CPU,fp32] could not run the artifact: "
-                    "[ONNXRuntimeError] : 1 : FAIL : boom")
+                    "RuntimeError: [ONNXRuntimeError] : 1 : FAIL : boom")
     assert list(tmp_path.iterdir()) == []

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from export.models import ModelSpec
-from export.runners import BackendUnavailable, OnnxRuntimeRunner, TorchRunner
+from export.core.models import ModelSpec
+from export.core.errors import BackendUnavailable
+from export.runtime.ort_runner import OnnxRuntimeRunner
+from export.runtime.torch_runner import TorchRunner
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -105,7 +107,7 @@ def test_onnxruntime_runner_refusals(onnx_file):
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime build has the CUDA provider")
-    with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider is not available"):
+    with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider is not in this onnxruntime build"):
         OnnxRuntimeRunner(onnx_file, ["CUDAExecutionProvider", "CPUExecutionProvider"])
 
 

@@ -15,14 +15,15 @@ import torch
 from click.testing import CliRunner
 
 from export.cli import main as export_cli
-from export.errors import UserError
-from export.models import ModelSpec
-from export.runners import BackendUnavailable
-from export.shapes import BatchRange, check_batch
-from export.tensorrt_engine import (EngineIncompatible, GpuInfo, TensorRTRunner,
-                                    check_engine_compatible, cuda_gpu, missing_prerequisites,
-                                    network_flags, parse_size, require_tensorrt,
-                                    tensorrt_version, timing_cache_reusable)
+from export.core.errors import UserError
+from export.core.models import ModelSpec
+from export.core.errors import BackendUnavailable
+from export.core.shapes import BatchRange, check_batch
+from export.core.errors import EngineIncompatible
+from export.runtime.tensorrt_runner import (GpuInfo, TensorRTRunner, check_engine_compatible,
+                                            cuda_gpu, missing_prerequisites, require_tensorrt,
+                                            tensorrt_version)
+from export.tensorrt_build import network_flags, parse_size, timing_cache_reusable
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
 BUILT = {"artifact": "resnet50.engine", "versions": {"tensorrt": "10.9.0.34"},
@@ -167,8 +168,7 @@ def test_network_flags_ask_for_strong_typing_where_the_enum_has_it():
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
 def test_engine_builds_passes_the_gate_and_verifies(tmp_path, monkeypatch, precision):
-    from export.loaders import load_artifact_runner
-    from export.tensorrt_engine import TensorRTRunner
+    from export.runtime import load_artifact
 
     monkeypatch.chdir(tmp_path)
     args = ["--depth", "20", "--fmt", "trt", "--trt-precision", precision,
@@ -189,7 +189,7 @@ def test_engine_builds_passes_the_gate_and_verifies(tmp_path, monkeypatch, preci
     labels = [run["candidate"] for run in manifest["parity"]["runs"]]
     assert any(label.startswith("tensorrt[cuda") for label in labels)
 
-    runner = load_artifact_runner(folder)
+    runner = load_artifact(folder)
     assert isinstance(runner, TensorRTRunner)
     with runner:
         out = runner.infer(np.zeros((3, 1, 32, 32), np.float32))
@@ -208,7 +208,7 @@ def test_engine_builds_passes_the_gate_and_verifies(tmp_path, monkeypatch, preci
 @pytest.mark.tensorrt
 @pytest.mark.cuda
 def test_engine_from_another_gpu_is_refused_by_the_loader(tmp_path, monkeypatch):
-    from export.loaders import load_artifact_runner
+    from export.runtime import load_artifact
 
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(export_cli, ["--depth", "20", "--fmt", "trt",
@@ -220,7 +220,7 @@ def test_engine_from_another_gpu_is_refused_by_the_loader(tmp_path, monkeypatch)
     manifest["gpu"] = {"name": "Some Other GPU", "compute_capability": "1.0"}
     path.write_text(json.dumps(manifest))
     with pytest.raises(EngineIncompatible, match="this GPU is"):
-        load_artifact_runner(folder)
+        load_artifact(folder)
 
 
 @pytest.mark.cuda

@@ -11,14 +11,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from export.checkpoint import load_checkpoint, model_from_checkpoint
-from export.data import ImageDataset, describe_source, load_training_data, reference_images
-from export.errors import UserError
-from export.models import build_model
-from export.train import (Processes, TrainConfig, adapt_init_weights, build_optimizer,
-                          cpu_thread_count, cpu_threads, evaluate, pick_device, resolve_run_dir,
-                          run_training, train_one_epoch, warmup_cosine)
-from export.train_cli import main as train_cli
+from export.core.checkpoint import load_checkpoint, model_from_checkpoint
+from export.train.data import ImageDataset, describe_source, load_training_data, reference_images
+from export.core.errors import UserError
+from export.core.models import build_model
+from export.train import TrainConfig, run_training
+from export.train.adapt import adapt_init_weights
+from export.train.devices import Processes, cpu_thread_count, cpu_threads, pick_device
+from export.train.rundir import resolve_run_dir
+from export.train.steps import build_optimizer, evaluate, train_one_epoch, warmup_cosine
+from export.train.cli import main as train_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -323,7 +325,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path, digits_npz):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", "-m", "export.train_cli", "--data", str(digits_npz),
+               "--nproc_per_node=2", "-m", "export.train.cli", "--data", str(digits_npz),
                "--out", str(out), "--epochs", "1", "--max-steps", "3", "--input-size", "16",
                "--batch-size", "16"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,

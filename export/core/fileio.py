@@ -22,13 +22,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         if tmp_path.exists():  # mkstemp makes files owner-only; give them the usual mode
-            os.chmod(tmp_path, 0o666 & ~_current_umask())
+            os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so set it straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
-from .errors import UserError
-from .models import ModelSpec
+from ..core.errors import UserError
+from ..core.models import ModelSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_VAL_FRACTION = 0.1

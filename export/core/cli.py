@@ -9,8 +9,9 @@ from typing import Any, Callable
 import click
 
 from .errors import UserError
-from .models import UnknownModelError, family_table, get_architecture, model_names
-from .runners import BackendUnavailable
+from .errors import UnknownModelError
+from .models import family_table, get_architecture, model_names
+from .errors import BackendUnavailable
 
 
 class OneLineUsageError(click.UsageError):

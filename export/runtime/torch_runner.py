@@ -1,86 +1,15 @@
-"""Runners: one small interface over every backend, shared by the parity gate and the benchmark.
-
-A runner is built cheaply, does its expensive setup in :meth:`Runner.activate` (session creation,
-compilation, engine deserialisation), answers :meth:`Runner.infer` with host (numpy) logits for a
-host (numpy) batch, and frees what it holds in :meth:`Runner.deactivate`. Use it as a context
-manager. The timed benchmark loop calls ``infer`` only; setup is timed apart from it.
-"""
+"""PyTorch as a runtime: eager or torch.compile, FP32 anywhere, FP16/BF16 on CUDA, CUDA graphs."""
 
 from __future__ import annotations
 
-import abc
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-
-class BackendUnavailable(RuntimeError):
-    """The backend cannot run on this machine; the message says what is missing."""
-
-
-class Runner(abc.ABC):
-    """Polygraphy-style runner: activate, infer, deactivate."""
-
-    #: short backend name used in reports, e.g. "torch", "onnxruntime", "tensorrt"
-    backend: str = "?"
-
-    def __init__(self, precision: str = "fp32", device: str = "cpu"):
-        self.precision = precision
-        self.device = device
-        self.active = False
-
-    @property
-    def label(self) -> str:
-        return f"{self.backend}[{self.device},{self.precision}]"
-
-    def activate(self) -> None:
-        if not self.active:
-            self._activate()
-            self.active = True
-
-    def deactivate(self) -> None:
-        if self.active:
-            self._deactivate()
-            self.active = False
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Logits (float32, host) for an NCHW float32 host batch."""
-        if not self.active:
-            raise RuntimeError(f"{self.label} used before activate()")
-        return self._infer(np.ascontiguousarray(batch, dtype=np.float32))
-
-    def compute_fn(self, batch: np.ndarray) -> Callable[[], Any] | None:
-        """A zero-argument call that runs the model on a device-resident copy of ``batch``.
-
-        For compute-only timing (no host<->device copies). ``None`` where the backend has no
-        separate device to keep data on, or does not expose it; the benchmark then reports
-        end-to-end timing only.
-        """
-        return None
-
-    def synchronize(self) -> None:
-        """Wait for work the runner queued on its device (nothing to wait for on the host)."""
-
-    def __enter__(self) -> "Runner":
-        self.activate()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.deactivate()
-
-    def _activate(self) -> None:  # pragma: no cover - default does nothing
-        pass
-
-    def _deactivate(self) -> None:  # pragma: no cover - default does nothing
-        pass
-
-    @abc.abstractmethod
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        ...
-
+from ..core.errors import BackendUnavailable
+from .base import Runner
 
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -192,11 +121,9 @@ class TorchRunner(Runner):
             out = self.forward_device(self.to_device(batch))
         return out.float().cpu().numpy()
 
-    def compute_fn(self, batch: np.ndarray) -> Callable[[], Any] | None:
+    def _compute_fn(self, batch: np.ndarray) -> Callable[[], Any] | None:
         if self.device != "cuda":
             return None
-        if not self.active:
-            raise RuntimeError(f"{self.label} used before activate()")
         x = self.to_device(batch)
         if self._manual_graphs:
             graph = self._graph_for(x)
@@ -234,66 +161,3 @@ class _CapturedGraph:
         return self.static_out
 
 
-#: --ort-opt-level names -> onnxruntime.GraphOptimizationLevel members. "all" adds the layout
-#: optimisations (NCHWc blocked convolutions on x86), which is where most CPU speed comes from.
-ORT_OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-                           "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-
-
-class OnnxRuntimeRunner(Runner):
-    """An ONNX file in ONNX Runtime with the given execution providers."""
-
-    backend = "onnxruntime"
-
-    def __init__(self, onnx_path: str | Path, providers: list[str] | None = None,
-                 threads: int | None = None, precision: str = "fp32", *,
-                 optimization_level: str = "all", session_config: dict[str, str] | None = None):
-        providers = providers or ["CPUExecutionProvider"]
-        if optimization_level not in ORT_OPTIMIZATION_LEVELS:
-            raise ValueError(f"optimization_level must be one of {list(ORT_OPTIMIZATION_LEVELS)}, "
-                             f"got {optimization_level!r}")
-        device = "cpu" if providers[0] == "CPUExecutionProvider" else "cuda"
-        super().__init__(precision, device)
-        self.onnx_path = Path(onnx_path)
-        self.providers = providers
-        self.threads = threads
-        self.optimization_level = optimization_level
-        self.session_config = dict(session_config or {})
-        self._session: Any = None
-        import onnxruntime as ort
-
-        missing = [p for p in providers if p not in ort.get_available_providers()]
-        if missing:
-            raise BackendUnavailable(
-                f"onnxruntime {missing[0]} is not available in this onnxruntime build "
-                f"(available: {', '.join(ort.get_available_providers())})")
-
-    @property
-    def label(self) -> str:
-        short = self.providers[0].replace("ExecutionProvider", "")
-        return f"{self.backend}[{short},{self.precision}]"
-
-    def _activate(self) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = getattr(
-            ort.GraphOptimizationLevel, ORT_OPTIMIZATION_LEVELS[self.optimization_level])
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-        for key, value in self.session_config.items():
-            options.add_session_config_entry(key, value)
-        self._session = ort.InferenceSession(str(self.onnx_path), options,
-                                             providers=self.providers)
-        inp = self._session.get_inputs()[0]
-        self._input_name = inp.name
-        self._input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-
-    def _deactivate(self) -> None:
-        self._session = None
-
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        (out,) = self._session.run(None, {self._input_name: batch.astype(self._input_dtype,
-                                                                          copy=False)})
-        return out.astype(np.float32, copy=False)

@@ -25,7 +25,8 @@ from torch import nn
 
 from .errors import UserError
 from .fileio import atomic_path, sha256_file
-from .models import ModelSpec, UnknownModelError
+from .errors import UnknownModelError
+from .models import ModelSpec
 
 CHECKPOINT_FORMAT = "resnet-deploy-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -41,10 +42,6 @@ class Checkpoint:
     spec: ModelSpec | None = None  # None for a plain state dict: the caller must name the model
     class_names: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # everything else a checkpoint carried
-
-    @property
-    def is_plain_state_dict(self) -> bool:
-        return self.spec is None
 
 
 def read_weights_file(path: str | os.PathLike) -> Any:

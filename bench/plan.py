@@ -19,9 +19,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from export.errors import UserError
-from export.models import ModelSpec, count_macs
-from export.runners import BackendUnavailable, OnnxRuntimeRunner, Runner, TorchRunner
+from export.core.errors import UserError
+from export.core.models import ModelSpec, count_macs
+from export.core.errors import BackendUnavailable
+from export.runtime.base import Runner
+from export.runtime.loader import load_artifact
+from export.runtime.ort_runner import OnnxRuntimeRunner, missing_provider
+from export.runtime.torch_runner import TorchRunner
 
 from .onnx_cache import cached_onnx
 
@@ -175,15 +179,7 @@ class _Models:
 
 
 def _ort_available(backend: str) -> str | None:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return "onnxruntime is not installed"
-    have = ort.get_available_providers()
-    missing = [p for p in ORT_PROVIDERS[backend] if p not in have]
-    if missing:
-        return (f"{missing[0]} is not in this onnxruntime build (available: {', '.join(have)})")
-    return None
+    return missing_provider(ORT_PROVIDERS[backend])
 
 
 def _compile_unavailable(device: str) -> str | None:
@@ -355,11 +351,11 @@ class Planner:
     def _artifact_loader(self, folder: Path,
                          backend: str) -> Callable[[], tuple[Runner, dict[str, Any]]]:
         def prepare() -> tuple[Runner, dict[str, Any]]:
-            load = load_artifact_runner_fn()
             if backend in ORT_PROVIDERS:  # the same thread count and options as on-the-fly ONNX
-                return load(folder, providers=ORT_PROVIDERS[backend], threads=self.req.threads,
-                            optimization_level=self.req.ort_opt_level), {}
-            return load(folder), {}
+                return load_artifact(folder, providers=ORT_PROVIDERS[backend],
+                                     threads=self.req.threads,
+                                     optimization_level=self.req.ort_opt_level), {}
+            return load_artifact(folder), {}
 
         return prepare
 
@@ -370,16 +366,6 @@ def _tensorrt_unavailable() -> str | None:
     if not torch.cuda.is_available():
         return "TensorRT needs a CUDA device"
     return None
-
-
-def load_artifact_runner_fn() -> Callable[..., Runner]:
-    """The export package's manifest loader (the parity gate's runners), or a clear skip."""
-    try:
-        from export.manifest import load_artifact_runner
-    except ImportError as exc:
-        raise BackendUnavailable(f"export.manifest.load_artifact_runner is not available "
-                                 f"in this checkout ({exc})") from None
-    return load_artifact_runner
 
 
 def find_manifests(root: Path) -> list[Path]:

@@ -12,19 +12,17 @@ A :class:`ModelSpec` is the small, serialisable description that checkpoints and
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UnknownModelError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class UnknownModelError(ValueError):
-    """Raised for a model name that is not in the family; the message lists the valid names."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +252,6 @@ def _family() -> dict[str, Architecture]:
 
 
 ARCHITECTURES: dict[str, Architecture] = _family()
-IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
 
 
 def model_names() -> list[str]:
@@ -337,6 +334,21 @@ def default_normalisation(in_chans: int) -> tuple[tuple[float, ...], tuple[float
     return (0.5,) * in_chans, (0.5,) * in_chans
 
 
+def default_spec(name: str, num_classes: int | None = None, in_chans: int | None = None,
+                 input_size: int | None = None) -> ModelSpec:
+    """THE defaults of a family member, for every command (train, export, bench, the family
+    table): what "resnet20" means when a user names no checkpoint.
+
+    ImageNet models: 1000 classes, RGB, 224x224. Small-image models: the shape of the embedded
+    digits that ``resnet-train`` trains them on by default, 10 classes and 1 channel, at the
+    paper's 32x32 (``in_chans=3`` gives the paper's CIFAR-10 network). Explicit values win.
+    """
+    arch = get_architecture(name)
+    small = arch.kind == "cifar"
+    return ModelSpec.create(arch.name, num_classes=num_classes or (10 if small else 1000),
+                            in_chans=in_chans or (1 if small else 3), input_size=input_size)
+
+
 def build_model(name: str, num_classes: int = 1000, in_chans: int = 3, shortcut: str = "A",
                 zero_init_residual: bool = False) -> nn.Module:
     """Build a family member by name ("resnet50", "resnet20", or a bare depth such as "50")."""
@@ -393,7 +405,6 @@ class FamilyRow:
     input_size: int
     params: int
     macs: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def family_table(num_classes: int = 1000, names: list[str] | None = None) -> list[FamilyRow]:
@@ -401,8 +412,9 @@ def family_table(num_classes: int = 1000, names: list[str] | None = None) -> lis
     rows = []
     for name in names or model_names():
         arch = get_architecture(name)
-        ncls = num_classes if arch.kind == "imagenet" else 10
-        model = arch.construct(ncls, 3, "A", False)
+        spec = default_spec(name, num_classes if arch.kind == "imagenet" else None)
+        model = spec.build()
         rows.append(FamilyRow(arch.name, arch.block.__name__, arch.layers, arch.input_size,
-                              count_parameters(model), count_macs(model, arch.input_size)))
+                              count_parameters(model),
+                              count_macs(model, arch.input_size, spec.in_chans)))
     return rows

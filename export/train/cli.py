@@ -7,9 +7,10 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from .cli_common import (OneLineCommand, OneLineUsageError, model_options, one_line_errors,
+from ..core.cli import (OneLineCommand, OneLineUsageError, model_options, one_line_errors,
                          print_family_table, resolve_model_name)
-from .train import RESUME_CHANGES, TrainConfig, run_training
+from .config import RESUME_CHANGES, TrainConfig
+from .loop import run_training
 
 DEFAULTS = TrainConfig()
 
@@ -76,7 +77,7 @@ def main(depth: int | None, model: str | None, resume: str | None, out: str | No
     resnet-train --data my_images/ --depth 18     your folder, one sub-folder per class
     resnet-train --data train.npz --epochs 30     arrays x (N x H x W [x C]) and y (N)
     resnet-train --resume artifacts/train/resnet20-digits --epochs 30
-    torchrun --nproc_per_node=2 -m export.train_cli ...   DistributedDataParallel
+    torchrun --nproc_per_node=2 -m export.train.cli ...   DistributedDataParallel
 
     The run folder gets best.pt (best validation accuracy; resnet-export --checkpoint takes
     it), last.pt (for --resume), metrics.jsonl, curves.png and summary.json (test accuracy,

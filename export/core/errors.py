@@ -1,0 +1,27 @@
+"""Every exception a user can cause, in one place, so every command turns them into one line."""
+
+
+class UserError(Exception):
+    """Bad input from the user (a path, a file, an option): shown as one line, exit status 1."""
+
+
+class UnknownModelError(ValueError):
+    """A model name that is not in the family; the message lists the valid names (exit 2)."""
+
+
+class BackendUnavailable(RuntimeError):
+    """The runtime cannot run on this machine; the message says what is missing."""
+
+
+class EngineIncompatible(UserError):
+    """A serialized engine built for another TensorRT version or GPU."""
+
+
+class ParityFailed(UserError):
+    """The artifact does not give the eager model's logits: nothing good-looking is left."""
+
+
+def first_line(exc: BaseException) -> str:
+    """``"TypeName: first line of the message"``: a third-party error in one line."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,53 @@
+"""Starting from someone else's weights: fit a torchvision-format state dict to this model."""
+
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+
+from ..core.checkpoint import load_checkpoint, load_state_into
+from ..core.errors import UserError
+from .config import TrainConfig
+
+
+def adapt_init_weights(model: nn.Module, state: dict[str, torch.Tensor],
+                       source: str) -> list[str]:
+    """Load fine-tuning weights, fitting the classifier and stem to this model; returns notes.
+
+    A classifier (``fc``) of another size is replaced by the model's fresh one. A stem (``conv1``)
+    for another channel count is converted: RGB -> grayscale sums the three kernels (the response
+    to a grey image replicated to RGB), grayscale -> RGB spreads the kernel over three channels.
+    """
+    own = model.state_dict()
+    state, notes = dict(state), []
+    if "fc.weight" in state and state["fc.weight"].shape != own["fc.weight"].shape:
+        notes.append(f"new classifier: {state['fc.weight'].shape[0]} -> "
+                     f"{own['fc.weight'].shape[0]} classes")
+        state["fc.weight"], state["fc.bias"] = own["fc.weight"], own["fc.bias"]
+    stem = state.get("conv1.weight")
+    want = own["conv1.weight"].shape
+    if stem is not None and stem.ndim == 4 and stem.shape != want \
+            and stem.shape[0] == want[0] and stem.shape[2:] == want[2:]:
+        have, need = stem.shape[1], want[1]
+        if have == 3 and need == 1:
+            state["conv1.weight"] = stem.sum(dim=1, keepdim=True)
+        elif have == 1 and need == 3:
+            state["conv1.weight"] = stem.repeat(1, 3, 1, 1) / 3.0
+        else:
+            raise UserError(f"{source}: its first convolution takes {have} channels, the data "
+                            f"has {need}; only 1 <-> 3 channel conversion is supported")
+        notes.append(f"stem converted from {have} to {need} input channel(s)")
+    load_state_into(model, state, source)
+    return notes
+
+
+def load_init_weights(model: nn.Module, config: TrainConfig) -> list[str]:
+    ckpt = load_checkpoint(config.init_weights)
+    if ckpt.spec is not None and ckpt.spec.name != config.model:
+        raise UserError(f"--init-weights {ckpt.path} holds a {ckpt.spec.name}, but this run "
+                        f"trains a {config.model}: pass --model {ckpt.spec.name}")
+    try:
+        return adapt_init_weights(model, ckpt.state_dict, f"--init-weights {ckpt.path}")
+    except UserError as exc:
+        raise UserError(f"{exc} (training {config.model}: is --model right?)") from None

@@ -1,0 +1,89 @@
+"""Where training runs: the device, the CPU threads, and the torchrun job it may be part of."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from ..core.hardware import resolve_device, usable_cores
+
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process sits in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls) -> "Processes":
+        env = os.environ
+        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
+                   int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", 1)))
+
+
+def pick_device(name: str, procs: Processes) -> torch.device:
+    """``auto`` takes CUDA when present; each torchrun process takes its local GPU."""
+    if resolve_device(name) == "cpu":
+        return torch.device("cpu")
+    return torch.device("cuda", procs.local_rank % torch.cuda.device_count())
+
+
+def cpu_thread_count(procs: Processes, requested: int = 0) -> int:
+    """Threads for this process: ``requested``, else OMP_NUM_THREADS, else the idle cores.
+
+    The cores are shared among the processes torchrun started on this machine. Cores that other
+    programs keep busy (by the 1-minute load average) are left out: an OpenMP thread that has to
+    wait for a busy core stalls every layer, and on a shared 2-core machine we measured 2 threads
+    running several times slower than 1.
+    """
+    if requested > 0:
+        return requested
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    cores = usable_cores()
+    share = max(1, cores // procs.local_world_size)
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, min(share, cores - busy))
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int) -> Iterator[int]:
+    """Use ``count`` intra-op threads for the block, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def process_group(procs: Processes, device: torch.device) -> Iterator[None]:
+    """Join the torchrun job (gloo on CPU, NCCL on CUDA) for the duration of the block."""
+    if not procs.distributed:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

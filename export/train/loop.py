@@ -1,0 +1,303 @@
+"""The training loop: data in, a self-describing checkpoint and a run folder out.
+
+A run folder holds ``last.pt`` (everything needed to resume), ``best.pt`` (best validation
+accuracy, what ``resnet-export --checkpoint`` takes), ``metrics.jsonl`` (one line per epoch),
+``curves.png`` and ``summary.json`` (test-set figures). Under ``torchrun`` the same code runs with
+DistributedDataParallel; only rank 0 writes files, shows progress and evaluates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ..core.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from ..core.errors import UserError
+from ..core.fileio import atomic_path, write_json
+from ..core.models import ModelSpec
+from .data import Augment, ImageDataset, TrainingData, channel_stats, describe_source, \
+    load_training_data, source_name
+from .adapt import load_init_weights
+from .config import RESUME_CHANGES, TrainConfig
+from .devices import Processes, cpu_thread_count, cpu_threads, pick_device, process_group
+from .plots import format_confusion, plot_curves
+from .rundir import resolve_run_dir, resume_checkpoint_path
+from .steps import build_optimizer, evaluate, train_one_epoch, warmup_cosine
+
+
+@dataclass
+class TrainResult:
+    """What a run leaves behind (rank 0; other ranks get an empty summary and no model)."""
+
+    run_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = None  # the best model, as evaluated on the test split
+
+
+def run_training(config: TrainConfig | None, out: str | os.PathLike | None = None,
+                 resume: str | os.PathLike | None = None, overwrite: bool = False,
+                 echo: Callable[[str], Any] = print,
+                 changes: dict[str, Any] | None = None) -> TrainResult:
+    """Train a model from ``config``, or resume the run at ``resume`` with a few ``changes``.
+
+    Under torchrun every process calls this with the same arguments. A resumed run keeps its
+    saved configuration except for :data:`RESUME_CHANGES` given in ``changes``.
+    """
+    started = time.perf_counter()
+    procs = Processes.from_env()
+    resumed = None
+    if resume is not None:
+        resumed = load_checkpoint(resume_checkpoint_path(resume))
+        if "optimizer" not in resumed.meta or "train_config" not in resumed.meta:
+            raise UserError(f"{resumed.path} cannot be resumed: it has no optimiser state "
+                            "(resume from a run's last.pt)")
+        unknown = set(changes or {}) - set(RESUME_CHANGES)
+        if unknown:
+            raise UserError(f"a resumed run cannot change {', '.join(sorted(unknown))}")
+        config = dataclasses.replace(TrainConfig.from_dict(resumed.meta["train_config"]),
+                                     **{"max_steps": None, **(changes or {})})
+        run_dir = resumed.path.parent
+    elif config is None:
+        raise ValueError("run_training needs a config or a run to resume")
+    config = config.resolved()
+    if resumed is not None and resumed.meta.get("epoch", 0) >= config.epochs:
+        raise UserError(f"{resumed.path} already finished {resumed.meta['epoch']} of "
+                        f"{config.epochs} epochs: pass a larger --epochs to train longer")
+    if resumed is None:
+        run_dir = resolve_run_dir(out, config, overwrite)
+    device = pick_device(config.device, procs)
+    threads = cpu_thread_count(procs, config.threads)
+    dataset = (resumed.meta["dataset"] if resumed is not None else
+               describe_source(config.data, config.seed, config.val_fraction,
+                               config.test_fraction))
+    data = load_training_data(dataset, config.input_size)
+    with process_group(procs, device), cpu_threads(threads):
+        if procs.distributed:
+            dist.barrier()  # every rank has checked the run folder before rank 0 writes to it
+        return _fit(config, data, run_dir, resumed, procs, device, threads, started, echo)
+
+
+@dataclass
+class Progress:
+    """Where a run stands between epochs; last.pt carries it so --resume can go on."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    best: tuple[float, float] = (-1.0, -math.inf)  # (val top-1, -val loss) of best.pt
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+
+    def improves(self, top1: float, loss: float) -> bool:
+        """Better validation accuracy; on a tie, lower validation loss."""
+        return (top1, -loss) > self.best
+
+    def saved(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.step, "best_val_top1": self.best[0],
+                "best_val_loss": -self.best[1], "best_epoch": self.best_epoch,
+                "history": self.history}
+
+    @classmethod
+    def from_saved(cls, meta: dict[str, Any]) -> "Progress":
+        return cls(int(meta["epoch"]), int(meta.get("step", 0)),
+                   (float(meta["best_val_top1"]), -float(meta["best_val_loss"])),
+                   int(meta["best_epoch"]), list(meta.get("history", [])))
+
+
+def _model_spec(config: TrainConfig, data: TrainingData, resumed) -> ModelSpec:
+    """The resumed run's spec, or a new one with the training split's mean and std."""
+    if resumed is None:
+        mean, std = channel_stats(data.images["train"])
+        return ModelSpec.create(config.model, data.num_classes, data.in_chans, config.input_size,
+                                mean=mean, std=std)
+    spec = resumed.spec
+    if spec.in_chans != data.in_chans or spec.num_classes != data.num_classes:
+        raise UserError(f"the data no longer matches {resumed.path}'s model "
+                        f"({data.in_chans} channels / {data.num_classes} classes now)")
+    return spec
+
+
+def _place_model(model: nn.Module, procs: Processes,
+                 device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(the model, what the training step calls): channels_last and DDP where they apply."""
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        if procs.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if not procs.distributed:
+        return model, model
+    # On CPU (no SyncBatchNorm there) each rank normalises its own batch, and DDP's
+    # broadcast_buffers keeps every rank's running statistics equal to rank 0's.
+    return model, nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _loaders(data: TrainingData, spec: ModelSpec, config: TrainConfig, procs: Processes,
+             device: torch.device) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """A sharded, seeded, augmented training loader and plain validation / test loaders."""
+    train_set = ImageDataset(data.images["train"], data.labels["train"], spec.mean, spec.std,
+                             Augment() if config.augment else None, config.seed)
+    # DistributedSampler even for one process: its order depends only on (seed, epoch), so a
+    # resumed run sees the batches an uninterrupted one would have.
+    sampler = DistributedSampler(train_set, num_replicas=procs.world_size, rank=procs.rank,
+                                 shuffle=True, seed=config.seed)
+    common = dict(num_workers=config.workers, pin_memory=device.type == "cuda")
+    batch_size = min(config.batch_size, math.ceil(len(train_set) / procs.world_size))
+    train = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
+                       **common)
+    evals = {part: DataLoader(ImageDataset(data.images[part], data.labels[part], spec.mean,
+                                           spec.std), batch_size=256, **common)
+             for part in ("val", "test")}
+    return train, evals
+
+
+def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs: Processes,
+         device: torch.device, threads: int, started: float, echo) -> TrainResult:
+    main = procs.is_main
+    say = echo if main else (lambda *a, **k: None)
+    spec = _model_spec(config, data, resumed)
+    torch.manual_seed(config.seed)
+    model = spec.build()
+    if resumed is None and config.init_weights:
+        for note in load_init_weights(model, config):
+            say(f"init weights: {note}")
+    model, train_model = _place_model(model, procs, device)
+    train_loader, eval_loaders = _loaders(data, spec, config, procs, device)
+
+    optimizer = build_optimizer(model, config)
+    steps_per_epoch = len(train_loader)
+    scheduler = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch),
+                              config.epochs * steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    progress = Progress()
+    if resumed is not None:
+        meta = resumed.meta
+        load_state_into(model, resumed.state_dict, str(resumed.path))
+        optimizer.load_state_dict(meta["optimizer"])
+        scheduler.load_state_dict(meta["scheduler"])
+        if meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        if isinstance(meta.get("rng_state"), torch.Tensor):
+            torch.set_rng_state(meta["rng_state"])
+        progress = Progress.from_saved(meta)
+
+    log_path = run_dir / "metrics.jsonl"
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(log_path) as tmp:  # a fresh log, or the resumed run's epochs so far
+            tmp.write_text("".join(json.dumps(h) + "\n" for h in progress.history))
+    counts = data.counts()
+    say(f"{'resuming' if resumed else 'training'} {spec.name} on {source_name(data.dataset)} "
+        f"({counts['train']} train / {counts['val']} val / {counts['test']} test images, "
+        f"{data.num_classes} classes, {spec.in_chans}x{spec.input_size}x{spec.input_size}) "
+        f"on {device}" + (f" x{procs.world_size} processes" if procs.distributed else "")
+        + f", {threads} thread{'s' if threads != 1 else ''}, "
+        f"epochs {progress.epoch + 1}..{config.epochs} -> {run_dir}")
+
+    saved_extra = dict(dataset=data.dataset, train_config=config.to_dict())
+    steps_left = config.max_steps  # per invocation
+    for epoch in range(progress.epoch, config.epochs):
+        if steps_left is not None and steps_left <= 0:
+            break
+        epoch_started = time.perf_counter()
+        train_loader.sampler.set_epoch(epoch)
+        train_loader.dataset.set_epoch(epoch)
+        stats = train_one_epoch(train_model, train_loader, optimizer, scheduler, criterion, device,
+                                scaler, steps_left, progress=main,
+                                desc=f"epoch {epoch + 1}/{config.epochs}")
+        progress.epoch, progress.step = epoch + 1, progress.step + stats.steps
+        if steps_left is not None:
+            steps_left -= stats.steps
+        if not math.isfinite(stats.loss):
+            raise UserError(f"training diverged (loss {stats.loss}) in epoch {epoch + 1}: "
+                            "lower --lr or raise --warmup-epochs")
+        if not main:
+            continue  # rank 0 alone validates and writes; the others go on to the next epoch
+        val = evaluate(model, eval_loaders["val"], device, data.num_classes)
+        record = {"epoch": epoch + 1, "step": progress.step,
+                  "lr": optimizer.param_groups[0]["lr"],
+                  "train_loss": round(stats.loss, 6), "train_top1": round(stats.top1, 6),
+                  "val_loss": round(val.loss, 6), "val_top1": round(val.top1, 6),
+                  "epoch_time_s": round(time.perf_counter() - epoch_started, 3)}
+        progress.history.append(record)
+        if progress.improves(val.top1, val.loss):
+            progress.best, progress.best_epoch = (val.top1, -val.loss), epoch + 1
+            save_checkpoint(run_dir / "best.pt", model, spec, data.class_names, metrics=record,
+                            epoch=epoch + 1, **saved_extra)
+        save_checkpoint(run_dir / "last.pt", model, spec, data.class_names, metrics=record,
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        scaler=scaler.state_dict(), rng_state=torch.get_rng_state(),
+                        **progress.saved(), **saved_extra)
+        with open(log_path, "a") as log:
+            log.write(json.dumps(record) + "\n")
+        tqdm.write(f"epoch {epoch + 1}/{config.epochs}  train loss {stats.loss:.4f} "
+                   f"acc {stats.top1:.2%}  val loss {val.loss:.4f} acc {val.top1:.2%}  "
+                   f"lr {record['lr']:.4g}  {record['epoch_time_s']:.1f}s")
+    if procs.distributed:
+        dist.barrier()
+    if not main:
+        return TrainResult(run_dir)
+    return _finish(config, data, spec, run_dir, progress, eval_loaders["test"], device, threads,
+                   procs, started, say)
+
+
+def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: Path,
+            progress: Progress, test_loader: DataLoader, device: torch.device, threads: int,
+            procs: Processes, started: float, say: Callable[[str], Any]) -> TrainResult:
+    """Test the best checkpoint, record the figures in it, and write curves and summary."""
+    best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
+    best = load_checkpoint(best_path)
+    model = spec.build()
+    load_state_into(model, best.state_dict, str(best_path))
+    model.to(device)
+    test = evaluate(model, test_loader, device, data.num_classes)
+    metrics = {**best.meta["metrics"], "test_loss": round(test.loss, 6),
+               "test_top1": round(test.top1, 6)}
+    save_checkpoint(best_path, model, spec, data.class_names, metrics=metrics,
+                    epoch=best.meta["epoch"], dataset=best.meta["dataset"],
+                    train_config=best.meta["train_config"])
+    history = progress.history
+    if history:
+        extras = [name for name, on in (("label smoothing", config.label_smoothing > 0),
+                                        ("augmented", config.augment)) if on]
+        plot_curves(history, run_dir / "curves.png",
+                    "train" + (f" ({', '.join(extras)})" if extras else ""))
+    summary = {
+        "model": spec.name, "spec": spec.to_dict(), "dataset": data.dataset,
+        "class_names": data.class_names, "counts": data.counts(),
+        "epochs": progress.epoch, "epochs_planned": config.epochs, "steps": progress.step,
+        "best_epoch": progress.best_epoch, "best_val_top1": round(progress.best[0], 6),
+        "test_top1": round(test.top1, 6), "test_loss": round(test.loss, 6),
+        "per_class_top1": dict(zip(data.class_names, test.per_class_top1)),
+        "confusion_matrix": test.confusion,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "device": str(device), "world_size": procs.world_size, "threads": threads,
+        "torch_version": torch.__version__, "train_config": config.to_dict(),
+        "checkpoints": {"best": str(best_path), "last": str(last_path)},
+        "metrics_log": str(run_dir / "metrics.jsonl"), "curves": str(run_dir / "curves.png"),
+    }
+    write_json(run_dir / "summary.json", summary)
+    say(f"test top-1 {test.top1:.2%} ({len(test_loader.dataset)} images, best epoch "
+        f"{progress.best_epoch}); per class: "
+        + ", ".join(f"{n} {v:.1%}" for n, v in zip(data.class_names, test.per_class_top1)))
+    if data.num_classes <= 20:
+        say(format_confusion(test.confusion, data.class_names))
+    say(f"wrote {best_path}, {last_path}, {run_dir / 'summary.json'} in "
+        f"{summary['wall_time_s']:.1f}s")
+    return TrainResult(run_dir, summary, model.eval())
+
+
+__all__ = ["TrainResult", "run_training"]

@@ -1,0 +1,124 @@
+"""The pieces of the loop: optimiser, schedule, one epoch, evaluation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .config import TrainConfig
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum) or AdamW; no weight decay on BatchNorm parameters and biases."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int,
+                  total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base rate, then cosine decay to zero; stepped once per batch."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    top1: float
+    steps: int
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module,
+                    device: torch.device, scaler: torch.amp.GradScaler,
+                    max_steps: int | None = None, progress: bool = False,
+                    desc: str = "") -> EpochStats:
+    """One pass over ``loader`` (or ``max_steps`` batches); loss and accuracy summed over ranks."""
+    model.train()
+    amp = scaler.is_enabled()
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
+    steps = 0
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
+               unit="batch")
+    for images, labels in bar:
+        if max_steps is not None and steps >= max_steps:
+            break
+        images, labels = _to_device(images, labels, device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = model(images)
+            loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        steps += 1
+        totals += torch.tensor([loss.item() * len(labels),
+                                (logits.argmax(1) == labels).sum().item(), len(labels)],
+                               dtype=torch.float64)
+        if progress and (steps % 5 == 0 or steps == len(loader)):
+            bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}",
+                            acc=f"{totals[1] / totals[2]:.2%}", refresh=False)
+    bar.close()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    seen = max(totals[2].item(), 1.0)
+    return EpochStats(totals[0].item() / seen, totals[1].item() / seen, steps)
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    top1: float
+    per_class_top1: list[float]
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+             num_classes: int) -> Evaluation:
+    """Plain cross-entropy, top-1, per-class accuracy and confusion matrix over ``loader``."""
+    from sklearn.metrics import confusion_matrix
+
+    model.eval()
+    loss_sum, truth, predicted = 0.0, [], []
+    for images, labels in loader:
+        images, labels = _to_device(images, labels, device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            logits = model(images)
+        loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item()
+        truth.append(labels.cpu())
+        predicted.append(logits.argmax(1).cpu())
+    y, p = torch.cat(truth).numpy(), torch.cat(predicted).numpy()
+    matrix = confusion_matrix(y, p, labels=list(range(num_classes)))
+    support = matrix.sum(axis=1)
+    per_class = np.divide(np.diag(matrix), support, out=np.zeros(num_classes),
+                          where=support > 0)
+    return Evaluation(loss_sum / max(len(y), 1), float((y == p).mean()) if len(y) else 0.0,
+                      [round(float(v), 6) for v in per_class], matrix.tolist())
+
+
+def _to_device(images: torch.Tensor, labels: torch.Tensor,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
