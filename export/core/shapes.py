@@ -61,11 +61,9 @@ class BatchRange:
         return cls(int(data["min"]), int(data["opt"]), int(data["max"]))
 
     def parity_sizes(self) -> list[int]:
-        """Batch sizes the gate tests: min, opt and max (at least two when the range allows)."""
-        sizes = sorted({self.min, self.opt, self.max})
-        if len(sizes) == 1 and self.max > 1:  # cannot happen with min<max, kept for clarity
-            sizes.append(self.max)
-        return sizes
+        """Batch sizes the gate tests: min, opt and max, each once (one size for a static
+        range)."""
+        return sorted({self.min, self.opt, self.max})
 
     def profile_shapes(self, spec: ModelSpec) -> tuple[tuple[int, ...], tuple[int, ...],
                                                          tuple[int, ...]]:
