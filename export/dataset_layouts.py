@@ -42,6 +42,9 @@ from .errors import UserError
 # and refusing it before allocating keeps a 100-byte file from asking for terabytes.
 MAX_ARRAY_BYTES = 2 ** 31
 
+# Datasets without known class names get "0".."K-1" from their largest label.
+MAX_UNNAMED_CLASSES = 100_000
+
 LAYOUTS = ("torchvision-idx", "cifar-python", "cifar-binary", "keras-npz")
 
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -171,7 +174,7 @@ def _npz_has_split_keys(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
-    except (OSError, zipfile.BadZipFile):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return False
     return all(f"{key}.npy" in names for key in _NPZ_KEYS)
 
@@ -233,6 +236,9 @@ def _finish(name: str, layout: str, root: Path, train: tuple[np.ndarray, np.ndar
                         f"{_shape(test[0])}")
     if class_names is None:
         top = max(int(train[1].max()), int(test[1].max()))
+        if top >= MAX_UNNAMED_CLASSES:  # one name per class index: keep a stray label small
+            raise UserError(f"{train[2]}: labels go up to {top}; expected class indices "
+                            f"0..K-1 with K under {MAX_UNNAMED_CLASSES}")
         class_names = [str(i) for i in range(top + 1)]
     for _, y, where in (train, test):
         low, high = int(y.min()), int(y.max())

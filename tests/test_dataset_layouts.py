@@ -505,6 +505,15 @@ def test_keras_npz_with_mismatched_shapes_is_refused(tmp_path, gray28, colour32)
     assert str(path) in one_line_error(load_layout, path)
 
 
+def test_keras_npz_with_a_stray_huge_label_is_refused(tmp_path, gray28):
+    path = tmp_path / "stray.npz"
+    y_train = gray28[1].copy()
+    y_train[7] = 10**9
+    np.savez(path, x_train=gray28[0], y_train=y_train, x_test=gray28[2], y_test=gray28[3])
+    message = one_line_error(load_layout, path)
+    assert str(path) in message and "1000000000" in message
+
+
 def test_plain_x_y_npz_is_not_a_layout(tmp_path, gray28):
     path = tmp_path / "data.npz"
     np.savez(path, x=gray28[0], y=gray28[1])
