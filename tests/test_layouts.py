@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from export.dataset_layouts import (EMNIST_CLASSES, FASHION_MNIST_CLASSES, KMNIST_CLASSES,
+from export.train.layouts import (EMNIST_CLASSES, FASHION_MNIST_CLASSES, KMNIST_CLASSES,
                                     LayoutDataset, detect_layout, load_layout)
 from export.errors import UserError
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
+from ..core.errors import UserError
 
 # No dataset in these layouts comes near this; a header that claims more is corrupt or hostile,
 # and refusing it before allocating keeps a 100-byte file from asking for terabytes.
