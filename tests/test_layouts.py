@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 
 from export.train.layouts import (EMNIST_CLASSES, FASHION_MNIST_CLASSES, KMNIST_CLASSES,
                                     LayoutDataset, detect_layout, load_layout)
-from export.errors import UserError
+from export.core.errors import UserError
 
 N_TRAIN = 1500  # of the 1,797 digits; the other 297 are the test split
 
