@@ -245,41 +245,55 @@ def real_inputs(images: np.ndarray, batch_sizes: Iterable[int]) -> list[ParityIn
 
 def run_gate(reference: Runner, candidate: Runner, inputs: list[ParityInput], precision: str,
              notes: list[str] | None = None,
-             progress: Callable[[str], None] | None = None) -> Verdict:
-    """Run both runners on every input and judge each pair with the precision's tolerance."""
+             on_comparison: Callable[[Comparison], None] | None = None) -> Verdict:
+    """Run both runners on every input and judge each pair with the precision's tolerance;
+    ``on_comparison`` sees each row as it is judged (a long gate shows its progress)."""
     tol = TOLERANCES[precision]
     comparisons = []
     with reference, candidate:
         for item in inputs:
-            if progress:
-                progress(item.name)
             ref = reference.infer(item.batch)
             cand = candidate.infer(item.batch)
             comparisons.append(compare(ref, cand, tol, item.name, item.kind))
+            if on_comparison is not None:
+                on_comparison(comparisons[-1])
     return Verdict(precision, tol, reference.label, candidate.label, comparisons,
                    list(notes or []), candidate.arithmetic)
 
 
-def format_table(verdict: Verdict) -> str:
-    """The terminal table: one row per input batch, then the verdict line."""
-    head = (f"{'inputs':<15} {'max abs':>9} {'max rel':>9} {'fail':>6} {'min cos':>10} "
-            f"{'top1':>6} {'top1*':>6} {'top5':>6} {'finite':>6}  result")
-    tol = verdict.tolerance
-    lines = [f"parity: {verdict.candidate} vs {verdict.reference} ({verdict.precision}: "
-             f"atol {tol.atol:g} x max(1, logit std), rtol {tol.rtol:g}, "
-             f"cos >= {tol.min_cosine})", head, "-" * len(head)]
-    if verdict.arithmetic and verdict.arithmetic != verdict.precision:
-        lines.insert(1, f"arithmetic: {verdict.arithmetic}")
-    for c in verdict.comparisons:
-        clear = "-" if c.top1_clear_agreement is None else f"{c.top1_clear_agreement:.0%}"
-        lines.append(
-            f"{c.name:<15} {c.max_abs_error:>9.2e} {c.max_rel_error:>9.2e} "
+TABLE_HEAD = (f"{'inputs':<15} {'max abs':>9} {'max rel':>9} {'fail':>6} {'min cos':>10} "
+              f"{'top1':>6} {'top1*':>6} {'top5':>6} {'finite':>6}  result")
+
+
+def table_header(precision: str, candidate: str, reference: str, arithmetic: str = "") -> str:
+    """What is compared and the effective tolerance, before any row is judged."""
+    tol = TOLERANCES[precision]
+    lines = [f"parity: {candidate} vs {reference} ({precision}: atol {tol.atol:g} x max(1, "
+             f"logit std), rtol {tol.rtol:g}, cos >= {tol.min_cosine})"]
+    if arithmetic and arithmetic != precision:
+        lines.append(f"arithmetic: {arithmetic}")
+    lines += [TABLE_HEAD, "-" * len(TABLE_HEAD)]
+    return "\n".join(lines)
+
+
+def table_row(c: Comparison) -> str:
+    clear = "-" if c.top1_clear_agreement is None else f"{c.top1_clear_agreement:.0%}"
+    return (f"{c.name:<15} {c.max_abs_error:>9.2e} {c.max_rel_error:>9.2e} "
             f"{c.failing_elements:>6d} {c.min_cosine:>10.7f} {c.top1_agreement:>6.0%} "
             f"{clear:>6} {c.top5_overlap:>6.0%} {'yes' if c.finite else 'NO':>6}  "
             f"{'pass' if c.passed else 'FAIL: ' + '; '.join(c.failures)}")
-    lines.append("top1* = top-1 agreement on samples whose reference margin is clear of the "
-                 "tolerance")
-    for note in verdict.notes:
-        lines.append(f"note: {note}")
+
+
+def table_footer(verdict: Verdict) -> str:
+    lines = ["top1* = top-1 agreement on samples whose reference margin is clear of the "
+             "tolerance"]
+    lines += [f"note: {note}" for note in verdict.notes]
     lines.append(f"verdict: {'PASS' if verdict.passed else 'FAIL'}")
     return "\n".join(lines)
+
+
+def format_table(verdict: Verdict) -> str:
+    """The terminal table: the header, one row per input batch, then the verdict line."""
+    return "\n".join([table_header(verdict.precision, verdict.candidate, verdict.reference,
+                                   verdict.arithmetic),
+                      *(table_row(c) for c in verdict.comparisons), table_footer(verdict)])

@@ -32,7 +32,8 @@ from .core.models import ModelSpec, default_spec
 from .fp16 import convert_to_fp16
 from .manifest import build_manifest, file_entry, library_versions, write_manifest
 from .onnx_export import (DEFAULT_OPSET, export_onnx, io_signature, save_onnx, stamp_metadata)
-from .parity import (ParityInput, Verdict, format_table, random_inputs, real_inputs, run_gate)
+from .parity import (ParityInput, Verdict, random_inputs, real_inputs, run_gate, table_footer,
+                     table_header, table_row)
 from .core.shapes import BatchRange
 from .runtime.base import Runner
 from .runtime.loader import runner_for
@@ -172,14 +173,17 @@ def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
     verdicts = []
     for candidate in candidate_runners(folder, manifest):
         started = time.perf_counter()
+        echo(table_header(manifest["precision"], candidate.label, reference.label,
+                          candidate.arithmetic))
         try:
-            verdict = run_gate(reference, candidate, inputs, manifest["precision"], notes)
+            verdict = run_gate(reference, candidate, inputs, manifest["precision"], notes,
+                               on_comparison=lambda c: echo(table_row(c)))
         except (UserError, BackendUnavailable, KeyboardInterrupt):
             raise
         except Exception as exc:  # an artifact its runtime cannot run fails the gate
             raise ParityFailed(f"{candidate.label} could not run the artifact: "
                                f"{first_line(exc)}") from None
-        echo(format_table(verdict) + f"  ({time.perf_counter() - started:.1f}s)")
+        echo(table_footer(verdict) + f"  ({time.perf_counter() - started:.1f}s)")
         verdicts.append(verdict)
     parity = {"passed": all(v.passed for v in verdicts), "inputs": described,
               "runs": [v.to_dict() for v in verdicts]}

@@ -13,6 +13,7 @@ import export.pipeline as pipeline
 from export.cli import main as export_cli
 from export.core.fileio import sha256_file
 from export.core.models import ModelSpec
+from export.core.shapes import BatchRange
 from export.parity import (TOLERANCES, Tolerance, compare, format_table, random_inputs, real_inputs,
                            run_gate)
 from export.runtime.torch_runner import TorchRunner
@@ -221,3 +222,25 @@ def test_an_artifact_its_runtime_cannot_run_fails_the_gate(tmp_path, monkeypatch
     assert last == ("Error: onnxruntime[CPU,fp32] could not run the artifact: "
                     "RuntimeError: [ONNXRuntimeError] : 1 : FAIL : boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_gate_prints_each_row_as_it_is_judged(tmp_path, monkeypatch):
+    """Progress: the header (with the effective tolerance) comes before the first row is judged,
+    and every row is printed as soon as its comparison is done, not all at the end."""
+    import export.parity as parity
+
+    lines, judged = [], []
+    real_compare = parity.compare
+
+    def spy(*args, **kwargs):
+        judged.append(len(lines))  # how much had been printed when this row was judged
+        return real_compare(*args, **kwargs)
+
+    monkeypatch.setattr(parity, "compare", spy)
+    req = pipeline.ExportRequest(fmt="onnx", model="resnet20", batch=BatchRange(1, 2, 4),
+                                 out=tmp_path / "a")
+    pipeline.export_artifact(req, echo=lines.append, warn=lambda _: None)
+    text = "\n".join(lines)
+    assert "atol 0.0001 x max(1, logit std)" in text
+    assert len(judged) == 6  # real and random inputs at batch 1, 2 and 4
+    assert judged == sorted(judged) and len(set(judged)) == len(judged)  # a line between each
