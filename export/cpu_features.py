@@ -12,7 +12,7 @@ The one-word :func:`summary` labels benchmark figures: a CPU's numbers mean litt
 from __future__ import annotations
 
 import platform
-from typing import Mapping
+from collections.abc import Mapping
 
 CPUINFO = "/proc/cpuinfo"
 
@@ -45,7 +45,8 @@ def _read_cpuinfo() -> str | None:
 
 
 def parse_flags(cpuinfo: str) -> set[str]:
-    """The flags of the first processor in ``cpuinfo`` text (``flags`` on x86, ``Features`` on Arm)."""
+    """The flags of the first processor in ``cpuinfo`` text (``flags`` on x86, ``Features`` on
+    Arm)."""
     for line in cpuinfo.splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip().lower() in ("flags", "features"):

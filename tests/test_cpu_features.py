@@ -4,15 +4,13 @@ import pytest
 
 from export import cpu_features as cf
 
-SAPPHIRE_RAPIDS = """processor\t: 0
-vendor_id\t: GenuineIntel
-model name\t: Intel(R) Xeon(R) Platinum 8480+
-flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512bw avx512_vnni avx_vnni avx512_bf16 avx512_fp16 amx_tile amx_bf16 amx_int8
-
-processor\t: 1
-flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512bw avx512_vnni avx_vnni avx512_bf16 avx512_fp16 amx_tile amx_bf16 amx_int8
-"""
-CASCADE_LAKE = "model name\t: Intel(R) Xeon(R) Gold 6248\nflags\t\t: sse avx avx2 fma avx512f avx512bw avx512_vnni\n"
+_SPR_FLAGS = ("fpu sse sse2 avx avx2 fma avx512f avx512bw avx512_vnni avx_vnni avx512_bf16 "
+              "avx512_fp16 amx_tile amx_bf16 amx_int8")
+SAPPHIRE_RAPIDS = (f"processor\t: 0\nvendor_id\t: GenuineIntel\n"
+                   f"model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: {_SPR_FLAGS}\n\n"
+                   f"processor\t: 1\nflags\t\t: {_SPR_FLAGS}\n")
+CASCADE_LAKE = ("model name\t: Intel(R) Xeon(R) Gold 6248\n"
+                "flags\t\t: sse avx avx2 fma avx512f avx512bw avx512_vnni\n")
 COOPER_LAKE = CASCADE_LAKE.replace("avx512_vnni", "avx512_vnni avx512_bf16")
 SKYLAKE_X = "flags\t\t: sse avx avx2 fma avx512f avx512bw\n"
 ALDER_LAKE = "flags\t\t: sse avx avx2 fma avx_vnni\n"
