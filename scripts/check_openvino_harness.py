@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     precisions = args.precision or ["fp32", "bf16"]
 
-    print(f"CPU: {cpu_features.describe()['isa']}, native BF16 {cpu_features.native_bf16()}")
+    print(f"CPU: {cpu_features.describe()['isa']}, native BF16 {cpu_features.native_bf16()}, "
+          f"load average {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} usable cores "
+          "(a load above the core count makes the comparison noisy: use --rounds 3)")
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "OK" if ok else f"DIFFERS by more than {args.max_diff:.0%}"
             print(f"  ratio ours/benchmark_app (median latency): {ratio:.3f}  {verdict}")
             print(f"  command: {app_rounds[-1]['command']}")
-    print("\nFAIL" if failed else "\nPASS")
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
+    print("FAIL" if failed else "PASS")
     return 1 if failed else 0
 
 
