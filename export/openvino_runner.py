@@ -26,12 +26,12 @@ BF16 on a CPU without native BF16 (no AVX512-BF16 or AMX-BF16; or the plugin doe
 FP32 and not what a "bf16" row should mean.
 
 Shapes: the exported files have a dynamic batch dimension. OpenVINO's CPU plugin runs a
-dynamic-shape model ~10% slower at batch 1 than the same model reshaped to a static shape
-(ResNet-50, 2 threads, measured), and ``benchmark_app -shape`` measures the static one. With
-``static_shapes=True`` (the default) the runner compiles one static-shape model per input shape on
-first sight of that shape, like the torch runner's one CUDA graph per shape: the first call at a
-new batch size pays a compile (~0.3 s for ResNet-50), which any warm-up absorbs; :meth:`prepare`
-does it ahead of time.
+dynamic-shape model 4-10% slower than the same model reshaped to a static shape (ResNet-50,
+2 threads, measured; docs/results/openvino-probe.md), and ``benchmark_app -shape`` measures the
+static one. With ``static_shapes=True`` (the default) the runner compiles one static-shape model
+per input shape on first sight of that shape, like the torch runner's one CUDA graph per shape:
+the first call at a new batch size pays a compile (~0.3 s for ResNet-50), which any warm-up
+absorbs; :meth:`prepare` does it ahead of time.
 """
 
 from __future__ import annotations
