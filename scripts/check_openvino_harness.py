@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from export import cpu_features
-from export.models import ModelSpec
+from export.core import cpu_features
+from export.core.models import ModelSpec
 from export.onnx_export import export_onnx, save_onnx
-from export.openvino_runner import INFERENCE_PRECISION, OpenVINORunner
-from export.runners import BackendUnavailable
+from export.runtime.openvino_runner import INFERENCE_PRECISION, OpenVINORunner
+from export.core.errors import BackendUnavailable
 from export.weights import fresh_source
 
 SHAPE = (1, 3, 224, 224)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from export import cpu_features as cf
+from export.core import cpu_features as cf
 
 _SPR_FLAGS = ("fpu sse sse2 avx avx2 fma avx512f avx512bw avx512_vnni avx_vnni avx512_bf16 "
               "avx512_fp16 amx_tile amx_bf16 amx_int8")

@@ -9,12 +9,12 @@ import torch
 
 pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino)")
 
-from export import cpu_features
-from export.models import ModelSpec
+from export.core import cpu_features
+from export.core.models import ModelSpec
 from export.onnx_export import export_onnx, save_onnx
-from export.openvino_runner import OpenVINORunner
+from export.runtime.openvino_runner import OpenVINORunner
 from export.parity import TOLERANCES, compare
-from export.runners import BackendUnavailable
+from export.core.errors import BackendUnavailable
 from export.weights import fresh_source
 
 SPEC = ModelSpec.create("resnet20", num_classes=10, in_chans=1)

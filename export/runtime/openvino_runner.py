@@ -44,8 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from . import cpu_features
-from .runners import BackendUnavailable, Runner
+from ..core import cpu_features
+from ..core.errors import BackendUnavailable
+from .base import Runner
 
 #: runner precision -> INFERENCE_PRECISION_HINT value
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
