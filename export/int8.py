@@ -90,6 +90,15 @@ RECOMMENDED_CALIBRATION = 256
 #: Percentile kept by the "percentile" method (ONNX Runtime's default) and its histogram bins.
 PERCENTILE = 99.999
 HISTOGRAM_BINS = 2048
+#: The entropy method's histogram: 2048 bins searched for the window whose 128-level
+#: quantization loses least information (KL divergence), as in NVIDIA's entropy calibration.
+#: ``quantize_static`` cannot pass these, and its own defaults (128 bins, 128 quantized bins)
+#: leave the search a single candidate, the full range: "entropy" would silently equal
+#: "minmax" (measured: identical scales). So the entropy ranges are computed by ORT's
+#: ``create_calibrator`` with these settings and handed to ``quantize_static`` through its
+#: calibration cache.
+ENTROPY_BINS = 2048
+ENTROPY_QUANTIZED_BINS = 128
 
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 _DTYPE_NAMES = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
@@ -262,10 +271,30 @@ def _calibrate_method(method: str):
 
 
 def _method_options(method: str) -> dict[str, Any]:
-    """Histogram settings of the method, as ``quantize_static`` extra_options (reported too)."""
+    """Histogram settings of the method (reported in the manifest)."""
     if method == "percentile":
-        return {"CalibPercentile": PERCENTILE}
+        return {"percentile": PERCENTILE, "num_bins": HISTOGRAM_BINS}
+    if method == "entropy":
+        return {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS}
     return {}
+
+
+def _entropy_cache(model: Path, reader: Any, op_types: list[str] | None, folder: Path) -> Path:
+    """Entropy ranges from ORT's calibrator with :data:`ENTROPY_BINS`, as a calibration cache."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    calibrator = create_calibrator(
+        model, op_types or sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
+        augmented_model_path=str(folder / "augmented.onnx"),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS,
+                       "symmetric": False})
+    calibrator.collect_data(reader)
+    cache = folder / "entropy-ranges.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
 
 
 def _extra_options(recipe: Recipe, method: str) -> dict[str, Any]:
@@ -281,7 +310,8 @@ def _extra_options(recipe: Recipe, method: str) -> dict[str, Any]:
         options["OpTypesToExcludeOutputQuantization"] = list(recipe.no_output_quantization)
     # The percentile calibrator works on |x| (ORT's default); its range is then clipped to the
     # observed min/max, so a ReLU output still gets [0, t] with uint8 activations.
-    options.update(_method_options(method))
+    if method == "percentile":
+        options["CalibPercentile"] = PERCENTILE
     return options
 
 
@@ -326,10 +356,16 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
         quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=False,
                           skip_onnx_shape=False, skip_symbolic_shape=False)
         partial = Path(tmp) / "quantized.onnx"
+        op_types = list(recipe.op_types) if recipe.op_types else None
+        reader = _data_reader(input_name, calibration, batch_size)
+        cache = None
+        if method == "entropy":
+            cache = _entropy_cache(prepared, reader, op_types, Path(tmp))
+            reader = None
         quantize_static(
-            str(prepared), str(partial), _data_reader(input_name, calibration, batch_size),
+            str(prepared), str(partial), reader, calibration_cache_path=cache,
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(recipe.op_types) if recipe.op_types else None,
+            op_types_to_quantize=op_types,
             per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
             activation_type=_quant_type(recipe.activation_type),
             weight_type=_quant_type(recipe.weight_type),
