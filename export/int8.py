@@ -107,9 +107,7 @@ ENTROPY_BINS = 2048
 ENTROPY_QUANTIZED_BINS = 128
 
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-_DTYPE_NAMES = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
-                onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT16: "int16",
-                onnx.TensorProto.UINT16: "uint16"}
+
 
 
 @dataclass(frozen=True)
