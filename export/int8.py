@@ -109,7 +109,6 @@ ENTROPY_QUANTIZED_BINS = 128
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
-
 @dataclass(frozen=True)
 class Recipe:
     """The settings one flavour hands to ``quantize_static`` (module docstring says why)."""
