@@ -77,7 +77,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import UserError
+from .core.errors import UserError
 
 FLAVOURS = ("cpu", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")

@@ -163,7 +163,7 @@ def summarise(times: list[float]) -> dict:
 
 
 def run_speed(args) -> dict:
-    from export.models import ModelSpec
+    from export.core.models import ModelSpec
     from export.weights import fresh_source
 
     work = Path(args.work)
@@ -242,8 +242,8 @@ def judge(ref: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def run_accuracy(args) -> dict:
-    from export.checkpoint import load_checkpoint, model_from_checkpoint
-    from export.data import load_training_data, normalise, to_channels
+    from export.core.checkpoint import load_checkpoint, model_from_checkpoint
+    from export.train.data import load_training_data, normalise, to_channels
 
     counts = [int(c) for c in args.counts.split(",")]
     out = {"cpu": cpu_description(), "versions": versions(), "models": []}

@@ -19,9 +19,9 @@ import torch
 from onnx import numpy_helper
 
 from export import int8
-from export.data import describe_source, load_training_data, normalise, to_channels
-from export.errors import UserError
-from export.models import ModelSpec
+from export.train.data import describe_source, load_training_data, normalise, to_channels
+from export.core.errors import UserError
+from export.core.models import ModelSpec
 from export.onnx_export import export_onnx, save_onnx
 from export.weights import fresh_source
 
