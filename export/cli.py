@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from .core.cli import (DefaultGroup, OneLineCommand, OneLineUsageError, model_op
                          print_family_table, resolve_model_name)
 from .core.errors import UserError
 from .onnx_export import DEFAULT_OPSET
+from .core.artifact import FORMATS
 from .core.shapes import BatchRange
 
 
@@ -54,10 +56,11 @@ def main() -> None:
               help="Classes [default: the checkpoint's; 1000 ImageNet, 10 small-image].")
 @click.option("--in-chans", type=click.IntRange(min=1), default=None,
               help="Input channels [default: the checkpoint's; 3 ImageNet, 1 small-image].")
-@click.option("--fmt", "formats", type=click.Choice(["onnx", "onnx-fp16", "trt"]),
+@click.option("--fmt", "formats", type=click.Choice(list(FORMATS)),
               multiple=True, default=("onnx",), show_default=True,
-              help="onnx: FP32 ONNX; onnx-fp16: FP16-typed ONNX; trt: TensorRT engine. Repeat "
-                   "it to write several formats from one export.")
+              help="onnx: FP32 ONNX; onnx-fp16: FP16-typed ONNX; onnx-int8: INT8 QDQ ONNX "
+                   "(calibrated); trt: TensorRT engine. Repeat it to write several formats from "
+                   "one export.")
 @click.option("--input-size", type=click.IntRange(min=8), default=None,
               help="Input side length [default: the model's, 224 or 32].")
 @click.option("--batch-range", type=_Parsed("MIN:OPT:MAX", BatchRange.parse), default=None,
@@ -73,8 +76,20 @@ def main() -> None:
               help="Output folder [default: artifacts/<model>-<fmt> under the current folder].")
 @click.option("--fp16-io", is_flag=True,
               help="FP16 inputs and outputs for FP16 artifacts [default: FP32 I/O, cast inside].")
-@click.option("--trt-precision", type=click.Choice(["fp16", "fp32"]), default="fp16",
-              show_default=True, help="Engine precision: fp16 builds from the FP16 ONNX.")
+@click.option("--trt-precision", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16",
+              show_default=True, help="Engine precision: fp16 builds from the FP16 ONNX, int8 "
+                                      "from the TensorRT-flavour INT8 QDQ ONNX.")
+@click.option("--int8-flavour", type=click.Choice(["cpu", "tensorrt"]), default="cpu",
+              show_default=True, help="onnx-int8: cpu = uint8 activations (fastest on ONNX "
+                                      "Runtime and OpenVINO); tensorrt = symmetric int8, zero "
+                                      "points 0 (TensorRT's explicit quantization).")
+@click.option("--calib-data", type=click.Path(path_type=Path), default=None,
+              help="INT8 calibration images: a class-per-folder tree, an .npz or a dataset "
+                   "layout [default: the checkpoint's training split].")
+@click.option("--calib-count", type=click.IntRange(min=32, max=100_000), default=256,
+              show_default=True, help="INT8 calibration images (seeded subset).")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              default="minmax", show_default=True, help="INT8 range calibration method.")
 @click.option("--workspace", type=_Parsed("SIZE", _parse_workspace), default="4G",
               show_default=True, help="TensorRT workspace limit, e.g. 4G, 512M.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -86,8 +101,9 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
           num_classes: int | None, in_chans: int | None, formats: tuple[str, ...],
           input_size: int | None, batch_range: BatchRange | None, min_batch: int | None,
           opt_batch: int | None, max_batch: int | None, opset: int, out: Path | None,
-          fp16_io: bool,
-          trt_precision: str, workspace: int, seed: int, keep_failed: bool) -> None:
+          fp16_io: bool, trt_precision: str, int8_flavour: str, calib_data: Path | None,
+          calib_count: int, calib_method: str, workspace: int, seed: int,
+          keep_failed: bool) -> None:
     """Export a ResNet and prove the artifact gives the eager model's logits.
 
     \b
@@ -107,7 +123,13 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
         fmt=formats[0], model=name, checkpoint=checkpoint, num_classes=num_classes,
         in_chans=in_chans, input_size=input_size, batch=batch_range,
         batch_parts=(min_batch, opt_batch, max_batch), opset=opset, out=out, io_fp16=fp16_io,
-        trt_precision=trt_precision, workspace=workspace, seed=seed, keep_failed=keep_failed)
+        trt_precision=trt_precision, workspace=workspace, seed=seed, keep_failed=keep_failed,
+        int8_flavour=int8_flavour, calib_data=calib_data, calib_count=calib_count,
+        calib_method=calib_method)
+    if fp16_io and all(dataclasses.replace(request, fmt=f).precision == "int8"
+                       for f in formats):
+        raise OneLineUsageError("--fp16-io applies to FP16 artifacts, not INT8 (INT8 artifacts "
+                                "take FP32 input)")
     if out is not None and len(set(formats)) > 1:
         raise OneLineUsageError("--out names one folder; leave it out when giving several --fmt")
     export_artifacts(request, list(formats), echo=click.echo,

@@ -29,11 +29,14 @@ from .core.artifact import FORMATS, MANIFEST_NAME, read_manifest, verify_files
 from .core.errors import BackendUnavailable, ParityFailed, UserError, first_line
 from .core.fileio import current_umask
 from .core.models import ModelSpec, default_spec
+from .calibration import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
+from .calibration import accuracy_set, calibration_set
 from .fp16 import convert_to_fp16
+from .int8 import DEFAULT_METHOD, quantize_qdq
 from .manifest import build_manifest, file_entry, library_versions, write_manifest
 from .onnx_export import (DEFAULT_OPSET, export_onnx, io_signature, save_onnx, stamp_metadata)
-from .parity import (ParityInput, Verdict, random_inputs, real_inputs, run_gate, table_footer,
-                     table_header, table_row)
+from .parity import (TOLERANCES, ParityInput, Verdict, random_inputs, real_inputs, run_gate,
+                     table_footer, table_header, table_row)
 from .core.shapes import BatchRange
 from .runtime.base import Runner
 from .runtime.loader import runner_for
@@ -67,10 +70,22 @@ class ExportRequest:
     workspace: int | None = None
     seed: int = DEFAULT_SEED
     keep_failed: bool = False
+    int8_flavour: str = "cpu"  # onnx-int8: "cpu" (ORT/OpenVINO) or "tensorrt" (symmetric)
+    calib_data: Path | None = None  # None: the checkpoint's training split (digits if fresh)
+    calib_count: int = DEFAULT_CALIBRATION_COUNT
+    calib_method: str = DEFAULT_METHOD
 
     @property
     def precision(self) -> str:
-        return {"onnx": "fp32", "onnx-fp16": "fp16"}.get(self.fmt, self.trt_precision)
+        return {"onnx": "fp32", "onnx-fp16": "fp16", "onnx-int8": "int8"}.get(
+            self.fmt, self.trt_precision)
+
+    @property
+    def flavour(self) -> str | None:
+        """The INT8 flavour this format needs: an engine needs TensorRT's (zero points 0)."""
+        if self.precision != "int8":
+            return None
+        return "tensorrt" if self.fmt == "trt" else self.int8_flavour
 
 
 @dataclass
@@ -104,7 +119,11 @@ def merge_batch(default: BatchRange, lo: int | None, opt: int | None, hi: int | 
 
 
 def default_out(spec: ModelSpec, req: ExportRequest) -> Path:
-    suffix = "trt-fp32" if req.fmt == "trt" and req.trt_precision == "fp32" else req.fmt
+    suffix = req.fmt
+    if req.fmt == "trt" and req.trt_precision != "fp16":
+        suffix = f"trt-{req.trt_precision}"
+    elif req.fmt == "onnx-int8" and req.int8_flavour != "cpu":
+        suffix = f"onnx-int8-{req.int8_flavour}"
     return Path("artifacts") / f"{spec.name}-{suffix}"
 
 
@@ -167,8 +186,9 @@ def candidate_runners(folder: Path, manifest: dict[str, Any]) -> list[Candidate]
     found = [Candidate(runner_for(folder, manifest, p, file=built_from), own) for p in providers]
     if built_from is not None:
         return found + [Candidate(runner_for(folder, manifest), own)]
-    if openvino_usable():
-        found.append(Candidate(runner_for(folder, manifest, runtime="openvino"), own))
+    int8 = manifest.get("int8") or {}
+    if openvino_usable() and int8.get("flavour", "cpu") == "cpu":  # OpenVINO refuses signed
+        found.append(Candidate(runner_for(folder, manifest, runtime="openvino"), own))  # int8
         if own == "fp32":
             try:
                 found.append(Candidate(runner_for(folder, manifest, runtime="openvino",
@@ -189,6 +209,14 @@ def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
         dataset = recorded["dataset"]
     inputs, described = parity_inputs(spec, batch, dataset)
     notes = [described["real"]["note"]] if described["real"]["note"] else []
+    labelled = None
+    if TOLERANCES[manifest["precision"]].max_accuracy_drop is not None:
+        int8 = manifest.get("int8") or {}
+        labelled, described["accuracy"] = accuracy_set(
+            spec, dataset, batch.max, int8.get("calibration"))
+    if not TOLERANCES[manifest["precision"]].judge_random:
+        notes.append(f"random inputs are not judged at {manifest['precision']}: they lie "
+                     "outside the ranges it was calibrated for")
     reference = TorchRunner(source.model, device="cpu")
     verdicts = []
     for found in candidate_runners(folder, manifest):
@@ -198,7 +226,9 @@ def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
                           candidate.arithmetic))
         try:
             verdict = run_gate(reference, candidate, inputs, found.contract, notes,
-                               on_comparison=lambda c: echo(table_row(c)))
+                               on_comparison=lambda c: echo(table_row(c)),
+                               labelled=labelled if found.contract == manifest["precision"]
+                               else None)
         except (UserError, BackendUnavailable, KeyboardInterrupt):
             raise
         except Exception as exc:  # an artifact its runtime cannot run fails the gate
@@ -380,16 +410,19 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
     doc = (f"{spec.name}: {spec.num_classes} classes, input {spec.in_chans}x{spec.input_size}x"
            f"{spec.input_size} NCHW normalised with the mean/std in metadata_props; exported by "
            "resnet-deploy")
-    fp16_report = None
-    fp16_onnx = req.precision == "fp16"
-    if fp16_onnx:  # the converter works on its own copy
+    fp16_report, int8_report = None, None
+    suffix = {"fp16": ".fp16", "int8": f".int8-{req.flavour}" if req.flavour != "cpu" else ".int8"
+              }.get(req.precision, "")
+    onnx_name = f"{spec.name}{suffix}.onnx"
+    if req.precision == "fp16":  # the converter works on its own copy
         proto, report = convert_to_fp16(fp32_proto, io_fp16=req.io_fp16)
         fp16_report = report.to_dict()
+    elif req.precision == "int8":
+        proto, int8_report = _quantize(req, source, fp32_proto, echo)
     else:
         proto = onnx.ModelProto()
         proto.CopyFrom(fp32_proto)
     stamp_metadata(proto, {**metadata, "precision": req.precision}, doc)
-    onnx_name = f"{spec.name}.fp16.onnx" if fp16_onnx else f"{spec.name}.onnx"
     save_onnx(proto, staging / onnx_name)
     inputs, outputs = io_signature(proto)
     echo(f"[{req.fmt}] {onnx_name}: {(staging / onnx_name).stat().st_size / 1e6:.1f} MB, passes "
@@ -417,11 +450,33 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
         normalization=normalization_of(spec), source=source.source, inputs=inputs,
         outputs=outputs, batch_range=batch.to_dict(), opset=req.opset, fp16=fp16_report,
         tensorrt=tensorrt, gpu=gpu.to_dict() if gpu is not None and req.fmt == "trt" else None,
-        versions=library_versions(trt_version), parity={"passed": False, "runs": []})
+        versions=library_versions(trt_version), parity={"passed": False, "runs": []},
+        int8=int8_report)
     parity, verdicts = gate(staging, manifest, source, echo)
     manifest["parity"] = parity
     write_manifest(staging, manifest)
     return manifest, verdicts
+
+
+def _quantize(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelProto,
+              echo: Echo) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """FP32 graph -> INT8 QDQ graph, calibrated on training data (never the judging data)."""
+    calibration = calibration_set(source.spec, source.dataset, req.calib_data, req.calib_count,
+                                  req.calib_method)
+    if calibration.warning:
+        echo(f"warning: {calibration.warning}")
+    echo(f"[{req.fmt}] calibrating INT8 ({req.flavour} flavour, {req.calib_method}) on "
+         f"{calibration.description['count']} images of the "
+         f"{calibration.description['source']}")
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp:
+        fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        save_onnx(fp32_proto, fp32_path)
+        report = quantize_qdq(fp32_path, int8_path, calibration.images, flavour=req.flavour,
+                              method=req.calib_method)
+        proto = onnx.load(str(int8_path))
+    report.pop("calibration", None)  # the calibration section below says more
+    return proto, {"flavour": req.flavour, "quantizer": report,
+                   "calibration": calibration.description}
 
 
 # ---------------------------------------------------------------------------------------------

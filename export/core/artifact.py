@@ -18,6 +18,7 @@ documented in docs/export.md:
     batch_range     {"min", "opt", "max"}
     opset           int
     fp16            the converter's report (FP16 formats) or null
+    int8            {"flavour", "quantizer": report, "calibration": {...}} (INT8 formats) or null
     tensorrt        build settings (trt format) or null
     gpu             {"name", "compute_capability"} for engines, else null
     versions        {"python", "torch", "onnx", "onnxruntime", "tensorrt" (null if absent)}
@@ -39,7 +40,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 KIND = "resnet-deploy-artifact"
 #: every artifact format the exporter writes, and the precision contract each one carries
-FORMATS = ("onnx", "onnx-fp16", "trt")
+FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "trt")
 REQUIRED_KEYS = ("schema_version", "kind", "format", "precision", "artifact", "files", "model",
                  "source", "inputs", "outputs", "batch_range", "versions", "parity", "created",
                  "tool")

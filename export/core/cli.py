@@ -8,10 +8,8 @@ from typing import Any, Callable
 
 import click
 
-from .errors import UserError
-from .errors import UnknownModelError
+from .errors import BackendUnavailable, BadOption, UnknownModelError, UserError
 from .models import family_table, get_architecture, model_names
-from .errors import BackendUnavailable
 
 
 class OneLineUsageError(click.UsageError):
@@ -40,7 +38,7 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UnknownModelError as exc:
+        except (UnknownModelError, BadOption) as exc:
             raise OneLineUsageError(str(exc)) from None
         except (UserError, BackendUnavailable) as exc:
             raise click.ClickException(str(exc)) from None

@@ -5,6 +5,11 @@ class UserError(Exception):
     """Bad input from the user (a path, a file, an option): shown as one line, exit status 1."""
 
 
+class BadOption(UserError):
+    """An option value that cannot work with this model or data (found after reading them):
+    a usage error like any other bad option, exit status 2."""
+
+
 class UnknownModelError(ValueError):
     """A model name that is not in the family; the message lists the valid names (exit 2)."""
 

@@ -19,7 +19,7 @@ from .base import InputContract, Runner
 
 #: which runtimes can run each artifact format (the first is the default)
 RUNTIMES = {"onnx": ("onnxruntime", "openvino"), "onnx-fp16": ("onnxruntime", "openvino"),
-            "trt": ("tensorrt",)}
+            "onnx-int8": ("onnxruntime", "openvino"), "trt": ("tensorrt",)}
 #: an artifact may also run at another precision where its manifest has judged that contract
 EXECUTION_PRECISIONS = {("openvino", "fp32"): ("fp32", "bf16")}
 
