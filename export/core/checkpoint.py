@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +46,11 @@ class Checkpoint:
 def read_weights_file(path: str | os.PathLike) -> Any:
     """Load a torch file safely; every failure becomes one clear :class:`UserError`."""
     path = Path(path)
-    if not path.exists():
+    # os.path (not Path) answers False rather than raising for a name too long to exist.
+    if not os.path.exists(path):
         raise UserError(f"weights file not found: {path}")
-    if not path.is_file():
-        raise UserError(f"weights path is not a file: {path}")
+    if not os.path.isfile(path):  # a folder, a FIFO (opening it would block), a device...
+        raise UserError(f"weights path is not a regular file: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -61,9 +61,14 @@ def read_weights_file(path: str | os.PathLike) -> Any:
                             ) from None
         raise UserError(f"cannot read {path}: not a valid PyTorch weights file "
                         f"({_unpickler_reason(exc)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read {path}: not a valid PyTorch weights file ({first})") from None
+    except Exception as exc:  # noqa: BLE001 - a crafted file can raise almost anything
+        # Text, random bytes, an empty file or a zip that torch did not write make the
+        # unpickler fail in many ways (KeyError, IndexError, struct.error, EOFError,
+        # RuntimeError, BadZipFile...): every one of them means the same thing to the user.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        raise UserError(f"cannot read {path}: not a valid PyTorch weights file ({reason})"
+                        ) from None
 
 
 def _global_reference(exc: Exception) -> str | None:
