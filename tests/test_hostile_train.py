@@ -135,3 +135,83 @@ def test_weights_paths_that_are_not_regular_files(tmp_path, no_hang):
         load_checkpoint(tmp_path)
     with pytest.raises(UserError, match="not found"):
         load_checkpoint(tmp_path / ("w" * 300 + ".pt"))  # too long a name to exist
+
+
+# --- checkpoint metadata is checked on load (item 7) ------------------------------------------
+
+
+def _checkpoint(tmp_path, name="ckpt.pt", **changes):
+    """A small valid resnet-train checkpoint with some of its entries replaced."""
+    spec = ModelSpec.create("resnet20", num_classes=3, in_chans=1, input_size=16,
+                            mean=(0.5,), std=(0.25,))
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "good.pt", spec.build(), spec, ["a", "b", "c"],
+                           dataset={"kind": "digits", "path": None, "seed": 0,
+                                    "val_fraction": 0.1, "test_fraction": 0.2,
+                                    "num_images": 1797},
+                           train_config={"model": "resnet20"}, metrics={"val_top1": 0.5},
+                           epoch=1)
+    payload = torch.load(path, weights_only=True)
+    for key, value in changes.items():
+        if "." in key:
+            outer, inner = key.split(".")
+            payload[outer] = {**payload[outer], inner: value}
+        else:
+            payload[key] = value
+    torch.save(payload, tmp_path / name)
+    return tmp_path / name
+
+
+def test_a_valid_checkpoint_still_loads(tmp_path):
+    ckpt = load_checkpoint(_checkpoint(tmp_path))
+    assert ckpt.class_names == ["a", "b", "c"] and ckpt.spec.num_classes == 3
+    assert ckpt.meta["dataset"]["kind"] == "digits"
+
+
+@pytest.mark.parametrize("changes,expected", [
+    ({"class_names": ["a", "b"]}, "2 class names but the model has 3 classes"),
+    ({"class_names": ["a", "b", "c", "d"]}, "4 class names but the model has 3 classes"),
+    ({"class_names": "abc"}, "class_names must be a list of strings"),
+    ({"class_names": ["a", 2, "c"]}, "class_names must be a list of strings"),
+    ({"class_names": ["a", "a", "c"]}, "repeats the class name 'a'"),
+    ({"dataset": "digits"}, "dataset must be a dict"),
+    ({"dataset": ["digits"]}, "dataset must be a dict"),
+    ({"dataset.kind": 3}, "dataset 'kind' must be"),
+    ({"dataset.path": 5}, "dataset 'path' must be"),
+    ({"dataset.seed": "0"}, "dataset 'seed' must be"),
+    ({"dataset.seed": True}, "dataset 'seed' must be"),
+    ({"dataset.val_fraction": "0.1"}, "dataset 'val_fraction' must be"),
+    ({"dataset.test_fraction": 1.5}, "dataset 'test_fraction' must be"),
+    ({"dataset.num_images": -1}, "dataset 'num_images' must be"),
+    ({"dataset": {"kind": "digits"}}, "dataset lacks"),
+    ({"model.num_classes": "3"}, "num_classes must be an integer"),
+    ({"model.num_classes": 3.0}, "num_classes must be an integer"),
+    ({"model.input_size": True}, "input_size must be an integer"),
+    ({"model.name": 20}, "name must be a string"),
+    ({"model.shortcut": "C"}, "shortcut"),
+    ({"model.mean": ["0.5"]}, "mean must be a list of numbers"),
+    ({"model.mean": 0.5}, "mean must be a list of numbers"),
+    ({"model.mean": [float("nan")]}, "finite"),
+    ({"model.std": [0.0]}, "std must be positive"),
+    ({"model.std": [float("inf")]}, "finite"),
+    ({"model": "resnet20"}, "model description must be a dict"),
+    ({"model.num_classes": 5}, "fc.weight"),
+    ({"model.in_chans": 3, "model.mean": [0.5] * 3, "model.std": [0.5] * 3}, "conv1.weight"),
+    ({"epoch": "1"}, "epoch must be"),
+    ({"metrics": [1]}, "metrics must be a dict"),
+    ({"train_config": "sgd"}, "train_config must be a dict"),
+])
+def test_checkpoint_metadata_is_checked_on_load(tmp_path, changes, expected):
+    with pytest.raises(UserError, match="bad.pt") as info:
+        load_checkpoint(_checkpoint(tmp_path, "bad.pt", **changes))
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize("changes", [{"class_names": ["a", "b"]}, {"dataset": "digits"},
+                                     {"dataset.seed": "zero"}])
+def test_export_refuses_a_checkpoint_with_bad_metadata(tmp_path, monkeypatch, changes):
+    monkeypatch.chdir(tmp_path)
+    bad = _checkpoint(tmp_path, "bad.pt", **changes)
+    line = error_line(invoke(export_cli, "--checkpoint", bad, "--fmt", "onnx"), 1)
+    assert "bad.pt" in line
+    assert not (tmp_path / "artifacts").exists()
