@@ -60,14 +60,20 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
     resumed = None
     if resume is not None:
         resumed = load_checkpoint(resume_checkpoint_path(resume))
-        if "optimizer" not in resumed.meta or "train_config" not in resumed.meta:
+        if "optimizer" not in resumed.meta or not isinstance(resumed.meta.get("train_config"),
+                                                               dict):
             raise UserError(f"{resumed.path} cannot be resumed: it has no optimiser state "
                             "(resume from a run's last.pt)")
         unknown = set(changes or {}) - set(RESUME_CHANGES)
         if unknown:
             raise UserError(f"a resumed run cannot change {', '.join(sorted(unknown))}")
-        config = dataclasses.replace(TrainConfig.from_dict(resumed.meta["train_config"]),
-                                     **{"max_steps": None, **(changes or {})})
+        saved = TrainConfig.from_dict(resumed.meta["train_config"])
+        try:
+            saved.resolved()
+        except UserError as exc:  # the file's fault, not the command line's: exit status 1
+            raise UserError(f"{resumed.path} holds a bad training configuration: {exc}"
+                            ) from None
+        config = dataclasses.replace(saved, **{"max_steps": None, **(changes or {})})
         run_dir = resumed.path.parent
     elif config is None:
         raise ValueError("run_training needs a config or a run to resume")
