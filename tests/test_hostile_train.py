@@ -297,3 +297,58 @@ def test_a_bad_saved_configuration_is_the_files_fault(tmp_path):
     _checkpoint(run, "last.pt", optimizer={}, train_config={"lr": float("nan")})
     line = error_line(invoke(train_cli, "--resume", run), 1)
     assert "last.pt holds a bad training configuration: --lr must be a finite number" in line
+
+
+# --- 16-bit images and the files a scan skips (item 6) ----------------------------------------
+
+
+def test_16_bit_grayscale_keeps_its_high_byte(tmp_path):
+    from export.train.data import read_image
+
+    values = np.arange(256, dtype=np.uint16).reshape(16, 16)
+    Image.fromarray(values.astype(np.uint8), "L").save(tmp_path / "8.png")
+    Image.fromarray(values * 257).save(tmp_path / "16.png")  # the same picture in 16 bits
+    with Image.open(tmp_path / "16.png") as img:
+        assert img.mode == "I;16"
+    eight, sixteen = read_image(tmp_path / "8.png", 16), read_image(tmp_path / "16.png", 16)
+    assert sixteen.dtype == np.uint8 and np.array_equal(sixteen, eight)
+    Image.fromarray(values * 256 + 255).save(tmp_path / "low.png")  # low byte is dropped
+    assert np.array_equal(read_image(tmp_path / "low.png", 16), eight)
+
+
+def test_training_on_16_bit_pngs_sees_grey_levels(tmp_path):
+    from export.train.data import describe_source, load_training_data
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / "d" / name).mkdir(parents=True)
+        for i in range(5):
+            pixels = rng.integers(0, 65536, (12, 12)).astype(np.uint16)
+            Image.fromarray(pixels).save(tmp_path / "d" / name / f"{i}.png")
+    data = load_training_data(describe_source(tmp_path / "d"), 12)
+    # Clipping to 0..255 gave (almost) only 255: real grey levels span the range.
+    assert len(np.unique(data.images["train"])) > 200
+
+
+def test_a_32_bit_integer_image_out_of_16_bit_range_is_refused(tmp_path, monkeypatch):
+    from export.train.data import read_image
+
+    Image.fromarray(np.full((8, 8), 70000, dtype=np.int32), "I").save(tmp_path / "i.tif")
+    image = Image.open(tmp_path / "i.tif")
+    monkeypatch.setattr("PIL.Image.open", lambda *_a, **_k: image)  # as if a PNG said "I"
+    with pytest.raises(UserError, match="outside 0..65535"):
+        read_image(tmp_path / "i.png", 8)
+
+
+def test_the_scan_says_how_many_files_it_skipped(tmp_path, monkeypatch, no_hang):
+    root = write_pngs(tmp_path / "imgs")
+    (root / "README.txt").write_text("about these images")
+    (root / "a" / "notes.txt").write_text("x")
+    (root / "a" / "nested").mkdir()
+    (root / "b" / ".DS_Store").write_bytes(b"\0")  # hidden: ignored without a word
+    os.mkfifo(root / "b" / "pipe.png")  # not a regular file: never opened
+    monkeypatch.chdir(tmp_path)
+    result = invoke(train_cli, "--data", root, "--out", tmp_path / "run", *TINY)
+    assert result.exit_code == 0, result.output
+    assert "skipped 4 entries that are not PNG/JPEG files" in result.output
+    assert "README.txt" in result.output

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -91,6 +91,7 @@ class Scanned:
     labels: np.ndarray  # int64, shape (N,)
     class_names: list[str]
     decode: Callable[[np.ndarray, int], np.ndarray]  # (indices, size) -> uint8 N x C x S x S
+    notes: list[str] = field(default_factory=list)  # what the user should hear about the scan
 
     @property
     def num_classes(self) -> int:
@@ -131,20 +132,30 @@ def _scan_digits() -> Scanned:
                    lambda idx, size: resize_array(images[idx], size))
 
 
-def _class_folders(root: Path) -> list[tuple[str, list[Path]]]:
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    classes = []
-    for folder in folders:
-        files = sorted(f for f in folder.iterdir()
-                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                       and not f.name.startswith("."))
+def _class_folders(root: Path) -> tuple[list[tuple[str, list[Path]]], list[Path]]:
+    """(class name, its image files) per class folder, and the entries that are not read.
+
+    Hidden entries are left out of both. Only regular files are images: a FIFO or a device
+    named ``x.png`` is skipped, never opened (opening a FIFO blocks until someone writes).
+    """
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    classes, skipped = [], [p for p in entries if not p.is_dir()]
+    for folder in (p for p in entries if p.is_dir()):
+        files = []
+        for f in sorted(folder.iterdir()):
+            if f.name.startswith("."):
+                continue
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                files.append(f)
+            else:
+                skipped.append(f)
         if files:
             classes.append((folder.name, files))
-    return classes
+    return classes, skipped
 
 
 def _scan_folder(root: Path) -> Scanned:
-    classes = _class_folders(root)
+    classes, skipped = _class_folders(root)
     if not classes:
         raise UserError(f"no images found in {root}: expected one sub-folder per class holding "
                         f"{'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} files")
@@ -152,8 +163,16 @@ def _scan_folder(root: Path) -> Scanned:
     files = [f for _, fs in classes for f in fs]
     labels = np.concatenate([np.full(len(fs), i, dtype=np.int64)
                              for i, (_, fs) in enumerate(classes)])
+    notes = []
+    if skipped:
+        first = skipped[0].relative_to(root)
+        notes.append(f"{root}: skipped {len(skipped)} "
+                     f"{'entry that is' if len(skipped) == 1 else 'entries that are'} not "
+                     f"PNG/JPEG files (first: {first}); only .png/.jpg/.jpeg files in class "
+                     "folders are read")
     return Scanned(labels, [name for name, _ in classes],
-                   lambda idx, size: _stack_images([read_image(files[i], size) for i in idx], size))
+                   lambda idx, size: _stack_images([read_image(files[i], size) for i in idx], size),
+                   notes)
 
 
 def _stack_images(images: list[np.ndarray], size: int) -> np.ndarray:
@@ -171,13 +190,37 @@ def read_image(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            gray = img.mode in ("1", "L", "LA", "I", "I;16", "F")
+            img = _eight_bit(img, path)
+            gray = img.mode in ("1", "L", "LA")
             img = img.convert("L" if gray else "RGB").resize((size, size), Image.BILINEAR)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else exc}"
                         ) from None
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _eight_bit(img: Any, path: Path) -> Any:
+    """16-bit grayscale (Pillow's "I;16*" and "I" modes) -> 8-bit "L" by its high byte.
+
+    ``v >> 8`` maps 0..65535 onto 0..255 and gives back exactly the 8-bit value ``v`` of a
+    picture stored as ``v * 257``, the PNG convention; Pillow's own conversion clips instead,
+    which turns a 16-bit picture into black and white. (16-bit colour PNGs already arrive as
+    8-bit "RGB" or "RGBA" from Pillow, by the same high byte.)
+    """
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        pixels = np.asarray(img)
+        if img.mode == "I" and pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            raise UserError(f"cannot read image {path}: 32-bit integer pixels outside "
+                            f"0..65535 ({pixels.min()}..{pixels.max()}); save it as an 8- or "
+                            "16-bit PNG")
+        return Image.fromarray((pixels.astype(np.uint32) >> 8).astype(np.uint8), "L")
+    if img.mode == "F":
+        raise UserError(f"cannot read image {path}: floating-point pixels are not supported; "
+                        "save it as an 8- or 16-bit PNG")
+    return img
 
 
 def _scan_npz(path: Path) -> Scanned:
@@ -330,6 +373,7 @@ class TrainingData:
     class_names: list[str]
     images: dict[str, np.ndarray]  # "train" / "val" / "test"
     labels: dict[str, np.ndarray]
+    notes: list[str] = field(default_factory=list)  # the scan's notes (e.g. skipped files)
 
     @property
     def in_chans(self) -> int:
@@ -359,7 +403,7 @@ def load_training_data(dataset: dict[str, Any], input_size: int) -> TrainingData
     index = dict(zip(("train", "val", "test"), (split.train, split.val, split.test)))
     labels = {part: scanned.labels[idx] for part, idx in index.items()}
     dataset = {**dataset, "num_images": int(len(scanned.labels))}
-    return TrainingData(dataset, scanned.class_names, parts, labels)
+    return TrainingData(dataset, scanned.class_names, parts, labels, list(scanned.notes))
 
 
 def reference_images(dataset: dict[str, Any] | None, spec: ModelSpec, limit: int = 64,

@@ -206,6 +206,8 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
         with atomic_path(log_path) as tmp:  # a fresh log, or the resumed run's epochs so far
             tmp.write_text("".join(json.dumps(h) + "\n" for h in progress.history))
     counts = data.counts()
+    for note in data.notes:
+        say(note)
     say(f"{'resuming' if resumed else 'training'} {spec.name} on {source_name(data.dataset)} "
         f"({counts['train']} train / {counts['val']} val / {counts['test']} test images, "
         f"{data.num_classes} classes, {spec.in_chans}x{spec.input_size}x{spec.input_size}) "
