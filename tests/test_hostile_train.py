@@ -352,3 +352,156 @@ def test_the_scan_says_how_many_files_it_skipped(tmp_path, monkeypatch, no_hang)
     assert result.exit_code == 0, result.output
     assert "skipped 4 entries that are not PNG/JPEG files" in result.output
     assert "README.txt" in result.output
+
+
+# --- hostile data: bombs, broken archives, odd arrays, unreadable folders, FIFOs (item 11) -----
+
+
+def _load(path, size=16):
+    from export.train.data import describe_source, load_training_data
+
+    return load_training_data(describe_source(path), size)
+
+
+@pytest.mark.parametrize("limit", [100, 60])  # 12x12 = 144 pixels: a warning, then an error
+def test_a_decompression_bomb_is_an_error_line(tmp_path, monkeypatch, images, limit):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", images, *TINY), 1)
+    assert "decompression bomb" in line and "0.png" in line
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def _xy(n=12, h=8, w=8):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, h, w), dtype=np.uint8), np.arange(n) % 2
+
+
+def test_a_truncated_npz_is_an_error_line(tmp_path, monkeypatch):
+    good = _npz(tmp_path / "good.npz", x=_xy()[0], y=_xy()[1]).read_bytes()
+    (tmp_path / "cut.npz").write_bytes(good[: len(good) // 2])
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", tmp_path / "cut.npz", *TINY), 1)
+    assert "cannot read" in line and "cut.npz" in line
+
+
+@pytest.mark.parametrize("damage", ["flip", "compressed-flip"])
+def test_a_damaged_npz_member_is_an_error(tmp_path, damage):
+    x, y = _xy(200, 16, 16)
+    path = tmp_path / "d.npz"
+    (np.savez_compressed if damage.startswith("compressed") else np.savez)(path, x=x, y=y)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside x's data
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="cannot read .*d.npz"):
+        _load(path)
+
+
+def test_npz_members_that_are_not_arrays(tmp_path):
+    x, y = _xy()
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, x=np.array([x[i] for i in range(12)] + [None], dtype=object)[:12], y=y)
+    with pytest.raises(UserError, match="x holds Python objects"):
+        _load(objects)
+    with zipfile.ZipFile(tmp_path / "raw.npz", "w") as z:  # members without .npy: raw bytes
+        z.writestr("x", x.tobytes())
+        z.writestr("y", y.tobytes())
+    with pytest.raises(UserError, match="x is not a NumPy array"):
+        _load(tmp_path / "raw.npz")
+    with zipfile.ZipFile(tmp_path / "junk.npz", "w") as z:
+        z.writestr("x.npy", b"not an array")
+        z.writestr("y.npy", b"nor this")
+    with pytest.raises(UserError, match="cannot read .*junk.npz"):
+        _load(tmp_path / "junk.npz")
+    np.save(tmp_path / "single.npy", x)  # one array, not an archive
+    os.replace(tmp_path / "single.npy", tmp_path / "single.npz")
+    with pytest.raises(UserError, match="not an .npz archive"):
+        _load(tmp_path / "single.npz")
+
+
+@pytest.mark.parametrize("shape", [(12, 0, 8), (12, 8, 0), (12, 0, 0, 3)])
+def test_zero_sized_images_are_refused(tmp_path, shape):
+    path = _npz(tmp_path / "flat.npz", x=np.zeros(shape, np.uint8), y=np.arange(12) % 2)
+    with pytest.raises(UserError, match="at least 1 x 1 pixel"):
+        _load(path)
+
+
+def test_an_unreadable_class_folder_is_an_error_line(tmp_path, monkeypatch, images):
+    real = type(images).iterdir
+
+    def iterdir(self):
+        if self.name == "b":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(type(images), "iterdir", iterdir)
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", images, *TINY), 1)
+    assert "cannot read" in line and "Permission denied" in line and "/b" in line
+
+
+def test_an_unreadable_image_is_named(tmp_path, monkeypatch, images):
+    real = Image.open
+
+    def refuse(path, *args, **kwargs):
+        if str(path).endswith("3.png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(UserError, match="cannot read image .*3.png: .*Permission denied"):
+        _load(images)
+
+
+@pytest.mark.parametrize("name", ["data.npz", "data", "data.png"])
+def test_a_fifo_given_as_data_is_refused_without_opening_it(tmp_path, monkeypatch, no_hang,
+                                                           name):
+    from export.train.data import scan
+
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", fifo, *TINY), 1)
+    assert "not a regular file or a folder" in line
+    # A checkpoint's dataset that now points at a FIFO (resume, the parity gate).
+    with pytest.raises(UserError, match="not a regular file"):
+        scan({"kind": "npz", "path": str(fifo), "seed": 0, "val_fraction": 0.1,
+              "test_fraction": 0.2})
+
+
+def test_a_long_data_folder_name_gets_a_short_run_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    roots = [write_pngs(tmp_path / (c * 250)) for c in "pq"]  # 250 characters each
+    made = []
+    for root in roots:
+        result = invoke(train_cli, "--data", root, *TINY)
+        assert result.exit_code == 0, result.output
+        made += [p for p in (tmp_path / "artifacts" / "train").iterdir() if p not in made]
+    assert len(made) == 2 and all(len(p.name.encode()) <= 120 for p in made)
+    assert made[0].name.startswith("resnet20-ppp") and made[1].name.startswith("resnet20-qqq")
+    assert all((p / "summary.json").exists() for p in made)
+
+
+def test_a_data_path_too_long_to_exist_is_not_found(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", tmp_path / ("d" * 300), *TINY), 1)
+    assert "not found" in line
+
+
+def test_an_npz_too_big_for_memory_is_refused_from_its_header(tmp_path):
+    """x.npy claims 10^9 images of 1000 x 1000: refused before numpy tries to allocate it."""
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**9, 1000, 1000)})
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
+        z.writestr("x.npy", header.getvalue() + b"\0" * 64)
+        z.writestr("y.npy", b"")
+    with pytest.raises(UserError, match=r"x \(1000000000 x 1000 x 1000 float32\) needs .* of "
+                                        r"memory, but only .* is available"):
+        _load(tmp_path / "huge.npz")

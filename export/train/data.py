@@ -22,6 +22,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
 from ..core.errors import UserError
+from ..core.hardware import available_memory, format_bytes
 from ..core.models import ModelSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -60,8 +63,9 @@ def describe_source(path: str | os.PathLike | None, seed: int = 0,
         kind, where = "digits", None
     else:
         p = Path(path).expanduser()
-        if not p.exists():
+        if not os.path.exists(p):  # os.path: False, not an exception, for too long a name
             raise UserError(f"data path not found: {p}")
+        _require_file_or_folder(p)
         if p.is_dir():
             kind = "folder"
         elif p.suffix.lower() == ".npz":
@@ -72,6 +76,13 @@ def describe_source(path: str | os.PathLike | None, seed: int = 0,
         where = str(p.resolve())
     return {"kind": kind, "path": where, "seed": int(seed), "val_fraction": float(val_fraction),
             "test_fraction": float(test_fraction)}
+
+
+def _require_file_or_folder(path: Path) -> None:
+    """Refuse a FIFO, socket or device before anything opens it (a FIFO blocks the reader)."""
+    if not (os.path.isdir(path) or os.path.isfile(path)):
+        raise UserError(f"{path} is not a regular file or a folder: give a folder with one "
+                        "sub-folder per class, or an .npz file")
 
 
 def source_name(dataset: dict[str, Any]) -> str:
@@ -105,9 +116,10 @@ def scan(dataset: dict[str, Any]) -> Scanned:
         return _scan_digits()
     if kind not in ("folder", "npz"):
         raise UserError(f"unknown dataset kind {kind!r} (expected digits, folder or npz)")
-    if not path or not Path(path).exists() or Path(path).is_dir() != (kind == "folder"):
+    if not path or not os.path.exists(path) or os.path.isdir(path) != (kind == "folder"):
         raise UserError(f"the {kind} dataset is no longer at {path}: restore it there to use "
                         "its images")
+    _require_file_or_folder(Path(path))
     scanned = _scan_folder(Path(path)) if kind == "folder" else _scan_npz(Path(path))
     expected = dataset.get("num_images")
     if expected is not None and expected != len(scanned.labels):
@@ -155,7 +167,11 @@ def _class_folders(root: Path) -> tuple[list[tuple[str, list[Path]]], list[Path]
 
 
 def _scan_folder(root: Path) -> Scanned:
-    classes, skipped = _class_folders(root)
+    try:
+        classes, skipped = _class_folders(root)
+    except OSError as exc:  # a folder we may not list (permissions), or that went away
+        where = exc.filename or root
+        raise UserError(f"cannot read {where}: {exc.strerror or exc}") from None
     if not classes:
         raise UserError(f"no images found in {root}: expected one sub-folder per class holding "
                         f"{'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} files")
@@ -188,11 +204,17 @@ def read_image(path: Path, size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = _eight_bit(img, path)
-            gray = img.mode in ("1", "L", "LA")
-            img = img.convert("L" if gray else "RGB").resize((size, size), Image.BILINEAR)
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = _eight_bit(img, path)
+                gray = img.mode in ("1", "L", "LA")
+                img = img.convert("L" if gray else "RGB").resize((size, size), Image.BILINEAR)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0]} (a "
+                        "decompression bomb to Pillow; shrink the image)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else exc}"
                         ) from None
@@ -225,17 +247,26 @@ def _eight_bit(img: Any, path: Path) -> Any:
 
 def _scan_npz(path: Path) -> Scanned:
     try:
+        # np.load would read a lone .npy array or a pickle whole before saying what it is.
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+        if magic == b"\x93NUMPY":
+            raise UserError(f"{path} is not an .npz archive (it holds a single array): save x "
+                            "and y together with numpy.savez")
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"cannot read {path} as an .npz file (not a zip archive: cut "
+                            "short, or another kind of file)")
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("x", "y") if k not in npz.files]
             if missing:
                 raise UserError(f"{path} must hold arrays 'x' (images) and 'y' (labels); "
                                 f"found {npz.files or 'none'}")
-            x, y = npz["x"], npz["y"]
+            x, y = _npz_member(npz, "x", path), _npz_member(npz, "y", path)
     except UserError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
-        raise UserError(f"cannot read {path} as an .npz file ({str(exc).splitlines()[0]})"
-                        ) from None
+    except Exception as exc:  # noqa: BLE001 - a broken archive raises zipfile, zlib, numpy...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read {path} as an .npz file ({first})") from None
     images = _npz_images(x, path)
     labels, class_names = _npz_labels(y, path)
     if len(images) != len(labels):
@@ -244,6 +275,36 @@ def _scan_npz(path: Path) -> Scanned:
         raise UserError(f"{path} holds no images")
     _require_two_classes(class_names, path)
     return Scanned(labels, class_names, lambda idx, size: resize_array(images[idx], size))
+
+
+def _npz_member(npz: Any, key: str, path: Path) -> np.ndarray:
+    """One array of an open .npz, checked from its header before it is read: a NumPy array
+    (not raw bytes), not pickled objects, and small enough for the memory there is."""
+    name = f"{key}.npy"
+    if name not in npz.zip.namelist():
+        raise UserError(f"{path}: {key} is not a NumPy array (the archive member has no .npy "
+                        "name); save the arrays with numpy.savez")
+    with npz.zip.open(name) as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _fortran, dtype = read_header(fh)
+    if dtype.hasobject:
+        raise UserError(f"{path}: {key} holds Python objects (an object array), which are never "
+                        "unpickled; store numbers or strings")
+    need = math.prod(shape) * dtype.itemsize
+    if key == "x" and dtype.kind == "f":
+        need *= 2  # floats are scaled into a second array before they become uint8
+    check_memory(need, f"{path}: {key} ({' x '.join(map(str, shape))} {dtype})")
+    return npz[key]
+
+
+def check_memory(need: int, what: str) -> None:
+    """Refuse, before allocating it, more memory than this machine has available."""
+    available = available_memory()
+    if available is not None and need > available:
+        raise UserError(f"{what} needs {format_bytes(need)} of memory, but only "
+                        f"{format_bytes(available)} is available")
 
 
 def _npz_images(x: np.ndarray, path: Path) -> np.ndarray:
@@ -255,6 +316,9 @@ def _npz_images(x: np.ndarray, path: Path) -> np.ndarray:
     else:
         raise UserError(f"{path}: x must be N x H x W (grayscale) or N x H x W x C with C = 1 "
                         f"or 3, got shape {x.shape}")
+    if min(x.shape[2:]) < 1:
+        raise UserError(f"{path}: images must be at least 1 x 1 pixel, got "
+                        f"{x.shape[2]} x {x.shape[3]}")
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
     if np.issubdtype(x.dtype, np.floating):

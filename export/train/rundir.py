@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 
 from ..core.errors import UserError
 from .config import RUN_FILES, TrainConfig
+
+MAX_NAME_BYTES = 100  # a default run folder's name (model-data), before any -N suffix
 
 
 def resolve_run_dir(out: str | os.PathLike | None, config: TrainConfig,
@@ -20,12 +23,24 @@ def resolve_run_dir(out: str | os.PathLike | None, config: TrainConfig,
                             f"{path}, start again with --overwrite, or pick another --out")
         return path
     data = "digits" if config.data is None else Path(config.data).stem
-    base = Path("artifacts") / "train" / f"{config.model}-{data}"
+    base = Path("artifacts") / "train" / folder_name(f"{config.model}-{data}")
     path, n = base, 1
     while _holds_run(path):
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     return path
+
+
+def folder_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
+    """``name`` as one safe folder name: non-printable characters become ``_``, and a name over
+    ``limit`` bytes is cut and given a hash of the whole, so that long names stay distinct and
+    the ``-2``, ``-3`` suffixes still fit under the file system's 255-byte limit."""
+    safe = "".join(c if c.isprintable() and c not in "/\\" else "_" for c in name)
+    if len(safe.encode()) <= limit:
+        return safe
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    head = safe.encode()[:limit - len(digest) - 1].decode("utf-8", "ignore")
+    return f"{head}-{digest}"
 
 
 def _holds_run(path: Path) -> bool:
