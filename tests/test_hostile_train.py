@@ -505,3 +505,41 @@ def test_an_npz_too_big_for_memory_is_refused_from_its_header(tmp_path):
     with pytest.raises(UserError, match=r"x \(1000000000 x 1000 x 1000 float32\) needs .* of "
                                         r"memory, but only .* is available"):
         _load(tmp_path / "huge.npz")
+
+
+def test_decoding_more_than_memory_holds_is_refused_first(tmp_path, monkeypatch, images):
+    monkeypatch.setattr("export.train.data.available_memory", lambda: 4096)
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", images, *TINY), 1)
+    assert "decoding 12 images at 1 x 16 x 16 needs 6.0 KiB of memory, but only 4.0 KiB" in line
+    assert "lower --input-size" in line
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_a_batch_whose_activations_cannot_fit_is_refused_before_training(tmp_path, monkeypatch,
+                                                                         images):
+    from export.core.models import build_model
+    from export.train.steps import activation_bytes
+
+    per_image = activation_bytes(build_model("resnet20", 2, 1), 1, 16)
+    assert per_image > 16 * 16 * 16 * 4  # at least the first convolution's 16 channels
+    monkeypatch.setattr("export.train.loop.available_memory", lambda: 3 * per_image)
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", images, *TINY), 1)
+    assert "a batch of 4 images of 1 x 16 x 16 needs at least" in line
+    assert "lower --batch-size or --input-size" in line
+    monkeypatch.setattr("export.train.loop.available_memory", lambda: 4 * per_image)
+    assert invoke(train_cli, "--data", images, *TINY).exit_code == 0
+
+
+def test_activation_estimate_scales_with_the_input_and_leaves_the_model_alone():
+    from export.core.models import build_model
+    from export.train.steps import activation_bytes
+
+    model = build_model("resnet18", 10, 3).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    small, large = activation_bytes(model, 3, 32), activation_bytes(model, 3, 224)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in
+                                  model.state_dict().items())
+    assert 40 < large / small < 50  # (224 / 32)^2 = 49, less the classifier
+    assert 10 * 2**20 < large < 100 * 2**20  # about 19 MiB per 224 x 224 image for resnet18

@@ -103,6 +103,7 @@ class Scanned:
     class_names: list[str]
     decode: Callable[[np.ndarray, int], np.ndarray]  # (indices, size) -> uint8 N x C x S x S
     notes: list[str] = field(default_factory=list)  # what the user should hear about the scan
+    min_channels: int = 1  # channels per decoded image, at least (for the memory check)
 
     @property
     def num_classes(self) -> int:
@@ -274,7 +275,8 @@ def _scan_npz(path: Path) -> Scanned:
     if len(labels) == 0:
         raise UserError(f"{path} holds no images")
     _require_two_classes(class_names, path)
-    return Scanned(labels, class_names, lambda idx, size: resize_array(images[idx], size))
+    return Scanned(labels, class_names, lambda idx, size: resize_array(images[idx], size),
+                   min_channels=images.shape[1])
 
 
 def _npz_member(npz: Any, key: str, path: Path) -> np.ndarray:
@@ -299,12 +301,13 @@ def _npz_member(npz: Any, key: str, path: Path) -> np.ndarray:
     return npz[key]
 
 
-def check_memory(need: int, what: str) -> None:
+def check_memory(need: int, what: str, advice: str = "") -> None:
     """Refuse, before allocating it, more memory than this machine has available."""
     available = available_memory()
     if available is not None and need > available:
         raise UserError(f"{what} needs {format_bytes(need)} of memory, but only "
-                        f"{format_bytes(available)} is available")
+                        f"{format_bytes(available)} is available" + (f": {advice}" if advice
+                                                                      else ""))
 
 
 def _npz_images(x: np.ndarray, path: Path) -> np.ndarray:
@@ -390,9 +393,17 @@ def resize_array(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 N x C x H x W -> uint8 N x C x size x size (bilinear, antialiased when shrinking)."""
     if images.shape[-2:] == (size, size):
         return np.ascontiguousarray(images)
-    x = torch.from_numpy(np.ascontiguousarray(images)).float()
-    y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return y.round_().clamp_(0, 255).to(torch.uint8).numpy()
+    # In chunks of about 64 MiB of float pixels: the float copies of a whole data set would
+    # need 4 bytes per pixel at both sizes at once.
+    per_image = 4 * images.shape[1] * (images.shape[2] * images.shape[3] + size * size)
+    step = max(1, (64 << 20) // max(1, per_image))
+    out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
+    for start in range(0, len(images), step):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + step])).float()
+        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True)
+        out[start:start + step] = y.round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return out
 
 
 def to_channels(images: np.ndarray, in_chans: int) -> np.ndarray:
@@ -418,9 +429,16 @@ def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std (0..1 scale) of uint8 N x C x H x W images."""
-    x = images.astype(np.float64) / 255.0
-    mean = x.mean(axis=(0, 2, 3))
-    std = np.maximum(x.std(axis=(0, 2, 3)), 1e-3)
+    # Two passes over chunks of about 8M pixel values: a float64 copy of the whole training
+    # split would take eight times its memory.
+    n = max(1, images.shape[0] * images.shape[2] * images.shape[3])
+    step = max(1, (8 << 20) // max(1, images[0].size if len(images) else 1))
+    chunks = [images[i:i + step] for i in range(0, len(images), step)]
+    total = sum((c.astype(np.float64) / 255.0).sum(axis=(0, 2, 3)) for c in chunks)
+    mean = total / n
+    squares = sum((((c.astype(np.float64) / 255.0) - mean[None, :, None, None]) ** 2).sum(
+        axis=(0, 2, 3)) for c in chunks)
+    std = np.maximum(np.sqrt(squares / n), 1e-3)
     return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
 
 
@@ -461,6 +479,10 @@ def load_training_data(dataset: dict[str, Any], input_size: int) -> TrainingData
     split = split_indices(scanned.labels, dataset["seed"], dataset["val_fraction"],
                           dataset["test_fraction"], scanned.class_names)
     order = np.concatenate([split.train, split.val, split.test])
+    # Decoded images stay in memory as uint8; decoding briefly holds them twice.
+    check_memory(2 * len(order) * scanned.min_channels * input_size * input_size,
+                 f"decoding {len(order)} images at {scanned.min_channels} x {input_size} x "
+                 f"{input_size}", "lower --input-size or use fewer images")
     decoded = scanned.decode(order, input_size)
     bounds = np.cumsum([len(split.train), len(split.val)])
     parts = dict(zip(("train", "val", "test"), np.split(decoded, bounds)))

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..core.checkpoint import load_checkpoint, load_state_into, save_checkpoint
 from ..core.errors import UserError
 from ..core.fileio import atomic_path, write_json
+from ..core.hardware import available_memory, format_bytes
 from ..core.models import ModelSpec
 from .data import Augment, ImageDataset, TrainingData, channel_stats, describe_source, \
     load_training_data, source_name
@@ -34,7 +35,7 @@ from .config import RESUME_CHANGES, TrainConfig
 from .devices import Processes, cpu_thread_count, cpu_threads, pick_device, process_group
 from .plots import format_confusion, plot_curves
 from .rundir import resolve_run_dir, resume_checkpoint_path
-from .steps import build_optimizer, evaluate, train_one_epoch, warmup_cosine
+from .steps import activation_bytes, build_optimizer, evaluate, train_one_epoch, warmup_cosine
 
 
 @dataclass
@@ -134,6 +135,25 @@ def _model_spec(config: TrainConfig, data: TrainingData, resumed) -> ModelSpec:
     return spec
 
 
+def _check_batch_memory(model: nn.Module, spec: ModelSpec, config: TrainConfig,
+                        data: TrainingData, procs: Processes, device: torch.device) -> None:
+    """Refuse a batch whose activations alone cannot fit, before the first step tries."""
+    batch = min(config.batch_size, math.ceil(len(data.labels["train"]) / procs.world_size))
+    per_image = activation_bytes(model, spec.in_chans, spec.input_size,
+                                 element_size=2 if device.type == "cuda" else 4)
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+    else:
+        available = available_memory()
+    need = batch * per_image
+    if available is not None and need > available:
+        raise UserError(f"a batch of {batch} images of {spec.in_chans} x {spec.input_size} x "
+                        f"{spec.input_size} needs at least {format_bytes(need)} for "
+                        f"{spec.name}'s activations, but only {format_bytes(available)} of "
+                        f"{'GPU ' if device.type == 'cuda' else ''}memory is available: lower "
+                        "--batch-size or --input-size")
+
+
 def _place_model(model: nn.Module, procs: Processes,
                  device: torch.device) -> tuple[nn.Module, nn.Module]:
     """(the model, what the training step calls): channels_last and DDP where they apply."""
@@ -179,6 +199,7 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
     if resumed is None and config.init_weights:
         for note in load_init_weights(model, config):
             say(f"init weights: {note}")
+    _check_batch_memory(model, spec, config, data, procs, device)
     model, train_model = _place_model(model, procs, device)
     train_loader, eval_loaders = _loaders(data, spec, config, procs, device)
 

@@ -39,6 +39,37 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+@torch.no_grad()
+def activation_bytes(model: nn.Module, in_chans: int, size: int, element_size: int = 4,
+                     probe: int = 32) -> int:
+    """At least how many bytes one image's activations take while training ``model``.
+
+    Backward keeps the outputs of the convolutions, BatchNorms and the classifier; their sizes
+    are taken from one forward pass on a ``probe`` x ``probe`` image (cheap at any input size)
+    and scaled to ``size`` x ``size``. Rounding in strided layers only makes the real figure
+    larger, so this is a lower bound. The model's state is left as it was.
+    """
+    total = 0.0
+    scale = (size / probe) ** 2
+
+    def count(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output[0].numel() * (scale if output.ndim == 4 else 1.0)
+
+    handles = [m.register_forward_hook(count) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+    training = model.training
+    try:
+        model.eval()
+        device = next(model.parameters()).device
+        model(torch.zeros(1, in_chans, probe, probe, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+    return int(total * element_size)
+
+
 @dataclass
 class EpochStats:
     loss: float
