@@ -6,6 +6,7 @@ few generated images per class) and the runs are one or two steps, so the suite 
 """
 
 import os
+import re
 import signal
 import zipfile
 
@@ -42,9 +43,14 @@ def invoke(cli, *args):
 
 
 def error_line(result, code):
-    """The single ``Error: ...`` line a failed command printed, after checking its exit status."""
+    """The single ``Error: ...`` line a failed command printed, after checking its exit status.
+
+    Progress bars (stderr, redrawn with carriage returns and cleared when an epoch ends) are
+    not lines a user is left with, so they are set aside.
+    """
     assert result.exit_code == code, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = [line.strip() for line in re.split(r"[\r\n]", result.stderr)
+             if line.strip() and not re.match(r"\s*epoch \d+/\d+:", line)]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     return lines[0]
 
@@ -543,3 +549,92 @@ def test_activation_estimate_scales_with_the_input_and_leaves_the_model_alone():
                                   model.state_dict().items())
     assert 40 < large / small < 50  # (224 / 32)^2 = 49, less the classifier
     assert 10 * 2**20 < large < 100 * 2**20  # about 19 MiB per 224 x 224 image for resnet18
+
+
+# --- the run folder cannot be written: a file in the way, read-only, full (item 12) ------------
+
+
+def _epoch_lines(output):
+    return [line for line in output.splitlines() if "train loss" in line]
+
+
+def test_out_under_a_file_or_on_a_fifo_is_refused_before_anything(tmp_path, monkeypatch, images,
+                                                                  no_hang):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("in the way")
+    line = error_line(invoke(train_cli, "--data", images, "--out", tmp_path / "file" / "run",
+                             *TINY), 1)
+    assert "file is a file, not a folder" in line
+    os.mkfifo(tmp_path / "pipe")
+    line = error_line(invoke(train_cli, "--data", images, "--out", tmp_path / "pipe", *TINY), 1)
+    assert "exists and is not a folder" in line
+    line = error_line(invoke(train_cli, "--data", images, "--out", tmp_path / ("r" * 300),
+                             *TINY), 1)
+    assert "longer than the 255 bytes" in line
+    assert (tmp_path / "file").read_text() == "in the way"
+
+
+def test_a_read_only_run_folder_fails_before_training(tmp_path, monkeypatch, images):
+    import errno
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and str(tmp_path / "run") in str(dir):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.chdir(tmp_path)
+    result = invoke(train_cli, "--data", images, "--out", tmp_path / "run", *TINY)
+    line = error_line(result, 1)
+    assert "run: Read-only file system; nothing was trained" in line
+    assert not _epoch_lines(result.output)
+
+
+def test_a_read_only_parent_is_refused_before_the_data_is_read(tmp_path, monkeypatch, images):
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p) == str(tmp_path)
+                        else real(p, mode, **k))
+    line = error_line(invoke(train_cli, "--data", images, "--out", tmp_path / "run", *TINY), 1)
+    assert f"{tmp_path} is not writable" in line
+
+
+def test_a_full_disk_mid_run_keeps_the_last_good_checkpoints(tmp_path, monkeypatch, images):
+    import errno
+
+    real, calls = torch.save, []
+
+    def fill_up(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) >= 3:  # epoch 1 wrote best.pt and last.pt; the disk is full in epoch 2
+            f.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fill_up)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    result = invoke(train_cli, "--data", images, "--out", out, "--epochs", "2", "--input-size",
+                    "16", "--batch-size", "4", "--threads", "1")
+    line = error_line(result, 1)
+    assert "No space left on device" in line
+    assert "best.pt and last.pt still hold the run up to epoch 1" in line
+    monkeypatch.setattr(torch, "save", real)
+    assert load_checkpoint(out / "best.pt").meta["epoch"] == 1
+    assert load_checkpoint(out / "last.pt").meta["epoch"] == 1
+    assert not list(out.glob(".*partial"))
+
+
+@pytest.mark.parametrize("target", ["write_json", "plot_curves"])
+def test_a_full_disk_while_finishing_is_one_line(tmp_path, monkeypatch, images, target):
+    import errno
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(f"export.train.loop.{target}", full)
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", images, "--out", tmp_path / "run", *TINY), 1)
+    assert "No space left on device" in line and "redoes only the test" in line

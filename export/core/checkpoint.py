@@ -232,8 +232,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec,
                "model": spec.to_dict(), "state_dict": state,
                "class_names": list(class_names) if class_names is not None else None, **extra}
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # Through a file object: a full disk is then OSError(ENOSPC), where torch.save given a
+        # file name reports it as a RuntimeError about stream positions.
+        torch.save(payload, fh)
     return path
 
 

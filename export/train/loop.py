@@ -8,6 +8,7 @@ DistributedDataParallel; only rank 0 writes files, shows progress and evaluates.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -15,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -94,6 +95,19 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
         if procs.distributed:
             dist.barrier()  # every rank has checked the run folder before rank 0 writes to it
         return _fit(config, data, run_dir, resumed, procs, device, threads, started, echo)
+
+
+@contextlib.contextmanager
+def _writing(path: Path, kept: str) -> Iterator[None]:
+    """A failed write to the run folder (read-only, full, gone) as one line saying what is kept.
+
+    Every file is written to a temporary name and renamed when complete, so what was there
+    before is intact.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
 
 
 @dataclass
@@ -222,10 +236,11 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
         progress = Progress.from_saved(meta)
 
     log_path = run_dir / "metrics.jsonl"
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(log_path) as tmp:  # a fresh log, or the resumed run's epochs so far
-            tmp.write_text("".join(json.dumps(h) + "\n" for h in progress.history))
+    if main:  # also the check that the run folder can be written, before any training
+        with _writing(run_dir, "nothing was trained"):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(log_path) as tmp:  # a fresh log, or the resumed run's epochs so far
+                tmp.write_text("".join(json.dumps(h) + "\n" for h in progress.history))
     counts = data.counts()
     for note in data.notes:
         say(note)
@@ -262,16 +277,21 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
                   "val_loss": round(val.loss, 6), "val_top1": round(val.top1, 6),
                   "epoch_time_s": round(time.perf_counter() - epoch_started, 3)}
         progress.history.append(record)
+        kept = (f"best.pt and last.pt still hold the run up to epoch {epoch}" if epoch > 0
+                else "no epoch was saved")
         if progress.improves(val.top1, val.loss):
             progress.best, progress.best_epoch = (val.top1, -val.loss), epoch + 1
-            save_checkpoint(run_dir / "best.pt", model, spec, data.class_names, metrics=record,
-                            epoch=epoch + 1, **saved_extra)
-        save_checkpoint(run_dir / "last.pt", model, spec, data.class_names, metrics=record,
-                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        scaler=scaler.state_dict(), rng_state=torch.get_rng_state(),
-                        **progress.saved(), **saved_extra)
-        with open(log_path, "a") as log:
-            log.write(json.dumps(record) + "\n")
+            with _writing(run_dir / "best.pt", kept):
+                save_checkpoint(run_dir / "best.pt", model, spec, data.class_names,
+                                metrics=record, epoch=epoch + 1, **saved_extra)
+        with _writing(run_dir / "last.pt", kept):
+            save_checkpoint(run_dir / "last.pt", model, spec, data.class_names, metrics=record,
+                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                            scaler=scaler.state_dict(), rng_state=torch.get_rng_state(),
+                            **progress.saved(), **saved_extra)
+        with _writing(log_path, f"last.pt holds epoch {epoch + 1}; --resume rewrites the log"):
+            with open(log_path, "a") as log:
+                log.write(json.dumps(record) + "\n")
         tqdm.write(f"epoch {epoch + 1}/{config.epochs}  train loss {stats.loss:.4f} "
                    f"acc {stats.top1:.2%}  val loss {val.loss:.4f} acc {val.top1:.2%}  "
                    f"lr {record['lr']:.4g}  {record['epoch_time_s']:.1f}s")
@@ -295,15 +315,19 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
     test = evaluate(model, test_loader, device, data.num_classes)
     metrics = {**best.meta["metrics"], "test_loss": round(test.loss, 6),
                "test_top1": round(test.top1, 6)}
-    save_checkpoint(best_path, model, spec, data.class_names, metrics=metrics,
-                    epoch=best.meta["epoch"], dataset=best.meta["dataset"],
-                    train_config=best.meta["train_config"])
+    kept = (f"the trained epochs are safe in last.pt and best.pt: once there is room, "
+            f"resnet-train --resume {run_dir} redoes only the test, curves and summary")
+    with _writing(best_path, kept):
+        save_checkpoint(best_path, model, spec, data.class_names, metrics=metrics,
+                        epoch=best.meta["epoch"], dataset=best.meta["dataset"],
+                        train_config=best.meta["train_config"])
     history = progress.history
     if history:
         extras = [name for name, on in (("label smoothing", config.label_smoothing > 0),
                                         ("augmented", config.augment)) if on]
-        plot_curves(history, run_dir / "curves.png",
-                    "train" + (f" ({', '.join(extras)})" if extras else ""))
+        with _writing(run_dir / "curves.png", kept):
+            plot_curves(history, run_dir / "curves.png",
+                        "train" + (f" ({', '.join(extras)})" if extras else ""))
     summary = {
         "model": spec.name, "spec": spec.to_dict(), "dataset": data.dataset,
         "class_names": data.class_names, "counts": data.counts(),
@@ -318,7 +342,8 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
         "checkpoints": {"best": str(best_path), "last": str(last_path)},
         "metrics_log": str(run_dir / "metrics.jsonl"), "curves": str(run_dir / "curves.png"),
     }
-    write_json(run_dir / "summary.json", summary)
+    with _writing(run_dir / "summary.json", kept):
+        write_json(run_dir / "summary.json", summary)
     say(f"test top-1 {test.top1:.2%} ({len(test_loader.dataset)} images, best epoch "
         f"{progress.best_epoch}); per class: "
         + ", ".join(f"{n} {v:.1%}" for n, v in zip(data.class_names, test.per_class_top1)))

@@ -18,6 +18,7 @@ def resolve_run_dir(out: str | os.PathLike | None, config: TrainConfig,
     """``--out`` as given (refusing to mix runs), or ``artifacts/train/<model>-<data>[-N]``."""
     if out is not None:
         path = Path(out)
+        check_creatable(path)
         if _holds_run(path) and not overwrite:
             raise UserError(f"{path} already holds a training run: continue it with --resume "
                             f"{path}, start again with --overwrite, or pick another --out")
@@ -28,7 +29,30 @@ def resolve_run_dir(out: str | os.PathLike | None, config: TrainConfig,
     while _holds_run(path):
         n += 1
         path = base.with_name(f"{base.name}-{n}")
+    check_creatable(path)
     return path
+
+
+def check_creatable(path: Path) -> None:
+    """Refuse, before any data is read, a run folder that cannot be made or written: one that
+    is a file (or a FIFO...), one under a file, or one on a read-only file system. (Running out
+    of space, or permissions a superuser ignores, show at the first write, still before
+    training.)"""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise UserError(f"cannot use {path} as the run folder: it exists and is not a folder")
+    for name in path.parts:
+        if len(name.encode()) > 255:
+            raise UserError(f"cannot create the run folder {path}: a name in it is longer "
+                            "than the 255 bytes file systems allow")
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if existing == Path(""):
+        existing = Path(".")
+    if not os.path.isdir(existing):
+        raise UserError(f"cannot create the run folder {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create the run folder {path}: {existing} is not writable")
 
 
 def folder_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
@@ -44,7 +68,7 @@ def folder_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
 
 
 def _holds_run(path: Path) -> bool:
-    return any((path / name).exists() for name in RUN_FILES)
+    return any(os.path.exists(path / name) for name in RUN_FILES)
 
 
 def resume_checkpoint_path(resume: str | os.PathLike) -> Path:
