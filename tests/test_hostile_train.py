@@ -5,6 +5,7 @@ else), never a traceback, and never destroys what the user already has. The data
 few generated images per class) and the runs are one or two steps, so the suite stays fast.
 """
 
+import dataclasses
 import os
 import re
 import signal
@@ -638,3 +639,91 @@ def test_a_full_disk_while_finishing_is_one_line(tmp_path, monkeypatch, images, 
     monkeypatch.chdir(tmp_path)
     line = error_line(invoke(train_cli, "--data", images, "--out", tmp_path / "run", *TINY), 1)
     assert "No space left on device" in line and "redoes only the test" in line
+
+
+# --- a run that fails leaves its folder usable; divergence stops the run (item 15) ------------
+
+
+def test_a_diverged_run_stops_and_its_folder_can_be_used_again(tmp_path, monkeypatch, images):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r"
+    result = invoke(train_cli, "--data", images, "--out", out, "--lr", "1e30", *TINY)
+    line = error_line(result, 1)
+    assert "training diverged: the loss is not finite" in line and "--lr" in line
+    assert not _epoch_lines(result.output)  # nothing was recorded as an epoch
+    assert not (out / "best.pt").exists() and not (out / "last.pt").exists()
+
+    line = error_line(invoke(train_cli, "--resume", out), 1)
+    assert "nothing to resume" in line and f"--out {out}" in line  # offers what works
+    again = invoke(train_cli, "--data", images, "--out", out, *TINY)  # no --overwrite needed
+    assert again.exit_code == 0, again.output
+    assert load_checkpoint(out / "last.pt").meta["epoch"] == 1
+
+
+def test_a_folder_with_best_but_no_last_says_what_works(tmp_path, monkeypatch, images):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r"
+    assert invoke(train_cli, "--data", images, "--out", out, *TINY).exit_code == 0
+    (out / "last.pt").unlink()  # killed between the two saves of the first epoch
+    line = error_line(invoke(train_cli, "--resume", out), 1)
+    assert "no last.pt" in line and "--overwrite" in line
+    line = error_line(invoke(train_cli, "--data", images, "--out", out, *TINY), 1)
+    assert "already holds a training run" in line and "--overwrite" in line
+
+
+def test_one_non_finite_loss_stops_the_epoch_at_that_step():
+    from export.train.steps import train_one_epoch
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    batches = [(torch.randn(2, 1, 2, 2), torch.tensor([0, 1])) for _ in range(6)]
+    batches[2] = (torch.full((2, 1, 2, 2), float("nan")), torch.tensor([0, 1]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    stats = train_one_epoch(model, batches, optimizer, scheduler, torch.nn.CrossEntropyLoss(),
+                            torch.device("cpu"), torch.amp.GradScaler("cuda", enabled=False))
+    assert stats.steps == 3 and not np.isfinite(stats.loss)
+
+
+def test_a_diverged_validation_saves_nothing(tmp_path, monkeypatch, images):
+    """Weights that the last step broke give a finite training loss but a NaN validation."""
+    from export.train import loop
+
+    real = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate",
+                        lambda *a, **k: dataclasses.replace(real(*a, **k), loss=float("nan")))
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", images, "--out", tmp_path / "r", *TINY), 1)
+    assert "validation loss is not finite" in line
+    assert not (tmp_path / "r" / "best.pt").exists()
+
+
+def test_overwrite_removes_the_replaced_runs_results_at_once(tmp_path, monkeypatch, images):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r"
+    assert invoke(train_cli, "--data", images, "--out", out, *TINY).exit_code == 0
+    assert (out / "summary.json").exists() and (out / "curves.png").exists()
+    result = invoke(train_cli, "--data", images, "--out", out, "--overwrite", "--lr", "1e30",
+                    *TINY)
+    assert "diverged" in error_line(result, 1)
+    # The old summary would describe a run that is no longer there.
+    assert not (out / "summary.json").exists() and not (out / "curves.png").exists()
+
+
+def test_a_run_diverging_later_keeps_its_last_good_epoch(tmp_path, monkeypatch, images):
+    from export.train import loop
+
+    real, calls = loop.evaluate, []
+
+    def nan_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        result = real(*args, **kwargs)
+        return result if len(calls) == 1 else dataclasses.replace(result, loss=float("nan"))
+
+    monkeypatch.setattr(loop, "evaluate", nan_in_epoch_2)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r"
+    line = error_line(invoke(train_cli, "--data", images, "--out", out, "--epochs", "2",
+                             "--input-size", "16", "--batch-size", "4", "--threads", "1"), 1)
+    assert "after epoch 2" in line and "last.pt still holds epoch 1" in line
+    assert "start again with --overwrite" in line
+    assert load_checkpoint(out / "last.pt").meta["epoch"] == 1

@@ -12,7 +12,9 @@ from ..core.errors import BadOption
 from ..core.models import get_architecture
 
 RESUME_CHANGES = ("epochs", "device", "workers", "threads", "max_steps")
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "summary.json")
+# The files that make a folder hold a run (a log alone is what a run that failed before its
+# first epoch leaves, and the next run in that folder rewrites it).
+RUN_FILES = ("last.pt", "best.pt", "summary.json")
 DIGITS_INPUT_SIZE = 16
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}

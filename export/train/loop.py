@@ -239,6 +239,9 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
     if main:  # also the check that the run folder can be written, before any training
         with _writing(run_dir, "nothing was trained"):
             run_dir.mkdir(parents=True, exist_ok=True)
+            if resumed is None:  # --overwrite: the replaced run's results go now (its
+                for stale in ("summary.json", "curves.png"):  # checkpoints at epoch 1)
+                    (run_dir / stale).unlink(missing_ok=True)
             with atomic_path(log_path) as tmp:  # a fresh log, or the resumed run's epochs so far
                 tmp.write_text("".join(json.dumps(h) + "\n" for h in progress.history))
     counts = data.counts()
@@ -266,11 +269,14 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
         if steps_left is not None:
             steps_left -= stats.steps
         if not math.isfinite(stats.loss):
-            raise UserError(f"training diverged (loss {stats.loss}) in epoch {epoch + 1}: "
-                            "lower --lr or raise --warmup-epochs")
+            raise _diverged(f"the loss is not finite ({stats.loss}) by step {progress.step} "
+                            f"in epoch {epoch + 1}", config, run_dir, epoch)
         if not main:
             continue  # rank 0 alone validates and writes; the others go on to the next epoch
         val = evaluate(model, eval_loaders["val"], device, data.num_classes)
+        if not math.isfinite(val.loss):  # the last step broke the weights
+            raise _diverged(f"the validation loss is not finite ({val.loss}) after epoch "
+                            f"{epoch + 1}", config, run_dir, epoch)
         record = {"epoch": epoch + 1, "step": progress.step,
                   "lr": optimizer.param_groups[0]["lr"],
                   "train_loss": round(stats.loss, 6), "train_top1": round(stats.top1, 6),
@@ -301,6 +307,17 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
         return TrainResult(run_dir)
     return _finish(config, data, spec, run_dir, progress, eval_loaders["test"], device, threads,
                    procs, started, say)
+
+
+def _diverged(what: str, config: TrainConfig, run_dir: Path, epochs_saved: int) -> UserError:
+    """The line that stops a diverged run: nothing of the diverged epoch is saved."""
+    if epochs_saved:
+        again = (f"last.pt still holds epoch {epochs_saved}, but resuming repeats the same "
+                 f"steps: start again with --overwrite")
+    else:
+        again = f"nothing was saved, so --out {run_dir} can be used again as it is"
+    return UserError(f"training diverged: {what}; lower --lr (it was {config.lr:g}) or raise "
+                     f"--warmup-epochs (it was {config.warmup_epochs:g}); {again}")
 
 
 def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: Path,

@@ -74,8 +74,15 @@ def _holds_run(path: Path) -> bool:
 def resume_checkpoint_path(resume: str | os.PathLike) -> Path:
     """``--resume`` takes a run folder or its ``last.pt``."""
     path = Path(resume)
-    if path.is_dir():
-        path = path / "last.pt"
-    if not path.exists():
+    if os.path.isdir(path):
+        folder, path = path, path / "last.pt"
+        if not os.path.exists(path):
+            if _holds_run(folder):  # best.pt or summary.json without last.pt
+                raise UserError(f"nothing to resume: {folder} holds no last.pt (the run "
+                                "stopped before saving one); start a new run there with "
+                                f"--out {folder} --overwrite, or pick another --out")
+            raise UserError(f"nothing to resume: {folder} holds no last.pt (no epoch of a run "
+                            f"finished there); start a new run with --out {folder}")
+    if not os.path.exists(path):
         raise UserError(f"nothing to resume: {path} not found")
     return path
