@@ -6,6 +6,7 @@ few generated images per class) and the runs are one or two steps, so the suite 
 """
 
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -727,3 +728,57 @@ def test_a_run_diverging_later_keeps_its_last_good_epoch(tmp_path, monkeypatch, 
     assert "after epoch 2" in line and "last.pt still holds epoch 1" in line
     assert "start again with --overwrite" in line
     assert load_checkpoint(out / "last.pt").meta["epoch"] == 1
+
+
+# --- a kill while finishing: --resume redoes only the finishing steps (item 16) ---------------
+
+
+@pytest.mark.parametrize("kill", ["interrupt", "full-disk"])
+def test_resume_redoes_only_the_finishing_steps(tmp_path, monkeypatch, images, kill):
+    import errno
+
+    from export.core.fileio import sha256_file
+    from export.train import loop
+
+    def killed(*_args, **_kwargs):
+        if kill == "interrupt":
+            raise KeyboardInterrupt
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r"
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "write_json", killed)
+        result = invoke(train_cli, "--data", images, "--out", out, *TINY)
+    assert result.exit_code == (130 if kill == "interrupt" else 1), result.output
+    assert not (out / "summary.json").exists()
+    last = sha256_file(out / "last.pt")
+
+    again = invoke(train_cli, "--resume", out)
+    assert again.exit_code == 0, again.output
+    assert "finishing" in again.output and not _epoch_lines(again.output)
+    assert sha256_file(out / "last.pt") == last  # no step was trained again
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["steps"] == 2
+    assert (out / "curves.png").exists()
+    assert "test_top1" in load_checkpoint(out / "best.pt").meta["metrics"]
+
+    line = error_line(invoke(train_cli, "--resume", out), 1)
+    assert "already finished 1 of 1 epochs" in line
+
+
+def test_a_summary_of_an_earlier_segment_does_not_count_as_finished(tmp_path, monkeypatch,
+                                                                    images):
+    from export.train import loop
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r"
+    assert invoke(train_cli, "--data", images, "--out", out, *TINY).exit_code == 0
+    with monkeypatch.context() as patch:  # the second segment is killed while finishing
+        patch.setattr(loop, "write_json", lambda *_a, **_k: (_ for _ in ()).throw(
+            KeyboardInterrupt))
+        assert invoke(train_cli, "--resume", out, "--epochs", "2").exit_code == 130
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 1  # the old one
+    again = invoke(train_cli, "--resume", out)
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2

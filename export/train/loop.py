@@ -80,9 +80,11 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
     elif config is None:
         raise ValueError("run_training needs a config or a run to resume")
     config = config.resolved()
-    if resumed is not None and resumed.meta.get("epoch", 0) >= config.epochs:
+    if resumed is not None and resumed.meta.get("epoch", 0) >= config.epochs \
+            and _summarised(run_dir, resumed.meta):
         raise UserError(f"{resumed.path} already finished {resumed.meta['epoch']} of "
                         f"{config.epochs} epochs: pass a larger --epochs to train longer")
+    # (Trained but not summarised, e.g. killed while testing: _fit goes straight to _finish.)
     if resumed is None:
         run_dir = resolve_run_dir(out, config, overwrite)
     device = pick_device(config.device, procs)
@@ -95,6 +97,16 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
         if procs.distributed:
             dist.barrier()  # every rank has checked the run folder before rank 0 writes to it
         return _fit(config, data, run_dir, resumed, procs, device, threads, started, echo)
+
+
+def _summarised(run_dir: Path, meta: dict[str, Any]) -> bool:
+    """Whether summary.json describes the run as last.pt has it (the finishing steps ran)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(summary, dict) and summary.get("epochs") == meta.get("epoch")
+            and summary.get("steps") == meta.get("step"))
 
 
 @contextlib.contextmanager
@@ -244,15 +256,13 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
                     (run_dir / stale).unlink(missing_ok=True)
             with atomic_path(log_path) as tmp:  # a fresh log, or the resumed run's epochs so far
                 tmp.write_text("".join(json.dumps(h) + "\n" for h in progress.history))
-    counts = data.counts()
     for note in data.notes:
         say(note)
-    say(f"{'resuming' if resumed else 'training'} {spec.name} on {source_name(data.dataset)} "
-        f"({counts['train']} train / {counts['val']} val / {counts['test']} test images, "
-        f"{data.num_classes} classes, {spec.in_chans}x{spec.input_size}x{spec.input_size}) "
-        f"on {device}" + (f" x{procs.world_size} processes" if procs.distributed else "")
-        + f", {threads} thread{'s' if threads != 1 else ''}, "
-        f"epochs {progress.epoch + 1}..{config.epochs} -> {run_dir}")
+    if resumed is not None and progress.epoch >= config.epochs:
+        say(f"finishing {run_dir}: training ended at epoch {progress.epoch}; testing best.pt "
+            "and writing the curves and summary")
+    else:
+        _announce(spec, data, config, progress, device, procs, threads, run_dir, resumed, say)
 
     saved_extra = dict(dataset=data.dataset, train_config=config.to_dict())
     steps_left = config.max_steps  # per invocation
@@ -307,6 +317,18 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
         return TrainResult(run_dir)
     return _finish(config, data, spec, run_dir, progress, eval_loaders["test"], device, threads,
                    procs, started, say)
+
+
+def _announce(spec: ModelSpec, data: TrainingData, config: TrainConfig, progress: Progress,
+              device: torch.device, procs: Processes, threads: int, run_dir: Path, resumed,
+              say: Callable[[str], Any]) -> None:
+    counts = data.counts()
+    say(f"{'resuming' if resumed else 'training'} {spec.name} on {source_name(data.dataset)} "
+        f"({counts['train']} train / {counts['val']} val / {counts['test']} test images, "
+        f"{data.num_classes} classes, {spec.in_chans}x{spec.input_size}x{spec.input_size}) "
+        f"on {device}" + (f" x{procs.world_size} processes" if procs.distributed else "")
+        + f", {threads} thread{'s' if threads != 1 else ''}, "
+        f"epochs {progress.epoch + 1}..{config.epochs} -> {run_dir}")
 
 
 def _diverged(what: str, config: TrainConfig, run_dir: Path, epochs_saved: int) -> UserError:
