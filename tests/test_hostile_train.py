@@ -782,3 +782,49 @@ def test_a_summary_of_an_earlier_segment_does_not_count_as_finished(tmp_path, mo
     again = invoke(train_cli, "--resume", out)
     assert again.exit_code == 0, again.output
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+
+
+# --- names with terminal control characters are printed escaped (item 17) --------------------
+
+
+HOSTILE_NAMES = ["a\x1b[2J\x1b[31mred", "b\nnext line", "c\u202eright-to-left", "d\x07bell"]
+
+
+def _assert_escaped(output):
+    assert not any(c in output for c in "\x1b\x07\u202e")
+    assert "\\x1b[2J\\x1b[31mred" in output and "b\\nnext line" in output
+    assert "c\\u202eright-to-left" in output and "d\\x07bell" in output
+
+
+def test_class_names_from_folders_are_escaped_when_printed(tmp_path, monkeypatch):
+    root = write_pngs(tmp_path / "imgs", classes=HOSTILE_NAMES, per_class=4)
+    monkeypatch.chdir(tmp_path)
+    result = invoke(train_cli, "--data", root, "--out", tmp_path / "run", *TINY,
+                    "--test-fraction", "0.3")
+    assert result.exit_code == 0, result.output
+    _assert_escaped(result.stdout)
+    matrix = result.stdout[result.stdout.index("true \\ predicted"):].splitlines()
+    assert [line.split()[0] for line in matrix[1:5]] == ["a\\x1b[2J\\x1b[31mred", "b\\nnext",
+                                                          "c\\u202eright-to-left",
+                                                          "d\\x07bell"]
+    # The data keeps the real names; only what is printed is escaped.
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["class_names"] == sorted(HOSTILE_NAMES)
+
+
+def test_class_names_from_npz_labels_are_escaped(tmp_path, monkeypatch):
+    x = np.random.default_rng(0).integers(0, 256, (16, 8, 8), dtype=np.uint8)
+    y = np.array(HOSTILE_NAMES * 4)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    monkeypatch.chdir(tmp_path)
+    result = invoke(train_cli, "--data", tmp_path / "d.npz", "--out", tmp_path / "run", *TINY,
+                    "--test-fraction", "0.3")
+    assert result.exit_code == 0, result.output
+    _assert_escaped(result.stdout)
+
+
+def test_names_in_error_lines_are_escaped(tmp_path, monkeypatch):
+    root = write_pngs(tmp_path / "imgs", classes=["only\x1b[31m\nclass"])
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", root, *TINY), 1)
+    assert "single class (only\\x1b[31m\\nclass)" in line

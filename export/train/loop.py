@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..core.checkpoint import load_checkpoint, load_state_into, save_checkpoint
-from ..core.errors import UserError
+from ..core.errors import UserError, printable
 from ..core.fileio import atomic_path, write_json
 from ..core.hardware import available_memory, format_bytes
 from ..core.models import ModelSpec
@@ -218,7 +218,10 @@ def _loaders(data: TrainingData, spec: ModelSpec, config: TrainConfig, procs: Pr
 def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs: Processes,
          device: torch.device, threads: int, started: float, echo) -> TrainResult:
     main = procs.is_main
-    say = echo if main else (lambda *a, **k: None)
+    # Everything shown is escaped line by line: class names, data and folder names come from
+    # the user's files and may hold terminal control characters.
+    say = (lambda text: echo("\n".join(printable(line) for line in str(text).split("\n")))
+           ) if main else (lambda *a, **k: None)
     spec = _model_spec(config, data, resumed)
     torch.manual_seed(config.seed)
     model = spec.build()
