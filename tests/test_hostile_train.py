@@ -828,3 +828,57 @@ def test_names_in_error_lines_are_escaped(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     line = error_line(invoke(train_cli, "--data", root, *TINY), 1)
     assert "single class (only\\x1b[31m\\nclass)" in line
+
+
+# --- siblings: the rest of what a run reads from files and the environment --------------------
+
+
+@pytest.mark.parametrize("damage", [
+    {"optimizer": {"junk": 1}},
+    {"scheduler": {"last_epoch": "three"}},
+    {"scheduler": {"base_lrs": [float("nan")]}},
+    {"step": "two"},
+    {"history": 5},
+    {"rng_state": torch.zeros(3)},
+])
+def test_a_damaged_resume_state_is_one_line(tmp_path, monkeypatch, images, damage):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r"
+    assert invoke(train_cli, "--data", images, "--out", out, "--epochs", "2", "--max-steps",
+                  "1", "--input-size", "16", "--batch-size", "4", "--threads", "1"
+                  ).exit_code == 0
+    payload = torch.load(out / "last.pt", weights_only=True)
+    for key, value in damage.items():
+        payload[key] = ({**payload[key], **value} if isinstance(value, dict)
+                        and key == "scheduler" else value)
+    torch.save(payload, out / "last.pt")
+    rng = torch.get_rng_state()
+    line = error_line(invoke(train_cli, "--resume", out), 1)
+    torch.set_rng_state(rng)
+    assert "last.pt: its resume state is damaged" in line, line
+
+
+def test_a_saved_configuration_naming_an_unknown_model_is_the_files_fault(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    _checkpoint(run, "last.pt", optimizer={}, train_config={"model": "resnet7"})
+    line = error_line(invoke(train_cli, "--resume", run), 1)
+    assert "bad training configuration" in line and "resnet7" in line
+
+
+@pytest.mark.parametrize("env", [{"WORLD_SIZE": "two"}, {"RANK": "3", "WORLD_SIZE": "2"},
+                                 {"LOCAL_RANK": "-1"}])
+def test_a_broken_torchrun_environment_is_one_line(tmp_path, monkeypatch, images, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", images, *TINY), 1)
+    assert "torchrun" in line
+
+
+def test_momentum_is_checked_too():
+    from export.core.errors import BadOption
+    from export.train import TrainConfig
+
+    with pytest.raises(BadOption, match="momentum"):
+        TrainConfig(momentum=float("nan")).resolved()

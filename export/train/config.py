@@ -129,6 +129,8 @@ class TrainConfig:
         for name, value in (("data", self.data), ("init_weights", self.init_weights)):
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise BadOption(f"{option_flag(name)} must be a path, got {value!r}")
+        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise BadOption(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise BadOption(f"validation + test fractions ({self.val_fraction} + "
                             f"{self.test_fraction}) leave too little to train on; keep their "

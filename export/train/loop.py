@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..core.checkpoint import load_checkpoint, load_state_into, save_checkpoint
-from ..core.errors import UserError, printable
+from ..core.errors import UnknownModelError, UserError, first_line, printable
 from ..core.fileio import atomic_path, write_json
 from ..core.hardware import available_memory, format_bytes
 from ..core.models import ModelSpec
@@ -72,7 +72,7 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
         saved = TrainConfig.from_dict(resumed.meta["train_config"])
         try:
             saved.resolved()
-        except UserError as exc:  # the file's fault, not the command line's: exit status 1
+        except (UserError, UnknownModelError) as exc:  # the file's fault: exit status 1
             raise UserError(f"{resumed.path} holds a bad training configuration: {exc}"
                             ) from None
         config = dataclasses.replace(saved, **{"max_steps": None, **(changes or {})})
@@ -161,6 +161,34 @@ def _model_spec(config: TrainConfig, data: TrainingData, resumed) -> ModelSpec:
     return spec
 
 
+def _restore(resumed, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler,
+             scaler: torch.amp.GradScaler) -> Progress:
+    """Load last.pt's weights and resume state, or say in one line that the state is damaged
+    (the loaders of torch's optimiser and schedule trust what they are given)."""
+    meta = resumed.meta
+    load_state_into(model, resumed.state_dict, str(resumed.path))
+    try:
+        optimizer.load_state_dict(meta["optimizer"])
+        scheduler.load_state_dict(meta["scheduler"])
+        if meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        if isinstance(meta.get("rng_state"), torch.Tensor):
+            torch.set_rng_state(meta["rng_state"])
+        progress = Progress.from_saved(meta)
+        rates = [*scheduler.base_lrs, *(group["lr"] for group in optimizer.param_groups)]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in rates):
+            raise ValueError(f"learning rates {rates}")
+        if scheduler.last_epoch != progress.step:
+            raise ValueError(f"the schedule is at step {scheduler.last_epoch!r}, the run at "
+                             f"{progress.step}")
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        raise UserError(f"{resumed.path}: its resume state is damaged ({first_line(exc)}); "
+                        "start the run again with --overwrite") from None
+    return progress
+
+
 def _check_batch_memory(model: nn.Module, spec: ModelSpec, config: TrainConfig,
                         data: TrainingData, procs: Processes, device: torch.device) -> None:
     """Refuse a batch whose activations alone cannot fit, before the first step tries."""
@@ -240,15 +268,7 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     progress = Progress()
     if resumed is not None:
-        meta = resumed.meta
-        load_state_into(model, resumed.state_dict, str(resumed.path))
-        optimizer.load_state_dict(meta["optimizer"])
-        scheduler.load_state_dict(meta["scheduler"])
-        if meta.get("scaler"):
-            scaler.load_state_dict(meta["scaler"])
-        if isinstance(meta.get("rng_state"), torch.Tensor):
-            torch.set_rng_state(meta["rng_state"])
-        progress = Progress.from_saved(meta)
+        progress = _restore(resumed, model, optimizer, scheduler, scaler)
 
     log_path = run_dir / "metrics.jsonl"
     if main:  # also the check that the run folder can be written, before any training
