@@ -882,3 +882,20 @@ def test_momentum_is_checked_too():
 
     with pytest.raises(BadOption, match="momentum"):
         TrainConfig(momentum=float("nan")).resolved()
+
+
+def test_files_in_a_folder_that_holds_no_run_are_left_alone(tmp_path, monkeypatch, images):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "curves.png").write_bytes(b"my own plot")
+    (out / "notes.txt").write_text("keep me")
+    assert invoke(train_cli, "--data", images, "--out", out, "--lr", "1e30", *TINY
+                  ).exit_code == 1  # a failed run...
+    assert (out / "curves.png").read_bytes() == b"my own plot"  # ...deletes nothing
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text('{"epoch": 1}\n')  # a log with an epoch: a run
+    line = error_line(invoke(train_cli, "--data", images, "--out", other, *TINY), 1)
+    assert "already holds a training run" in line
+    assert (out / "notes.txt").read_text() == "keep me"

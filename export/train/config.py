@@ -12,8 +12,7 @@ from ..core.errors import BadOption
 from ..core.models import get_architecture
 
 RESUME_CHANGES = ("epochs", "device", "workers", "threads", "max_steps")
-# The files that make a folder hold a run (a log alone is what a run that failed before its
-# first epoch leaves, and the next run in that folder rewrites it).
+# The files that make a folder hold a run (with a log that is not empty: see rundir.holds_run)
 RUN_FILES = ("last.pt", "best.pt", "summary.json")
 DIGITS_INPUT_SIZE = 16
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}

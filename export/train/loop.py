@@ -35,7 +35,7 @@ from .adapt import load_init_weights
 from .config import RESUME_CHANGES, TrainConfig
 from .devices import Processes, cpu_thread_count, cpu_threads, pick_device, process_group
 from .plots import format_confusion, plot_curves
-from .rundir import resolve_run_dir, resume_checkpoint_path
+from .rundir import holds_run, resolve_run_dir, resume_checkpoint_path
 from .steps import activation_bytes, build_optimizer, evaluate, train_one_epoch, warmup_cosine
 
 
@@ -274,9 +274,9 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
     if main:  # also the check that the run folder can be written, before any training
         with _writing(run_dir, "nothing was trained"):
             run_dir.mkdir(parents=True, exist_ok=True)
-            if resumed is None:  # --overwrite: the replaced run's results go now (its
-                for stale in ("summary.json", "curves.png"):  # checkpoints at epoch 1)
-                    (run_dir / stale).unlink(missing_ok=True)
+            if resumed is None and holds_run(run_dir):  # --overwrite: the replaced run's
+                for stale in ("summary.json", "curves.png"):  # results go now, its
+                    (run_dir / stale).unlink(missing_ok=True)  # checkpoints at epoch 1
             with atomic_path(log_path) as tmp:  # a fresh log, or the resumed run's epochs so far
                 tmp.write_text("".join(json.dumps(h) + "\n" for h in progress.history))
     for note in data.notes:

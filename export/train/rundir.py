@@ -19,14 +19,14 @@ def resolve_run_dir(out: str | os.PathLike | None, config: TrainConfig,
     if out is not None:
         path = Path(out)
         check_creatable(path)
-        if _holds_run(path) and not overwrite:
+        if holds_run(path) and not overwrite:
             raise UserError(f"{path} already holds a training run: continue it with --resume "
                             f"{path}, start again with --overwrite, or pick another --out")
         return path
     data = "digits" if config.data is None else Path(config.data).stem
     base = Path("artifacts") / "train" / folder_name(f"{config.model}-{data}")
     path, n = base, 1
-    while _holds_run(path):
+    while holds_run(path):
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     check_creatable(path)
@@ -67,8 +67,16 @@ def folder_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
     return f"{head}-{digest}"
 
 
-def _holds_run(path: Path) -> bool:
-    return any(os.path.exists(path / name) for name in RUN_FILES)
+def holds_run(path: Path) -> bool:
+    """A folder holds a run once it has a checkpoint or a summary, or a log with an epoch in
+    it. An empty log alone is what a run that failed before its first epoch leaves: the
+    folder is free again."""
+    if any(os.path.exists(path / name) for name in RUN_FILES):
+        return True
+    try:
+        return os.path.getsize(path / "metrics.jsonl") > 0
+    except OSError:
+        return False
 
 
 def resume_checkpoint_path(resume: str | os.PathLike) -> Path:
@@ -77,7 +85,7 @@ def resume_checkpoint_path(resume: str | os.PathLike) -> Path:
     if os.path.isdir(path):
         folder, path = path, path / "last.pt"
         if not os.path.exists(path):
-            if _holds_run(folder):  # best.pt or summary.json without last.pt
+            if holds_run(folder):  # best.pt or summary.json without last.pt
                 raise UserError(f"nothing to resume: {folder} holds no last.pt (the run "
                                 "stopped before saving one); start a new run there with "
                                 f"--out {folder} --overwrite, or pick another --out")
