@@ -316,13 +316,16 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
                   "val_loss": round(val.loss, 6), "val_top1": round(val.top1, 6),
                   "epoch_time_s": round(time.perf_counter() - epoch_started, 3)}
         progress.history.append(record)
-        kept = (f"best.pt and last.pt still hold the run up to epoch {epoch}" if epoch > 0
-                else "no epoch was saved")
         if progress.improves(val.top1, val.loss):
+            kept = (f"best.pt (epoch {progress.best_epoch}) and last.pt (epoch {epoch}) are as "
+                    "they were" if epoch > 0 else "no epoch was saved")
             progress.best, progress.best_epoch = (val.top1, -val.loss), epoch + 1
             with _writing(run_dir / "best.pt", kept):
                 save_checkpoint(run_dir / "best.pt", model, spec, data.class_names,
                                 metrics=record, epoch=epoch + 1, **saved_extra)
+        kept = (f"last.pt (epoch {epoch}) is as it was, best.pt holds epoch "
+                f"{progress.best_epoch}" if epoch > 0 else
+                f"only best.pt (epoch {progress.best_epoch}) was saved")
         with _writing(run_dir / "last.pt", kept):
             save_checkpoint(run_dir / "last.pt", model, spec, data.class_names, metrics=record,
                             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
@@ -377,8 +380,9 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
     test = evaluate(model, test_loader, device, data.num_classes)
     metrics = {**best.meta["metrics"], "test_loss": round(test.loss, 6),
                "test_top1": round(test.top1, 6)}
-    kept = (f"the trained epochs are safe in last.pt and best.pt: once there is room, "
-            f"resnet-train --resume {run_dir} redoes only the test, curves and summary")
+    kept = (f"the trained epochs are safe in last.pt and best.pt: once the folder can be "
+            f"written, resnet-train --resume {run_dir} redoes only the test, curves and "
+            "summary")
     with _writing(best_path, kept):
         save_checkpoint(best_path, model, spec, data.class_names, metrics=metrics,
                         epoch=best.meta["epoch"], dataset=best.meta["dataset"],
