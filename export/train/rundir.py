@@ -41,7 +41,7 @@ def check_creatable(path: Path) -> None:
     if os.path.lexists(path) and not os.path.isdir(path):
         raise UserError(f"cannot use {path} as the run folder: it exists and is not a folder")
     for name in path.parts:
-        if len(name.encode()) > 255:
+        if len(os.fsencode(name)) > 255:
             raise UserError(f"cannot create the run folder {path}: a name in it is longer "
                             "than the 255 bytes file systems allow")
     existing = path
