@@ -53,7 +53,8 @@ def bounded(option: str) -> click.ParamType:
               help="Weight decay (not on BatchNorm or biases). [default: 5e-4 sgd, 0.05 adamw]")
 @click.option("--warmup-epochs", type=bounded("warmup_epochs"), default=DEFAULTS.warmup_epochs,
               help="Linear warm-up before the cosine decay.")
-@click.option("--label-smoothing", type=bounded("label_smoothing"), default=DEFAULTS.label_smoothing,
+@click.option("--label-smoothing", type=bounded("label_smoothing"),
+              default=DEFAULTS.label_smoothing,
               help="Label smoothing of the training loss (0 turns it off).")
 @click.option("--input-size", type=bounded("input_size"), default=None,
               help="Side length images are resized to. [default: the model's design size "
