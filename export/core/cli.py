@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import click
 
-from .errors import BackendUnavailable, BadOption, UnknownModelError, UserError
+from .errors import BackendUnavailable, BadOption, UnknownModelError, UserError, printable
 from .models import family_table, get_architecture, model_names
 
 
@@ -16,7 +16,7 @@ class OneLineUsageError(click.UsageError):
     """A usage error shown as a single ``Error: ...`` line (exit status 2), without the usage dump."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"Error: {self.format_message()}", err=True)
+        click.echo(f"Error: {printable(self.format_message())}", err=True)
 
 
 class OneLineCommand(click.Command):
@@ -39,9 +39,9 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (UnknownModelError, BadOption) as exc:
-            raise OneLineUsageError(str(exc)) from None
+            raise OneLineUsageError(printable(exc)) from None
         except (UserError, BackendUnavailable) as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

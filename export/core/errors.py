@@ -6,8 +6,8 @@ class UserError(Exception):
 
 
 class BadOption(UserError):
-    """An option value that cannot work with this model or data (found after reading them):
-    a usage error like any other bad option, exit status 2."""
+    """An option value that cannot work: out of its range, of the wrong type, or wrong for
+    this model or data (found after reading them); one line, exit status 2 (usage)."""
 
 
 class UnknownModelError(ValueError):
@@ -30,3 +30,10 @@ def first_line(exc: BaseException) -> str:
     """``"TypeName: first line of the message"``: a third-party error in one line."""
     text = (str(exc).strip().splitlines() or [""])[0]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def printable(text: object) -> str:
+    """``text`` with every non-printable character escaped as ``repr`` would (``\\x1b``,
+    ``\\n``, ``\\u202e``), so a name from a folder or a file cannot move the cursor, recolour
+    the terminal or break a one-line message into several."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))

@@ -22,6 +22,51 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take, or None where the system does not say.
+
+    Linux's MemAvailable (free memory plus the cache it can reclaim), capped by a cgroup v2
+    limit when the process runs in a container that has one.
+    """
+    available = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            pass
+    try:
+        cgroup = "/sys/fs/cgroup/"
+        with open(cgroup + "memory.max") as fh:
+            limit = int(fh.read().strip())  # "max": no limit (ValueError)
+        with open(cgroup + "memory.current") as fh:
+            used = int(fh.read().strip())
+        with open(cgroup + "memory.stat") as fh:  # file cache the kernel can drop
+            cache = next((int(line.split()[1]) for line in fh
+                          if line.startswith("inactive_file ")), 0)
+        room = max(0, limit - used + cache)
+        available = room if available is None else min(available, room)
+    except (OSError, ValueError, IndexError):
+        pass
+    return available
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> "1.5 KiB"; for messages about memory."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
 def resolve_device(name: str) -> str:
     """``auto`` -> "cuda" when PyTorch sees a GPU, else "cpu"; CUDA without one is a user error."""
     if name not in DEVICES:
