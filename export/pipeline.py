@@ -394,6 +394,8 @@ def _first_failure(verdicts: list[Verdict]) -> str:
         for c in v.comparisons:
             if not c.passed:
                 return f"{v.candidate} on '{c.name}': {c.failures[0]}"
+        if v.accuracy is not None and not v.accuracy.passed:
+            return f"{v.candidate} on the held-out accuracy check: {v.accuracy.failures[0]}"
     return "no comparison passed"
 
 
