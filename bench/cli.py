@@ -113,12 +113,14 @@ def _remove_dirs(created: list[Path]) -> None:
             break
 
 
-def check_out_folder(out: Path) -> None:
-    """A report folder may not lie inside an exported artifact (it would stop being one)."""
+def check_out_folder(out: Path, option: str = "--out") -> None:
+    """A folder we write into may not be (or lie inside) an exported artifact: its files would
+    become part of the artifact, which would stop being one."""
     enclosing = enclosing_artifact(out / "bench.json")
     if enclosing is not None:
-        raise UserError(f"--out {out} is inside the artifact folder {enclosing}; the report "
-                        "would become part of the artifact: choose a folder outside it")
+        raise UserError(f"{option} {out} is inside the artifact folder {enclosing}; what "
+                        "resnet-bench writes there would become part of the artifact: choose a "
+                        "folder outside it")
 
 
 def prepare_out(out: Path) -> list[Path]:
@@ -295,6 +297,8 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
     graphs = {"off": (False,), "on": (True,), "both": (False, True)}[cuda_graphs]
     out = out or Path("artifacts/bench") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     check_out_folder(out)
+    if cache_dir is not None:
+        check_out_folder(cache_dir, "--cache-dir")
 
     previous_threads = torch.get_num_threads()
     previous_benchmark = torch.backends.cudnn.benchmark

@@ -131,7 +131,12 @@ def test_out_inside_an_artifact_is_refused(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "manifest.json").write_text(json.dumps({"kind": "resnet-deploy-artifact"}))
     line = error_line(invoke([*NULL, "--out", folder / "bench"]))
-    assert f"is inside the artifact folder {folder}" in line
+    assert f"--out {folder / 'bench'} is inside the artifact folder {folder}" in line
+    line = error_line(invoke([*NULL, "--out", folder]))
+    assert f"--out {folder} is inside the artifact folder {folder}" in line
+    line = error_line(invoke([*FAST, "--backends", "onnxruntime", "--cache-dir", folder,
+                              "--out", tmp_path / "out"]))
+    assert f"--cache-dir {folder} is inside the artifact folder" in line
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json"]
 
 
