@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from export.core.artifact import read_manifest
 from export.core.errors import UserError
 from export.core.models import ModelSpec, count_macs
 from export.core.errors import BackendUnavailable
@@ -304,17 +305,17 @@ class Planner:
         first_spec = None
         formats = set()
         for path in manifests:
-            try:
-                manifest = json.loads(path.read_text())
-                fmt = manifest["format"]
-                precision = manifest.get("precision", "fp32")
-                spec = ModelSpec.from_dict(manifest["model"])
-                rng = manifest.get("batch_range") or {}
-                batch_range = (int(rng["min"]), int(rng["max"])) if rng else None
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            try:  # the schema is checked in one place; a bad manifest is a skip with its line
+                manifest = read_manifest(path.parent)
+            except UserError as exc:
                 self._skip(Skip("artifact", f"unreadable manifest: {exc}",
                                          artifact=str(path)))
                 continue
+            fmt = manifest["format"]
+            precision = manifest["precision"]
+            spec = ModelSpec.from_dict(manifest["model"])
+            rng = manifest["batch_range"]
+            batch_range = (rng["min"], rng["max"])
             first_spec = first_spec or spec
             formats.add(fmt)
             artifact = str(path.parent / manifest.get("artifact", ""))
@@ -375,7 +376,10 @@ def find_manifests(root: Path) -> list[Path]:
         raise UserError(f"--artifacts {root}: not a folder")
     if (root / "manifest.json").is_file():
         return [root / "manifest.json"]
-    return sorted([*root.glob("*/manifest.json"), *root.glob("*/*/manifest.json")])
+    found = [*root.glob("*/manifest.json"), *root.glob("*/*/manifest.json")]
+    # hidden folders are an export's staging or leftovers of a killed one, never artifacts
+    return sorted(p for p in found
+                  if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def plan(request: Request) -> tuple[list[Candidate], list[Skip], _Models]:

@@ -8,12 +8,22 @@ from typing import Any
 
 import click
 
-from .core.cli import (DefaultGroup, OneLineCommand, OneLineUsageError, model_options, one_line_errors,
-                         print_family_table, resolve_model_name)
+from .core.artifact import MAX_BATCH, MAX_INPUT_SIZE
+from .core.cli import (DefaultGroup, OneLineCommand, OneLineUsageError, model_options,
+                       one_line_errors, print_family_table, resolve_model_name,
+                       sigterm_as_interrupt)
 from .core.errors import UserError
 from .onnx_export import DEFAULT_OPSET
 from .core.artifact import FORMATS
 from .core.shapes import BatchRange
+
+#: Bounds of the options that size the model (docs/export.md, "Limits"). Classes: the fc layer
+#: of a 2048-feature model at 100,000 classes is 819 MB, and a single-file ONNX must stay below
+#: protobuf's 2 GB. Channels: 1024 covers hyperspectral inputs. Seeds: torch takes 64 bits.
+MAX_CLASSES = 100_000
+MAX_IN_CHANS = 1024
+SEED_RANGE = (-(2**63), 2**63 - 2)  # the calibration seeds a generator with seed + 1
+MAX_WORKSPACE = 1 << 40  # 1 TiB: more than any GPU's memory
 
 
 class _Parsed(click.ParamType):
@@ -32,10 +42,23 @@ class _Parsed(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+def _parse_batch_range(text: str) -> BatchRange:
+    batch = BatchRange.parse(text)
+    if batch.max > MAX_BATCH:
+        raise UserError(f"{text}: the largest batch is {MAX_BATCH}")
+    return batch
+
+
 def _parse_workspace(text: str) -> int:
     from .tensorrt_build import parse_size
 
-    return parse_size(text)
+    try:
+        size = parse_size(text)
+    except (OverflowError, ValueError):  # float("9" * 400) is inf
+        size = MAX_WORKSPACE + 1
+    if size > MAX_WORKSPACE:
+        raise UserError(f"--workspace {text} is above 1T; no GPU has that much memory")
+    return size
 
 
 @click.group(cls=DefaultGroup, default_command="build",
@@ -52,24 +75,26 @@ def main() -> None:
               help="Weights: a resnet-train checkpoint (it says which model it is) or a plain "
                    "torchvision-format state dict (say the model with --depth/--model). Loaded "
                    "without executing code. Without it: seeded UNTRAINED weights, with a warning.")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None,
+@click.option("--num-classes", type=click.IntRange(min=1, max=MAX_CLASSES), default=None,
               help="Classes [default: the checkpoint's; 1000 ImageNet, 10 small-image].")
-@click.option("--in-chans", type=click.IntRange(min=1), default=None,
+@click.option("--in-chans", type=click.IntRange(min=1, max=MAX_IN_CHANS), default=None,
               help="Input channels [default: the checkpoint's; 3 ImageNet, 1 small-image].")
 @click.option("--fmt", "formats", type=click.Choice(list(FORMATS)),
               multiple=True, default=("onnx",), show_default=True,
               help="onnx: FP32 ONNX; onnx-fp16: FP16-typed ONNX; onnx-int8: INT8 QDQ ONNX "
                    "(calibrated); trt: TensorRT engine. Repeat it to write several formats from "
                    "one export.")
-@click.option("--input-size", type=click.IntRange(min=8), default=None,
+@click.option("--input-size", type=click.IntRange(min=8, max=MAX_INPUT_SIZE), default=None,
               help="Input side length [default: the model's, 224 or 32].")
-@click.option("--batch-range", type=_Parsed("MIN:OPT:MAX", BatchRange.parse), default=None,
+@click.option("--batch-range", type=_Parsed("MIN:OPT:MAX", _parse_batch_range), default=None,
               help="Dynamic batch range, e.g. 1:8:32 [default 1:8:32 ImageNet, 1:64:256 "
                    "small-image].")
-@click.option("--min-batch", type=click.IntRange(min=1), default=None, help="Smallest batch.")
-@click.option("--opt-batch", type=click.IntRange(min=1), default=None,
+@click.option("--min-batch", type=click.IntRange(min=1, max=MAX_BATCH), default=None,
+              help="Smallest batch.")
+@click.option("--opt-batch", type=click.IntRange(min=1, max=MAX_BATCH), default=None,
               help="Batch TensorRT tunes for.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=None, help="Largest batch.")
+@click.option("--max-batch", type=click.IntRange(min=1, max=MAX_BATCH), default=None,
+              help="Largest batch.")
 @click.option("--opset", type=click.IntRange(min=13), default=DEFAULT_OPSET, show_default=True,
               help="ONNX opset (20 is the newest TensorRT 10 reads).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -92,18 +117,22 @@ def main() -> None:
               default="minmax", show_default=True, help="INT8 range calibration method.")
 @click.option("--workspace", type=_Parsed("SIZE", _parse_workspace), default="4G",
               show_default=True, help="TensorRT workspace limit, e.g. 4G, 512M.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(*SEED_RANGE), default=0, show_default=True,
               help="Seed for fresh weights (no --checkpoint).")
 @click.option("--keep-failed", is_flag=True,
               help="Keep an artifact that fails the gate as <out>.FAILED [default: delete it].")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an artifact at --out that was exported from other weights (another "
+                   "checkpoint, or seeded weights). Re-exporting the same weights needs no flag; "
+                   "a folder that is not an artifact is never replaced.")
 @one_line_errors
 def build(depth: int | None, model: str | None, checkpoint: Path | None,
           num_classes: int | None, in_chans: int | None, formats: tuple[str, ...],
           input_size: int | None, batch_range: BatchRange | None, min_batch: int | None,
           opt_batch: int | None, max_batch: int | None, opset: int, out: Path | None,
           fp16_io: bool, trt_precision: str, int8_flavour: str, calib_data: Path | None,
-          calib_count: int, calib_method: str, workspace: int, seed: int,
-          keep_failed: bool) -> None:
+          calib_count: int, calib_method: str, workspace: int, seed: int, keep_failed: bool,
+          overwrite: bool) -> None:
     """Export a ResNet and prove the artifact gives the eager model's logits.
 
     \b
@@ -125,15 +154,16 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
         batch_parts=(min_batch, opt_batch, max_batch), opset=opset, out=out, io_fp16=fp16_io,
         trt_precision=trt_precision, workspace=workspace, seed=seed, keep_failed=keep_failed,
         int8_flavour=int8_flavour, calib_data=calib_data, calib_count=calib_count,
-        calib_method=calib_method)
+        calib_method=calib_method, overwrite=overwrite)
     if fp16_io and all(dataclasses.replace(request, fmt=f).precision == "int8"
                        for f in formats):
         raise OneLineUsageError("--fp16-io applies to FP16 artifacts, not INT8 (INT8 artifacts "
                                 "take FP32 input)")
     if out is not None and len(set(formats)) > 1:
         raise OneLineUsageError("--out names one folder; leave it out when giving several --fmt")
-    export_artifacts(request, list(formats), echo=click.echo,
-                     warn=lambda line: click.echo(line, err=True))
+    with sigterm_as_interrupt():  # `kill`/`timeout`: clean up like Ctrl-C does
+        export_artifacts(request, list(formats), echo=click.echo,
+                         warn=lambda line: click.echo(line, err=True))
 
 
 @main.command("verify", cls=OneLineCommand)
@@ -147,5 +177,6 @@ def verify(folder: Path) -> None:
     """
     from .pipeline import verify_artifact
 
-    verify_artifact(folder, echo=click.echo)
+    with sigterm_as_interrupt():
+        verify_artifact(folder, echo=click.echo)
     click.echo(f"verified {folder}: PASS")

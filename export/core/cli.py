@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -47,6 +50,25 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(130)
 
     return wrapper
+
+
+def _raise_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, a scheduler) raises KeyboardInterrupt for the duration,
+    so it cleans up exactly like Ctrl-C (staging folders removed, exit 130). Only the main
+    thread can install a handler; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resolve_model_name(depth: int | None, model: str | None) -> str:
@@ -112,4 +134,4 @@ class DefaultGroup(click.Group):
 
 
 __all__ = ["DefaultGroup", "OneLineCommand", "OneLineUsageError", "format_family_table", "model_names", "model_options",
-           "one_line_errors", "print_family_table", "resolve_model_name"]
+           "one_line_errors", "print_family_table", "resolve_model_name", "sigterm_as_interrupt"]

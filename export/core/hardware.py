@@ -1,4 +1,4 @@
-"""What this machine offers a computation: usable cores and the device "auto" means.
+"""What this machine offers a computation: usable cores, free memory, the device "auto" means.
 
 (Every command asks the same questions; one answer each.)
 """
@@ -76,3 +76,19 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device cuda: no CUDA GPU is visible to PyTorch {torch.__version__}")
     return name
+
+
+#: Peak memory of one eager ResNet forward per image, in float32 values per input pixel: the
+#: largest activation of every family member is 16 x H x W values (64 channels at H/2, or 256 at
+#: H/4; 16 channels at H for the small-image models), and what is alive at the peak measured
+#: 38-123x H x W x 4 bytes (ResNet-18/50 at 224, ResNet-20 at 32 and 256, torch 2.13 CPU). 128
+#: covers every member; the runtimes of the parity gate and the benchmark need no more.
+ACTIVATION_VALUES_PER_PIXEL = 128
+
+
+def inference_bytes(batch: int, in_chans: int, input_size: int, *, activations: bool = True
+                    ) -> int:
+    """Memory one forward of ``batch`` images needs: the float32 input (twice: the array and
+    the runtime's copy) and, with ``activations``, the eager activations (above)."""
+    per_pixel = 2 * in_chans + (ACTIVATION_VALUES_PER_PIXEL if activations else 0)
+    return 4 * batch * input_size * input_size * per_pixel
