@@ -55,7 +55,8 @@ def document(artifact: Path, predictor: Predictor, top: int, results: list[FileR
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path),
+                metavar="IMAGE_OR_FOLDER...")
 @click.option("--top-k", "top", type=click.IntRange(min=1), default=5, show_default=True,
               help="Classes shown per image (at most the model's classes).")
 @click.option("--json", "as_json", is_flag=True,
