@@ -64,8 +64,8 @@ def document(artifact: Path, predictor: Predictor, top: int, results: list[FileR
                    "table.")
 @click.option("--runtime", type=click.Choice(list(RUNTIMES)), default="auto", show_default=True,
               help="What runs the artifact: auto = its own runtime (ONNX Runtime on the CPU for "
-                   "ONNX files, TensorRT for engines); onnxruntime, onnxruntime-cuda, tensorrt "
-                   "(engines), openvino (when installed).")
+                   "ONNX files, TensorRT for engines); onnxruntime, onnxruntime-cuda, openvino "
+                   "(the openvino extra), tensorrt (engines).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per call, within the artifact's batch range [default: its opt].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
