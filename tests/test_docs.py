@@ -89,7 +89,7 @@ def test_python_block_runs(code, setups, tmp_path, tmp_path_factory):
 # --- folders named in examples and help texts -------------------------------------------------
 
 MODEL = "(" + "|".join(re.escape(m) for m in model_names()) + ")"
-FMT = "(" + "|".join(re.escape(f) for f in (*FORMATS, "trt-fp32")) + ")"
+FMT = "(" + "|".join(re.escape(f) for f in FORMATS) + r")(-[a-z0-9]+)?"  # trt-fp32, ...
 #: what the tools create under artifacts/ (resnet-export, resnet-train, resnet-bench)
 CREATED = [re.compile(p) for p in (
     r"artifacts/?$",

@@ -352,6 +352,28 @@ def test_the_console_script_and_runtime_names():
     assert list(RUNTIMES) == ["auto", "onnxruntime", "onnxruntime-cuda", "openvino", "tensorrt"]
 
 
+@pytest.mark.slow
+def test_int8_artifact(tmp_path, digits):
+    """An INT8 artifact needs a trained model to pass its accuracy gate: the default run."""
+    from export.pipeline import ExportRequest, export_artifact
+    from export.train import TrainConfig, run_training
+
+    run = run_training(TrainConfig(), out=tmp_path / "run", echo=lambda *_: None)
+    out = tmp_path / "resnet20-onnx-int8"
+    export_artifact(ExportRequest(fmt="onnx-int8", checkpoint=run.run_dir / "best.pt",
+                                  batch=BATCH, out=out), echo=lambda _: None, warn=lambda _: None)
+    paths = digits[1][:20]
+    runner = load_artifact(out)
+    with runner, Predictor.load(out) as predictor:
+        assert predictor.manifest["precision"] == "int8"
+        x = np.concatenate([predictor.read(p)[0] for p in paths])
+        want = np.concatenate([runner.infer(x[i:i + 8]) for i in range(0, len(x), 8)])
+        assert [t[0].index for t in predictor.predict_files(paths)] == \
+            want.argmax(axis=1).tolist()
+    result = invoke([out, *paths, "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["artifact"]["precision"] == "int8"
+
+
 @pytest.mark.tensorrt
 @pytest.mark.cuda
 def test_engine_artifact_on_tensorrt_and_on_its_source_onnx(tmp_path_factory, digits):
