@@ -83,6 +83,14 @@ def test_a_project_copied_elsewhere_still_verifies(tmp_path, tmp_path_factory):
     assert result.exit_code == 0, result.output
     assert f"verified {artifact}: PASS" in result.output
 
+    for bad in ("/etc/passwd", "", 7):  # the schema check refuses what is not a relative path
+        (artifact / "manifest.json").write_text(json.dumps(
+            {**manifest, "source": {**manifest["source"], "relative_path": bad}}))
+        result = invoke(export_cli, ["verify", artifact], "resnet-export")
+        assert result.exit_code == 1 and "source.relative_path must be a relative path" in \
+            result.stderr
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+
     shutil.rmtree(project / "artifacts/train")
     result = invoke(export_cli, ["verify", artifact], "resnet-export")
     assert result.exit_code == 1
