@@ -25,8 +25,8 @@ import click
 import torch
 
 from export.core.artifact import MAX_INPUT_SIZE, enclosing_artifact
-from export.core.cli import (DefaultGroup, OneLineCommand, model_options, one_line_errors,
-                               print_family_table, resolve_model_name)
+from export.core.cli import (DefaultCommand, DefaultGroup, OneLineCommand, model_options,
+                             one_line_errors, print_family_table, resolve_model_name)
 from export.core.errors import UserError, first_line
 from export.core.hardware import available_memory, inference_bytes, resolve_device, usable_cores
 from export.core.models import default_spec
@@ -221,7 +221,7 @@ def main() -> None:
     """Benchmark the ResNet family on every backend this machine has."""
 
 
-@main.command("run", cls=OneLineCommand)
+@main.command("run", cls=DefaultCommand)
 @model_options(default="resnet50")
 @click.option("--list-models", is_flag=True, expose_value=False, is_eager=True,
               callback=print_family_table, help="Print the model family table and exit.")
@@ -263,7 +263,9 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the inputs and the (untrained) weights.")
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where on-the-fly ONNX exports are kept [default: ~/.cache/resnet-deploy].")
+              help="Where on-the-fly ONNX exports are kept [default: "
+                   "$XDG_CACHE_HOME/resnet-deploy/bench-onnx, or "
+                   "~/.cache/resnet-deploy/bench-onnx without XDG_CACHE_HOME].")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Output folder [default: artifacts/bench/<UTC time>].")
 @click.option("--progress/--no-progress", default=True, show_default=True,
@@ -281,9 +283,10 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
     resnet-bench                                   ResNet-50, every backend here
     resnet-bench --depth 18 --batch-sizes 1,4,16   another model and batches
     resnet-bench --device cuda --precision fp16 --channels-last --cuda-graphs both
-    resnet-bench --artifacts artifacts/resnet50    exported ONNX / TensorRT artifacts
+    resnet-bench --artifacts artifacts/resnet50-onnx   an exported artifact
+    resnet-bench --artifacts artifacts/            every exported artifact below
     resnet-bench --backends null,torch --depth 18 --batch-sizes 1   the harness's own overhead
-    resnet-bench report RUN1 RUN2 --out DIR        merge runs into one table and plot
+    resnet-bench report RUN1 RUN2                  merge runs into one table and plot
     """
     name = resolve_model_name(depth, model) if (depth is not None or model is not None) \
         else "resnet50"
@@ -364,11 +367,14 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
 
 @main.command("report", cls=OneLineCommand)
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Folder for the merged bench.json, .csv, .md and .png.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder for the merged bench.json, .csv, .md and .png "
+                   "[default: artifacts/bench/report-<UTC time>].")
 @one_line_errors
-def report_cmd(runs: tuple[Path, ...], out: Path) -> None:
+def report_cmd(runs: tuple[Path, ...], out: Path | None) -> None:
     """Rebuild CSV/Markdown/PNG from bench.json files (or run folders), merging several runs."""
+    out = out or Path("artifacts/bench") / datetime.now(timezone.utc).strftime(
+        "report-%Y%m%d-%H%M%S")
     docs, names = [], []
     for path in runs:
         path = path / report.FILES["json"] if path.is_dir() else path

@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from .core.artifact import MAX_BATCH, MAX_INPUT_SIZE
-from .core.cli import (DefaultGroup, OneLineCommand, OneLineUsageError, model_options,
-                       one_line_errors, print_family_table, resolve_model_name,
+from .core.cli import (DefaultCommand, DefaultGroup, OneLineCommand, OneLineUsageError,
+                       model_options, one_line_errors, print_family_table, resolve_model_name,
                        sigterm_as_interrupt)
 from .core.errors import UserError
 from .onnx_export import DEFAULT_OPSET
@@ -67,7 +67,7 @@ def main() -> None:
     """Export a ResNet and prove the artifact gives the eager model's logits."""
 
 
-@main.command("build", cls=OneLineCommand)
+@main.command("build", cls=DefaultCommand, hidden=True)
 @model_options(default="resnet50")
 @click.option("--list-models", is_flag=True, expose_value=False, is_eager=True,
               callback=print_family_table, help="Print the model family table and exit.")
@@ -137,11 +137,11 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
 
     \b
     resnet-export --depth 50 --fmt onnx        export ResNet-50 (fresh weights)
-    resnet-export --checkpoint ckpt.pt --fmt onnx-fp16
+    resnet-export --checkpoint artifacts/train/resnet20-digits/best.pt --fmt onnx-fp16
     resnet-export --depth 50 --fmt trt         TensorRT FP16 engine (needs a GPU)
     resnet-export --depth 50 --fmt onnx --fmt onnx-fp16   both, from one export
     resnet-export --list-models                the family with parameters and MACs
-    resnet-export verify DIR                   re-run the parity gate on existing artifacts
+    resnet-export verify artifacts/resnet50-onnx   re-run the gate on an existing artifact
     """
     from .pipeline import ExportRequest, export_artifacts
 

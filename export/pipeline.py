@@ -55,7 +55,7 @@ from .runtime.ort_runner import cuda_provider_usable
 from .runtime.torch_runner import TorchRunner
 from .train.data import reference_images
 from .weights import CALIBRATION_BATCH_SIZE, DEFAULT_SEED, SourceModel, checkpoint_source, \
-    fresh_source, source_from_manifest
+    fresh_source, source_from_manifest, with_relative_path
 
 RANDOM_SEED = 1234
 Echo = Callable[[str], None]
@@ -577,7 +577,8 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
     manifest = build_manifest(
         fmt=req.fmt, precision=req.precision, artifact=artifact, files=files,
         model=spec.to_dict(), class_names=source.class_names,
-        normalization=normalization_of(spec), source=source.source, inputs=inputs,
+        normalization=normalization_of(spec), source=with_relative_path(source.source, out),
+        inputs=inputs,
         outputs=outputs, batch_range=batch.to_dict(), opset=req.opset, fp16=fp16_report,
         tensorrt=tensorrt, gpu=gpu.to_dict() if gpu is not None and req.fmt == "trt" else None,
         versions=library_versions(trt_version), parity={"passed": False, "runs": []},
@@ -630,7 +631,7 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
 
             require_tensorrt("verifying a TensorRT engine")
         check_engine_compatible(manifest, tensorrt_version(), cuda_gpu())
-    source = source_from_manifest(manifest)
+    source = source_from_manifest(manifest, folder)
     parity, verdicts = gate(folder, manifest, source, echo)
     if not parity["passed"]:
         raise ParityFailed(f"parity gate FAILED on {folder}: {_first_failure(verdicts)}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,8 +162,27 @@ def _describe(spec: ModelSpec) -> str:
     return f"{spec.name} ({spec.num_classes} classes, {spec.in_chans} input channels)"
 
 
-def source_from_manifest(manifest: dict[str, Any]) -> SourceModel:
-    """Rebuild the reference a manifest describes, refusing weights that are not the same."""
+def with_relative_path(source: dict[str, Any], artifact_folder: Path) -> dict[str, Any]:
+    """The manifest's ``source`` with ``relative_path``: the weights file relative to the artifact
+    folder (None without a file). ``path`` stays absolute: it finds the weights from anywhere on
+    this machine; the relative form finds them when the folders moved together (a project copied
+    elsewhere)."""
+    relative = None
+    if source.get("path"):
+        try:
+            relative = os.path.relpath(source["path"], Path(artifact_folder).resolve())
+        except ValueError:  # another drive (Windows): no relative form
+            relative = None
+    return {**source, "relative_path": relative}
+
+
+def source_from_manifest(manifest: dict[str, Any], folder: str | Path | None = None
+                         ) -> SourceModel:
+    """Rebuild the reference a manifest describes, refusing weights that are not the same.
+
+    The weights are looked for at ``source.path``, then (where that is gone) at
+    ``source.relative_path`` from the artifact ``folder``; their sha256 must match either way.
+    """
     spec = ModelSpec.from_dict(manifest["model"])
     source = manifest["source"]
     if source["kind"] == "seed":
@@ -176,9 +196,14 @@ def source_from_manifest(manifest: dict[str, Any]) -> SourceModel:
         rebuilt.warnings = []
         return rebuilt
     path = Path(source["path"])
+    if not path.is_file() and folder is not None and source.get("relative_path"):
+        moved = Path(folder) / source["relative_path"]
+        path = moved if moved.is_file() else path
     if not path.is_file():
-        raise UserError(f"the source weights {path} are gone; verify needs them to rebuild the "
-                        "eager reference")
+        also = (f" (nor at {Path(folder) / source['relative_path']})"
+                if folder is not None and source.get("relative_path") else "")
+        raise UserError(f"the source weights {path} are gone{also}; verify needs them to "
+                        "rebuild the eager reference")
     digest = sha256_file(path)
     if digest != source["sha256"]:
         raise UserError(f"the source weights {path} changed since export (sha256 {digest[:12]}, "

@@ -13,7 +13,8 @@ documented in docs/export.md:
     model           ModelSpec.to_dict()
     class_names     list or null
     normalization   {"mean", "std", "layout", "pixel_scale", "color"}
-    source          {"kind": "checkpoint"|"state_dict"|"seed", "path", "sha256", "seed", ...}
+    source          {"kind": "checkpoint"|"state_dict"|"seed", "path", "relative_path", "sha256",
+                     "seed", ...}
     inputs/outputs  [{"name", "shape" ("batch" for the dynamic dim), "dtype"}]
     batch_range     {"min", "opt", "max"}
     opset           int
@@ -231,6 +232,11 @@ def _check_source(source: Any, where: Path) -> None:
         if not _is_sha256(source.get("sha256")):
             raise _fail(where, "source.sha256", f"must be 64 hex digits, got "
                                                 f"{_short(source.get('sha256'))}")
+    relative = source.get("relative_path")  # optional: older manifests lack it
+    if relative is not None and (not isinstance(relative, str) or not relative
+                                 or Path(relative).is_absolute()):
+        raise _fail(where, "source.relative_path", f"must be a relative path or null, got "
+                                                   f"{_short(relative)}")
 
 
 def _check_io(items: Any, key: str, where: Path) -> None:

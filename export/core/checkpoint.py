@@ -49,6 +49,8 @@ def read_weights_file(path: str | os.PathLike) -> Any:
     # os.path (not Path) answers False rather than raising for a name too long to exist.
     if not os.path.exists(path):
         raise UserError(f"weights file not found: {path}")
+    if os.path.isdir(path) and os.path.isfile(path / "best.pt"):
+        raise UserError(f"{path} is a training run folder; did you mean {path / 'best.pt'}?")
     if not os.path.isfile(path):  # a folder, a FIFO (opening it would block), a device...
         raise UserError(f"weights path is not a regular file: {path}")
     try:

@@ -116,6 +116,39 @@ def format_family_table() -> str:
     return "\n".join(lines)
 
 
+class DefaultCommand(OneLineCommand):
+    """The command a :class:`DefaultGroup` runs when no sub-command is named.
+
+    Its help is the tool's help (``resnet-export --help``): the usage line shows the tool without
+    this command's name, and a Commands section lists the group's other commands.
+    """
+
+    @staticmethod
+    def _group(ctx: click.Context) -> click.Context | None:
+        parent = ctx.parent
+        return parent if parent is not None and isinstance(parent.command, click.Group) else None
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        group = self._group(ctx)
+        formatter.write_usage(group.command_path if group else ctx.command_path,
+                              " ".join(self.collect_usage_pieces(ctx)))
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        group = self._group(ctx)
+        commands = group.command.commands if group else {}  # type: ignore[attr-defined]
+        rows = []
+        for name, cmd in commands.items():
+            if cmd is self or cmd.hidden:
+                continue
+            args = [p.human_readable_name + ("..." if p.nargs == -1 else "")
+                    for p in cmd.params if isinstance(p, click.Argument)]
+            rows.append((" ".join([name, *args]), cmd.get_short_help_str(limit=200)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+        super().format_epilog(ctx, formatter)
+
+
 class DefaultGroup(click.Group):
     """A group that runs ``default_command`` when the first argument is not a sub-command.
 
@@ -133,5 +166,6 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-__all__ = ["DefaultGroup", "OneLineCommand", "OneLineUsageError", "format_family_table", "model_names", "model_options",
-           "one_line_errors", "print_family_table", "resolve_model_name", "sigterm_as_interrupt"]
+__all__ = ["DefaultCommand", "DefaultGroup", "OneLineCommand", "OneLineUsageError",
+           "format_family_table", "model_names", "model_options", "one_line_errors",
+           "print_family_table", "resolve_model_name", "sigterm_as_interrupt"]

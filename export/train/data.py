@@ -1,7 +1,8 @@
 """Training data: the embedded digits, an image folder or an ``.npz`` file, split and served.
 
-Every source goes through the same three steps, so training and the parity gate (through
-:func:`reference_images`) see exactly the same images:
+Every source goes through the same three steps, so training, the parity gate (through
+:func:`reference_images`) and prediction (through :func:`read_image` and :func:`preprocess`) see
+exactly the same images:
 
 1. *scan* the source: labels, class names and something that can be decoded later (an array or a
    list of files). A bad source fails here with one :class:`~export.errors.UserError`.
@@ -200,8 +201,12 @@ def _stack_images(images: list[np.ndarray], size: int) -> np.ndarray:
     return np.stack([to_channels(img[None], in_chans)[0] for img in images])
 
 
-def read_image(path: Path, size: int) -> np.ndarray:
-    """One image file as ``uint8`` ``C x S x S`` (C = 1 for grayscale files, 3 otherwise)."""
+def read_image(path: Path, size: int | None = None) -> np.ndarray:
+    """One image file as ``uint8`` ``C x H x W`` (C = 1 for grayscale files, 3 otherwise).
+
+    With ``size``, resized to ``size x size`` by :func:`resize_array`, the resize every source
+    gets (arrays, files, training and prediction alike).
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -212,15 +217,16 @@ def read_image(path: Path, size: int) -> np.ndarray:
                 img.load()
                 img = _eight_bit(img, path)
                 gray = img.mode in ("1", "L", "LA")
-                img = img.convert("L" if gray else "RGB").resize((size, size), Image.BILINEAR)
+                img = img.convert("L" if gray else "RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0]} (a "
                         "decompression bomb to Pillow; shrink the image)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else exc}"
                         ) from None
-    arr = np.asarray(img, dtype=np.uint8)
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return arr if size is None else resize_array(arr[None], size)[0]
 
 
 def _eight_bit(img: Any, path: Path) -> Any:
@@ -399,7 +405,8 @@ def resize_array(images: np.ndarray, size: int) -> np.ndarray:
     step = max(1, (64 << 20) // max(1, per_image))
     out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
     for start in range(0, len(images), step):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + step])).float()
+        x = torch.from_numpy(np.require(images[start:start + step], requirements=("C", "W")))
+        x = x.float()
         y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                           antialias=True)
         out[start:start + step] = y.round_().clamp_(0, 255).to(torch.uint8).numpy()
@@ -425,6 +432,20 @@ def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     m = np.asarray(mean, dtype=np.float32)[None, :, None, None]
     s = np.asarray(std, dtype=np.float32)[None, :, None, None]
     return np.ascontiguousarray((images.astype(np.float32) / 255.0 - m) / s, dtype=np.float32)
+
+
+def preprocess(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """uint8 ``N x C x H x W`` pixels (C = 1 or 3, any H x W) -> what ``spec``'s model takes.
+
+    float32 ``N x spec.in_chans x S x S``: :func:`resize_array` to ``spec.input_size``,
+    :func:`to_channels` (grey replicated to RGB, RGB to grey by ITU-R 601 luma), :func:`normalise`
+    with ``spec.mean``/``spec.std``. The one path from pixels to model input: the parity gate's
+    real images (:func:`reference_images`) and ``resnet-predict`` both go through it, and the
+    training loop's decoded images plus :class:`ImageDataset` without augmentation give the same
+    array (a test checks it element for element).
+    """
+    images = to_channels(resize_array(images, spec.input_size), spec.in_chans)
+    return normalise(images, spec.mean, spec.std)
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -525,8 +546,8 @@ def split_images(dataset: dict[str, Any] | None, spec: ModelSpec, part: str, lim
     if limit < len(chosen):
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(chosen, size=max(0, limit), replace=False))
-    images = to_channels(scanned.decode(chosen, spec.input_size), spec.in_chans)
-    return Labelled(normalise(images, spec.mean, spec.std), scanned.labels[chosen], chosen, part)
+    images = preprocess(scanned.decode(chosen, spec.input_size), spec)
+    return Labelled(images, scanned.labels[chosen], chosen, part)
 
 
 def reference_images(dataset: dict[str, Any] | None, spec: ModelSpec, limit: int = 64,
@@ -593,5 +614,5 @@ class ImageDataset(torch.utils.data.Dataset):
 
 __all__ = ["Augment", "DEFAULT_TEST_FRACTION", "DEFAULT_VAL_FRACTION", "ImageDataset", "Scanned",
            "Split", "TrainingData", "channel_stats", "describe_source", "load_training_data",
-           "normalise", "read_image", "reference_images", "resize_array", "scan", "source_name",
-           "split_indices", "to_channels"]
+           "normalise", "preprocess", "read_image", "reference_images", "resize_array", "scan",
+           "source_name", "split_indices", "to_channels"]
