@@ -116,3 +116,37 @@ def test_artifacts_of_two_models_get_one_eager_baseline_each(two_models, monkeyp
     onnx_rows = sorted((c.backend, c.spec.name) for c in candidates if c.artifact)
     assert onnx_rows == [("onnxruntime", "resnet18"), ("onnxruntime", "resnet20"),
                          ("openvino", "resnet18"), ("openvino", "resnet20")]
+
+
+def test_a_report_over_two_models_has_a_section_and_a_baseline_per_model(two_models,
+                                                                          tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    root, _ = two_models
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [*FAST, "--artifacts", str(root), "--batch-sizes", "2",
+                                       "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "bench.json").read_text())
+    report.validate(doc)
+    labels = ["resnet18 32x32x3, 1000 classes", "resnet20 32x32x1, 10 classes"]
+    assert [m["name"] for m in doc["config"]["models"]] == ["resnet18", "resnet20"]
+    rows = {(r["model_label"], r["backend"], r["timing"]): r for r in doc["results"]}
+    assert set(rows) == {(m, b, t) for m in labels for b, t in
+                         (("torch", "e2e"), ("onnxruntime", "e2e"), ("openvino", "e2e"),
+                          ("openvino", "throughput"))}
+    for label in labels:
+        eager, ort = rows[(label, "torch", "e2e")], rows[(label, "onnxruntime", "e2e")]
+        assert eager["input_shape"][1:] == ort["input_shape"][1:]  # the artifact's own model
+        assert ort["speedup_vs_torch"] == pytest.approx(eager["p50_ms"] / ort["p50_ms"])
+        assert ort["speedup_vs_torch_rounds"] is not None
+        ov = rows[(label, "openvino", "e2e")]
+        assert ov["effective_precision"] == "f32" and ov["openvino"]["effective_precision"] == "f32"
+        assert ov["format"] == "onnx" and ov["artifact"].endswith("model.onnx")
+        tput = rows[(label, "openvino", "throughput")]
+        assert tput["throughput_ips"] > 0 and tput["speedup_vs_torch"] is None  # never mixed up
+        assert tput["throughput_mode"]["requests"] >= 1 and tput["rounds"] == 2
+    md = (out / "bench.md").read_text()
+    assert md.startswith("# resnet-bench: 2 models")
+    assert md.index(f"## {labels[0]}") < md.index(f"## {labels[1]}")
+    assert "| openvino fp32 (resnet20-onnx) | fp32 | f32 | throughput |" in md
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
