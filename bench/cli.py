@@ -121,7 +121,7 @@ def main() -> None:
               help="Timed loop: at least this many iterations...")
 @click.option("--min-time", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="...and at least this many seconds.")
-@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True,
               help="Interleave: at each batch size, time every backend in turn for 1/ROUNDS of "
                    "the timed loop, ROUNDS times, so load that comes and goes hits all alike "
                    "(1: each backend in one go).")
@@ -195,7 +195,8 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
                        "steady_warmup": timing.steady, "steady_window": timing.steady_window,
                        "steady_tol": timing.steady_tol,
                        "warmup_max_time": timing.warmup_max_time, "rounds": timing.rounds,
-                       "round_warmup": timing.round_warmup},
+                       "round_warmup": timing.round_warmup,
+                       "round_warmup_max": timing.round_warmup_max},
             "throughput_rows": throughput,
             "noise_rule": rule.to_dict(), "percentiles": "numpy linear interpolation",
             "cudnn_benchmark": torch.backends.cudnn.benchmark,

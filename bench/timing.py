@@ -11,8 +11,8 @@ Two ways to time several things that are to be compared:
   load changes during the run, a load step between two of them shows up as a speed ratio.
 - :func:`measure_rounds`, interleaved: every contender warms up, then ``rounds`` rounds each give
   every contender one slice of the timed loop (``min_iters / rounds`` iterations and
-  ``min_time / rounds`` seconds, after ``round_warmup`` untimed iterations), in an order that
-  rotates from round to round. Load that comes and goes hits all of them alike, each round yields
+  ``min_time / rounds`` seconds, after ``round_warmup`` untimed iterations for contenders faster
+  than ``round_warmup_max`` per iteration), in an order that rotates from round to round. Load that comes and goes hits all of them alike, each round yields
   one comparable set of medians, and a row's statistics pool its rounds.
 """
 
@@ -100,7 +100,13 @@ class TimingConfig:
     steady_tol: float = 0.15
     warmup_max_time: float = 30.0
     rounds: int = 1
+    #: untimed iterations at the start of every slice of an interleaved run: what ran before may
+    #: still have threads spinning and the caches hold another model...
     round_warmup: int = 1
+    #: ...only for contenders faster than this per iteration (their warm-up's median): a switch
+    #: costs a few milliseconds at most, so for slower ones the untimed iteration would cost more
+    #: time than the error it avoids
+    round_warmup_max: float = 0.1
 
     def __post_init__(self) -> None:
         if self.warmup_iters < 0 or self.warmup_time < 0:
@@ -109,8 +115,8 @@ class TimingConfig:
             raise ValueError("min_iters must be >= 1 and min_time >= 0")
         if self.steady_window < 1 or self.steady_tol <= 0 or self.warmup_max_time < 0:
             raise ValueError("steady_window >= 1, steady_tol > 0 and warmup_max_time >= 0")
-        if self.rounds < 1 or self.round_warmup < 0:
-            raise ValueError("rounds must be >= 1 and round_warmup >= 0")
+        if self.rounds < 1 or self.round_warmup < 0 or self.round_warmup_max < 0:
+            raise ValueError("rounds must be >= 1, round_warmup and round_warmup_max >= 0")
 
     @property
     def slice_iters(self) -> int:
@@ -178,14 +184,14 @@ def _loop(fn: Callable[[], Any], timer: Timer, clock: Clock, min_iters: int, min
 
 
 def warm_up(fn: Callable[[], Any], config: TimingConfig, timer: Timer,
-            clock: Clock = time.perf_counter,
-            progress: Progress | None = None) -> tuple[int, float, bool | None]:
+            clock: Clock = time.perf_counter, progress: Progress | None = None,
+            warm: array | None = None) -> tuple[int, float, bool | None]:
     """The warm-up of ``config``: (iterations, seconds, steady); its samples are thrown away.
 
     With the steady rule it also goes on until the latency has settled (None: not asked for,
-    or no warm-up at all).
+    or no warm-up at all). ``warm`` receives the warm-up's latencies when given.
     """
-    warm = array("d")
+    warm = array("d") if warm is None else warm
     steady_rule = config.steady and bool(config.warmup_iters or config.warmup_time)
     more = None
     if steady_rule:  # (no warm-up asked for: none at all)
@@ -234,13 +240,19 @@ class Contender:
         self.clock = clock
         self.timer = timer if timer is not None else ClockTimer(clock)
         self.progress = progress
+        #: seconds per iteration at the end of the warm-up (None: not known)
+        self.typical_s: float | None = None
 
     @property
     def timer_name(self) -> str:
         return self.timer.name
 
     def warm_up(self, config: TimingConfig) -> tuple[int, float, bool | None]:
-        return warm_up(self.fn, config, self.timer, self.clock, self.progress)
+        warm = array("d")
+        result = warm_up(self.fn, config, self.timer, self.clock, self.progress, warm)
+        if len(warm):
+            self.typical_s = float(np.median(warm[-config.steady_window:]))
+        return result
 
     def run_slice(self, min_iters: int, min_time: float, discard: int, sink: array) -> float:
         """``discard`` untimed iterations, then a timed loop appending to ``sink``; its wall
@@ -259,7 +271,8 @@ def measure_rounds(contenders: list[Contender], config: TimingConfig,
 
     Round ``r`` gives every contender one slice (:attr:`TimingConfig.slice_iters` iterations and
     :attr:`TimingConfig.slice_time` seconds, after :attr:`TimingConfig.round_warmup` untimed
-    iterations), starting with contender ``r mod n`` so that no one always follows the same
+    iterations where the contender's warm-up median is under
+    :attr:`TimingConfig.round_warmup_max`), starting with contender ``r mod n`` so that no one always follows the same
     other. ``on_slice(round, index)`` is called before each slice, ``on_round(round)`` after
     each complete round. A contender that raises one of :data:`CONTENDER_ERRORS` is dropped
     (its ``error`` says why; what it measured before is kept). Ctrl-C stops everything: every
@@ -293,9 +306,12 @@ def measure_rounds(contenders: list[Contender], config: TimingConfig,
                 if on_slice is not None:
                     on_slice(r, i)
                 sink = array("d")
+                typical = getattr(contenders[i], "typical_s", None)
+                discard = config.round_warmup if typical is None or \
+                    typical < config.round_warmup_max else 0
                 try:
                     wall = contenders[i].run_slice(config.slice_iters, config.slice_time,
-                                                   config.round_warmup, sink)
+                                                   discard, sink)
                 except CONTENDER_ERRORS as exc:
                     errors[i] = exc
                     continue

@@ -67,8 +67,8 @@ def test_json_schema(cpu_run):
     assert cfg["batch_sizes"] == [1, 2] and cfg["threads"] == 1
     assert cfg["timing"] == {"warmup_iters": 1, "warmup_time": 0.0, "min_iters": 3,
                              "min_time": 0.0, "steady_warmup": False, "steady_window": 3,
-                             "steady_tol": 0.15, "warmup_max_time": 30.0, "rounds": 5,
-                             "round_warmup": 1}
+                             "steady_tol": 0.15, "warmup_max_time": 30.0, "rounds": 10,
+                             "round_warmup": 1, "round_warmup_max": 0.1}
     assert cfg["macs_per_image"] > 0
     assert set(env["cpu"]["isa"]) == {"isa", "native_bf16", "features"}
     assert env["cpu"]["load_average_end"] is None or len(env["cpu"]["load_average_end"]) == 3
@@ -80,8 +80,8 @@ def test_json_schema(cpu_run):
         assert isinstance(row["noisy"], bool) and isinstance(row["noise_reasons"], list)
         assert row["timer"] == "perf_counter" and row["complete"] is True
         assert row["input_shape"] == [row["batch_size"], 3, 32, 32]
-        # interleaved: 5 rounds of 1 timed iteration each (3 iterations / 5 rounds, rounded up)
-        assert row["rounds"] == 5 and len(row["round_p50_ms"]) == 5 and row["iterations"] == 5
+        # interleaved: 10 rounds of 1 timed iteration each (3 iterations / 10, rounded up)
+        assert row["rounds"] == 10 and len(row["round_p50_ms"]) == 10 and row["iterations"] == 10
         assert row["round_group"].endswith(f":b{row['batch_size']}")
         assert isinstance(row["busy"], bool) and isinstance(row["rounds_disagree"], bool)
         assert set(row["flags"]) <= {"NOISY", "BUSY", "ROUNDS-DISAGREE"}

@@ -1,5 +1,7 @@
 """The timing harness and the statistics, driven by a fake clock: known timings, no sleeping."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -129,7 +131,7 @@ def test_time_once_and_clock_timer_use_the_injected_clock():
 
 @pytest.mark.parametrize("bad", [dict(min_iters=0), dict(min_time=-1), dict(warmup_iters=-1),
                                  dict(steady_window=0), dict(steady_tol=0), dict(rounds=0),
-                                 dict(round_warmup=-1)])
+                                 dict(round_warmup=-1), dict(round_warmup_max=-1)])
 def test_timing_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
         TimingConfig(**bad)
@@ -183,7 +185,7 @@ def test_rounds_rotate_the_order_warm_up_first_and_discard_one_iteration_per_sli
         return fn
 
     cfg = TimingConfig(warmup_iters=1, warmup_time=0, min_iters=4, min_time=0, steady=False,
-                       rounds=2, round_warmup=1)
+                       rounds=2, round_warmup=1, round_warmup_max=2.0)
     seen = []
     out = measure_rounds([Contender(job("a"), clock=clock), Contender(job("b"), clock=clock),
                           Contender(job("c"), clock=clock)], cfg,
@@ -194,6 +196,11 @@ def test_rounds_rotate_the_order_warm_up_first_and_discard_one_iteration_per_sli
     for s in out:
         assert s.iterations == 4 and [len(r) for r in s.rounds] == [2, 2]
         assert s.round_walls == [2.0, 2.0] and s.wall_s == 4.0 and s.warmup_iters == 1
+
+    # a contender slower than round_warmup_max per iteration gets no untimed iteration
+    log.clear()
+    measure_rounds([Contender(job("a"), clock=clock)], replace(cfg, round_warmup_max=0.5))
+    assert log == ["a"] * 5  # 1 warm-up, then 2 rounds of 2 timed
 
 
 def test_a_failing_contender_is_dropped_and_ctrl_c_keeps_every_round_so_far():
