@@ -13,9 +13,11 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
 from export.core.fileio import atomic_path, write_json
 
-from .stats import round_ratio
+from .stats import ratio_spread, round_ratios
 
 SCHEMA = "resnet-bench"
 SCHEMA_VERSION = 1
@@ -31,7 +33,7 @@ REQUIRED_TOP = {"schema": str, "schema_version": int, "environment": dict, "conf
 COLUMNS = ["backend", "label", "precision", "device", "timing", "cuda_graphs", "channels_last",
            "batch_size", "iterations", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms",
            "max_ms", "std_ms", "cv", "throughput_ips", "gflops", "speedup_vs_torch",
-           "speedup_vs_torch_rounds", "wall_s", "warmup_iterations", "warmup_s", "warmup_steady",
+           "speedup_vs_torch_rounds", "speedup_vs_torch_rounds_iqr", "wall_s", "warmup_iterations", "warmup_s", "warmup_steady",
            "first_infer_ms", "setup_s", "export_s", "timer", "threads", "noisy", "noise_reasons",
            "complete", "artifact", "model_label", "effective_precision", "rounds",
            "round_p50_ms", "round_spread", "rounds_disagree", "load_before", "load_after",
@@ -87,9 +89,10 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
         row["speedup_vs_torch"] = ref["p50_ms"] / row["p50_ms"] if ok else None
         same_rounds = ok and row.get("round_group") and \
             ref.get("round_group") == row.get("round_group")
-        row["speedup_vs_torch_rounds"] = (
-            round_ratio(ref.get("round_p50_ms") or [], row.get("round_p50_ms") or [])
-            if same_rounds else None)
+        ratios = round_ratios(ref.get("round_p50_ms") or [], row.get("round_p50_ms") or []) \
+            if same_rounds else []
+        row["speedup_vs_torch_rounds"] = float(np.median(ratios)) if ratios else None
+        row["speedup_vs_torch_rounds_iqr"] = ratio_spread(ratios) if row is not ref else None
 
 
 # -- Markdown -------------------------------------------------------------------------------
@@ -150,6 +153,13 @@ def _flags(r: dict[str, Any]) -> str:
     return f"{text}: {details}" if text and details else text or details
 
 
+def _round_speedup(r: dict[str, Any]) -> str:
+    value, iqr = r.get("speedup_vs_torch_rounds"), r.get("speedup_vs_torch_rounds_iqr")
+    if not value:
+        return "-"
+    return f"{value:.2f}x" + (f" ({iqr[0]:.2f}-{iqr[1]:.2f})" if iqr else "")
+
+
 def _speedup(r: dict[str, Any]) -> str:
     value = r.get("speedup_vs_torch_rounds") or r.get("speedup_vs_torch")
     return f"{value:.2f}x" if value else "-"
@@ -174,8 +184,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                  f"{r['cv']:.1%}" if r.get("cv") is not None else "-",
                  _fmt(r["throughput_ips"], 1), _fmt(r.get("gflops"), 1),
                  (f"{r['speedup_vs_torch']:.2f}x" if r.get("speedup_vs_torch") else "-"),
-                 (f"{r['speedup_vs_torch_rounds']:.2f}x" if r.get("speedup_vs_torch_rounds")
-                  else "-"),
+                 _round_speedup(r),
                  _fmt(r.get("setup_s")), _fmt(r.get("first_infer_ms"), 1), _flags(r)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
@@ -239,8 +248,9 @@ def _method_lines(cfg: dict[str, Any]) -> list[str]:
     lines.append(flags)
     if rounds > 1:
         lines.append("- vs torch: eager torch FP32 of the same model, batch and timing over this "
-                     "row; \"rounds\" is the median of the per-round ratios (the one to quote), "
-                     "\"p50\" the ratio of the pooled medians")
+                     "row; \"rounds\" is the median of the per-round ratios (the one to quote; "
+                     "in brackets their interquartile range), \"p50\" the ratio of the pooled "
+                     "medians")
     return lines
 
 

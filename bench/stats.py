@@ -94,8 +94,21 @@ def round_summary(rounds: Sequence[Sequence[float]], rule: NoiseRule = NoiseRule
                               if disagree else None)}
 
 
+def round_ratios(base_ms: Sequence[float], other_ms: Sequence[float]) -> list[float]:
+    """Per round, base's round median / other's round median: a speed-up that each round
+    measures under one load; rounds one of them lacks are left out."""
+    return [b / o for b, o in zip(base_ms, other_ms) if b and o]
+
+
 def round_ratio(base_ms: Sequence[float], other_ms: Sequence[float]) -> float | None:
-    """Median over rounds of (base's round median / other's round median): a speed-up that each
-    round measures under the same load; rounds one of them lacks are left out."""
-    ratios = [b / o for b, o in zip(base_ms, other_ms) if b and o]
+    """The median of :func:`round_ratios` (None without a common round)."""
+    ratios = round_ratios(base_ms, other_ms)
     return float(np.median(ratios)) if ratios else None
+
+
+def ratio_spread(ratios: Sequence[float]) -> list[float] | None:
+    """The interquartile range [25th, 75th percentile] of per-round ratios: how far the rounds
+    agree on a speed-up (None for fewer than 3 rounds)."""
+    if len(ratios) < 3:
+        return None
+    return [float(v) for v in np.percentile(ratios, (25, 75))]

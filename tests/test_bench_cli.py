@@ -90,8 +90,9 @@ def test_json_schema(cpu_run):
     by = {(r["backend"], r["batch_size"]): r for r in doc["results"]}
     ort, eager = by[("onnxruntime", 2)], by[("torch", 2)]
     assert ort["round_group"] == eager["round_group"]  # timed in the same rounds
-    assert ort["speedup_vs_torch_rounds"] == pytest.approx(float(np.median(
-        [e / o for e, o in zip(eager["round_p50_ms"], ort["round_p50_ms"])])))
+    ratios = [e / o for e, o in zip(eager["round_p50_ms"], ort["round_p50_ms"])]
+    assert ort["speedup_vs_torch_rounds"] == pytest.approx(float(np.median(ratios)))
+    assert ort["speedup_vs_torch_rounds_iqr"] == pytest.approx(np.percentile(ratios, (25, 75)))
     assert by[("torch", 1)]["speedup_vs_torch"] == pytest.approx(1.0)
     assert by[("onnxruntime", 2)]["speedup_vs_torch"] == pytest.approx(
         by[("torch", 2)]["p50_ms"] / by[("onnxruntime", 2)]["p50_ms"])

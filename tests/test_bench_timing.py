@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bench.load import CpuSnapshot, busy_verdict, others_cores
-from bench.stats import NoiseRule, round_ratio, round_summary, summarize
+from bench.stats import NoiseRule, ratio_spread, round_ratio, round_summary, summarize
 from bench.timing import ClockTimer, Contender, TimingConfig, measure, measure_rounds, time_once
 
 
@@ -244,6 +244,8 @@ def test_round_summary_and_ratio():
     # a round one side lacks is left out; the median of the rest
     assert round_ratio([20.0, 30.0, 10.0], [10.0, 10.0]) == pytest.approx(2.5)
     assert round_ratio([], [1.0]) is None
+    assert ratio_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx([2.0, 4.0])
+    assert ratio_spread([1.0, 2.0]) is None
 
 
 def test_the_machine_load_verdict():
