@@ -37,6 +37,7 @@ from .parity import (ParityInput, Verdict, random_inputs, real_inputs, run_gate,
 from .core.shapes import BatchRange
 from .runtime.base import Runner
 from .runtime.loader import runner_for
+from .runtime.openvino_runner import openvino_usable
 from .runtime.ort_runner import cuda_provider_usable
 from .runtime.torch_runner import TorchRunner
 from .train.data import reference_images
@@ -141,21 +142,40 @@ def parity_inputs(spec: ModelSpec, batch: BatchRange, dataset: dict[str, Any] | 
     return items, described
 
 
-def candidate_runners(folder: Path, manifest: dict[str, Any]) -> list[Runner]:
-    """The artifact in every runtime here that runs its precision.
+@dataclass
+class Candidate:
+    """One runtime running the artifact, and the precision contract it is judged by."""
 
-    ONNX formats: ONNX Runtime CPU, and the CUDA provider where it is usable (the only ONNX
-    Runtime that computes FP16 natively). An engine: the ONNX it was built from on ONNX Runtime
-    (CPU, and CUDA where usable), then the engine itself.
+    runner: Runner
+    contract: str
+
+
+def candidate_runners(folder: Path, manifest: dict[str, Any]) -> list[Candidate]:
+    """The artifact in every runtime here that runs it, each with the contract it is judged by.
+
+    ONNX formats: ONNX Runtime CPU, the CUDA provider where it is usable (the only ONNX Runtime
+    that computes FP16 natively), and OpenVINO's CPU plugin where it is installed, at the
+    artifact's precision set explicitly and, for FP32 artifacts on CPUs with native BF16, also at
+    bf16 (the bf16 contract). An engine: the ONNX it was built from on ONNX Runtime (CPU, and
+    CUDA where usable), then the engine itself.
     """
+    own = manifest["precision"]
     built_from = manifest["tensorrt"]["built_from"] if manifest["format"] == "trt" else None
     providers = [["CPUExecutionProvider"]]
     if cuda_provider_usable():
         providers.append(["CUDAExecutionProvider"])
-    runners = [runner_for(folder, manifest, p, file=built_from) for p in providers]
+    found = [Candidate(runner_for(folder, manifest, p, file=built_from), own) for p in providers]
     if built_from is not None:
-        runners.append(runner_for(folder, manifest))
-    return runners
+        return found + [Candidate(runner_for(folder, manifest), own)]
+    if openvino_usable():
+        found.append(Candidate(runner_for(folder, manifest, runtime="openvino"), own))
+        if own == "fp32":
+            try:
+                found.append(Candidate(runner_for(folder, manifest, runtime="openvino",
+                                                  precision="bf16"), "bf16"))
+            except BackendUnavailable:  # no native BF16 here: not judged, never emulated
+                pass
+    return found
 
 
 def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
@@ -171,12 +191,13 @@ def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
     notes = [described["real"]["note"]] if described["real"]["note"] else []
     reference = TorchRunner(source.model, device="cpu")
     verdicts = []
-    for candidate in candidate_runners(folder, manifest):
+    for found in candidate_runners(folder, manifest):
+        candidate = found.runner
         started = time.perf_counter()
-        echo(table_header(manifest["precision"], candidate.label, reference.label,
+        echo(table_header(found.contract, candidate.label, reference.label,
                           candidate.arithmetic))
         try:
-            verdict = run_gate(reference, candidate, inputs, manifest["precision"], notes,
+            verdict = run_gate(reference, candidate, inputs, found.contract, notes,
                                on_comparison=lambda c: echo(table_row(c)))
         except (UserError, BackendUnavailable, KeyboardInterrupt):
             raise
@@ -184,9 +205,17 @@ def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
             raise ParityFailed(f"{candidate.label} could not run the artifact: "
                                f"{first_line(exc)}") from None
         echo(table_footer(verdict) + f"  ({time.perf_counter() - started:.1f}s)")
+        if found.contract != manifest["precision"] and not verdict.passed:
+            echo(f"note: the {found.contract} contract failed on {candidate.label}; the "
+                 f"artifact keeps its {manifest['precision']} verdict and will not be run at "
+                 f"{found.contract}")
         verdicts.append(verdict)
-    parity = {"passed": all(v.passed for v in verdicts), "inputs": described,
-              "runs": [v.to_dict() for v in verdicts]}
+    contracts: dict[str, bool] = {}
+    for verdict in verdicts:
+        contracts[verdict.precision] = contracts.get(verdict.precision, True) and verdict.passed
+    # the artifact passes on its own contract; others (bf16 execution) are recorded beside it
+    parity = {"passed": contracts[manifest["precision"]], "contracts": contracts,
+              "inputs": described, "runs": [v.to_dict() for v in verdicts]}
     return parity, verdicts
 
 

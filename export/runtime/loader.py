@@ -17,33 +17,57 @@ from ..core.errors import UserError
 from .base import InputContract, Runner
 
 
+#: which runtimes can run each artifact format (the first is the default)
+RUNTIMES = {"onnx": ("onnxruntime", "openvino"), "onnx-fp16": ("onnxruntime", "openvino"),
+            "trt": ("tensorrt",)}
+#: an artifact may also run at another precision where its manifest has judged that contract
+EXECUTION_PRECISIONS = {("openvino", "fp32"): ("fp32", "bf16")}
+
+
 def runner_for(folder: Path, manifest: dict[str, Any], providers: list[str] | None = None, *,
+               runtime: str | None = None, precision: str | None = None,
                file: str | None = None, **runner_kwargs: Any) -> Runner:
     """The runner for an already read (and verified) manifest.
 
-    ``file``: run another ONNX file of the folder than the main artifact (an engine's source ONNX).
-    ``runner_kwargs`` go to :class:`OnnxRuntimeRunner` (threads, optimization_level,
-    session_config).
+    ``runtime``: "onnxruntime", "openvino" or "tensorrt" [default: the format's first].
+    ``precision``: run at another precision than the artifact's contract where the runtime can
+    (an FP32 ONNX at bf16 on OpenVINO); ``file``: run another ONNX file of the folder (an
+    engine's source ONNX). ``runner_kwargs`` go to the runner (threads, ...).
     """
+    fmt = manifest["format"]
+    runtime = runtime or ("onnxruntime" if file else RUNTIMES.get(fmt, ("onnxruntime",))[0])
+    allowed = ("onnxruntime", "openvino") if file else RUNTIMES.get(fmt, ())
+    if runtime not in allowed:
+        raise UserError(f"a {fmt} artifact runs on {', '.join(allowed)}, not {runtime}")
+    own = manifest["precision"]
+    precision = precision or own
+    if precision != own and precision not in EXECUTION_PRECISIONS.get((runtime, own), ()):
+        raise UserError(f"a {own} artifact does not run at {precision} on {runtime}")
     contract = InputContract.from_manifest(manifest)
-    if manifest["format"] == "trt" and file is None:
+    path = folder / (file or manifest["artifact"])
+    if runtime == "tensorrt":
         from .tensorrt_runner import TensorRTRunner
 
-        return TensorRTRunner(folder / manifest["artifact"], manifest)
+        return TensorRTRunner(path, manifest)
+    if runtime == "openvino":
+        from .openvino_runner import OpenVINORunner
+
+        return OpenVINORunner(path, precision, runner_kwargs.pop("threads", None),
+                              contract=contract, **runner_kwargs)
     from .ort_runner import OnnxRuntimeRunner
 
-    path = folder / (file or manifest["artifact"])
-    precision = "fp32" if file is not None and manifest["precision"] == "fp32" else \
-        manifest["precision"]
     return OnnxRuntimeRunner(path, providers, precision=precision, contract=contract,
                              **runner_kwargs)
 
 
 def load_artifact(folder: str | Path, providers: list[str] | None = None, verify: bool = True,
-                  allow_failed: bool = False, **runner_kwargs: Any) -> Runner:
+                  allow_failed: bool = False, runtime: str | None = None,
+                  precision: str | None = None, **runner_kwargs: Any) -> Runner:
     """Artifact folder -> runner (not yet activated).
 
     ``providers``: ONNX Runtime execution providers for ONNX artifacts (default CPU).
+    ``runtime`` / ``precision``: see :func:`runner_for`; a precision the artifact's gate did not
+    judge (``parity.contracts``) is refused.
     ``verify``: check every file's sha256 against the manifest first (default on).
     ``allow_failed``: also load an artifact whose parity gate failed.
     Raises :class:`UserError` for a bad folder, a tampered file or an incompatible engine, and
@@ -53,6 +77,12 @@ def load_artifact(folder: str | Path, providers: list[str] | None = None, verify
     manifest = read_manifest(folder)
     if not manifest["parity"].get("passed") and not allow_failed:
         raise UserError(f"refusing {folder}: its parity gate failed at export")
+    if precision is not None and precision != manifest["precision"]:
+        judged = (manifest["parity"].get("contracts") or {}).get(precision)
+        if judged is not True:
+            raise UserError(f"refusing {folder} at {precision}: its gate "
+                            f"{'failed' if judged is False else 'did not judge'} that precision")
     if verify:
         verify_files(folder, manifest)
-    return runner_for(folder, manifest, providers, **runner_kwargs)
+    return runner_for(folder, manifest, providers, runtime=runtime, precision=precision,
+                      **runner_kwargs)

@@ -46,10 +46,12 @@ import numpy as np
 
 from ..core import cpu_features
 from ..core.errors import BackendUnavailable
-from .base import Runner
+from .base import InputContract, Runner
 
 #: runner precision -> INFERENCE_PRECISION_HINT value
-INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+#: the runner's precision (an artifact's contract) -> the inference precision it is compiled at.
+#: An FP16-typed ONNX runs at f32 on the CPU plugin (weights upcast): its arithmetic is FP32.
+INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f32", "bf16": "bf16", "int8": "f32"}
 EXECUTION_MODES = ("ACCURACY", "PERFORMANCE")
 #: runtime-model layer types whose precision and kernel say what the model computed in
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul")
@@ -63,6 +65,13 @@ def _import_openvino():
         raise BackendUnavailable(f"openvino is not installed ({exc}); pip install openvino") \
             from None
     return openvino
+
+
+def openvino_usable() -> bool:
+    """OpenVINO is installed (its CPU plugin is always there with it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 def _precision_name(value: Any) -> str:
@@ -102,7 +111,7 @@ class OpenVINORunner(Runner):
     def __init__(self, onnx_path: str | Path, precision: str = "fp32", threads: int | None = None,
                  *, static_shapes: bool = True, execution_mode: str = "ACCURACY",
                  performance_hint: str = "LATENCY", config: dict[str, Any] | None = None,
-                 ov_device: str = "CPU"):
+                 ov_device: str = "CPU", contract: InputContract | None = None):
         if precision not in INFERENCE_PRECISION:
             raise ValueError(f"precision must be one of {list(INFERENCE_PRECISION)}, "
                              f"got {precision!r}")
@@ -111,7 +120,7 @@ class OpenVINORunner(Runner):
                              f"got {execution_mode!r}")
         if ov_device != "CPU":
             raise ValueError("only OpenVINO's CPU plugin is supported")
-        super().__init__(precision, "cpu")
+        super().__init__(precision, "cpu", contract)
         self.onnx_path = Path(onnx_path)
         self.threads = threads
         self.static_shapes = static_shapes
@@ -137,6 +146,14 @@ class OpenVINORunner(Runner):
         self.quantized: bool | None = None
 
     # -- configuration ---------------------------------------------------------------------
+
+    @property
+    def arithmetic(self) -> str:
+        if self.precision == "fp16":
+            return "fp32 (OpenVINO's CPU plugin computes the fp16 graph at f32)"
+        if self.precision == "int8":
+            return "int8 (quantized layers), fp32 (the rest)"
+        return self.precision
 
     def _check_native_bf16(self) -> None:
         native = cpu_features.native_bf16()

@@ -362,28 +362,48 @@ def load_training_data(dataset: dict[str, Any], input_size: int) -> TrainingData
     return TrainingData(dataset, scanned.class_names, parts, labels)
 
 
-def reference_images(dataset: dict[str, Any] | None, spec: ModelSpec, limit: int = 64,
-                     seed: int = 0) -> np.ndarray:
-    """Real test-split images as the model sees them: float32 N x C x S x S, normalised.
+@dataclass
+class Labelled:
+    """Images of one part of a source as the model sees them, with labels and their indices."""
 
-    ``dataset`` is a checkpoint's ``dataset`` dict (None: the embedded digits with the default
-    split). Images are resized to ``spec.input_size``, converted to ``spec.in_chans`` channels and
-    normalised with ``spec.mean``/``spec.std``. At most ``limit`` images are returned: a
-    ``seed``-chosen subset of the test split, in split order, so the same call gives the same
-    array. Raises :class:`UserError` when the data is gone or changed.
+    images: np.ndarray  # float32 N x C x S x S, normalised
+    labels: np.ndarray  # int64 N
+    indices: np.ndarray  # positions in the scanned source, to prove two sets disjoint
+    part: str
+
+
+def split_images(dataset: dict[str, Any] | None, spec: ModelSpec, part: str, limit: int,
+                 seed: int = 0) -> Labelled:
+    """A seeded subset (at most ``limit``, in split order) of one part of a source.
+
+    ``part`` is "train", "val" or "test" of the source's split (as training made it, from the
+    dataset dict's seed and fractions), or "all" for every image (a calibration set the user
+    names). ``dataset`` None is the embedded digits. Images are resized to ``spec.input_size``,
+    converted to ``spec.in_chans`` channels and normalised with ``spec.mean``/``spec.std``.
+    Raises :class:`UserError` when the data is gone or changed.
     """
     dataset = dataset if dataset is not None else describe_source(None)
     scanned = scan(dataset)
-    split = split_indices(scanned.labels, int(dataset.get("seed", 0)),
-                          float(dataset.get("val_fraction", DEFAULT_VAL_FRACTION)),
-                          float(dataset.get("test_fraction", DEFAULT_TEST_FRACTION)),
-                          scanned.class_names)
-    chosen = split.test
+    if part == "all":
+        chosen = np.arange(len(scanned.labels))
+    else:
+        split = split_indices(scanned.labels, int(dataset.get("seed", 0)),
+                              float(dataset.get("val_fraction", DEFAULT_VAL_FRACTION)),
+                              float(dataset.get("test_fraction", DEFAULT_TEST_FRACTION)),
+                              scanned.class_names)
+        chosen = {"train": split.train, "val": split.val, "test": split.test}[part]
     if limit < len(chosen):
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(chosen, size=max(0, limit), replace=False))
     images = to_channels(scanned.decode(chosen, spec.input_size), spec.in_chans)
-    return normalise(images, spec.mean, spec.std)
+    return Labelled(normalise(images, spec.mean, spec.std), scanned.labels[chosen], chosen, part)
+
+
+def reference_images(dataset: dict[str, Any] | None, spec: ModelSpec, limit: int = 64,
+                     seed: int = 0) -> np.ndarray:
+    """Real test-split images as the model sees them: float32 N x C x S x S, normalised (the
+    parity gate's real inputs; :func:`split_images` with part "test")."""
+    return split_images(dataset, spec, "test", limit, seed).images
 
 
 # ---------------------------------------------------------------------------------------------
