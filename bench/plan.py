@@ -425,6 +425,10 @@ class Planner:
                 self.req.specs.append(spec)
             formats.add(fmt)
             artifact = str(path.parent / manifest.get("artifact", ""))
+            if (fmt == "onnx" and precision == "fp32" and "bf16" in (self.req.precisions or [])
+                    and "openvino" in (self.req.backends or ONNX_CPU_BACKENDS)
+                    and self.req.device == "cpu"):
+                self._add_openvino_bf16_artifact(path.parent, spec, batch_range, artifact)
             if self.req.precisions is not None and precision not in self.req.precisions:
                 self._skip(Skip(fmt, f"artifact precision {precision} is not in "
                                               f"--precision", precision, artifact=artifact))
@@ -458,23 +462,32 @@ class Planner:
         if first_spec is not None:
             self.req.spec = first_spec
 
-    def _artifact_loader(self, folder: Path,
-                         backend: str) -> Callable[[], tuple[Runner, dict[str, Any]]]:
+    def _add_openvino_bf16_artifact(self, folder: Path, spec: ModelSpec,
+                                    batch_range: tuple[int, int] | None, artifact: str) -> None:
+        """An FP32 ONNX artifact at bf16 on OpenVINO, where the CPU has native BF16 (the loader
+        then refuses it unless the artifact's gate judged the bf16 contract)."""
+        reason = _openvino_unavailable() or _bf16_unavailable("openvino")
+        if reason:
+            self._skip(Skip("openvino", reason, "bf16", artifact=artifact))
+            return
+        self.candidates.append(Candidate(
+            "openvino", "bf16", spec, self._artifact_loader(folder, "openvino", "bf16"),
+            batch_range=batch_range, artifact=artifact, extra={"format": "onnx"},
+            throughput=self.req.throughput))
+
+    def _artifact_loader(self, folder: Path, backend: str, precision: str | None = None
+                         ) -> Callable[[], tuple[Runner, dict[str, Any]]]:
         def prepare() -> tuple[Runner, dict[str, Any]]:
             if backend in ORT_PROVIDERS:  # the same thread count and options as on-the-fly ONNX
                 return load_artifact(folder, providers=ORT_PROVIDERS[backend],
                                      threads=self.req.threads,
                                      optimization_level=self.req.ort_opt_level), {}
             if backend == "openvino":
-                # load_artifact does every check (manifest, sha256, parity gate) and names the
-                # ONNX file; OpenVINO then compiles that file at the artifact's precision: an
-                # FP16 file in f32 (its weights widened; the row records what ran), a QDQ file
-                # as int8
-                checked = load_artifact(folder)
-                precision = checked.precision if checked.precision in ("int8",) else "fp32"
-                runner = OpenVINORunner(checked.onnx_path, precision, self.req.threads)
-                runner.contract = checked.contract
-                return runner, {}
+                # the artifact's precision set explicitly (an FP16 file compiles at f32, a QDQ
+                # file as int8: the row records what ran), or bf16 for an FP32 artifact whose
+                # gate judged the bf16 contract (the loader refuses it otherwise)
+                return load_artifact(folder, runtime="openvino", precision=precision,
+                                     threads=self.req.threads), {}
             return load_artifact(folder), {}
 
         return prepare

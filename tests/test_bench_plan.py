@@ -150,3 +150,41 @@ def test_a_report_over_two_models_has_a_section_and_a_baseline_per_model(two_mod
     assert md.index(f"## {labels[0]}") < md.index(f"## {labels[1]}")
     assert "| openvino fp32 (resnet20-onnx) | fp32 | f32 | throughput |" in md
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_int8_rows_beside_fp32_on_onnx_runtime_and_openvino(tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    if plan.int8_quantizer_unavailable():
+        pytest.skip(plan.int8_quantizer_unavailable())
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [
+        *FAST, "--model", "resnet20", "--backends", "onnxruntime,openvino", "--precision",
+        "fp32,int8", "--no-throughput", "--batch-sizes", "2", "--cache-dir", str(tmp_path),
+        "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "bench.json").read_text())
+    rows = {(r["backend"], r["precision"]): r for r in doc["results"]}
+    assert set(rows) == {(b, p) for b in ("onnxruntime", "openvino") for p in ("fp32", "int8")}
+    for backend in ("onnxruntime", "openvino"):
+        int8 = rows[(backend, "int8")]
+        assert "speed row" in int8["note"] and int8["int8"]["int8_method"] == "minmax"
+        assert int8["model_label"] == rows[(backend, "fp32")]["model_label"]
+    assert rows[("openvino", "int8")]["effective_precision"].endswith("(convolutions: u8)")
+    assert rows[("openvino", "fp32")]["effective_precision"] == "f32"
+    assert "speed row" in (out / "bench.md").read_text()
+    assert len(list(tmp_path.glob("resnet20-*-int8-*.onnx"))) == 1  # quantized once, cached
+
+
+def test_an_fp32_artifact_also_runs_at_bf16_on_openvino_when_asked(two_models, monkeypatch):
+    root, _ = two_models
+    monkeypatch.setattr(plan, "_openvino_unavailable", lambda: None)
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: True)
+    candidates, skipped, _ = plan.plan(plan.Request(SPEC, "cpu", ["openvino"], ["fp32", "bf16"],
+                                                    artifacts=root))
+    assert sorted((c.precision, c.spec.name) for c in candidates) == [
+        ("bf16", "resnet18"), ("bf16", "resnet20"), ("fp32", "resnet18"), ("fp32", "resnet20")]
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: False)
+    candidates, skipped, _ = plan.plan(plan.Request(SPEC, "cpu", ["openvino"], ["fp32", "bf16"],
+                                                    artifacts=root))
+    assert {c.precision for c in candidates} == {"fp32"}
+    assert all("no native BF16" in s.reason for s in skipped if s.precision == "bf16")
