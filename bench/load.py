@@ -48,7 +48,8 @@ def snapshot() -> CpuSnapshot:
     except (AttributeError, OSError):
         load = None
     times = os.times()
-    return CpuSnapshot(time.monotonic(), load, _busy_seconds(), times.user + times.system)  # type: ignore[arg-type]
+    return CpuSnapshot(time.monotonic(), load,  # type: ignore[arg-type]
+                       _busy_seconds(), times.user + times.system)
 
 
 def others_cores(before: CpuSnapshot, after: CpuSnapshot) -> float | None:

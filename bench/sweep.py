@@ -1,4 +1,4 @@
-"""The measuring engine: every candidate at every batch size, interleaved, rows and skips as they come.
+"""The measuring engine: every candidate at every batch size, interleaved; rows and skips.
 
 The CLI parses options and calls :func:`sweep`; this module builds runners, picks the clock each
 runner needs, and turns samples into report rows. At each batch size, every candidate's modes

@@ -12,8 +12,9 @@ Two ways to time several things that are to be compared:
 - :func:`measure_rounds`, interleaved: every contender warms up, then ``rounds`` rounds each give
   every contender one slice of the timed loop (``min_iters / rounds`` iterations and
   ``min_time / rounds`` seconds, after ``round_warmup`` untimed iterations for contenders faster
-  than ``round_warmup_max`` per iteration), in an order that rotates from round to round. Load that comes and goes hits all of them alike, each round yields
-  one comparable set of medians, and a row's statistics pool its rounds.
+  than ``round_warmup_max`` per iteration), in an order that rotates from round to round. Load
+  that comes and goes hits all of them alike, each round yields one comparable set of medians,
+  and a row's statistics pool its rounds.
 """
 
 from __future__ import annotations
@@ -272,12 +273,13 @@ def measure_rounds(contenders: list[Contender], config: TimingConfig,
     Round ``r`` gives every contender one slice (:attr:`TimingConfig.slice_iters` iterations and
     :attr:`TimingConfig.slice_time` seconds, after :attr:`TimingConfig.round_warmup` untimed
     iterations where the contender's warm-up median is under
-    :attr:`TimingConfig.round_warmup_max`), starting with contender ``r mod n`` so that no one always follows the same
-    other. ``on_slice(round, index)`` is called before each slice, ``on_round(round)`` after
-    each complete round. A contender that raises one of :data:`CONTENDER_ERRORS` is dropped
-    (its ``error`` says why; what it measured before is kept). Ctrl-C stops everything: every
-    contender keeps what it has, ``complete=False``. Returns one :class:`Samples` per contender
-    (``rounds`` holds each round's latencies), in the order given.
+    :attr:`TimingConfig.round_warmup_max`), starting with contender ``r mod n`` so that no one
+    always follows the same other. ``on_slice(round, index)`` is called before each slice,
+    ``on_round(round)`` after each complete round. A contender that raises one of
+    :data:`CONTENDER_ERRORS` is dropped (its ``error`` says why; what it measured before is
+    kept). Ctrl-C stops everything: every contender keeps what it has, ``complete=False``.
+    Returns one :class:`Samples` per contender (``rounds`` holds each round's latencies), in the
+    order given.
     """
     n = len(contenders)
     rounds: list[list[np.ndarray]] = [[] for _ in range(n)]
