@@ -282,6 +282,13 @@ def markdown(doc: dict[str, Any]) -> str:
         for note in notes:
             which = sorted({_series(r)[0] for r in group if r.get("note") == note})
             parts.append(("\n" if note == notes[0] else "") + f"- {', '.join(which)}: {note}")
+    flagged = {f for r in rows for f in (r.get("flags") or [])} & {"BUSY", "ROUNDS-DISAGREE"}
+    if flagged:
+        parts += ["", f"**{' and '.join(sorted(flagged))} rows:** the machine's speed changed "
+                      "while they were measured. Quote the per-round speed-ups (\"vs torch "
+                      "(rounds)\"), not absolute latencies; where their interquartile range is "
+                      "wide, more rounds narrow it (e.g. `--rounds 40 --min-iters 40`), and a "
+                      "quiet machine gives the absolute figures."]
     if doc["skipped"]:
         parts += ["", "Skipped:", ""]
         for s in doc["skipped"]:

@@ -376,3 +376,15 @@ def test_cuda_run_times_end_to_end_and_compute_only_with_and_without_graphs(tmp_
         assert row["device"] == "cuda" and row["timer"] == "cuda_event"
         assert row["channels_last"] is True and row["iterations"] >= 5
         assert 0 < row["min_ms"] <= row["p50_ms"]
+
+
+def test_markdown_shows_the_flags_and_what_to_do_about_a_busy_machine(cpu_run):
+    doc = json.loads((cpu_run[0] / "bench.json").read_text())
+    for row in doc["results"]:
+        row.update(flags=[], flag_reasons=[], noisy=False)
+    assert "--rounds 40" not in report.markdown(doc)
+    row = doc["results"][0]
+    row.update(flags=["BUSY"], flag_reasons=["load average 9.00 > 2 usable cores"])
+    md = report.markdown(doc)
+    assert "| BUSY: load average 9.00 > 2 usable cores |" in md
+    assert "**BUSY rows:**" in md and "--rounds 40 --min-iters 40" in md
