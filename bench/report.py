@@ -235,9 +235,12 @@ def _method_lines(cfg: dict[str, Any]) -> list[str]:
               f"{t['steady_tol']:.0%} of the {t['steady_window']} before, at most "
               f"{t['warmup_max_time']:g} s)") if t.get("steady_warmup") else ""
     rounds = t.get("rounds", 1)
+    untimed = (f"after {t.get('round_warmup', 0)} untimed iteration(s) for rows faster than "
+               f"{t['round_warmup_max']:g} s, " if t.get("round_warmup") and
+               "round_warmup_max" in t else "")
     timed = (f"then {rounds} interleaved rounds at each batch size (each round times every "
-             f"row once, after {t.get('round_warmup', 0)} untimed iteration(s), in a rotating "
-             f"order), >= {t['min_iters']} iterations and >= {t['min_time']} s per row in all"
+             f"row once, {untimed}in a rotating order), >= {t['min_iters']} iterations and "
+             f">= {t['min_time']} s per row in all"
              if rounds > 1 else f"then >= {t['min_iters']} iterations and >= {t['min_time']} s")
     lines = [f"- Method: warm-up >= {t['warmup_iters']} iterations and >= {t['warmup_time']} s"
              f"{steady}, {timed}"]
