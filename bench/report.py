@@ -325,16 +325,21 @@ def _plot_model(ax_lat: Any, ax_tput: Any, rows_plotted: list[dict[str, Any]], t
     series: dict[str, list[dict[str, Any]]] = {}
     for row in rows_plotted:
         series.setdefault(_series_key(row), []).append(row)
-    for name, rows in series.items():
+    import matplotlib.pyplot as plt
+
+    palette = plt.rcParams["axes.prop_cycle"].by_key().get("color") or ["C0"]
+    for k, (name, rows) in enumerate(series.items()):
+        color = palette[k % len(palette)]  # one colour per series in both panels
         rows = sorted(rows, key=lambda r: r["batch_size"])
         xs = [r["batch_size"] for r in rows]
         if rows[0]["timing"] != "throughput":  # a throughput row's latency is under load
             p50 = [r["p50_ms"] for r in rows]
             low = [r["p50_ms"] - r.get("min_ms", r["p50_ms"]) for r in rows]
             high = [r.get("p99_ms", r["p50_ms"]) - r["p50_ms"] for r in rows]
-            ax_lat.errorbar(xs, p50, yerr=[low, high], marker="o", capsize=3, label=name)
+            ax_lat.errorbar(xs, p50, yerr=[low, high], marker="o", capsize=3, label=name,
+                            color=color)
         ax_tput.plot(xs, [r["throughput_ips"] for r in rows], marker="o", label=name,
-                     linestyle="--" if rows[0]["timing"] == "throughput" else "-")
+                     color=color, linestyle="--" if rows[0]["timing"] == "throughput" else "-")
     batches = sorted({r["batch_size"] for r in rows_plotted})
     for ax, ylabel in ((ax_lat, "latency p50 ms (whiskers: min..p99)"),
                        (ax_tput, "throughput, images/s")):
