@@ -3,11 +3,20 @@
 ``resnet-bench`` alone measures ResNet-50 at 224x224 on every backend this machine has, at batch 1
 and a larger batch, and writes bench.json/.csv/.md/.png under artifacts/bench/<time>/.
 ``resnet-bench report RUN ...`` rebuilds (and merges) the CSV/Markdown/PNG from JSON files.
+
+Nothing measured is lost: the output folder is checked to be creatable and writable before the
+first measurement; a batch size that cannot fit in memory is a skip (estimated before, or a
+MemoryError while making its input); a failure the sweep does not turn into a skip stops the run
+but keeps and writes every finished row; and if the report cannot be written after all (a full
+disk), the table is printed and the JSON document saved in the system's temporary folder.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -15,15 +24,16 @@ from typing import Any, Callable
 import click
 import torch
 
+from export.core.artifact import MAX_INPUT_SIZE, enclosing_artifact
 from export.core.cli import (DefaultGroup, OneLineCommand, model_options, one_line_errors,
                                print_family_table, resolve_model_name)
-from export.core.errors import UserError
-from export.core.hardware import resolve_device, usable_cores
+from export.core.errors import UserError, first_line
+from export.core.hardware import available_memory, inference_bytes, resolve_device, usable_cores
 from export.core.models import default_spec
 from export.runtime.ort_runner import ORT_OPTIMIZATION_LEVELS
 
 from . import environment, report
-from .plan import BACKENDS, PRECISIONS, Request, plan
+from .plan import BACKENDS, PRECISIONS, Candidate, Request, Skip, plan
 from .stats import NoiseRule
 from .sweep import sweep
 from .timing import TimingConfig
@@ -78,6 +88,133 @@ def _parse_warmup(_ctx: Any, _param: Any, value: str) -> tuple[int, float]:
     return iters, seconds
 
 
+# -- the output folder and memory: checked before anything is measured ----------------------
+
+
+def _make_dirs(path: Path) -> list[Path]:
+    """mkdir -p that remembers what it created, so a failure can take it back."""
+    created: list[Path] = []
+    try:
+        for parent in reversed([path, *path.parents]):
+            if not parent.exists():
+                parent.mkdir()
+                created.append(parent)
+    except BaseException:  # half-way: take back what was made
+        _remove_dirs(created)
+        raise
+    return created
+
+
+def _remove_dirs(created: list[Path]) -> None:
+    for path in reversed(created):
+        try:
+            path.rmdir()
+        except OSError:
+            break
+
+
+def check_out_folder(out: Path, option: str = "--out") -> None:
+    """A folder we write into may not be (or lie inside) an exported artifact: its files would
+    become part of the artifact, which would stop being one."""
+    enclosing = enclosing_artifact(out / "bench.json")
+    if enclosing is not None:
+        raise UserError(f"{option} {out} is inside the artifact folder {enclosing}; what "
+                        "resnet-bench writes there would become part of the artifact: choose a "
+                        "folder outside it")
+
+
+def prepare_out(out: Path) -> list[Path]:
+    """Create ``out`` and write (then remove) a probe file in it: a read-only, full or
+    unwritable folder is one line before anything is measured. Returns the folders created."""
+    check_out_folder(out)
+    created: list[Path] = []
+    try:
+        created = _make_dirs(out)
+        fd, probe = tempfile.mkstemp(prefix=".resnet-bench-probe-", dir=out)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        _remove_dirs(created)
+        raise UserError(f"cannot write to --out {out}: {exc.strerror or exc}; nothing was "
+                        "measured") from None
+    return created
+
+
+def memory_skips(candidates: list[Candidate], batches: list[int], device: str
+                 ) -> tuple[list[int], list[Skip]]:
+    """Batch sizes whose input (and, on the CPU, activations) cannot fit in memory: a skip for
+    every candidate, before anything is built. Returns the sizes to measure and the skips."""
+    have = available_memory()
+    if have is None or not candidates:
+        return batches, []
+    keep, skips = [], []
+    for b in batches:
+        need = max(inference_bytes(b, *c.input_shape[:2], activations=device == "cpu")
+                   for c in candidates)
+        if need <= have:
+            keep.append(b)
+            continue
+        reason = (f"batch {b} needs about {need / 2**30:.1f} GiB of memory; "
+                  f"{have / 2**30:.1f} GiB is available")
+        skips += [Skip(c.backend, reason, c.precision, b, c.artifact) for c in candidates]
+    return keep, skips
+
+
+class _Unallocated:
+    """The input of a batch size that could not be allocated: every use raises the original
+    MemoryError, which the sweep turns into a skip of that batch size."""
+
+    def __init__(self, batch_size: int, exc: MemoryError):
+        self._message = f"no memory for the batch-{batch_size} input ({first_line(exc)})"
+
+    def _raise(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise MemoryError(self._message)
+
+    shape = property(_raise)
+    __array__ = __len__ = __getitem__ = _raise
+
+    def __getattr__(self, name: str) -> Any:
+        raise MemoryError(self._message)
+
+
+def guard_batches(candidates: list[Candidate]) -> None:
+    """A MemoryError while making one batch size's input is a skip of that size, not the end
+    of the run."""
+    for cand in candidates:
+        def make(batch_size: int, seed: int, _make: Callable[..., Any] = cand.make_batch) -> Any:
+            try:
+                return _make(batch_size, seed)
+            except MemoryError as exc:
+                return _Unallocated(batch_size, exc)
+
+        cand.make_batch = make  # type: ignore[method-assign]
+
+
+def write_report(doc: dict[str, Any], out: Path) -> dict[str, Path]:
+    """The four files; if they cannot be written, the table still reaches stdout and the JSON a
+    temporary file, and the one-line error says where."""
+    report.add_speedups(doc["results"])
+    try:
+        return report.write_all(doc, out)
+    except OSError as exc:
+        click.echo(report.markdown(doc), nl=False)
+        saved = None
+        try:
+            fd, saved = tempfile.mkstemp(prefix="resnet-bench-", suffix=".json")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(doc, fh, indent=2)
+        except OSError:
+            saved = None
+        kept = f"the {len(doc['results'])} result(s) are printed above" + (
+            f" and saved in {saved}" if saved else "")
+        raise UserError(f"cannot write the report to {out}: {exc.strerror or exc}; {kept}"
+                        ) from None
+
+
 @click.group(cls=DefaultGroup, default_command="run",
              context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
@@ -88,7 +225,7 @@ def main() -> None:
 @model_options(default="resnet50")
 @click.option("--list-models", is_flag=True, expose_value=False, is_eager=True,
               callback=print_family_table, help="Print the model family table and exit.")
-@click.option("--input-size", type=click.IntRange(min=16), default=None,
+@click.option("--input-size", type=click.IntRange(min=16, max=MAX_INPUT_SIZE), default=None,
               help="Input side length [default: the model's, 224 for ImageNet models].")
 @click.option("--artifacts", type=click.Path(path_type=Path), default=None,
               help="Benchmark exported artifacts: a folder with manifest.json (or sub-folders "
@@ -169,6 +306,9 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
     rule = NoiseRule()
     graphs = {"off": (False,), "on": (True,), "both": (False, True)}[cuda_graphs]
     out = out or Path("artifacts/bench") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    check_out_folder(out)
+    if cache_dir is not None:
+        check_out_folder(cache_dir, "--cache-dir")
 
     previous_threads = torch.get_num_threads()
     previous_benchmark = torch.backends.cudnn.benchmark
@@ -203,18 +343,32 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
             "input": "seeded uniform [0,1) pixels normalised with the model's mean/std",
             "macs_per_image": models.macs(spec) if candidates else None,
         }
+        measured, too_big = memory_skips(candidates, batches, dev)
+        if not measured:
+            raise UserError("nothing to measure: " + too_big[0].reason)
+        prepare_out(out)  # creatable and writable, before the first measurement
         doc = report.new_document(environment.collect(threads), config)
-        doc["skipped"] = [s.to_dict() for s in skipped]
-        sweep(doc, candidates, timing, batches, seed, threads, models.macs, rule, progress)
+        doc["skipped"] = [s.to_dict() for s in [*skipped, *too_big]]
+        guard_batches(candidates)
+        failure = None
+        try:
+            sweep(doc, candidates, timing, measured, seed, threads, models.macs, rule, progress)
+        except Exception as exc:  # not turned into a skip by the sweep: keep what was measured
+            failure = first_line(exc)
+            doc["interrupted"] = True
+            doc["skipped"].append(Skip("run", f"the run stopped: {failure}").to_dict())
         doc["environment"]["cpu"]["load_average_end"] = environment.load_average()
     finally:
         torch.set_num_threads(previous_threads)
         torch.backends.cudnn.benchmark = previous_benchmark
 
     doc["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    paths = report.write_all(doc, out)
+    paths = write_report(doc, out)
     click.echo(report.markdown(doc), nl=False)
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
+    if failure is not None:
+        raise UserError(f"the run stopped: {failure}; kept {len(doc['results'])} result(s) in "
+                        f"{out}")
     if doc["interrupted"]:
         click.echo(f"interrupted: kept {len(doc['results'])} result(s) in {out}", err=True)
         sys.exit(130)
@@ -239,7 +393,8 @@ def report_cmd(runs: tuple[Path, ...], out: Path) -> None:
             raise UserError(str(exc)) from None
         names.append(str(path))
     doc = docs[0] if len(docs) == 1 else report.merge(docs, names)
-    paths = report.write_all(doc, out)
+    prepare_out(out)
+    paths = write_report(doc, out)
     click.echo(report.markdown(doc), nl=False)
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from export.core import cpu_features
+from export.core.artifact import read_manifest
 from export.core.errors import UserError
 from export.core.models import ModelSpec, count_macs
 from export.core.errors import BackendUnavailable
@@ -92,6 +93,8 @@ class Candidate:
     #: also measure benchmark_app-style throughput (timing "throughput"; OpenVINO runners)
     throughput: bool = False
     note: str | None = None  # said in the row, e.g. what an on-the-fly INT8 row is
+    #: --artifacts: the eager baseline of a model, measured only beside an artifact of it
+    baseline: bool = False
 
     @property
     def label(self) -> str:
@@ -256,10 +259,13 @@ class Planner:
             # (classes, channels, input size), seeded weights (timing does not need trained ones)
             model_backends = (["torch"] if req.backends is None else
                               [b for b in req.backends if b in TORCH_BACKENDS or b == "null"])
+            planned = len(self.candidates)
             for spec in req.specs:
                 for backend in model_backends:
                     self._plan_model_backend(backend, spec,
                                              ["fp32"] if req.backends is None else None)
+            for cand in self.candidates[planned:]:
+                cand.baseline = cand.backend in TORCH_BACKENDS
             # baselines first: each model's report section starts with its eager row
             self.candidates.sort(key=lambda c: c.artifact is not None)
             return self.candidates, self.skipped
@@ -409,17 +415,17 @@ class Planner:
         first_spec = None
         formats = set()
         for path in manifests:
-            try:
-                manifest = json.loads(path.read_text())
-                fmt = manifest["format"]
-                precision = manifest.get("precision", "fp32")
-                spec = ModelSpec.from_dict(manifest["model"])
-                rng = manifest.get("batch_range") or {}
-                batch_range = (int(rng["min"]), int(rng["max"])) if rng else None
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            try:  # the schema is checked in one place; a bad manifest is a skip with its line
+                manifest = read_manifest(path.parent)
+            except UserError as exc:
                 self._skip(Skip("artifact", f"unreadable manifest: {exc}",
                                          artifact=str(path)))
                 continue
+            fmt = manifest["format"]
+            precision = manifest["precision"]
+            spec = ModelSpec.from_dict(manifest["model"])
+            rng = manifest["batch_range"]
+            batch_range = (rng["min"], rng["max"])
             first_spec = first_spec or spec
             if spec not in self.req.specs:
                 self.req.specs.append(spec)
@@ -508,7 +514,10 @@ def find_manifests(root: Path) -> list[Path]:
         raise UserError(f"--artifacts {root}: not a folder")
     if (root / "manifest.json").is_file():
         return [root / "manifest.json"]
-    return sorted([*root.glob("*/manifest.json"), *root.glob("*/*/manifest.json")])
+    found = [*root.glob("*/manifest.json"), *root.glob("*/*/manifest.json")]
+    # hidden folders are an export's staging or leftovers of a killed one, never artifacts
+    return sorted(p for p in found
+                  if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def plan(request: Request) -> tuple[list[Candidate], list[Skip], _Models]:

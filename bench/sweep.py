@@ -18,6 +18,8 @@ import time
 from array import array
 from typing import Any, Callable
 
+import numpy as np
+
 from export.core.errors import BackendUnavailable, UserError, first_line
 from export.core.hardware import usable_cores
 from export.core.models import ModelSpec
@@ -142,6 +144,18 @@ class Sweep:
             return
         self.active.append((cand, runner, {**setup, "setup_s": setup_s}))
 
+    def drop_lonely_baselines(self) -> None:
+        """--artifacts: an eager baseline is measured only beside an artifact of its model that
+        could be loaded; alone it compares nothing."""
+        loaded = {c.model_label for c, _, _ in self.active if c.artifact}
+        for entry in list(self.active):
+            cand, runner, _ = entry
+            if cand.baseline and cand.model_label not in loaded:
+                self.skip(cand, f"baseline of {cand.model_label}: no artifact of this model "
+                                "could be loaded")
+                runner.deactivate()
+                self.active.remove(entry)
+
     def close(self) -> None:
         for _cand, runner, _setup in self.active:
             runner.deactivate()
@@ -156,7 +170,12 @@ class Sweep:
             if reason:
                 self.skip(cand, reason, b)
                 continue
-            batch = cand.make_batch(b, self.seed)
+            try:
+                batch = cand.make_batch(b, self.seed)
+                np.shape(batch)  # an input that could not be allocated says so here
+            except MemoryError as exc:
+                self.skip(cand, f"e2e failed: {first_line(exc)}", b)
+                continue
             timer = make_timer(runner)
             progress = self._progress(f"{cand.label} b{b}")
             entries.append(_Entry(cand, runner, setup, "e2e", _Timed(
@@ -300,6 +319,7 @@ def sweep(doc: dict[str, Any], candidates: list[Candidate], timing: TimingConfig
     try:
         for cand in candidates:
             run.prepare(cand)
+        run.drop_lonely_baselines()
         for b in batches:
             run.run_batch(b)
     except KeyboardInterrupt:

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .core.cli import (DefaultGroup, OneLineCommand, OneLineUsageError, model_options, one_line_errors,
-                         print_family_table, resolve_model_name)
+from .core.artifact import MAX_BATCH, MAX_INPUT_SIZE
+from .core.cli import (DefaultGroup, OneLineCommand, OneLineUsageError, model_options,
+                       one_line_errors, print_family_table, resolve_model_name,
+                       sigterm_as_interrupt)
 from .core.errors import UserError
 from .onnx_export import DEFAULT_OPSET
+from .core.artifact import FORMATS
 from .core.shapes import BatchRange
+
+#: Bounds of the options that size the model (docs/export.md, "Limits"). Classes: the fc layer
+#: of a 2048-feature model at 100,000 classes is 819 MB, and a single-file ONNX must stay below
+#: protobuf's 2 GB. Channels: 1024 covers hyperspectral inputs. Seeds: torch takes 64 bits.
+MAX_CLASSES = 100_000
+MAX_IN_CHANS = 1024
+SEED_RANGE = (-(2**63), 2**63 - 2)  # the calibration seeds a generator with seed + 1
+MAX_WORKSPACE = 1 << 40  # 1 TiB: more than any GPU's memory
 
 
 class _Parsed(click.ParamType):
@@ -30,10 +42,23 @@ class _Parsed(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+def _parse_batch_range(text: str) -> BatchRange:
+    batch = BatchRange.parse(text)
+    if batch.max > MAX_BATCH:
+        raise UserError(f"{text}: the largest batch is {MAX_BATCH}")
+    return batch
+
+
 def _parse_workspace(text: str) -> int:
     from .tensorrt_build import parse_size
 
-    return parse_size(text)
+    try:
+        size = parse_size(text)
+    except (OverflowError, ValueError):  # float("9" * 400) is inf
+        size = MAX_WORKSPACE + 1
+    if size > MAX_WORKSPACE:
+        raise UserError(f"--workspace {text} is above 1T; no GPU has that much memory")
+    return size
 
 
 @click.group(cls=DefaultGroup, default_command="build",
@@ -50,44 +75,64 @@ def main() -> None:
               help="Weights: a resnet-train checkpoint (it says which model it is) or a plain "
                    "torchvision-format state dict (say the model with --depth/--model). Loaded "
                    "without executing code. Without it: seeded UNTRAINED weights, with a warning.")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None,
+@click.option("--num-classes", type=click.IntRange(min=1, max=MAX_CLASSES), default=None,
               help="Classes [default: the checkpoint's; 1000 ImageNet, 10 small-image].")
-@click.option("--in-chans", type=click.IntRange(min=1), default=None,
+@click.option("--in-chans", type=click.IntRange(min=1, max=MAX_IN_CHANS), default=None,
               help="Input channels [default: the checkpoint's; 3 ImageNet, 1 small-image].")
-@click.option("--fmt", "formats", type=click.Choice(["onnx", "onnx-fp16", "trt"]),
+@click.option("--fmt", "formats", type=click.Choice(list(FORMATS)),
               multiple=True, default=("onnx",), show_default=True,
-              help="onnx: FP32 ONNX; onnx-fp16: FP16-typed ONNX; trt: TensorRT engine. Repeat "
-                   "it to write several formats from one export.")
-@click.option("--input-size", type=click.IntRange(min=8), default=None,
+              help="onnx: FP32 ONNX; onnx-fp16: FP16-typed ONNX; onnx-int8: INT8 QDQ ONNX "
+                   "(calibrated); trt: TensorRT engine. Repeat it to write several formats from "
+                   "one export.")
+@click.option("--input-size", type=click.IntRange(min=8, max=MAX_INPUT_SIZE), default=None,
               help="Input side length [default: the model's, 224 or 32].")
-@click.option("--batch-range", type=_Parsed("MIN:OPT:MAX", BatchRange.parse), default=None,
+@click.option("--batch-range", type=_Parsed("MIN:OPT:MAX", _parse_batch_range), default=None,
               help="Dynamic batch range, e.g. 1:8:32 [default 1:8:32 ImageNet, 1:64:256 "
                    "small-image].")
-@click.option("--min-batch", type=click.IntRange(min=1), default=None, help="Smallest batch.")
-@click.option("--opt-batch", type=click.IntRange(min=1), default=None,
+@click.option("--min-batch", type=click.IntRange(min=1, max=MAX_BATCH), default=None,
+              help="Smallest batch.")
+@click.option("--opt-batch", type=click.IntRange(min=1, max=MAX_BATCH), default=None,
               help="Batch TensorRT tunes for.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=None, help="Largest batch.")
+@click.option("--max-batch", type=click.IntRange(min=1, max=MAX_BATCH), default=None,
+              help="Largest batch.")
 @click.option("--opset", type=click.IntRange(min=13), default=DEFAULT_OPSET, show_default=True,
               help="ONNX opset (20 is the newest TensorRT 10 reads).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: artifacts/<model>-<fmt> under the current folder].")
 @click.option("--fp16-io", is_flag=True,
               help="FP16 inputs and outputs for FP16 artifacts [default: FP32 I/O, cast inside].")
-@click.option("--trt-precision", type=click.Choice(["fp16", "fp32"]), default="fp16",
-              show_default=True, help="Engine precision: fp16 builds from the FP16 ONNX.")
+@click.option("--trt-precision", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16",
+              show_default=True, help="Engine precision: fp16 builds from the FP16 ONNX, int8 "
+                                      "from the TensorRT-flavour INT8 QDQ ONNX.")
+@click.option("--int8-flavour", type=click.Choice(["cpu", "tensorrt"]), default="cpu",
+              show_default=True, help="onnx-int8: cpu = uint8 activations (fastest on ONNX "
+                                      "Runtime and OpenVINO); tensorrt = symmetric int8, zero "
+                                      "points 0 (TensorRT's explicit quantization).")
+@click.option("--calib-data", type=click.Path(path_type=Path), default=None,
+              help="INT8 calibration images: a class-per-folder tree, an .npz or a dataset "
+                   "layout [default: the checkpoint's training split].")
+@click.option("--calib-count", type=click.IntRange(min=32, max=100_000), default=256,
+              show_default=True, help="INT8 calibration images (seeded subset).")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              default="minmax", show_default=True, help="INT8 range calibration method.")
 @click.option("--workspace", type=_Parsed("SIZE", _parse_workspace), default="4G",
               show_default=True, help="TensorRT workspace limit, e.g. 4G, 512M.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(*SEED_RANGE), default=0, show_default=True,
               help="Seed for fresh weights (no --checkpoint).")
 @click.option("--keep-failed", is_flag=True,
               help="Keep an artifact that fails the gate as <out>.FAILED [default: delete it].")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an artifact at --out that was exported from other weights (another "
+                   "checkpoint, or seeded weights). Re-exporting the same weights needs no flag; "
+                   "a folder that is not an artifact is never replaced.")
 @one_line_errors
 def build(depth: int | None, model: str | None, checkpoint: Path | None,
           num_classes: int | None, in_chans: int | None, formats: tuple[str, ...],
           input_size: int | None, batch_range: BatchRange | None, min_batch: int | None,
           opt_batch: int | None, max_batch: int | None, opset: int, out: Path | None,
-          fp16_io: bool,
-          trt_precision: str, workspace: int, seed: int, keep_failed: bool) -> None:
+          fp16_io: bool, trt_precision: str, int8_flavour: str, calib_data: Path | None,
+          calib_count: int, calib_method: str, workspace: int, seed: int, keep_failed: bool,
+          overwrite: bool) -> None:
     """Export a ResNet and prove the artifact gives the eager model's logits.
 
     \b
@@ -107,11 +152,18 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
         fmt=formats[0], model=name, checkpoint=checkpoint, num_classes=num_classes,
         in_chans=in_chans, input_size=input_size, batch=batch_range,
         batch_parts=(min_batch, opt_batch, max_batch), opset=opset, out=out, io_fp16=fp16_io,
-        trt_precision=trt_precision, workspace=workspace, seed=seed, keep_failed=keep_failed)
+        trt_precision=trt_precision, workspace=workspace, seed=seed, keep_failed=keep_failed,
+        int8_flavour=int8_flavour, calib_data=calib_data, calib_count=calib_count,
+        calib_method=calib_method, overwrite=overwrite)
+    if fp16_io and all(dataclasses.replace(request, fmt=f).precision == "int8"
+                       for f in formats):
+        raise OneLineUsageError("--fp16-io applies to FP16 artifacts, not INT8 (INT8 artifacts "
+                                "take FP32 input)")
     if out is not None and len(set(formats)) > 1:
         raise OneLineUsageError("--out names one folder; leave it out when giving several --fmt")
-    export_artifacts(request, list(formats), echo=click.echo,
-                     warn=lambda line: click.echo(line, err=True))
+    with sigterm_as_interrupt():  # `kill`/`timeout`: clean up like Ctrl-C does
+        export_artifacts(request, list(formats), echo=click.echo,
+                         warn=lambda line: click.echo(line, err=True))
 
 
 @main.command("verify", cls=OneLineCommand)
@@ -125,5 +177,6 @@ def verify(folder: Path) -> None:
     """
     from .pipeline import verify_artifact
 
-    verify_artifact(folder, echo=click.echo)
+    with sigterm_as_interrupt():
+        verify_artifact(folder, echo=click.echo)
     click.echo(f"verified {folder}: PASS")

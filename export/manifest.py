@@ -39,7 +39,8 @@ def build_manifest(*, fmt: str, precision: str, artifact: str, files: list[dict[
                    normalization: dict[str, Any], source: dict[str, Any],
                    inputs: list[dict], outputs: list[dict], batch_range: dict[str, int],
                    opset: int, fp16: dict | None, tensorrt: dict | None, gpu: dict | None,
-                   versions: dict[str, Any], parity: dict[str, Any]) -> dict[str, Any]:
+                   versions: dict[str, Any], parity: dict[str, Any],
+                   int8: dict | None = None) -> dict[str, Any]:
     """Assemble a manifest in the documented key order."""
     from . import __version__
 
@@ -49,7 +50,8 @@ def build_manifest(*, fmt: str, precision: str, artifact: str, files: list[dict[
         "schema_version": SCHEMA_VERSION, "kind": KIND, "format": fmt, "precision": precision,
         "artifact": artifact, "files": files, "model": model, "class_names": class_names,
         "normalization": normalization, "source": source, "inputs": inputs, "outputs": outputs,
-        "batch_range": batch_range, "opset": opset, "fp16": fp16, "tensorrt": tensorrt,
+        "batch_range": batch_range, "opset": opset, "fp16": fp16, "int8": int8,
+        "tensorrt": tensorrt,
         "gpu": gpu, "versions": versions, "parity": parity, "created": now_utc(),
         "tool": {"name": "resnet-deploy", "version": __version__},
     }

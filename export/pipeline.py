@@ -1,11 +1,17 @@
 """Export and verify, end to end: the only module that knows the order of the steps.
 
-Export: check prerequisites -> eager reference -> FP32 ONNX -> (FP16 ONNX) -> (TensorRT engine)
--> parity gate -> manifest -> into place. Everything is written into a hidden staging folder
-beside the output (``.<out>.XXXX.partial``); only an artifact that passed its gate is renamed to
-the output folder, atomically replacing a previous artifact there. A failed artifact is deleted
-(or, with ``keep_failed``, renamed to ``<out>.FAILED`` with its manifest saying so) and the
-command exits 1. ``--fmt trt`` checks for TensorRT and a GPU before anything is created.
+Export: check prerequisites -> check the output folder and the memory the gate needs -> eager
+reference -> FP32 ONNX -> (FP16 ONNX) -> (TensorRT engine) -> parity gate -> manifest -> into
+place. Everything is written into a hidden staging folder beside the output
+(``.<out>.<pid>-XXXX.partial``); only an artifact that passed its gate is moved to the output
+folder, atomically replacing a previous artifact there (:func:`replace_folder`). A failed artifact
+is deleted (or, with ``keep_failed``, moved to ``<out>.FAILED`` with its manifest saying so) and
+the command exits 1. ``--fmt trt`` checks for TensorRT and a GPU before anything is created.
+
+The output folder is only ever replaced when it is provably an artifact of this tool (our
+manifest, and nothing in the folder but the files it lists), never when it lies inside another
+artifact, and - without ``overwrite`` - only by an export of the same source weights
+(docs/export.md, "The output folder").
 
 Verify: manifest -> every file's sha256 -> (engine compatibility) -> rebuild the eager reference
 from the recorded weights (sha256 checked) or seed -> the same gate -> exit 1 on failure.
@@ -25,15 +31,22 @@ from typing import Any, Callable
 
 import onnx
 
-from .core.artifact import FORMATS, MANIFEST_NAME, read_manifest, verify_files
+from .core.artifact import (FAILED_SUFFIX, FORMATS, MANIFEST_NAME, MAX_BATCH, MAX_INPUT_SIZE,
+                            artifact_file, enclosing_artifact, owned_artifact, read_manifest,
+                            recover_interrupted, replace_folder, staging_prefix, STAGING_SUFFIX,
+                            verify_files)
 from .core.errors import BackendUnavailable, ParityFailed, UserError, first_line
 from .core.fileio import current_umask
+from .core.hardware import available_memory, inference_bytes
 from .core.models import ModelSpec, default_spec
+from .calibration import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
+from .calibration import accuracy_set, calibration_set
 from .fp16 import convert_to_fp16
+from .int8 import DEFAULT_METHOD, quantize_qdq
 from .manifest import build_manifest, file_entry, library_versions, write_manifest
 from .onnx_export import (DEFAULT_OPSET, export_onnx, io_signature, save_onnx, stamp_metadata)
-from .parity import (ParityInput, Verdict, random_inputs, real_inputs, run_gate, table_footer,
-                     table_header, table_row)
+from .parity import (TOLERANCES, ParityInput, Verdict, random_inputs, real_inputs, run_gate,
+                     table_footer, table_header, table_row)
 from .core.shapes import BatchRange
 from .runtime.base import Runner
 from .runtime.loader import runner_for
@@ -41,8 +54,8 @@ from .runtime.openvino_runner import openvino_usable
 from .runtime.ort_runner import cuda_provider_usable
 from .runtime.torch_runner import TorchRunner
 from .train.data import reference_images
-from .weights import DEFAULT_SEED, SourceModel, checkpoint_source, fresh_source, \
-    source_from_manifest
+from .weights import CALIBRATION_BATCH_SIZE, DEFAULT_SEED, SourceModel, checkpoint_source, \
+    fresh_source, source_from_manifest
 
 RANDOM_SEED = 1234
 Echo = Callable[[str], None]
@@ -67,10 +80,23 @@ class ExportRequest:
     workspace: int | None = None
     seed: int = DEFAULT_SEED
     keep_failed: bool = False
+    int8_flavour: str = "cpu"  # onnx-int8: "cpu" (ORT/OpenVINO) or "tensorrt" (symmetric)
+    calib_data: Path | None = None  # None: the checkpoint's training split (digits if fresh)
+    calib_count: int = DEFAULT_CALIBRATION_COUNT
+    calib_method: str = DEFAULT_METHOD
+    overwrite: bool = False  # replace an artifact of other source weights at ``out``
 
     @property
     def precision(self) -> str:
-        return {"onnx": "fp32", "onnx-fp16": "fp16"}.get(self.fmt, self.trt_precision)
+        return {"onnx": "fp32", "onnx-fp16": "fp16", "onnx-int8": "int8"}.get(
+            self.fmt, self.trt_precision)
+
+    @property
+    def flavour(self) -> str | None:
+        """The INT8 flavour this format needs: an engine needs TensorRT's (zero points 0)."""
+        if self.precision != "int8":
+            return None
+        return "tensorrt" if self.fmt == "trt" else self.int8_flavour
 
 
 @dataclass
@@ -104,7 +130,11 @@ def merge_batch(default: BatchRange, lo: int | None, opt: int | None, hi: int | 
 
 
 def default_out(spec: ModelSpec, req: ExportRequest) -> Path:
-    suffix = "trt-fp32" if req.fmt == "trt" and req.trt_precision == "fp32" else req.fmt
+    suffix = req.fmt
+    if req.fmt == "trt" and req.trt_precision != "fp16":
+        suffix = f"trt-{req.trt_precision}"
+    elif req.fmt == "onnx-int8" and req.int8_flavour != "cpu":
+        suffix = f"onnx-int8-{req.int8_flavour}"
     return Path("artifacts") / f"{spec.name}-{suffix}"
 
 
@@ -130,6 +160,9 @@ def parity_inputs(spec: ModelSpec, batch: BatchRange, dataset: dict[str, Any] | 
         images = reference_images(dataset, spec, limit=max(sizes))
     except UserError as exc:
         real["note"] = f"real images unavailable: {exc}"
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a damaged description
+        real["note"] = f"real images unavailable: the dataset description does not read " \
+                       f"({first_line(exc)})"
     else:
         if len(images):
             items += real_inputs(images, sizes)
@@ -167,8 +200,9 @@ def candidate_runners(folder: Path, manifest: dict[str, Any]) -> list[Candidate]
     found = [Candidate(runner_for(folder, manifest, p, file=built_from), own) for p in providers]
     if built_from is not None:
         return found + [Candidate(runner_for(folder, manifest), own)]
-    if openvino_usable():
-        found.append(Candidate(runner_for(folder, manifest, runtime="openvino"), own))
+    int8 = manifest.get("int8") or {}
+    if openvino_usable() and int8.get("flavour", "cpu") == "cpu":  # OpenVINO refuses signed
+        found.append(Candidate(runner_for(folder, manifest, runtime="openvino"), own))  # int8
         if own == "fp32":
             try:
                 found.append(Candidate(runner_for(folder, manifest, runtime="openvino",
@@ -189,6 +223,14 @@ def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
         dataset = recorded["dataset"]
     inputs, described = parity_inputs(spec, batch, dataset)
     notes = [described["real"]["note"]] if described["real"]["note"] else []
+    labelled = None
+    if TOLERANCES[manifest["precision"]].max_accuracy_drop is not None:
+        int8 = manifest.get("int8") or {}
+        labelled, described["accuracy"] = accuracy_set(
+            spec, dataset, batch.max, int8.get("calibration"))
+    if not TOLERANCES[manifest["precision"]].judge_random:
+        notes.append(f"random inputs are not judged at {manifest['precision']}: they lie "
+                     "outside the ranges it was calibrated for")
     reference = TorchRunner(source.model, device="cpu")
     verdicts = []
     for found in candidate_runners(folder, manifest):
@@ -198,7 +240,9 @@ def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
                           candidate.arithmetic))
         try:
             verdict = run_gate(reference, candidate, inputs, found.contract, notes,
-                               on_comparison=lambda c: echo(table_row(c)))
+                               on_comparison=lambda c: echo(table_row(c)),
+                               labelled=labelled if found.contract == manifest["precision"]
+                               else None)
         except (UserError, BackendUnavailable, KeyboardInterrupt):
             raise
         except Exception as exc:  # an artifact its runtime cannot run fails the gate
@@ -224,45 +268,134 @@ def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_out(out: Path) -> dict[str, Any] | None:
-    """May we write ``out``? Returns the previous artifact's manifest there, if any."""
+def check_limits(spec: ModelSpec, batch: BatchRange, fresh: bool) -> None:
+    """Refuse an export the machine cannot hold, before the expensive steps.
+
+    The bounds (MAX_INPUT_SIZE, MAX_BATCH) hold for every artifact; the memory estimate
+    (:func:`inference_bytes`) is for the largest forward the export runs: the parity gate's
+    largest batch, and for fresh weights the BatchNorm calibration's batches of 8.
+    """
+    if spec.input_size > MAX_INPUT_SIZE:
+        raise UserError(f"input size {spec.input_size} is above the limit of {MAX_INPUT_SIZE}")
+    if batch.max > MAX_BATCH:
+        raise UserError(f"batch {batch.max} is above the limit of {MAX_BATCH}")
+    images = max(batch.max, CALIBRATION_BATCH_SIZE if fresh else 0)
+    need = inference_bytes(images, spec.in_chans, spec.input_size)
+    have = available_memory()
+    if have is not None and need > have:
+        what = (f"the parity gate at batch {batch.max}" if images == batch.max else
+                f"the BatchNorm calibration of fresh weights (batches of {images})")
+        raise UserError(f"exporting {spec.name} at {spec.input_size}x{spec.input_size} needs about "
+                        f"{need / 2**30:.1f} GiB for {what}; {have / 2**30:.1f} GiB is available: "
+                        "lower --input-size or --batch-range")
+
+
+def weights_identity(source: dict[str, Any], model: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two artifacts "from the same weights": the file's sha256, or the seed and the
+    model description that seeded weights follow from."""
+    if source.get("kind") == "seed":
+        return ("seed", source.get("seed"), model.get("name"), model.get("num_classes"),
+                model.get("in_chans"), model.get("shortcut", "A"))
+    return ("file", source.get("sha256"))
+
+
+def describe_weights(source: dict[str, Any], model: dict[str, Any]) -> str:
+    if source.get("kind") == "seed":
+        return f"UNTRAINED seeded weights (seed {source.get('seed')}, {model.get('name')})"
+    what = "checkpoint" if source.get("kind") == "checkpoint" else "state dict"
+    return f"the {what} {source.get('path')} (sha256 {str(source.get('sha256'))[:12]})"
+
+
+@dataclass
+class _Target:
+    """An output folder of one format and what was found there."""
+
+    out: Path
+    previous: dict[str, Any] | None = None  # the artifact at ``out`` that this export replaces
+
+
+def _blocker(out: Path) -> None:
+    if out.name in ("", ".", ".."):
+        raise UserError(f"--out {out} must name a folder (not . or ..)")
     blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise UserError(f"cannot write {out}: {blocker} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MANIFEST_NAME).is_file():
-            raise UserError(f"--out {out} exists and is not an artifact folder; choose another "
-                            "--out or empty it")
-        try:
-            return read_manifest(out)
-        except UserError:
-            return None
-    return None
+    if out.is_symlink():
+        raise UserError(f"--out {out} is a symbolic link (to {os.readlink(out)}); give the "
+                        "folder itself or another name")
+    enclosing = enclosing_artifact(out)
+    if enclosing is not None:
+        raise UserError(f"--out {out} is inside the artifact folder {enclosing}; an artifact "
+                        "cannot hold another: choose a folder outside it")
+
+
+def _replaceable(out: Path, refusal: Callable[[str], str]) -> dict[str, Any] | None:
+    """The manifest of the artifact at ``out`` if it may be replaced (None: nothing there)."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    try:
+        return owned_artifact(out)
+    except UserError as exc:
+        raise UserError(refusal(str(exc))) from None
+
+
+def check_out(out: Path, source: dict[str, Any], model: dict[str, Any], overwrite: bool,
+              echo: Echo = print) -> dict[str, Any] | None:
+    """May this export write ``out``? Returns the artifact it would replace, if any.
+
+    Refused, in one line: a file on the way, a symbolic link, a folder inside another artifact,
+    a non-empty folder that is not provably one of our artifacts, and - without ``overwrite`` -
+    an artifact of other source weights. Leftovers of a killed export are put right first.
+    """
+    out = Path(out)
+    _blocker(out)
+    for note in recover_interrupted(out):
+        echo(f"note: {note}")
+    previous = _replaceable(out, lambda why: (
+        f"--out {out} exists and is not an artifact folder ({why}); nothing was changed: "
+        "choose another --out or empty it"))
+    if previous is not None and not overwrite and \
+            weights_identity(previous["source"], previous["model"]) != \
+            weights_identity(source, model):
+        raise UserError(
+            f"--out {out} holds a {previous['model']['name']} {previous['format']} artifact "
+            f"exported from {describe_weights(previous['source'], previous['model'])}; this "
+            f"export is from {describe_weights(source, model)}: pass --overwrite to replace "
+            "it, or choose another --out")
+    return previous
+
+
+def check_failed_slot(out: Path, echo: Echo = print) -> dict[str, Any] | None:
+    """``--keep-failed`` writes ``<out>.FAILED``: only over a failed artifact of ours."""
+    failed = out.with_name(out.name + FAILED_SUFFIX)
+    _blocker(failed)
+    for note in recover_interrupted(failed):
+        echo(f"note: {note}")
+    return _replaceable(failed, lambda why: (
+        f"--keep-failed would replace {failed}, which is not an artifact folder ({why}); "
+        "nothing was changed: move it away or leave out --keep-failed"))
 
 
 def _make_dirs(path: Path) -> list[Path]:
     """mkdir -p that remembers what it created, so a failure can take it back."""
-    created = []
-    for parent in reversed([path, *path.parents]):
-        if not parent.exists():
-            parent.mkdir()
-            created.append(parent)
+    created: list[Path] = []
+    try:
+        for parent in reversed([path, *path.parents]):
+            if not parent.exists():
+                parent.mkdir()
+                created.append(parent)
+    except BaseException:  # half-way: take back what was made
+        _remove_dirs(created)
+        raise
     return created
 
 
-def _promote(staging: Path, out: Path) -> None:
-    """Rename the staging folder to ``out``, replacing a previous artifact as one step."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-        os.replace(out, old)
+def _remove_dirs(created: list[Path]) -> None:
+    for path in reversed(created):
         try:
-            os.replace(staging, out)
+            path.rmdir()
         except OSError:
-            os.replace(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
+            break
 
 
 def export_artifact(req: ExportRequest, echo: Echo = print, warn: Echo = print) -> ExportResult:
@@ -295,11 +428,22 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
         raise UserError("--fp16-io needs an FP16 artifact (--fmt onnx-fp16, or trt with "
                         "--trt-precision fp16)")
 
-    source = resolve_source(req)
-    spec = source.spec
+    # fresh weights are planned before they are made (calibrating them is the first cost)
+    source = resolve_source(req) if req.checkpoint is not None else None
+    spec = source.spec if source is not None else \
+        default_spec(req.model or "resnet50", req.num_classes, req.in_chans, req.input_size)
     batch = req.batch or merge_batch(BatchRange.default_for(spec), *req.batch_parts)
-    outs = [Path(r.out) if r.out is not None else default_out(spec, r) for r in requests]
-    previous = [_check_out(out) for out in outs]
+    check_limits(spec, batch, fresh=source is None)
+    new_source = source.source if source is not None else {"kind": "seed", "seed": req.seed}
+    targets = []
+    for r in requests:
+        out = Path(r.out) if r.out is not None else default_out(spec, r)
+        target = _Target(out, check_out(out, new_source, spec.to_dict(), req.overwrite, warn))
+        if req.keep_failed:  # refused now, not after the export, if the slot is not ours
+            check_failed_slot(out, warn)
+        targets.append(target)
+    if source is None:
+        source = fresh_source(spec, req.seed)
     for note in source.warnings:  # once we know the export will go ahead
         warn(f"warning: {note}")
 
@@ -310,53 +454,63 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
     echo(f"  traced and translated in {time.perf_counter() - started:.1f}s")
 
     results, failures = [], []
-    for r, out, prev in zip(requests, outs, previous):
+    for r, target in zip(requests, targets):
         try:
-            results.append(_export_one(r, source, fp32_proto, batch, out, prev, trt_version, gpu,
-                                       echo))
+            results.append(_export_one(r, source, fp32_proto, batch, target, trt_version, gpu,
+                                       echo, warn))
         except ParityFailed as exc:
             failures.append(str(exc))
         except OSError as exc:  # disk full, permissions: one line, not a traceback
-            raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+            raise UserError(f"cannot write {target.out}: {exc.strerror or exc}") from None
     if failures:
         raise ParityFailed(" | ".join(failures))
     return results
 
 
 def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelProto,
-                batch: BatchRange, out: Path, previous: dict[str, Any] | None,
-                trt_version: str | None, gpu: Any, echo: Echo) -> ExportResult:
-    """One format: staging folder -> files -> gate -> manifest -> rename (or clean up)."""
+                batch: BatchRange, target: _Target, trt_version: str | None, gpu: Any,
+                echo: Echo, warn: Echo) -> ExportResult:
+    """One format: staging folder -> files -> gate -> manifest -> into place (or clean up)."""
     spec = source.spec
+    out = target.out
     created = _make_dirs(out.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; an artifact folder is not
+    staging: Path | None = None
     promoted = False
     try:
+        staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out), suffix=STAGING_SUFFIX,
+                                        dir=out.parent))
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; an artifact is not
         manifest, verdicts = _build_in(staging, req, source, fp32_proto, batch, trt_version, gpu,
-                                       previous, out, echo)
+                                       target.previous, out, echo)
         if not manifest["parity"]["passed"]:
             failed_note = "nothing was written"
             if req.keep_failed:
-                failed = out.with_name(out.name + ".FAILED")
-                shutil.rmtree(failed, ignore_errors=True)
-                os.replace(staging, failed)
+                failed = out.with_name(out.name + FAILED_SUFFIX)
+                previous = check_failed_slot(out, warn)  # again: it may have changed meanwhile
+                _announce(failed, previous, warn)
+                replace_folder(staging, failed)
                 failed_note = f"kept for inspection in {failed}"
             raise ParityFailed(f"parity gate FAILED for {spec.name} {req.fmt}: "
                                f"{_first_failure(verdicts)}; {failed_note}")
-        _promote(staging, out)
+        # again, right before: the folder may have changed while the export ran
+        previous = check_out(out, manifest["source"], manifest["model"], req.overwrite, warn)
+        _announce(out, previous, warn)
+        replace_folder(staging, out)
         promoted = True
         files = ", ".join(f"{f['path']} ({f['bytes'] / 1e6:.1f} MB)" for f in manifest["files"])
         echo(f"wrote {out}/: {files}, {MANIFEST_NAME}")
         return ExportResult(out, manifest, verdicts)
     finally:
         if not promoted:
-            shutil.rmtree(staging, ignore_errors=True)
-            for path in reversed(created):
-                try:
-                    path.rmdir()
-                except OSError:
-                    break
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            _remove_dirs(created)
+
+
+def _announce(out: Path, previous: dict[str, Any] | None, warn: Echo) -> None:
+    if previous is not None:
+        warn(f"replacing {out} (previous {previous['format']} artifact from "
+             f"{previous['created']})")
 
 
 def _first_failure(verdicts: list[Verdict]) -> str:
@@ -364,6 +518,8 @@ def _first_failure(verdicts: list[Verdict]) -> str:
         for c in v.comparisons:
             if not c.passed:
                 return f"{v.candidate} on '{c.name}': {c.failures[0]}"
+        if v.accuracy is not None and not v.accuracy.passed:
+            return f"{v.candidate} on the held-out accuracy check: {v.accuracy.failures[0]}"
     return "no comparison passed"
 
 
@@ -380,16 +536,19 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
     doc = (f"{spec.name}: {spec.num_classes} classes, input {spec.in_chans}x{spec.input_size}x"
            f"{spec.input_size} NCHW normalised with the mean/std in metadata_props; exported by "
            "resnet-deploy")
-    fp16_report = None
-    fp16_onnx = req.precision == "fp16"
-    if fp16_onnx:  # the converter works on its own copy
+    fp16_report, int8_report = None, None
+    suffix = {"fp16": ".fp16", "int8": f".int8-{req.flavour}" if req.flavour != "cpu" else ".int8"
+              }.get(req.precision, "")
+    onnx_name = f"{spec.name}{suffix}.onnx"
+    if req.precision == "fp16":  # the converter works on its own copy
         proto, report = convert_to_fp16(fp32_proto, io_fp16=req.io_fp16)
         fp16_report = report.to_dict()
+    elif req.precision == "int8":
+        proto, int8_report = _quantize(req, source, fp32_proto, echo)
     else:
         proto = onnx.ModelProto()
         proto.CopyFrom(fp32_proto)
     stamp_metadata(proto, {**metadata, "precision": req.precision}, doc)
-    onnx_name = f"{spec.name}.fp16.onnx" if fp16_onnx else f"{spec.name}.onnx"
     save_onnx(proto, staging / onnx_name)
     inputs, outputs = io_signature(proto)
     echo(f"[{req.fmt}] {onnx_name}: {(staging / onnx_name).stat().st_size / 1e6:.1f} MB, passes "
@@ -401,8 +560,12 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
 
         engine_name, cache_name = f"{spec.name}.engine", "timing.cache"
         reuse = timing_cache_reusable(previous, trt_version, gpu)
-        if reuse and (out / cache_name).is_file():
-            shutil.copy2(out / cache_name, staging / cache_name)
+        if reuse and previous is not None and \
+                any(f["path"] == cache_name for f in previous["files"]):
+            try:
+                shutil.copy2(artifact_file(out, cache_name), staging / cache_name)
+            except (UserError, OSError):
+                pass  # gone or not a plain file of the folder: build without it
         tensorrt = build_engine(staging / onnx_name, staging / engine_name, inputs[0]["name"],
                                 batch.profile_shapes(spec), req.precision,
                                 req.workspace or DEFAULT_WORKSPACE, staging / cache_name,
@@ -417,11 +580,33 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
         normalization=normalization_of(spec), source=source.source, inputs=inputs,
         outputs=outputs, batch_range=batch.to_dict(), opset=req.opset, fp16=fp16_report,
         tensorrt=tensorrt, gpu=gpu.to_dict() if gpu is not None and req.fmt == "trt" else None,
-        versions=library_versions(trt_version), parity={"passed": False, "runs": []})
+        versions=library_versions(trt_version), parity={"passed": False, "runs": []},
+        int8=int8_report)
     parity, verdicts = gate(staging, manifest, source, echo)
     manifest["parity"] = parity
     write_manifest(staging, manifest)
     return manifest, verdicts
+
+
+def _quantize(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelProto,
+              echo: Echo) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """FP32 graph -> INT8 QDQ graph, calibrated on training data (never the judging data)."""
+    calibration = calibration_set(source.spec, source.dataset, req.calib_data, req.calib_count,
+                                  req.calib_method)
+    if calibration.warning:
+        echo(f"warning: {calibration.warning}")
+    echo(f"[{req.fmt}] calibrating INT8 ({req.flavour} flavour, {req.calib_method}) on "
+         f"{calibration.description['count']} images of the "
+         f"{calibration.description['source']}")
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp:
+        fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        save_onnx(fp32_proto, fp32_path)
+        report = quantize_qdq(fp32_path, int8_path, calibration.images, flavour=req.flavour,
+                              method=req.calib_method)
+        proto = onnx.load(str(int8_path))
+    report.pop("calibration", None)  # the calibration section below says more
+    return proto, {"flavour": req.flavour, "quantizer": report,
+                   "calibration": calibration.description}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,6 +617,8 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
 def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
     """Re-run the gate on an existing artifact; raises :class:`ParityFailed` if it fails now."""
     folder = Path(folder)
+    for note in recover_interrupted(folder):
+        echo(f"note: {note}")
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
     echo(f"{folder}: {len(manifest['files'])} files match their sha256")
@@ -452,6 +639,6 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
     return parity
 
 
-__all__ = ["ExportRequest", "ExportResult", "FORMATS", "ParityFailed", "export_artifact",
-           "export_artifacts",
-           "verify_artifact", "resolve_source", "parity_inputs", "gate"]
+__all__ = ["ExportRequest", "ExportResult", "FORMATS", "ParityFailed", "check_limits",
+           "check_out", "export_artifact", "export_artifacts", "verify_artifact",
+           "resolve_source", "parity_inputs", "gate"]

@@ -113,6 +113,7 @@ def test_artifacts_of_two_models_get_one_eager_baseline_each(two_models, monkeyp
     assert request.specs == [SPEC, small]  # resnet18-onnx, then resnet20-onnx
     baselines = [c for c in candidates if c.backend == "torch"]
     assert [(c.spec, c.precision) for c in baselines] == [(SPEC, "fp32"), (small, "fp32")]
+    assert all(c.baseline for c in baselines)  # measured only beside a loaded artifact
     onnx_rows = sorted((c.backend, c.spec.name) for c in candidates if c.artifact)
     assert onnx_rows == [("onnxruntime", "resnet18"), ("onnxruntime", "resnet20"),
                          ("openvino", "resnet18"), ("openvino", "resnet20")]

@@ -60,7 +60,7 @@ def test_two_formats_from_one_export(cwd):
 def test_reexport_replaces_the_artifact_and_leaves_no_temporaries(cwd):
     assert run("--depth", "20", *FAST).exit_code == 0
     first = json.loads((cwd / "artifacts/resnet20-onnx/manifest.json").read_text())
-    result = run("--depth", "20", "--seed", "7", *FAST)
+    result = run("--depth", "20", "--seed", "7", "--overwrite", *FAST)  # other weights: asked
     assert result.exit_code == 0, result.output
     second = json.loads((cwd / "artifacts/resnet20-onnx/manifest.json").read_text())
     assert second["source"]["seed"] == 7 and first["source"]["seed"] == 0

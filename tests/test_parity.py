@@ -26,7 +26,7 @@ def _logits(n=8, classes=10, seed=0, scale=1.0):
 
 
 def test_tolerance_table_has_every_precision_each_with_a_reason():
-    assert set(TOLERANCES) == {"fp32", "fp16", "bf16"}
+    assert set(TOLERANCES) == {"fp32", "fp16", "bf16", "int8"}
     for tol in TOLERANCES.values():
         assert len(tol.reason) > 60
     BF16 = TOLERANCES["bf16"]

@@ -8,7 +8,6 @@ installs versions that work together.
 """
 
 import json
-import sys
 import tomllib
 from pathlib import Path
 

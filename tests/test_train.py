@@ -295,7 +295,7 @@ def test_cli_trains_and_resumes(tmp_path, digits_npz):
     (["--data", "/no/such/folder"], "not found", 1),
     (["--optimizer", "rmsprop"], "'rmsprop' is not one of", 2),
     (["--model", "resnet7"], "unknown model", 2),
-    (["--epochs", "0"], "--epochs", 1),
+    (["--epochs", "0"], "--epochs", 2),
     (["--resume", "somewhere", "--lr", "0.5"], "--lr cannot change", 2),
     (["--no-such-option"], "No such option", 2),
 ])

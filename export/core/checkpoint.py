@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +46,11 @@ class Checkpoint:
 def read_weights_file(path: str | os.PathLike) -> Any:
     """Load a torch file safely; every failure becomes one clear :class:`UserError`."""
     path = Path(path)
-    if not path.exists():
+    # os.path (not Path) answers False rather than raising for a name too long to exist.
+    if not os.path.exists(path):
         raise UserError(f"weights file not found: {path}")
-    if not path.is_file():
-        raise UserError(f"weights path is not a file: {path}")
+    if not os.path.isfile(path):  # a folder, a FIFO (opening it would block), a device...
+        raise UserError(f"weights path is not a regular file: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -61,9 +61,14 @@ def read_weights_file(path: str | os.PathLike) -> Any:
                             ) from None
         raise UserError(f"cannot read {path}: not a valid PyTorch weights file "
                         f"({_unpickler_reason(exc)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read {path}: not a valid PyTorch weights file ({first})") from None
+    except Exception as exc:  # noqa: BLE001 - a crafted file can raise almost anything
+        # Text, random bytes, an empty file or a zip that torch did not write make the
+        # unpickler fail in many ways (KeyError, IndexError, struct.error, EOFError,
+        # RuntimeError, BadZipFile...): every one of them means the same thing to the user.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        raise UserError(f"cannot read {path}: not a valid PyTorch weights file ({reason})"
+                        ) from None
 
 
 def _global_reference(exc: Exception) -> str | None:
@@ -102,8 +107,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         state = obj.get("state_dict")
         if not _is_tensor_dict(state):
             raise UserError(f"{path}: checkpoint has no state_dict of tensors")
+        _check_fits(path, spec, state)
+        class_names = _checked_class_names(path, obj.get("class_names"), spec)
         meta = {k: v for k, v in obj.items() if k not in ("model", "state_dict", "class_names")}
-        return Checkpoint(path, digest, state, spec, obj.get("class_names"), meta)
+        _check_meta(path, meta)
+        return Checkpoint(path, digest, state, spec, class_names, meta)
     # Common wrappers around a plain state dict.
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and _is_tensor_dict(obj.get(key)):
@@ -112,6 +120,79 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if _is_tensor_dict(obj):
         return Checkpoint(path, digest, obj)
     raise UserError(f"{path}: neither a resnet-train checkpoint nor a state dict of tensors")
+
+
+def _check_fits(path: Path, spec: ModelSpec, state: dict[str, torch.Tensor]) -> None:
+    """The description must say what the weights are: classes from fc, channels from conv1."""
+    fc, stem = state.get("fc.weight"), state.get("conv1.weight")
+    if fc is not None and fc.ndim == 2 and fc.shape[0] != spec.num_classes:
+        raise UserError(f"{path}: its model description says {spec.num_classes} classes but "
+                        f"its fc.weight has {fc.shape[0]} rows")
+    if stem is not None and stem.ndim == 4 and stem.shape[1] != spec.in_chans:
+        raise UserError(f"{path}: its model description says {spec.in_chans} input channels "
+                        f"but its conv1.weight takes {stem.shape[1]}")
+
+
+def _checked_class_names(path: Path, names: Any, spec: ModelSpec) -> list[str] | None:
+    """None, or one distinct string per class of the model."""
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{path}: class_names must be a list of strings, got "
+                        f"{_describe_value(names)}")
+    if len(names) != spec.num_classes:
+        raise UserError(f"{path}: it lists {len(names)} class names but the model has "
+                        f"{spec.num_classes} classes")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise UserError(f"{path}: class_names repeats the class name {name!r}")
+        seen.add(name)
+    return names
+
+
+#: the dataset dict's keys (``export.train.data.describe_source``): required ones, then optional
+_DATASET_KEYS = {"kind": (str,), "seed": (int,), "val_fraction": (float, int),
+                 "test_fraction": (float, int)}
+_DATASET_OPTIONAL = {"path": (str, type(None)), "num_images": (int,)}
+
+
+def _check_meta(path: Path, meta: dict[str, Any]) -> None:
+    """The plain-data entries other code reads: right types, sensible values, or one error."""
+    dataset = meta.get("dataset")
+    if dataset is not None:
+        if not isinstance(dataset, dict):
+            raise UserError(f"{path}: its dataset must be a dict, got {_describe_value(dataset)}")
+        missing = [k for k in _DATASET_KEYS if k not in dataset]
+        if missing:
+            raise UserError(f"{path}: its dataset lacks {', '.join(missing)}")
+        for key, types in {**_DATASET_KEYS, **_DATASET_OPTIONAL}.items():
+            if key not in dataset:
+                continue
+            value = dataset[key]
+            ok = isinstance(value, types) and not isinstance(value, bool)
+            if ok and key in ("seed", "num_images"):
+                ok = value >= 0
+            if ok and key.endswith("_fraction"):
+                ok = 0.0 < value < 1.0
+            if not ok:
+                want = {"kind": "a string", "path": "a string or None",
+                        "seed": "an integer >= 0", "num_images": "an integer >= 0"}.get(
+                            key, "a number between 0 and 1")
+                raise UserError(f"{path}: its dataset {key!r} must be {want}, got {value!r}")
+    for key in ("metrics", "train_config"):
+        if key in meta and meta[key] is not None and not isinstance(meta[key], dict):
+            raise UserError(f"{path}: its {key} must be a dict, got "
+                            f"{_describe_value(meta[key])}")
+    epoch = meta.get("epoch")
+    if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)
+                              or epoch < 0):
+        raise UserError(f"{path}: its epoch must be an integer >= 0, got {epoch!r}")
+
+
+def _describe_value(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
 def load_state_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -151,8 +232,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec,
                "model": spec.to_dict(), "state_dict": state,
                "class_names": list(class_names) if class_names is not None else None, **extra}
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # Through a file object: a full disk is then OSError(ENOSPC), where torch.save given a
+        # file name reports it as a RuntimeError about stream positions.
+        torch.save(payload, fh)
     return path
 
 

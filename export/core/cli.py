@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, Iterator
 
 import click
 
-from .errors import UserError
-from .errors import UnknownModelError
+from .errors import BackendUnavailable, BadOption, UnknownModelError, UserError, printable
 from .models import family_table, get_architecture, model_names
-from .errors import BackendUnavailable
 
 
 class OneLineUsageError(click.UsageError):
     """A usage error shown as a single ``Error: ...`` line (exit status 2), without the usage dump."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"Error: {self.format_message()}", err=True)
+        click.echo(f"Error: {printable(self.format_message())}", err=True)
 
 
 class OneLineCommand(click.Command):
@@ -40,15 +41,34 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UnknownModelError as exc:
-            raise OneLineUsageError(str(exc)) from None
+        except (UnknownModelError, BadOption) as exc:
+            raise OneLineUsageError(printable(exc)) from None
         except (UserError, BackendUnavailable) as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def _raise_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, a scheduler) raises KeyboardInterrupt for the duration,
+    so it cleans up exactly like Ctrl-C (staging folders removed, exit 130). Only the main
+    thread can install a handler; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resolve_model_name(depth: int | None, model: str | None) -> str:
@@ -114,4 +134,4 @@ class DefaultGroup(click.Group):
 
 
 __all__ = ["DefaultGroup", "OneLineCommand", "OneLineUsageError", "format_family_table", "model_names", "model_options",
-           "one_line_errors", "print_family_table", "resolve_model_name"]
+           "one_line_errors", "print_family_table", "resolve_model_name", "sigterm_as_interrupt"]

@@ -12,6 +12,7 @@ A :class:`ModelSpec` is the small, serialisable description that checkpoints and
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -291,6 +292,15 @@ class ModelSpec:
             raise ValueError("num_classes, in_chans and input_size must be positive")
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ValueError(f"mean/std need {self.in_chans} values (one per input channel)")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ValueError(f"mean/std must be finite numbers, got {list(self.mean)} / "
+                             f"{list(self.std)}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive (it divides the input), got "
+                             f"{list(self.std)}")
+        if self.shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (projection), got "
+                             f"{self.shortcut!r}")
 
     @classmethod
     def create(cls, name: str, num_classes: int = 1000, in_chans: int = 3,
@@ -318,12 +328,27 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        """The inverse of :meth:`to_dict`, checking every field's type (the dict may come from
+        a file anyone could have written); a bad one raises ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError(f"model description must be a dict, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"model description has unknown fields: {sorted(unknown)}")
+            raise ValueError(f"model description has unknown fields: {sorted(map(str, unknown))}")
         if "name" not in data:
             raise ValueError("model description has no 'name'")
+        for key in ("name", "shortcut"):
+            if key in data and not isinstance(data[key], str):
+                raise ValueError(f"{key} must be a string, got {data[key]!r}")
+        for key in ("num_classes", "in_chans", "input_size"):
+            if key in data and (not isinstance(data[key], int) or isinstance(data[key], bool)):
+                raise ValueError(f"{key} must be an integer, got {data[key]!r}")
+        for key in ("mean", "std"):
+            value = data.get(key, ())
+            if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"{key} must be a list of numbers, got {value!r}")
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()})
 
 

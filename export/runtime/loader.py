@@ -5,6 +5,10 @@ exported artifact. It reads the manifest (schema checked in :mod:`export.core.ar
 every file's sha256, and returns the runner for the artifact's format, with the artifact's input
 contract, so a batch it does not promise (wrong C/H/W, or N outside the batch range) is one clear
 ``ValueError`` instead of a runtime's stack of shape errors.
+
+Every file is opened at its real path inside the folder (:func:`artifact_file`: a listed file
+that is a link out of the folder is refused, with or without the sha256 check), and an ONNX
+file's external data must be one of the artifact's own listed files.
 """
 
 from __future__ import annotations
@@ -12,14 +16,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..core.artifact import read_manifest, verify_files
+from ..core.artifact import (artifact_file, check_onnx_file, read_manifest, recover_interrupted,
+                             verify_files)
 from ..core.errors import UserError
 from .base import InputContract, Runner
 
 
 #: which runtimes can run each artifact format (the first is the default)
 RUNTIMES = {"onnx": ("onnxruntime", "openvino"), "onnx-fp16": ("onnxruntime", "openvino"),
-            "trt": ("tensorrt",)}
+            "onnx-int8": ("onnxruntime", "openvino"), "trt": ("tensorrt",)}
 #: an artifact may also run at another precision where its manifest has judged that contract
 EXECUTION_PRECISIONS = {("openvino", "fp32"): ("fp32", "bf16")}
 
@@ -44,11 +49,12 @@ def runner_for(folder: Path, manifest: dict[str, Any], providers: list[str] | No
     if precision != own and precision not in EXECUTION_PRECISIONS.get((runtime, own), ()):
         raise UserError(f"a {own} artifact does not run at {precision} on {runtime}")
     contract = InputContract.from_manifest(manifest)
-    path = folder / (file or manifest["artifact"])
     if runtime == "tensorrt":
         from .tensorrt_runner import TensorRTRunner
 
-        return TensorRTRunner(path, manifest)
+        return TensorRTRunner(artifact_file(folder, manifest["artifact"]), manifest)
+    path = artifact_file(folder, file or manifest["artifact"])
+    check_onnx_file(folder, path, manifest)
     if runtime == "openvino":
         from .openvino_runner import OpenVINORunner
 
@@ -74,6 +80,7 @@ def load_artifact(folder: str | Path, providers: list[str] | None = None, verify
     :class:`BackendUnavailable` when the runtime is missing.
     """
     folder = Path(folder)
+    recover_interrupted(folder)  # an export killed while replacing this folder
     manifest = read_manifest(folder)
     if not manifest["parity"].get("passed") and not allow_failed:
         raise UserError(f"refusing {folder}: its parity gate failed at export")

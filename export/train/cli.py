@@ -9,10 +9,30 @@ from click.core import ParameterSource
 
 from ..core.cli import (OneLineCommand, OneLineUsageError, model_options, one_line_errors,
                          print_family_table, resolve_model_name)
-from .config import RESUME_CHANGES, TrainConfig
+from .config import BOUNDS, RESUME_CHANGES, TrainConfig, bound_problem
 from .loop import run_training
 
 DEFAULTS = TrainConfig()
+
+
+def bounded(option: str) -> click.ParamType:
+    """The click type of a numeric option: its range from :data:`BOUNDS` (shown in --help),
+    finite numbers only (``nan`` and ``inf`` are refused), and the reason for the range in the
+    error, so a bad value is one ``Error:`` line with exit status 2."""
+    bound = BOUNDS[option]
+    base = click.IntRange if bound.kind is int else click.FloatRange
+    plain = click.INT if bound.kind is int else click.FLOAT
+
+    class Bounded(base):  # type: ignore[misc, valid-type]
+        def convert(self, value: Any, param: click.Parameter | None,
+                    ctx: click.Context | None) -> Any:
+            number = plain.convert(value, param, ctx)
+            problem = bound_problem(option, number)
+            if problem:
+                self.fail(problem, param, ctx)
+            return number
+
+    return Bounded(bound.lo, bound.hi, min_open=bound.lo_open, max_open=bound.hi_open)
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"],
@@ -22,30 +42,31 @@ DEFAULTS = TrainConfig()
               help="A folder with one sub-folder of PNG/JPEG images per class, or an .npz file "
                    "with arrays x (N x H x W [x C]) and y (N). [default: the embedded "
                    "scikit-learn digits]")
-@click.option("--epochs", type=int, default=DEFAULTS.epochs, help="Epochs to train.")
-@click.option("--batch-size", type=int, default=DEFAULTS.batch_size,
+@click.option("--epochs", type=bounded("epochs"), default=DEFAULTS.epochs, help="Epochs to train.")
+@click.option("--batch-size", type=bounded("batch_size"), default=DEFAULTS.batch_size,
               help="Images per step and per process.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=DEFAULTS.optimizer,
               help="SGD with Nesterov momentum 0.9, or AdamW.")
-@click.option("--lr", type=float, default=None,
+@click.option("--lr", type=bounded("lr"), default=None,
               help="Peak learning rate. [default: 0.1 for sgd, 0.001 for adamw]")
-@click.option("--weight-decay", type=float, default=None,
+@click.option("--weight-decay", type=bounded("weight_decay"), default=None,
               help="Weight decay (not on BatchNorm or biases). [default: 5e-4 sgd, 0.05 adamw]")
-@click.option("--warmup-epochs", type=float, default=DEFAULTS.warmup_epochs,
+@click.option("--warmup-epochs", type=bounded("warmup_epochs"), default=DEFAULTS.warmup_epochs,
               help="Linear warm-up before the cosine decay.")
-@click.option("--label-smoothing", type=float, default=DEFAULTS.label_smoothing,
+@click.option("--label-smoothing", type=bounded("label_smoothing"),
+              default=DEFAULTS.label_smoothing,
               help="Label smoothing of the training loss (0 turns it off).")
-@click.option("--input-size", type=int, default=None,
+@click.option("--input-size", type=bounded("input_size"), default=None,
               help="Side length images are resized to. [default: the model's design size "
                    "(32 for resnet20..110, 224 for resnet18..152); 16 for resnet20..110 on "
                    "the 8x8 digits]")
 @click.option("--augment/--no-augment", default=DEFAULTS.augment,
               help="Small random rotations, shifts and scaling (never flips).")
-@click.option("--val-fraction", type=float, default=DEFAULTS.val_fraction,
+@click.option("--val-fraction", type=bounded("val_fraction"), default=DEFAULTS.val_fraction,
               help="Share of the data held out for validation (picks best.pt).")
-@click.option("--test-fraction", type=float, default=DEFAULTS.test_fraction,
+@click.option("--test-fraction", type=bounded("test_fraction"), default=DEFAULTS.test_fraction,
               help="Share of the data held out for the final test.")
-@click.option("--seed", type=int, default=DEFAULTS.seed,
+@click.option("--seed", type=bounded("seed"), default=DEFAULTS.seed,
               help="Seeds the split, initialisation, shuffling and augmentation.")
 @click.option("--init-weights", type=click.Path(), default=None, metavar="FILE",
               help="Start from these weights (a torchvision state dict or a resnet-train "
@@ -59,11 +80,11 @@ DEFAULTS = TrainConfig()
                    "only --epochs, --device, --workers, --threads and --max-steps may change.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=DEFAULTS.device,
               help="auto takes CUDA when available (with mixed precision and channels_last).")
-@click.option("--workers", type=int, default=DEFAULTS.workers,
+@click.option("--workers", type=bounded("workers"), default=DEFAULTS.workers,
               help="DataLoader worker processes (0 loads in the training process).")
-@click.option("--threads", type=int, default=DEFAULTS.threads,
+@click.option("--threads", type=bounded("threads"), default=DEFAULTS.threads,
               help="CPU threads per process; 0 picks the idle cores (or OMP_NUM_THREADS).")
-@click.option("--max-steps", type=int, default=None,
+@click.option("--max-steps", type=bounded("max_steps"), default=None,
               help="Stop after this many optimiser steps in this invocation (smoke tests).")
 @click.option("--list-models", is_flag=True, expose_value=False, is_eager=True,
               callback=print_family_table, help="Print the model family table and exit.")

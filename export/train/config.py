@@ -3,20 +3,91 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
-
-from ..core.errors import UserError
+from ..core.errors import BadOption
 from ..core.models import get_architecture
 
-
-
 RESUME_CHANGES = ("epochs", "device", "workers", "threads", "max_steps")
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "summary.json")
+# The files that make a folder hold a run (with a log that is not empty: see rundir.holds_run)
+RUN_FILES = ("last.pt", "best.pt", "summary.json")
 DIGITS_INPUT_SIZE = 16
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
+MAX_INPUT_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The range of a numeric option: ``kind`` int or float, ends included unless ``*_open``."""
+
+    kind: type
+    lo: float
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    reason: str = ""  # why the range is what it is, shown with the error
+    optional: bool = False  # None is allowed (a default filled in later)
+
+    def describe(self) -> str:
+        lo = f"{self.lo}{' <' if self.lo_open else ' <='} x"
+        return lo + (f" {'<' if self.hi_open else '<='} {self.hi}" if self.hi is not None else "")
+
+    def holds(self, value: float) -> bool:
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+        return above and below
+
+
+#: every numeric option of resnet-train, checked on the command line and by resolved()
+BOUNDS = {
+    "epochs": Bound(int, 1, 100_000),
+    "batch_size": Bound(int, 2, 65_536, reason="BatchNorm needs at least 2 images per batch; "
+                        "a larger batch does not fit in memory at any ResNet input size"),
+    "lr": Bound(float, 0, None, lo_open=True, optional=True),
+    "weight_decay": Bound(float, 0, None, optional=True),
+    "warmup_epochs": Bound(float, 0, 100_000),
+    "label_smoothing": Bound(float, 0, 1, hi_open=True),
+    "input_size": Bound(int, 8, MAX_INPUT_SIZE, optional=True,
+                        reason="ResNets are designed for 32 or 224; a side over "
+                               f"{MAX_INPUT_SIZE} needs gigabytes per image to train"),
+    "val_fraction": Bound(float, 0, 1, lo_open=True, hi_open=True),
+    "test_fraction": Bound(float, 0, 1, lo_open=True, hi_open=True),
+    "seed": Bound(int, 0, 2**32 - 1, reason="NumPy's generators take 32-bit seeds"),
+    "workers": Bound(int, 0, 256),
+    "threads": Bound(int, 0, 1024),
+    "max_steps": Bound(int, 1, 10**12, optional=True),
+}
+
+
+def option_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_bound(name: str, value: Any) -> None:
+    """Raise :class:`BadOption` unless ``value`` is a finite number of the right kind in range."""
+    problem = bound_problem(name, value)
+    if problem:
+        raise BadOption(f"{option_flag(name)} {problem}")
+
+
+def bound_problem(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for the option ``name`` ("must be ..."), or None."""
+    bound = BOUNDS[name]
+    if value is None and bound.optional:
+        return None
+    number_types = (int,) if bound.kind is int else (int, float)
+    if not isinstance(value, number_types) or isinstance(value, bool):
+        return f"must be {'an integer' if bound.kind is int else 'a number'}, got {value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if not bound.holds(value):
+        return (f"must be in the range {bound.describe()}, got {value}"
+                + (f" ({bound.reason})" if bound.reason else ""))
+    return None
 
 
 @dataclass
@@ -45,26 +116,30 @@ class TrainConfig:
     max_steps: int | None = None  # stop early after this many optimiser steps (smoke tests)
 
     def resolved(self) -> "TrainConfig":
-        """Fill the optimiser-dependent defaults and check the numbers."""
+        """Fill the optimiser-dependent defaults and check the numbers.
+
+        A value of the wrong type or out of its range (:data:`BOUNDS`) raises :class:`BadOption`
+        (a :class:`UserError`; exit status 2 on the command line).
+        """
         if self.optimizer not in DEFAULT_LR:
-            raise UserError(f"unknown optimizer {self.optimizer!r}: choose sgd or adamw")
-        checks = [(self.epochs >= 1, "--epochs must be at least 1"),
-                  (self.batch_size >= 2, "--batch-size must be at least 2 (BatchNorm needs it)"),
-                  (self.warmup_epochs >= 0, "--warmup-epochs cannot be negative"),
-                  (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-                  (self.workers >= 0, "--workers cannot be negative"),
-                  (self.threads >= 0, "--threads cannot be negative"),
-                  (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
-                  (self.input_size is None or self.input_size >= 8, "--input-size must be >= 8"),
-                  (self.lr is None or self.lr > 0, "--lr must be positive"),
-                  (self.weight_decay is None or self.weight_decay >= 0,
-                   "--weight-decay cannot be negative")]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+            raise BadOption(f"unknown optimizer {self.optimizer!r}: choose sgd or adamw")
+        for name in BOUNDS:
+            check_bound(name, getattr(self, name))
+        for name, value in (("data", self.data), ("init_weights", self.init_weights)):
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise BadOption(f"{option_flag(name)} must be a path, got {value!r}")
+        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise BadOption(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise BadOption(f"validation + test fractions ({self.val_fraction} + "
+                            f"{self.test_fraction}) leave too little to train on; keep their "
+                            "sum below 0.9")
         arch = get_architecture(self.model)
         return dataclasses.replace(
             self, model=arch.name,
+            # Plain strings: a checkpoint carries the config and is read with weights_only.
+            data=None if self.data is None else os.fspath(self.data),
+            init_weights=None if self.init_weights is None else os.fspath(self.init_weights),
             lr=DEFAULT_LR[self.optimizer] if self.lr is None else self.lr,
             weight_decay=(DEFAULT_WEIGHT_DECAY[self.optimizer] if self.weight_decay is None
                           else self.weight_decay),

@@ -22,7 +22,9 @@ from __future__ import annotations
 import functools
 import math
 import os
-from dataclasses import dataclass
+import warnings
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
 from ..core.errors import UserError
+from ..core.hardware import available_memory, format_bytes
 from ..core.models import ModelSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -60,8 +63,9 @@ def describe_source(path: str | os.PathLike | None, seed: int = 0,
         kind, where = "digits", None
     else:
         p = Path(path).expanduser()
-        if not p.exists():
+        if not os.path.exists(p):  # os.path: False, not an exception, for too long a name
             raise UserError(f"data path not found: {p}")
+        _require_file_or_folder(p)
         if p.is_dir():
             kind = "folder"
         elif p.suffix.lower() == ".npz":
@@ -72,6 +76,13 @@ def describe_source(path: str | os.PathLike | None, seed: int = 0,
         where = str(p.resolve())
     return {"kind": kind, "path": where, "seed": int(seed), "val_fraction": float(val_fraction),
             "test_fraction": float(test_fraction)}
+
+
+def _require_file_or_folder(path: Path) -> None:
+    """Refuse a FIFO, socket or device before anything opens it (a FIFO blocks the reader)."""
+    if not (os.path.isdir(path) or os.path.isfile(path)):
+        raise UserError(f"{path} is not a regular file or a folder: give a folder with one "
+                        "sub-folder per class, or an .npz file")
 
 
 def source_name(dataset: dict[str, Any]) -> str:
@@ -91,6 +102,8 @@ class Scanned:
     labels: np.ndarray  # int64, shape (N,)
     class_names: list[str]
     decode: Callable[[np.ndarray, int], np.ndarray]  # (indices, size) -> uint8 N x C x S x S
+    notes: list[str] = field(default_factory=list)  # what the user should hear about the scan
+    min_channels: int = 1  # channels per decoded image, at least (for the memory check)
 
     @property
     def num_classes(self) -> int:
@@ -104,9 +117,10 @@ def scan(dataset: dict[str, Any]) -> Scanned:
         return _scan_digits()
     if kind not in ("folder", "npz"):
         raise UserError(f"unknown dataset kind {kind!r} (expected digits, folder or npz)")
-    if not path or not Path(path).exists() or Path(path).is_dir() != (kind == "folder"):
+    if not path or not os.path.exists(path) or os.path.isdir(path) != (kind == "folder"):
         raise UserError(f"the {kind} dataset is no longer at {path}: restore it there to use "
                         "its images")
+    _require_file_or_folder(Path(path))
     scanned = _scan_folder(Path(path)) if kind == "folder" else _scan_npz(Path(path))
     expected = dataset.get("num_images")
     if expected is not None and expected != len(scanned.labels):
@@ -131,20 +145,34 @@ def _scan_digits() -> Scanned:
                    lambda idx, size: resize_array(images[idx], size))
 
 
-def _class_folders(root: Path) -> list[tuple[str, list[Path]]]:
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    classes = []
-    for folder in folders:
-        files = sorted(f for f in folder.iterdir()
-                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                       and not f.name.startswith("."))
+def _class_folders(root: Path) -> tuple[list[tuple[str, list[Path]]], list[Path]]:
+    """(class name, its image files) per class folder, and the entries that are not read.
+
+    Hidden entries are left out of both. Only regular files are images: a FIFO or a device
+    named ``x.png`` is skipped, never opened (opening a FIFO blocks until someone writes).
+    """
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    classes, skipped = [], [p for p in entries if not p.is_dir()]
+    for folder in (p for p in entries if p.is_dir()):
+        files = []
+        for f in sorted(folder.iterdir()):
+            if f.name.startswith("."):
+                continue
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                files.append(f)
+            else:
+                skipped.append(f)
         if files:
             classes.append((folder.name, files))
-    return classes
+    return classes, skipped
 
 
 def _scan_folder(root: Path) -> Scanned:
-    classes = _class_folders(root)
+    try:
+        classes, skipped = _class_folders(root)
+    except OSError as exc:  # a folder we may not list (permissions), or that went away
+        where = exc.filename or root
+        raise UserError(f"cannot read {where}: {exc.strerror or exc}") from None
     if not classes:
         raise UserError(f"no images found in {root}: expected one sub-folder per class holding "
                         f"{'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} files")
@@ -152,8 +180,16 @@ def _scan_folder(root: Path) -> Scanned:
     files = [f for _, fs in classes for f in fs]
     labels = np.concatenate([np.full(len(fs), i, dtype=np.int64)
                              for i, (_, fs) in enumerate(classes)])
+    notes = []
+    if skipped:
+        first = skipped[0].relative_to(root)
+        notes.append(f"{root}: skipped {len(skipped)} "
+                     f"{'entry that is' if len(skipped) == 1 else 'entries that are'} not "
+                     f"PNG/JPEG files (first: {first}); only .png/.jpg/.jpeg files in class "
+                     "folders are read")
     return Scanned(labels, [name for name, _ in classes],
-                   lambda idx, size: _stack_images([read_image(files[i], size) for i in idx], size))
+                   lambda idx, size: _stack_images([read_image(files[i], size) for i in idx], size),
+                   notes)
 
 
 def _stack_images(images: list[np.ndarray], size: int) -> np.ndarray:
@@ -169,10 +205,17 @@ def read_image(path: Path, size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img.load()
-            gray = img.mode in ("1", "L", "LA", "I", "I;16", "F")
-            img = img.convert("L" if gray else "RGB").resize((size, size), Image.BILINEAR)
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = _eight_bit(img, path)
+                gray = img.mode in ("1", "L", "LA")
+                img = img.convert("L" if gray else "RGB").resize((size, size), Image.BILINEAR)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0]} (a "
+                        "decompression bomb to Pillow; shrink the image)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else exc}"
                         ) from None
@@ -180,19 +223,51 @@ def read_image(path: Path, size: int) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+def _eight_bit(img: Any, path: Path) -> Any:
+    """16-bit grayscale (Pillow's "I;16*" and "I" modes) -> 8-bit "L" by its high byte.
+
+    ``v >> 8`` maps 0..65535 onto 0..255 and gives back exactly the 8-bit value ``v`` of a
+    picture stored as ``v * 257``, the PNG convention; Pillow's own conversion clips instead,
+    which turns a 16-bit picture into black and white. (16-bit colour PNGs already arrive as
+    8-bit "RGB" or "RGBA" from Pillow, by the same high byte.)
+    """
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        pixels = np.asarray(img)
+        if img.mode == "I" and pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            raise UserError(f"cannot read image {path}: 32-bit integer pixels outside "
+                            f"0..65535 ({pixels.min()}..{pixels.max()}); save it as an 8- or "
+                            "16-bit PNG")
+        return Image.fromarray((pixels.astype(np.uint32) >> 8).astype(np.uint8), "L")
+    if img.mode == "F":
+        raise UserError(f"cannot read image {path}: floating-point pixels are not supported; "
+                        "save it as an 8- or 16-bit PNG")
+    return img
+
+
 def _scan_npz(path: Path) -> Scanned:
     try:
+        # np.load would read a lone .npy array or a pickle whole before saying what it is.
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+        if magic == b"\x93NUMPY":
+            raise UserError(f"{path} is not an .npz archive (it holds a single array): save x "
+                            "and y together with numpy.savez")
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"cannot read {path} as an .npz file (not a zip archive: cut "
+                            "short, or another kind of file)")
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("x", "y") if k not in npz.files]
             if missing:
                 raise UserError(f"{path} must hold arrays 'x' (images) and 'y' (labels); "
                                 f"found {npz.files or 'none'}")
-            x, y = npz["x"], npz["y"]
+            x, y = _npz_member(npz, "x", path), _npz_member(npz, "y", path)
     except UserError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
-        raise UserError(f"cannot read {path} as an .npz file ({str(exc).splitlines()[0]})"
-                        ) from None
+    except Exception as exc:  # noqa: BLE001 - a broken archive raises zipfile, zlib, numpy...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read {path} as an .npz file ({first})") from None
     images = _npz_images(x, path)
     labels, class_names = _npz_labels(y, path)
     if len(images) != len(labels):
@@ -200,7 +275,39 @@ def _scan_npz(path: Path) -> Scanned:
     if len(labels) == 0:
         raise UserError(f"{path} holds no images")
     _require_two_classes(class_names, path)
-    return Scanned(labels, class_names, lambda idx, size: resize_array(images[idx], size))
+    return Scanned(labels, class_names, lambda idx, size: resize_array(images[idx], size),
+                   min_channels=images.shape[1])
+
+
+def _npz_member(npz: Any, key: str, path: Path) -> np.ndarray:
+    """One array of an open .npz, checked from its header before it is read: a NumPy array
+    (not raw bytes), not pickled objects, and small enough for the memory there is."""
+    name = f"{key}.npy"
+    if name not in npz.zip.namelist():
+        raise UserError(f"{path}: {key} is not a NumPy array (the archive member has no .npy "
+                        "name); save the arrays with numpy.savez")
+    with npz.zip.open(name) as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _fortran, dtype = read_header(fh)
+    if dtype.hasobject:
+        raise UserError(f"{path}: {key} holds Python objects (an object array), which are never "
+                        "unpickled; store numbers or strings")
+    need = math.prod(shape) * dtype.itemsize
+    if key == "x" and dtype.kind == "f":
+        need *= 2  # floats are scaled into a second array before they become uint8
+    check_memory(need, f"{path}: {key} ({' x '.join(map(str, shape))} {dtype})")
+    return npz[key]
+
+
+def check_memory(need: int, what: str, advice: str = "") -> None:
+    """Refuse, before allocating it, more memory than this machine has available."""
+    available = available_memory()
+    if available is not None and need > available:
+        raise UserError(f"{what} needs {format_bytes(need)} of memory, but only "
+                        f"{format_bytes(available)} is available" + (f": {advice}" if advice
+                                                                      else ""))
 
 
 def _npz_images(x: np.ndarray, path: Path) -> np.ndarray:
@@ -212,6 +319,9 @@ def _npz_images(x: np.ndarray, path: Path) -> np.ndarray:
     else:
         raise UserError(f"{path}: x must be N x H x W (grayscale) or N x H x W x C with C = 1 "
                         f"or 3, got shape {x.shape}")
+    if min(x.shape[2:]) < 1:
+        raise UserError(f"{path}: images must be at least 1 x 1 pixel, got "
+                        f"{x.shape[2]} x {x.shape[3]}")
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
     if np.issubdtype(x.dtype, np.floating):
@@ -283,9 +393,17 @@ def resize_array(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 N x C x H x W -> uint8 N x C x size x size (bilinear, antialiased when shrinking)."""
     if images.shape[-2:] == (size, size):
         return np.ascontiguousarray(images)
-    x = torch.from_numpy(np.ascontiguousarray(images)).float()
-    y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return y.round_().clamp_(0, 255).to(torch.uint8).numpy()
+    # In chunks of about 64 MiB of float pixels: the float copies of a whole data set would
+    # need 4 bytes per pixel at both sizes at once.
+    per_image = 4 * images.shape[1] * (images.shape[2] * images.shape[3] + size * size)
+    step = max(1, (64 << 20) // max(1, per_image))
+    out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
+    for start in range(0, len(images), step):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + step])).float()
+        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True)
+        out[start:start + step] = y.round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return out
 
 
 def to_channels(images: np.ndarray, in_chans: int) -> np.ndarray:
@@ -311,9 +429,16 @@ def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std (0..1 scale) of uint8 N x C x H x W images."""
-    x = images.astype(np.float64) / 255.0
-    mean = x.mean(axis=(0, 2, 3))
-    std = np.maximum(x.std(axis=(0, 2, 3)), 1e-3)
+    # Two passes over chunks of about 8M pixel values: a float64 copy of the whole training
+    # split would take eight times its memory.
+    n = max(1, images.shape[0] * images.shape[2] * images.shape[3])
+    step = max(1, (8 << 20) // max(1, images[0].size if len(images) else 1))
+    chunks = [images[i:i + step] for i in range(0, len(images), step)]
+    total = sum((c.astype(np.float64) / 255.0).sum(axis=(0, 2, 3)) for c in chunks)
+    mean = total / n
+    squares = sum((((c.astype(np.float64) / 255.0) - mean[None, :, None, None]) ** 2).sum(
+        axis=(0, 2, 3)) for c in chunks)
+    std = np.maximum(np.sqrt(squares / n), 1e-3)
     return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
 
 
@@ -330,6 +455,7 @@ class TrainingData:
     class_names: list[str]
     images: dict[str, np.ndarray]  # "train" / "val" / "test"
     labels: dict[str, np.ndarray]
+    notes: list[str] = field(default_factory=list)  # the scan's notes (e.g. skipped files)
 
     @property
     def in_chans(self) -> int:
@@ -353,13 +479,17 @@ def load_training_data(dataset: dict[str, Any], input_size: int) -> TrainingData
     split = split_indices(scanned.labels, dataset["seed"], dataset["val_fraction"],
                           dataset["test_fraction"], scanned.class_names)
     order = np.concatenate([split.train, split.val, split.test])
+    # Decoded images stay in memory as uint8; decoding briefly holds them twice.
+    check_memory(2 * len(order) * scanned.min_channels * input_size * input_size,
+                 f"decoding {len(order)} images at {scanned.min_channels} x {input_size} x "
+                 f"{input_size}", "lower --input-size or use fewer images")
     decoded = scanned.decode(order, input_size)
     bounds = np.cumsum([len(split.train), len(split.val)])
     parts = dict(zip(("train", "val", "test"), np.split(decoded, bounds)))
     index = dict(zip(("train", "val", "test"), (split.train, split.val, split.test)))
     labels = {part: scanned.labels[idx] for part, idx in index.items()}
     dataset = {**dataset, "num_images": int(len(scanned.labels))}
-    return TrainingData(dataset, scanned.class_names, parts, labels)
+    return TrainingData(dataset, scanned.class_names, parts, labels, list(scanned.notes))
 
 
 @dataclass

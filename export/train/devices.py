@@ -10,6 +10,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from ..core.errors import UserError
 from ..core.hardware import resolve_device, usable_cores
 
 
@@ -33,9 +34,22 @@ class Processes:
 
     @classmethod
     def from_env(cls) -> "Processes":
-        env = os.environ
-        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
-                   int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", 1)))
+        """torchrun's RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE (one process without)."""
+        values = []
+        for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0),
+                              ("LOCAL_WORLD_SIZE", 1)):
+            text = os.environ.get(name, str(default))
+            try:
+                values.append(int(text))
+            except ValueError:
+                raise UserError(f"the environment variable {name} must be an integer (torchrun "
+                                f"sets it), got {text!r}") from None
+        rank, world, local_rank, local_world = values
+        if not (world >= 1 and 0 <= rank < world and local_world >= 1
+                and 0 <= local_rank < local_world):
+            raise UserError(f"inconsistent torchrun environment: RANK={rank} WORLD_SIZE={world} "
+                            f"LOCAL_RANK={local_rank} LOCAL_WORLD_SIZE={local_world}")
+        return cls(rank, world, local_rank, local_world)
 
 
 def pick_device(name: str, procs: Processes) -> torch.device:

@@ -8,6 +8,7 @@ DistributedDataParallel; only rank 0 writes files, shows progress and evaluates.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -15,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -24,8 +25,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..core.checkpoint import load_checkpoint, load_state_into, save_checkpoint
-from ..core.errors import UserError
+from ..core.errors import UnknownModelError, UserError, first_line, printable
 from ..core.fileio import atomic_path, write_json
+from ..core.hardware import available_memory, format_bytes
 from ..core.models import ModelSpec
 from .data import Augment, ImageDataset, TrainingData, channel_stats, describe_source, \
     load_training_data, source_name
@@ -33,8 +35,8 @@ from .adapt import load_init_weights
 from .config import RESUME_CHANGES, TrainConfig
 from .devices import Processes, cpu_thread_count, cpu_threads, pick_device, process_group
 from .plots import format_confusion, plot_curves
-from .rundir import resolve_run_dir, resume_checkpoint_path
-from .steps import build_optimizer, evaluate, train_one_epoch, warmup_cosine
+from .rundir import holds_run, resolve_run_dir, resume_checkpoint_path
+from .steps import activation_bytes, build_optimizer, evaluate, train_one_epoch, warmup_cosine
 
 
 @dataclass
@@ -60,21 +62,29 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
     resumed = None
     if resume is not None:
         resumed = load_checkpoint(resume_checkpoint_path(resume))
-        if "optimizer" not in resumed.meta or "train_config" not in resumed.meta:
+        if "optimizer" not in resumed.meta or not isinstance(resumed.meta.get("train_config"),
+                                                               dict):
             raise UserError(f"{resumed.path} cannot be resumed: it has no optimiser state "
                             "(resume from a run's last.pt)")
         unknown = set(changes or {}) - set(RESUME_CHANGES)
         if unknown:
             raise UserError(f"a resumed run cannot change {', '.join(sorted(unknown))}")
-        config = dataclasses.replace(TrainConfig.from_dict(resumed.meta["train_config"]),
-                                     **{"max_steps": None, **(changes or {})})
+        saved = TrainConfig.from_dict(resumed.meta["train_config"])
+        try:
+            saved.resolved()
+        except (UserError, UnknownModelError) as exc:  # the file's fault: exit status 1
+            raise UserError(f"{resumed.path} holds a bad training configuration: {exc}"
+                            ) from None
+        config = dataclasses.replace(saved, **{"max_steps": None, **(changes or {})})
         run_dir = resumed.path.parent
     elif config is None:
         raise ValueError("run_training needs a config or a run to resume")
     config = config.resolved()
-    if resumed is not None and resumed.meta.get("epoch", 0) >= config.epochs:
+    if resumed is not None and resumed.meta.get("epoch", 0) >= config.epochs \
+            and _summarised(run_dir, resumed.meta):
         raise UserError(f"{resumed.path} already finished {resumed.meta['epoch']} of "
                         f"{config.epochs} epochs: pass a larger --epochs to train longer")
+    # (Trained but not summarised, e.g. killed while testing: _fit goes straight to _finish.)
     if resumed is None:
         run_dir = resolve_run_dir(out, config, overwrite)
     device = pick_device(config.device, procs)
@@ -87,6 +97,29 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
         if procs.distributed:
             dist.barrier()  # every rank has checked the run folder before rank 0 writes to it
         return _fit(config, data, run_dir, resumed, procs, device, threads, started, echo)
+
+
+def _summarised(run_dir: Path, meta: dict[str, Any]) -> bool:
+    """Whether summary.json describes the run as last.pt has it (the finishing steps ran)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(summary, dict) and summary.get("epochs") == meta.get("epoch")
+            and summary.get("steps") == meta.get("step"))
+
+
+@contextlib.contextmanager
+def _writing(path: Path, kept: str) -> Iterator[None]:
+    """A failed write to the run folder (read-only, full, gone) as one line saying what is kept.
+
+    Every file is written to a temporary name and renamed when complete, so what was there
+    before is intact.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
 
 
 @dataclass
@@ -128,6 +161,53 @@ def _model_spec(config: TrainConfig, data: TrainingData, resumed) -> ModelSpec:
     return spec
 
 
+def _restore(resumed, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler,
+             scaler: torch.amp.GradScaler) -> Progress:
+    """Load last.pt's weights and resume state, or say in one line that the state is damaged
+    (the loaders of torch's optimiser and schedule trust what they are given)."""
+    meta = resumed.meta
+    load_state_into(model, resumed.state_dict, str(resumed.path))
+    try:
+        optimizer.load_state_dict(meta["optimizer"])
+        scheduler.load_state_dict(meta["scheduler"])
+        if meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        if isinstance(meta.get("rng_state"), torch.Tensor):
+            torch.set_rng_state(meta["rng_state"])
+        progress = Progress.from_saved(meta)
+        rates = [*scheduler.base_lrs, *(group["lr"] for group in optimizer.param_groups)]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in rates):
+            raise ValueError(f"learning rates {rates}")
+        if scheduler.last_epoch != progress.step:
+            raise ValueError(f"the schedule is at step {scheduler.last_epoch!r}, the run at "
+                             f"{progress.step}")
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        raise UserError(f"{resumed.path}: its resume state is damaged ({first_line(exc)}); "
+                        "start the run again with --overwrite") from None
+    return progress
+
+
+def _check_batch_memory(model: nn.Module, spec: ModelSpec, config: TrainConfig,
+                        data: TrainingData, procs: Processes, device: torch.device) -> None:
+    """Refuse a batch whose activations alone cannot fit, before the first step tries."""
+    batch = min(config.batch_size, math.ceil(len(data.labels["train"]) / procs.world_size))
+    per_image = activation_bytes(model, spec.in_chans, spec.input_size,
+                                 element_size=2 if device.type == "cuda" else 4)
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+    else:
+        available = available_memory()
+    need = batch * per_image
+    if available is not None and need > available:
+        raise UserError(f"a batch of {batch} images of {spec.in_chans} x {spec.input_size} x "
+                        f"{spec.input_size} needs at least {format_bytes(need)} for "
+                        f"{spec.name}'s activations, but only {format_bytes(available)} of "
+                        f"{'GPU ' if device.type == 'cuda' else ''}memory is available: lower "
+                        "--batch-size or --input-size")
+
+
 def _place_model(model: nn.Module, procs: Processes,
                  device: torch.device) -> tuple[nn.Module, nn.Module]:
     """(the model, what the training step calls): channels_last and DDP where they apply."""
@@ -166,13 +246,17 @@ def _loaders(data: TrainingData, spec: ModelSpec, config: TrainConfig, procs: Pr
 def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs: Processes,
          device: torch.device, threads: int, started: float, echo) -> TrainResult:
     main = procs.is_main
-    say = echo if main else (lambda *a, **k: None)
+    # Everything shown is escaped line by line: class names, data and folder names come from
+    # the user's files and may hold terminal control characters.
+    say = (lambda text: echo("\n".join(printable(line) for line in str(text).split("\n")))
+           ) if main else (lambda *a, **k: None)
     spec = _model_spec(config, data, resumed)
     torch.manual_seed(config.seed)
     model = spec.build()
     if resumed is None and config.init_weights:
         for note in load_init_weights(model, config):
             say(f"init weights: {note}")
+    _check_batch_memory(model, spec, config, data, procs, device)
     model, train_model = _place_model(model, procs, device)
     train_loader, eval_loaders = _loaders(data, spec, config, procs, device)
 
@@ -184,28 +268,24 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     progress = Progress()
     if resumed is not None:
-        meta = resumed.meta
-        load_state_into(model, resumed.state_dict, str(resumed.path))
-        optimizer.load_state_dict(meta["optimizer"])
-        scheduler.load_state_dict(meta["scheduler"])
-        if meta.get("scaler"):
-            scaler.load_state_dict(meta["scaler"])
-        if isinstance(meta.get("rng_state"), torch.Tensor):
-            torch.set_rng_state(meta["rng_state"])
-        progress = Progress.from_saved(meta)
+        progress = _restore(resumed, model, optimizer, scheduler, scaler)
 
     log_path = run_dir / "metrics.jsonl"
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(log_path) as tmp:  # a fresh log, or the resumed run's epochs so far
-            tmp.write_text("".join(json.dumps(h) + "\n" for h in progress.history))
-    counts = data.counts()
-    say(f"{'resuming' if resumed else 'training'} {spec.name} on {source_name(data.dataset)} "
-        f"({counts['train']} train / {counts['val']} val / {counts['test']} test images, "
-        f"{data.num_classes} classes, {spec.in_chans}x{spec.input_size}x{spec.input_size}) "
-        f"on {device}" + (f" x{procs.world_size} processes" if procs.distributed else "")
-        + f", {threads} thread{'s' if threads != 1 else ''}, "
-        f"epochs {progress.epoch + 1}..{config.epochs} -> {run_dir}")
+    if main:  # also the check that the run folder can be written, before any training
+        with _writing(run_dir, "nothing was trained"):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if resumed is None and holds_run(run_dir):  # --overwrite: the replaced run's
+                for stale in ("summary.json", "curves.png"):  # results go now, its
+                    (run_dir / stale).unlink(missing_ok=True)  # checkpoints at epoch 1
+            with atomic_path(log_path) as tmp:  # a fresh log, or the resumed run's epochs so far
+                tmp.write_text("".join(json.dumps(h) + "\n" for h in progress.history))
+    for note in data.notes:
+        say(note)
+    if resumed is not None and progress.epoch >= config.epochs:
+        say(f"finishing {run_dir}: training ended at epoch {progress.epoch}; testing best.pt "
+            "and writing the curves and summary")
+    else:
+        _announce(spec, data, config, progress, device, procs, threads, run_dir, resumed, say)
 
     saved_extra = dict(dataset=data.dataset, train_config=config.to_dict())
     steps_left = config.max_steps  # per invocation
@@ -222,11 +302,14 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
         if steps_left is not None:
             steps_left -= stats.steps
         if not math.isfinite(stats.loss):
-            raise UserError(f"training diverged (loss {stats.loss}) in epoch {epoch + 1}: "
-                            "lower --lr or raise --warmup-epochs")
+            raise _diverged(f"the loss is not finite ({stats.loss}) by step {progress.step} "
+                            f"in epoch {epoch + 1}", config, run_dir, epoch)
         if not main:
             continue  # rank 0 alone validates and writes; the others go on to the next epoch
         val = evaluate(model, eval_loaders["val"], device, data.num_classes)
+        if not math.isfinite(val.loss):  # the last step broke the weights
+            raise _diverged(f"the validation loss is not finite ({val.loss}) after epoch "
+                            f"{epoch + 1}", config, run_dir, epoch)
         record = {"epoch": epoch + 1, "step": progress.step,
                   "lr": optimizer.param_groups[0]["lr"],
                   "train_loss": round(stats.loss, 6), "train_top1": round(stats.top1, 6),
@@ -234,15 +317,23 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
                   "epoch_time_s": round(time.perf_counter() - epoch_started, 3)}
         progress.history.append(record)
         if progress.improves(val.top1, val.loss):
+            kept = (f"best.pt (epoch {progress.best_epoch}) and last.pt (epoch {epoch}) are as "
+                    "they were" if epoch > 0 else "no epoch was saved")
             progress.best, progress.best_epoch = (val.top1, -val.loss), epoch + 1
-            save_checkpoint(run_dir / "best.pt", model, spec, data.class_names, metrics=record,
-                            epoch=epoch + 1, **saved_extra)
-        save_checkpoint(run_dir / "last.pt", model, spec, data.class_names, metrics=record,
-                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        scaler=scaler.state_dict(), rng_state=torch.get_rng_state(),
-                        **progress.saved(), **saved_extra)
-        with open(log_path, "a") as log:
-            log.write(json.dumps(record) + "\n")
+            with _writing(run_dir / "best.pt", kept):
+                save_checkpoint(run_dir / "best.pt", model, spec, data.class_names,
+                                metrics=record, epoch=epoch + 1, **saved_extra)
+        kept = (f"last.pt (epoch {epoch}) is as it was, best.pt holds epoch "
+                f"{progress.best_epoch}" if epoch > 0 else
+                f"only best.pt (epoch {progress.best_epoch}) was saved")
+        with _writing(run_dir / "last.pt", kept):
+            save_checkpoint(run_dir / "last.pt", model, spec, data.class_names, metrics=record,
+                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                            scaler=scaler.state_dict(), rng_state=torch.get_rng_state(),
+                            **progress.saved(), **saved_extra)
+        with _writing(log_path, f"last.pt holds epoch {epoch + 1}; --resume rewrites the log"):
+            with open(log_path, "a") as log:
+                log.write(json.dumps(record) + "\n")
         tqdm.write(f"epoch {epoch + 1}/{config.epochs}  train loss {stats.loss:.4f} "
                    f"acc {stats.top1:.2%}  val loss {val.loss:.4f} acc {val.top1:.2%}  "
                    f"lr {record['lr']:.4g}  {record['epoch_time_s']:.1f}s")
@@ -252,6 +343,29 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
         return TrainResult(run_dir)
     return _finish(config, data, spec, run_dir, progress, eval_loaders["test"], device, threads,
                    procs, started, say)
+
+
+def _announce(spec: ModelSpec, data: TrainingData, config: TrainConfig, progress: Progress,
+              device: torch.device, procs: Processes, threads: int, run_dir: Path, resumed,
+              say: Callable[[str], Any]) -> None:
+    counts = data.counts()
+    say(f"{'resuming' if resumed else 'training'} {spec.name} on {source_name(data.dataset)} "
+        f"({counts['train']} train / {counts['val']} val / {counts['test']} test images, "
+        f"{data.num_classes} classes, {spec.in_chans}x{spec.input_size}x{spec.input_size}) "
+        f"on {device}" + (f" x{procs.world_size} processes" if procs.distributed else "")
+        + f", {threads} thread{'s' if threads != 1 else ''}, "
+        f"epochs {progress.epoch + 1}..{config.epochs} -> {run_dir}")
+
+
+def _diverged(what: str, config: TrainConfig, run_dir: Path, epochs_saved: int) -> UserError:
+    """The line that stops a diverged run: nothing of the diverged epoch is saved."""
+    if epochs_saved:
+        again = (f"last.pt still holds epoch {epochs_saved}, but resuming repeats the same "
+                 f"steps: start again with --overwrite")
+    else:
+        again = f"nothing was saved, so --out {run_dir} can be used again as it is"
+    return UserError(f"training diverged: {what}; lower --lr (it was {config.lr:g}) or raise "
+                     f"--warmup-epochs (it was {config.warmup_epochs:g}); {again}")
 
 
 def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: Path,
@@ -266,15 +380,20 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
     test = evaluate(model, test_loader, device, data.num_classes)
     metrics = {**best.meta["metrics"], "test_loss": round(test.loss, 6),
                "test_top1": round(test.top1, 6)}
-    save_checkpoint(best_path, model, spec, data.class_names, metrics=metrics,
-                    epoch=best.meta["epoch"], dataset=best.meta["dataset"],
-                    train_config=best.meta["train_config"])
+    kept = (f"the trained epochs are safe in last.pt and best.pt: once the folder can be "
+            f"written, resnet-train --resume {run_dir} redoes only the test, curves and "
+            "summary")
+    with _writing(best_path, kept):
+        save_checkpoint(best_path, model, spec, data.class_names, metrics=metrics,
+                        epoch=best.meta["epoch"], dataset=best.meta["dataset"],
+                        train_config=best.meta["train_config"])
     history = progress.history
     if history:
         extras = [name for name, on in (("label smoothing", config.label_smoothing > 0),
                                         ("augmented", config.augment)) if on]
-        plot_curves(history, run_dir / "curves.png",
-                    "train" + (f" ({', '.join(extras)})" if extras else ""))
+        with _writing(run_dir / "curves.png", kept):
+            plot_curves(history, run_dir / "curves.png",
+                        "train" + (f" ({', '.join(extras)})" if extras else ""))
     summary = {
         "model": spec.name, "spec": spec.to_dict(), "dataset": data.dataset,
         "class_names": data.class_names, "counts": data.counts(),
@@ -289,7 +408,8 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
         "checkpoints": {"best": str(best_path), "last": str(last_path)},
         "metrics_log": str(run_dir / "metrics.jsonl"), "curves": str(run_dir / "curves.png"),
     }
-    write_json(run_dir / "summary.json", summary)
+    with _writing(run_dir / "summary.json", kept):
+        write_json(run_dir / "summary.json", summary)
     say(f"test top-1 {test.top1:.2%} ({len(test_loader.dataset)} images, best epoch "
         f"{progress.best_epoch}); per class: "
         + ", ".join(f"{n} {v:.1%}" for n, v in zip(data.class_names, test.per_class_top1)))

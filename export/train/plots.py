@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 
+from ..core.errors import printable
 from ..core.fileio import atomic_path
 
 
@@ -36,7 +37,12 @@ def plot_curves(history: list[dict[str, Any]], path: Path, train_label: str = "t
 
 
 def format_confusion(matrix: list[list[int]], class_names: list[str]) -> str:
-    """The confusion matrix as text (rows: true class, columns: predicted)."""
+    """The confusion matrix as text (rows: true class, columns: predicted).
+
+    Class names come from folder names or labels anyone chose: non-printable characters are
+    escaped (``\\x1b``, ``\\n``), so a name can neither drive the terminal nor break a row.
+    """
+    class_names = [printable(n) for n in class_names]
     width = max(5, *(len(n) for n in class_names), *(len(str(v)) for r in matrix for v in r)) + 1
     corner = "true \\ predicted"
     label = max(len(corner), *(len(n) for n in class_names)) + 1

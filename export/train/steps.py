@@ -39,6 +39,37 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+@torch.no_grad()
+def activation_bytes(model: nn.Module, in_chans: int, size: int, element_size: int = 4,
+                     probe: int = 32) -> int:
+    """At least how many bytes one image's activations take while training ``model``.
+
+    Backward keeps the outputs of the convolutions, BatchNorms and the classifier; their sizes
+    are taken from one forward pass on a ``probe`` x ``probe`` image (cheap at any input size)
+    and scaled to ``size`` x ``size``. Rounding in strided layers only makes the real figure
+    larger, so this is a lower bound. The model's state is left as it was.
+    """
+    total = 0.0
+    scale = (size / probe) ** 2
+
+    def count(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output[0].numel() * (scale if output.ndim == 4 else 1.0)
+
+    handles = [m.register_forward_hook(count) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+    training = model.training
+    try:
+        model.eval()
+        device = next(model.parameters()).device
+        model(torch.zeros(1, in_chans, probe, probe, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+    return int(total * element_size)
+
+
 @dataclass
 class EpochStats:
     loss: float
@@ -51,34 +82,49 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     device: torch.device, scaler: torch.amp.GradScaler,
                     max_steps: int | None = None, progress: bool = False,
                     desc: str = "") -> EpochStats:
-    """One pass over ``loader`` (or ``max_steps`` batches); loss and accuracy summed over ranks."""
+    """One pass over ``loader`` (or ``max_steps`` batches); loss and accuracy summed over ranks.
+
+    A single process stops at the first step whose loss is not finite (the returned loss is
+    then not finite either): the run has diverged, and every later step would only spread the
+    NaN. Under DDP every rank finishes the epoch, so that none waits for the others in vain,
+    and the summed loss shows the divergence to all of them at once.
+    """
     model.train()
     amp = scaler.is_enabled()
+    distributed = dist.is_available() and dist.is_initialized()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
     steps = 0
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
                unit="batch")
-    for images, labels in bar:
-        if max_steps is not None and steps >= max_steps:
-            break
-        images, labels = _to_device(images, labels, device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            logits = model(images)
-            loss = criterion(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        steps += 1
-        totals += torch.tensor([loss.item() * len(labels),
-                                (logits.argmax(1) == labels).sum().item(), len(labels)],
-                               dtype=torch.float64)
-        if progress and (steps % 5 == 0 or steps == len(loader)):
-            bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}",
-                            acc=f"{totals[1] / totals[2]:.2%}", refresh=False)
-    bar.close()
-    if dist.is_available() and dist.is_initialized():
+    try:
+        for images, labels in bar:
+            if max_steps is not None and steps >= max_steps:
+                break
+            images, labels = _to_device(images, labels, device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                logits = model(images)
+                loss = criterion(logits, labels)
+            value = loss.item()
+            if not math.isfinite(value) and not distributed:
+                steps += 1
+                totals += torch.tensor([value * len(labels), 0, len(labels)],
+                                       dtype=torch.float64)
+                break
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            steps += 1
+            totals += torch.tensor([value * len(labels),
+                                    (logits.argmax(1) == labels).sum().item(), len(labels)],
+                                   dtype=torch.float64)
+            if progress and (steps % 5 == 0 or steps == len(loader)):
+                bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}",
+                                acc=f"{totals[1] / totals[2]:.2%}", refresh=False)
+    finally:
+        bar.close()  # also on an error, so that it does not stay on the screen
+    if distributed:
         dist.all_reduce(totals)
     seen = max(totals[2].item(), 1.0)
     return EpochStats(totals[0].item() / seen, totals[1].item() / seen, steps)

@@ -1,0 +1,874 @@
+"""resnet-export, verify and the loaders against what users (and crashes) leave on disk.
+
+Never destroy what the user has; after any crash the old artifact or the new one is under the
+name; every bad input is one ``Error: ...`` line with the documented exit code, no traceback.
+
+One class of defect per section: the output folder (whose is it?), replacing it atomically
+(failures and kills), links out of an artifact folder, artifacts inside artifacts, malformed
+manifests, option bounds and memory, SIGTERM. Small models throughout (resnet20 at 16x16,
+batch 1:1:2); in-process exports reuse one dynamo export per set of weights.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import export.core.artifact as artifact_mod
+import export.pipeline as pipeline
+from export.cli import main as export_cli
+from export.core.artifact import (check_onnx_file, owned_artifact, read_manifest,
+                                  recover_interrupted, verify_files)
+from export.core.checkpoint import save_checkpoint
+from export.core.errors import UserError
+from export.core.fileio import sha256_file
+from export.core.models import ModelSpec
+from export.core.shapes import BatchRange
+from export.pipeline import ExportRequest, export_artifact
+from export.runtime import load_artifact
+from export.weights import state_digest
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--depth", "20", "--input-size", "16", "--batch-range", "1:1:2"]
+BATCH = BatchRange(1, 1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+_onnx_cache: dict = {}
+_real_export_onnx = pipeline.export_onnx
+
+
+def _cached_export_onnx(model, spec, opset):
+    key = (state_digest(model), json.dumps(spec.to_dict()), opset)
+    if key not in _onnx_cache:
+        _onnx_cache[key] = _real_export_onnx(model, spec, opset)
+    proto = onnx.ModelProto()
+    proto.CopyFrom(_onnx_cache[key])
+    return proto
+
+
+@pytest.fixture(autouse=True)
+def one_dynamo_export_per_weights(monkeypatch):
+    """The dynamo export (5 s) is not what these tests are about: do it once per weights."""
+    monkeypatch.setattr(pipeline, "export_onnx", _cached_export_onnx)
+
+
+@pytest.fixture
+def cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run(*args):
+    return CliRunner().invoke(export_cli, [str(a) for a in args])
+
+
+def no_traceback(result):
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+
+
+def error_line(result, code=1):
+    """The run failed with ``code`` and exactly one ``Error: ...`` line on stderr."""
+    no_traceback(result)
+    assert result.exit_code == code, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def tree(folder):
+    folder = Path(folder)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def snapshot(folder):
+    """Every path with its bytes (files) or None (folders): 'untouched' means equal snapshots."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes())
+            for p in sorted(folder.rglob("*"))}
+
+
+def quiet(_line):
+    pass
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """One small FP32 artifact from fresh weights (seed 0), shared by the module."""
+    out = tmp_path_factory.mktemp("base") / "resnet20-onnx"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "export_onnx", _cached_export_onnx)
+        export_artifact(ExportRequest(model="resnet20", input_size=16, batch=BATCH, out=out),
+                        echo=quiet, warn=quiet)
+    return out
+
+
+@pytest.fixture
+def art(base, tmp_path_factory):
+    """A private copy of the shared artifact (beside, not in, the test's own folder)."""
+    dst = tmp_path_factory.mktemp("art") / "art"
+    shutil.copytree(base, dst)
+    return dst
+
+
+def edit_manifest(folder, edit):
+    path = Path(folder) / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def trained_checkpoint(path, seed=3):
+    spec = ModelSpec.create("resnet20", num_classes=10, in_chans=1)
+    import torch
+
+    torch.manual_seed(seed)
+    save_checkpoint(path, spec.build(), spec, class_names=[str(i) for i in range(10)], epoch=1)
+
+
+def dead_pid():
+    """The id of a process that has just ended."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The output folder: only a folder that is provably our artifact is ever replaced
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_folder_with_someone_elses_manifest_json_is_refused_and_untouched(cwd):
+    app = cwd / "app"
+    (app / "src").mkdir(parents=True)
+    (app / "manifest.json").write_text('{"name": "pwa"}')
+    (app / "src" / "main.js").write_text("code")
+    before = snapshot(app)
+    line = error_line(run(*SMALL, "--out", "app"))
+    assert "--out app exists and is not an artifact folder" in line
+    assert "not a resnet-deploy artifact manifest" in line
+    assert snapshot(app) == before
+    assert sorted(p.name for p in cwd.iterdir()) == ["app"]  # no staging folder left either
+
+
+@pytest.mark.parametrize("extra", ["file", "folder", "link"])
+def test_our_artifact_with_anything_else_in_it_is_refused_and_untouched(cwd, art, extra):
+    out = cwd / "out"
+    shutil.copytree(art, out)
+    if extra == "file":
+        (out / "notes.txt").write_text("mine")
+    elif extra == "folder":
+        (out / "src").mkdir()
+        (out / "src" / "main.js").write_text("code")
+    else:
+        (out / "elsewhere").symlink_to(cwd)
+    before = snapshot(out)
+    line = error_line(run(*SMALL, "--out", "out"))
+    assert "exists and is not an artifact folder" in line
+    assert "is not one of its manifest's files" in line
+    assert snapshot(out) == before
+
+
+def test_a_listed_file_that_is_a_link_makes_the_folder_not_ours(cwd, art):
+    out = cwd / "out"
+    shutil.copytree(art, out)
+    (cwd / "model.onnx").write_bytes((out / "resnet20.onnx").read_bytes())
+    (out / "resnet20.onnx").unlink()
+    (out / "resnet20.onnx").symlink_to(cwd / "model.onnx")
+    line = error_line(run(*SMALL, "--out", "out"))
+    assert "resnet20.onnx is not a plain file" in line
+    assert (cwd / "model.onnx").exists() and (out / "resnet20.onnx").is_symlink()
+
+
+def test_an_artifact_of_a_newer_schema_is_not_replaced(cwd, art):
+    out = cwd / "out"
+    shutil.copytree(art, out)
+    edit_manifest(out, lambda m: m.update(schema_version=2))
+    before = snapshot(out)
+    line = error_line(run(*SMALL, "--out", "out"))
+    assert "schema_version 2" in line and snapshot(out) == before
+
+
+def test_reexporting_the_same_weights_replaces_freely_and_says_so(cwd, art):
+    out = cwd / "out"
+    shutil.copytree(art, out)
+    created = read_manifest(out)["created"]
+    result = run(*SMALL, "--out", "out")
+    no_traceback(result)
+    assert result.exit_code == 0, result.output
+    assert f"replacing out (previous onnx artifact from {created})" in result.stderr
+    assert tree(out) == ["manifest.json", "resnet20.onnx"]
+    assert sorted(p.name for p in cwd.iterdir()) == ["out"]
+
+
+def test_an_empty_folder_is_used_without_a_word(cwd):
+    (cwd / "out").mkdir()
+    result = run(*SMALL, "--out", "out")
+    assert result.exit_code == 0, result.output
+    assert "replacing" not in result.output and tree(cwd / "out") == ["manifest.json",
+                                                                      "resnet20.onnx"]
+
+
+def test_fresh_weights_never_silently_replace_a_trained_artifact(cwd):
+    """The case met in practice: same default name, trained artifact, then an untrained export."""
+    trained_checkpoint(cwd / "best.pt")
+    first = run("--checkpoint", "best.pt", "--input-size", "16", "--batch-range", "1:1:2")
+    assert first.exit_code == 0, first.output
+    folder = cwd / "artifacts" / "resnet20-onnx"
+    before = snapshot(folder)
+    line = error_line(run(*SMALL))
+    assert "holds a resnet20 onnx artifact exported from the checkpoint" in line
+    assert "best.pt" in line
+    assert "this export is from UNTRAINED seeded weights (seed 0, resnet20)" in line
+    assert "pass --overwrite" in line
+    assert snapshot(folder) == before
+    again = run("--checkpoint", "best.pt", "--input-size", "16", "--batch-range", "1:1:1")
+    assert again.exit_code == 0, again.output  # the same weights: replaced freely
+    assert "replacing artifacts/resnet20-onnx" in again.stderr
+    forced = run(*SMALL, "--overwrite")
+    assert forced.exit_code == 0, forced.output
+    assert read_manifest(folder)["source"]["kind"] == "seed"
+
+
+def test_other_weights_need_overwrite(cwd, art):
+    out = cwd / "out"
+    shutil.copytree(art, out)
+    line = error_line(run(*SMALL, "--seed", "7", "--out", "out"))
+    assert "seed 0" in line and "seed 7" in line and "--overwrite" in line
+    trained_checkpoint(cwd / "a.pt", seed=1)
+    line = error_line(run("--checkpoint", "a.pt", "--input-size", "16", "--batch-range", "1:1:2",
+                          "--out", "out"))
+    assert "this export is from the checkpoint" in line
+    result = run(*SMALL, "--seed", "7", "--out", "out", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert read_manifest(out)["source"]["seed"] == 7
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_an_artifact(cwd):
+    (cwd / "mine").mkdir()
+    (cwd / "mine" / "thesis.tex").write_text("years of work")
+    line = error_line(run(*SMALL, "--out", "mine", "--overwrite"))
+    assert "is not an artifact folder" in line
+    assert (cwd / "mine" / "thesis.tex").read_text() == "years of work"
+
+
+@pytest.mark.parametrize("out", [".", "..", "/"])
+def test_out_must_name_a_folder(cwd, out):
+    line = error_line(run(*SMALL, "--out", out))
+    assert "must name a folder (not . or ..)" in line
+
+
+def test_out_that_is_a_link_is_refused(cwd, art):
+    (cwd / "real").mkdir()
+    (cwd / "link").symlink_to(cwd / "real")
+    line = error_line(run(*SMALL, "--out", "link"))
+    assert "--out link is a symbolic link" in line
+    assert (cwd / "link").is_symlink() and list((cwd / "real").iterdir()) == []
+
+
+def _damaging_save(real_save):
+    from onnx import numpy_helper
+
+    def save(proto, path):
+        init = next(t for t in proto.graph.initializer if len(t.dims) == 4)
+        w = numpy_helper.to_array(init)
+        init.CopyFrom(numpy_helper.from_array((w * 1.5).astype(w.dtype), init.name))
+        return real_save(proto, path)
+    return save
+
+
+def test_keep_failed_never_deletes_a_failed_folder_that_is_not_ours(cwd, monkeypatch):
+    failed = cwd / "out.FAILED"
+    failed.mkdir()
+    (failed / "notes.txt").write_text("my notes on why it failed")
+    monkeypatch.setattr(pipeline, "save_onnx", _damaging_save(pipeline.save_onnx))
+    line = error_line(run(*SMALL, "--out", "out", "--keep-failed"))
+    assert "--keep-failed would replace out.FAILED" in line and "not an artifact folder" in line
+    assert tree(failed) == ["notes.txt"]
+    assert sorted(p.name for p in cwd.iterdir()) == ["out.FAILED"]  # refused before exporting
+
+
+def test_keep_failed_replaces_its_own_previous_failure(cwd, monkeypatch):
+    monkeypatch.setattr(pipeline, "save_onnx", _damaging_save(pipeline.save_onnx))
+    assert run(*SMALL, "--out", "out", "--keep-failed").exit_code == 1
+    created = read_manifest(cwd / "out.FAILED")["created"]
+    second = run(*SMALL, "--out", "out", "--keep-failed")
+    assert "kept for inspection in out.FAILED" in error_line(second)
+    assert f"replacing out.FAILED (previous onnx artifact from {created})" in second.stderr
+    assert read_manifest(cwd / "out.FAILED")["parity"]["passed"] is False
+    assert sorted(p.name for p in cwd.iterdir()) == ["out.FAILED"]
+
+
+def test_an_out_folder_that_cannot_be_made_half_way_leaves_nothing(cwd, monkeypatch):
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.name == "c":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    line = error_line(run(*SMALL, "--out", "a/b/c/out"))
+    assert "cannot write a/b/c/out: Permission denied" in line
+    assert list(cwd.iterdir()) == []  # a/ and a/b/ are taken back
+
+
+def test_a_staging_folder_that_cannot_be_made_leaves_nothing(cwd, monkeypatch):
+    import tempfile
+
+    def mkdtemp(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    line = error_line(run(*SMALL, "--out", "a/out"))
+    assert "cannot write a/out: No space left on device" in line
+    assert list(cwd.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Replacing an artifact: the old one or the new one under the name, whatever happens
+# ---------------------------------------------------------------------------------------------
+
+
+def test_replacement_swaps_the_folders_in_one_step(cwd, art, monkeypatch):
+    """Where the system can (Linux renameat2 RENAME_EXCHANGE), no moment without the name."""
+    out = cwd / "out"
+    shutil.copytree(art, out)
+    swaps, renames = [], []
+    real_exchange, real_replace = artifact_mod.exchange_paths, os.replace
+
+    def exchange(a, b):
+        ok = real_exchange(a, b)
+        swaps.append((Path(a).name, Path(b).name, ok))
+        return ok
+
+    def replace(a, b):
+        renames.append((Path(a).name, Path(b).name))
+        return real_replace(a, b)
+
+    monkeypatch.setattr(artifact_mod, "exchange_paths", exchange)
+    monkeypatch.setattr(os, "replace", replace)
+    result = run(*SMALL, "--out", "out")
+    assert result.exit_code == 0, result.output
+    (swap,) = swaps
+    if not swap[2]:
+        pytest.skip("this file system cannot swap two folders in one step")
+    assert swap[0].startswith(".out.") and swap[0].endswith(".partial") and swap[1] == "out"
+    assert not any(b == "out" for _, b in renames)  # out itself was never renamed away
+    assert sorted(p.name for p in cwd.iterdir()) == ["out"]
+
+
+def test_a_failure_between_the_two_renames_puts_the_old_artifact_back(cwd, art, monkeypatch):
+    """Without the one-step swap: out -> .out.replaced-PID, staging -> out; the second fails."""
+    out = cwd / "out"
+    shutil.copytree(art, out)
+    before = snapshot(out)
+    monkeypatch.setattr(artifact_mod, "exchange_paths", lambda a, b: False)
+    real_replace = os.replace
+
+    def replace(a, b):
+        if Path(a).name.endswith(".partial") and Path(b).name == "out":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
+    line = error_line(run(*SMALL, "--out", "out"))
+    assert "cannot write out: No space left on device" in line
+    assert snapshot(out) == before
+    assert sorted(p.name for p in cwd.iterdir()) == ["out"]
+
+
+KILL_AT_SECOND_RENAME = """
+import os, sys
+from pathlib import Path
+import export.core.artifact as artifact
+artifact.exchange_paths = lambda a, b: False  # the two-rename path
+real = os.replace
+def replace(a, b):
+    if Path(a).name.endswith(".partial") and Path(b).name == "out":
+        os._exit(9)  # killed between the two renames
+    return real(a, b)
+os.replace = replace
+from export.cli import main
+sys.argv = ["resnet-export", "--depth", "20", "--input-size", "16", "--batch-range", "1:1:2",
+            "--out", "out"]
+main()
+"""
+
+KILL_AFTER_SWAP = """
+import os, sys
+import export.core.artifact as artifact
+real = artifact.exchange_paths
+def exchange(a, b):
+    ok = real(a, b)
+    os._exit(9 if ok else 3)  # killed right after the swap, before the old one is deleted
+artifact.exchange_paths = exchange
+from export.cli import main
+sys.argv = ["resnet-export", "--depth", "20", "--input-size", "16", "--batch-range", "1:1:2",
+            "--out", "out"]
+main()
+"""
+
+
+def _run_script(code, cwd, timeout=180):
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_a_kill_between_the_two_renames_is_put_right_by_the_next_load(cwd, art):
+    out = cwd / "out"
+    shutil.copytree(art, out)
+    before = snapshot(out)
+    proc = _run_script(KILL_AT_SECOND_RENAME, cwd)
+    assert proc.returncode == 9, proc.stderr
+    leftovers = sorted(p.name for p in cwd.iterdir())
+    assert not out.exists() and any(".replaced-" in n for n in leftovers), leftovers
+    runner = load_artifact(out)  # the next load restores the previous artifact first
+    assert runner is not None and snapshot(out) == before
+    result = run(*SMALL, "--out", "out")  # and the next export cleans what is left
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in cwd.iterdir()) == ["out"]
+
+
+def test_a_kill_right_after_the_swap_leaves_the_new_artifact_and_a_leftover_that_goes(cwd, art):
+    out = cwd / "out"
+    shutil.copytree(art, out)
+    proc = _run_script(KILL_AFTER_SWAP, cwd)
+    if proc.returncode == 3:
+        pytest.skip("this file system cannot swap two folders in one step")
+    assert proc.returncode == 9, proc.stderr
+    verify_files(out, owned_artifact(out))  # a complete artifact under the name
+    assert any(p.name.endswith(".partial") for p in cwd.iterdir())
+    result = run(*SMALL, "--out", "out")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in cwd.iterdir()) == ["out"]
+
+
+def test_leftovers_of_dead_exports_are_cleaned_and_live_ones_left_alone(cwd, art):
+    dead, alive = dead_pid(), os.getpid()
+    shutil.copytree(art, cwd / f".out.{dead}-abc123.partial")
+    shutil.copytree(art, cwd / f".out.{alive}-def456.partial")
+    shutil.copytree(art, cwd / f".out.replaced-{dead}")  # out is missing: restored
+    notes = recover_interrupted(cwd / "out")
+    assert any(n.startswith(f"restored {cwd / 'out'}") for n in notes), notes
+    assert sorted(p.name for p in cwd.iterdir()) == [f".out.{alive}-def456.partial", "out"]
+    verify_files(cwd / "out", read_manifest(cwd / "out"))
+    shutil.copytree(art, cwd / f".out.replaced-{dead}")  # out is there: deleted
+    recover_interrupted(cwd / "out")
+    assert sorted(p.name for p in cwd.iterdir()) == [f".out.{alive}-def456.partial", "out"]
+
+
+def test_a_leftover_that_is_not_an_artifact_is_never_deleted(cwd, art):
+    shutil.copytree(art, cwd / "out")
+    odd = cwd / f".out.replaced-{dead_pid()}"
+    odd.mkdir()
+    (odd / "keep.txt").write_text("not ours")
+    recover_interrupted(cwd / "out")
+    assert (odd / "keep.txt").exists()
+
+
+def test_verify_recovers_an_interrupted_replacement_first(cwd, art):
+    os.rename(art, cwd / f".art.replaced-{dead_pid()}")
+    result = run("verify", "art")
+    assert result.exit_code == 0, result.output
+    assert "note: restored art" in result.output and (cwd / "art" / "manifest.json").exists()
+
+
+def test_bench_never_measures_staging_folders_or_leftovers(tmp_path, art):
+    from bench.plan import find_manifests
+
+    shutil.copytree(art, tmp_path / "resnet20-onnx")
+    shutil.copytree(art, tmp_path / f".resnet20-onnx.{dead_pid()}-abc.partial")
+    shutil.copytree(art, tmp_path / ".resnet20-onnx.replaced-1")
+    (tmp_path / ".hidden" / "x").mkdir(parents=True)
+    shutil.copy(art / "manifest.json", tmp_path / ".hidden" / "x" / "manifest.json")
+    assert find_manifests(tmp_path) == [tmp_path / "resnet20-onnx" / "manifest.json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Links out of an artifact folder are never followed
+# ---------------------------------------------------------------------------------------------
+
+
+def _relink(folder, name, target):
+    """Replace a listed file by a link to ``target`` and make the manifest agree (sha256)."""
+    (folder / name).unlink()
+    (folder / name).symlink_to(target)
+    digest = sha256_file(target)
+    edit_manifest(folder, lambda m: [f.update(sha256=digest) for f in m["files"]
+                                     if f["path"] == name])
+
+
+def test_a_listed_file_linking_out_of_the_folder_is_refused_everywhere(tmp_path, art):
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(art / "resnet20.onnx", outside)
+    _relink(art, "resnet20.onnx", outside)
+    with pytest.raises(UserError, match="outside the artifact folder"):
+        verify_files(art, read_manifest(art))
+    with pytest.raises(UserError, match="outside the artifact folder"):
+        load_artifact(art)
+    with pytest.raises(UserError, match="outside the artifact folder"):
+        load_artifact(art, verify=False)  # not checking sha256 does not mean following links
+    line = error_line(run("verify", art))
+    assert "is a link to" in line and "outside the artifact folder" in line
+
+
+def test_a_listed_file_linking_to_a_system_file_is_refused(art):
+    _relink(art, "resnet20.onnx", Path("/etc/hostname") if Path("/etc/hostname").exists()
+            else Path(sys.executable))
+    with pytest.raises(UserError, match="outside the artifact folder"):
+        verify_files(art, read_manifest(art))
+
+
+def test_a_manifest_that_is_a_link_out_of_the_folder_is_refused(tmp_path, art):
+    elsewhere = tmp_path / "m.json"
+    shutil.move(art / "manifest.json", elsewhere)
+    (art / "manifest.json").symlink_to(elsewhere)
+    with pytest.raises(UserError, match="outside the artifact folder"):
+        read_manifest(art)
+    line = error_line(run("verify", art))
+    assert "manifest.json is a link to" in line
+
+
+def test_a_link_inside_the_folder_is_read_but_the_folder_is_not_ours_to_replace(art):
+    shutil.move(art / "resnet20.onnx", art / "real.onnx")
+    (art / "resnet20.onnx").symlink_to("real.onnx")
+    verify_files(art, read_manifest(art))  # stays inside: fine to read
+    with pytest.raises(UserError):
+        owned_artifact(art)
+
+
+def test_a_listed_fifo_is_refused_not_read_forever(art):
+    (art / "resnet20.onnx").unlink()
+    os.mkfifo(art / "resnet20.onnx")
+    with pytest.raises(UserError, match="not a regular file"):
+        verify_files(art, read_manifest(art))
+    with pytest.raises(UserError, match="not a regular file"):
+        load_artifact(art, verify=False)
+
+
+def _with_external_data(art, location, listed=False):
+    """Make the artifact's ONNX keep one initializer's data in ``location``."""
+    path = art / "resnet20.onnx"
+    proto = onnx.load(str(path))
+    tensor = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    onnx.save(proto, str(path))
+    digest = sha256_file(path)
+
+    def edit(m):
+        m["files"][0]["sha256"] = digest
+        if listed:
+            m["files"].append({"path": location, "sha256": sha256_file(art / location),
+                               "bytes": (art / location).stat().st_size, "role": "weights"})
+    edit_manifest(art, edit)
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "/etc/passwd", "sub/../../x.bin"])
+def test_onnx_external_data_outside_the_folder_is_refused_at_load(tmp_path, art, location):
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 64)
+    _with_external_data(art, location)
+    manifest = read_manifest(art)
+    with pytest.raises(UserError, match="outside the artifact folder"):
+        check_onnx_file(art, art / "resnet20.onnx", manifest)
+    with pytest.raises(UserError, match="outside the artifact folder"):
+        load_artifact(art)
+    with pytest.raises(UserError, match="outside the artifact folder"):
+        load_artifact(art, verify=False)
+
+
+def test_onnx_external_data_that_the_manifest_does_not_list_is_refused(art):
+    (art / "weights.bin").write_bytes(b"\0" * 64)
+    _with_external_data(art, "weights.bin")
+    with pytest.raises(UserError, match="does not list"):
+        load_artifact(art, verify=False)
+
+
+def test_onnx_external_data_through_a_link_out_of_the_folder_is_refused(tmp_path, art):
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 64)
+    (art / "weights.bin").symlink_to(tmp_path / "secret.bin")
+    _with_external_data(art, "weights.bin", listed=True)
+    with pytest.raises(UserError, match="outside the artifact folder"):
+        load_artifact(art)
+
+
+def test_onnx_external_data_listed_in_the_folder_loads(art):
+    path = art / "resnet20.onnx"
+    proto = onnx.load(str(path))
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin")
+    digest = sha256_file(path)
+
+    def edit(m):
+        m["files"][0].update(sha256=digest, bytes=path.stat().st_size)
+        m["files"].append({"path": "weights.bin", "sha256": sha256_file(art / "weights.bin"),
+                           "bytes": (art / "weights.bin").stat().st_size, "role": "weights"})
+    edit_manifest(art, edit)
+    import numpy as np
+
+    with load_artifact(art) as runner:
+        assert runner.infer(np.zeros((1, 1, 16, 16), np.float32)).shape == (1, 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. No artifact inside another
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inner", ["sub", "sub/deeper"])
+def test_out_inside_an_artifact_is_refused(cwd, art, inner):
+    before = snapshot(art)
+    line = error_line(run(*SMALL, "--out", art / inner))
+    assert f"is inside the artifact folder {art}" in line
+    assert snapshot(art) == before
+
+
+def test_out_inside_an_artifact_through_a_link_is_refused(cwd, art):
+    (cwd / "alias").symlink_to(art)
+    line = error_line(run(*SMALL, "--out", "alias/sub"))
+    assert "is inside the artifact folder" in line
+    assert tree(art) == ["manifest.json", "resnet20.onnx"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Malformed manifests: one line naming the key, in verify and in the loaders
+# ---------------------------------------------------------------------------------------------
+
+
+def _set(path, value):
+    def edit(m):
+        node = m
+        keys = path.split(".")
+        for key in keys[:-1]:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        last = keys[-1]
+        if value is _DROP:
+            del node[last]
+        elif isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return edit
+
+
+class _Drop:
+    def __repr__(self):
+        return "DROP"
+
+
+_DROP = _Drop()
+
+MALFORMED = [
+    ("files", "a string", "files must be a non-empty list"),
+    ("files", [], "files must be a non-empty list"),
+    ("files.0", "resnet20.onnx", "files[0] must be an object"),
+    ("files.0.path", "../x.onnx", "files[0].path must be a relative name"),
+    ("files.0.path", "/etc/passwd", "files[0].path must be a relative name"),
+    ("files.0.path", 7, "files[0].path must be a relative name"),
+    ("files.0.sha256", None, "files[0].sha256 must be 64 hex digits"),
+    ("files.0.bytes", "big", "files[0].bytes must be a size in bytes"),
+    ("artifact", ["x"], "is not among its files"),
+    ("model", {}, "model must be a model description"),
+    ("model", "resnet20", "model must be a model description"),
+    ("model.name", "resnet9000", "model is not a valid model description: unknown model"),
+    ("model.name", None, "model.name must be a model name"),
+    ("model.num_classes", "10", "model.num_classes must be an integer >= 1"),
+    ("model.input_size", 100000, "model.input_size must be an integer >= 1 and at most 4096"),
+    ("model.in_chans", True, "model.in_chans must be an integer"),
+    ("model.mean", "grey", "model.mean must be a list of numbers"),
+    ("model.mean", [0.5, 0.5], "model is not a valid model description: mean/std need 1"),
+    ("model.shortcut", "C", "model.shortcut must be 'A' or 'B'"),
+    ("model.colour", "red", "model is not a valid model description: model description has "
+                            "unknown fields"),
+    ("parity", None, "parity must be an object"),
+    ("parity.passed", "yes", "parity.passed must be true or false"),
+    ("parity.inputs", "real", "parity.inputs must be an object"),
+    ("parity.inputs.real", [], "parity.inputs.real must be an object"),
+    ("parity.inputs.real.dataset", "digits", "parity.inputs.real.dataset must be an object"),
+    ("parity.runs", {}, "parity.runs must be a list"),
+    ("source", "seed", "source must be an object"),
+    ("source.kind", "magic", "source.kind must be one of checkpoint, state_dict, seed"),
+    ("source.seed", "0", "source.seed must be an integer"),
+    ("source.seed", 1.5, "source.seed must be an integer"),
+    ("source.init_sha256", 5, "source.init_sha256 must be 64 hex digits or null"),
+    ("batch_range", [1, 2], "batch_range must be an object with min, opt, max"),
+    ("batch_range.min", "1", "batch_range.min must be an integer"),
+    ("batch_range.max", None, "batch_range.max must be an integer"),
+    ("batch_range.min", 0, "batch_range must satisfy 1 <= min <= opt <= max <= 4096"),
+    ("batch_range.max", 10**9, "batch_range must satisfy 1 <= min <= opt <= max <= 4096"),
+    ("batch_range", {"min": 4, "opt": 2, "max": 8}, "batch_range must satisfy"),
+    ("inputs", [], "inputs must be a non-empty list"),
+    ("inputs", None, "inputs must be a non-empty list"),
+    ("inputs.0", "images", "inputs[0] must be an object with a name"),
+    ("inputs.0.name", "", "inputs[0] must be an object with a name"),
+    ("inputs.0.dtype", "int8", "inputs[0].dtype must be one of float32, float16"),
+    ("outputs", [{}], "outputs[0] must be an object with a name"),
+    ("precision", "fp99", "precision must be one of fp32, fp16"),
+    ("precision", None, "precision must be one of fp32, fp16"),
+    ("format", ["onnx"], "unknown format"),
+    ("versions", "new", "versions must be an object"),
+    ("versions.torch", 2, "versions values must be strings or null"),
+    ("gpu", "H100", "gpu must be an object or null"),
+    ("class_names", "0123456789", "class_names must be a list of strings or null"),
+    ("opset", "20", "opset must be an integer"),
+    ("created", 2024, "created must be an ISO 8601 string"),
+    ("tool", None, "tool must be an object"),
+    ("tensorrt", [], "tensorrt must be an object or null"),
+    ("schema_version", "1", "schema_version '1'"),
+    ("kind", None, "is not a resnet-deploy artifact manifest"),
+    ("parity", _DROP, "lacks parity"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", MALFORMED,
+                         ids=[f"{k}={v!r}"[:40] for k, v, _ in MALFORMED])
+def test_malformed_manifests_are_one_line_naming_the_key(art, key, value, message):
+    edit_manifest(art, _set(key, value))
+    with pytest.raises(UserError, match=None) as info:
+        read_manifest(art)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(UserError):
+        load_artifact(art, verify=False)
+    line = error_line(run("verify", art))
+    assert message in line
+
+
+def test_a_trt_manifest_must_say_what_its_engine_was_built_from(art):
+    edit_manifest(art, lambda m: m.update(format="trt", tensorrt={"built_from": "gone.onnx"}))
+    with pytest.raises(UserError, match="tensorrt.built_from must name one of its files"):
+        read_manifest(art)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"[" * 100000 + b"]" * 100000, "not valid JSON"),
+    (b"\xff\xfe{}", "not valid JSON"),
+    (b"", "not valid JSON"),
+    (b"[1, 2]", "not a resnet-deploy artifact manifest"),
+])
+def test_manifests_that_are_not_json_objects_are_one_line(art, content, message):
+    (art / "manifest.json").write_bytes(content)
+    line = error_line(run("verify", art))
+    assert message in line
+
+
+def test_a_manifest_too_large_to_be_one_is_not_read(art, monkeypatch):
+    monkeypatch.setattr(artifact_mod, "MAX_MANIFEST_BYTES", 100)
+    with pytest.raises(UserError, match="too large to be an artifact manifest"):
+        read_manifest(art)
+
+
+def test_a_damaged_recorded_dataset_is_a_note_not_a_traceback(art):
+    edit_manifest(art, lambda m: m["parity"]["inputs"]["real"].update(
+        dataset={"kind": "digits", "seed": "x"}))
+    result = run("verify", art)
+    no_traceback(result)
+    assert result.exit_code == 0, result.output
+    assert "real images unavailable" in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. Bounds: out-of-range options are one line and exit 2; memory is checked before the work
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--input-size", "100000"], "100000 is not in the range 8<=x<=4096"),
+    (["--input-size", "99999999999999999999"], "is not in the range 8<=x<=4096"),
+    (["--batch-range", "1:1:100000000"], "the largest batch is 4096"),
+    (["--batch-range", "99999999999999999999"], "the largest batch is 4096"),
+    (["--max-batch", "5000"], "5000 is not in the range 1<=x<=4096"),
+    (["--num-classes", "1000000000000"], "is not in the range 1<=x<=100000"),
+    (["--in-chans", "100000000000"], "is not in the range 1<=x<=1024"),
+    (["--seed", "99999999999999999999"], "--seed"),
+    (["--workspace", "99999999999999999999G"], "is above 1T"),
+    (["--workspace", "9" * 400], "is above 1T"),
+])
+def test_out_of_range_options_are_one_line_exit_2_and_create_nothing(cwd, args, message):
+    result = run("--depth", "20", *args)
+    line = error_line(result, code=2)
+    assert message in line
+    assert list(cwd.iterdir()) == []
+
+
+def test_an_export_that_cannot_fit_in_memory_is_refused_before_it_starts(cwd, monkeypatch):
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 64 << 20)
+    monkeypatch.setattr(pipeline, "export_onnx", lambda *a: pytest.fail("export started"))
+    line = error_line(run("--depth", "20", "--input-size", "1024", "--batch-range", "1:1:64"))
+    assert "needs about" in line and "for the parity gate at batch 64" in line
+    assert "0.1 GiB is available" in line and "lower --input-size or --batch-range" in line
+    line = error_line(run("--depth", "20", "--input-size", "1024", "--batch-range", "1"))
+    assert "BatchNorm calibration of fresh weights" in line
+    assert list(cwd.iterdir()) == []
+
+
+def test_the_python_api_keeps_the_same_bounds(tmp_path):
+    with pytest.raises(UserError, match="input size 5000 is above the limit of 4096"):
+        pipeline.export_artifacts(ExportRequest(model="resnet20", input_size=5000,
+                                                out=tmp_path / "o"), ["onnx"], quiet, quiet)
+    with pytest.raises(UserError, match="batch 5000 is above the limit of 4096"):
+        pipeline.export_artifacts(ExportRequest(model="resnet20", batch=BatchRange(1, 1, 5000),
+                                                out=tmp_path / "o"), ["onnx"], quiet, quiet)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. SIGTERM cleans up like Ctrl-C
+# ---------------------------------------------------------------------------------------------
+
+
+WAIT_IN_THE_GATE = """
+import sys, time
+import export.pipeline as pipeline
+real = pipeline.gate
+def gate(folder, *args, **kwargs):
+    print("STAGED", folder, flush=True)
+    time.sleep(120)
+    return real(folder, *args, **kwargs)
+pipeline.gate = gate
+from export.cli import main
+sys.argv = ["resnet-export", "--depth", "20", "--input-size", "16", "--batch-range", "1:1:2",
+            "--out", "out/model"]
+main()
+"""
+
+
+def test_sigterm_mid_export_removes_the_staging_folder(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WAIT_IN_THE_GATE)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        for line in proc.stdout:
+            if line.startswith("STAGED"):
+                staging = Path(line.split()[1])
+                break
+        else:
+            pytest.fail(proc.stderr.read())
+        assert (tmp_path / staging).is_dir() or staging.is_dir()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no staging folder, no out/, no out/model
