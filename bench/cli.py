@@ -236,8 +236,10 @@ def main() -> None:
 @click.option("--batch-sizes", callback=_parse_batches, default=None,
               help="Comma list, e.g. 1,8. [default: 1,8 on CPU, 1,32 on CUDA]")
 @click.option("--precision", "precisions", callback=_parse_choices(PRECISIONS, "precision"),
-              default=None, help="Comma list from fp32, fp16, bf16 (FP16/BF16 torch on CUDA "
-                                 "only). [default: fp32; fp32,fp16 on CUDA]")
+              default=None, help="Comma list from fp32, fp16, bf16, int8 (bf16: torch autocast "
+                                 "and OpenVINO where the CPU has native BF16; int8: ONNX Runtime "
+                                 "and OpenVINO on a QDQ model quantized on the fly). "
+                                 "[default: fp32; fp32,fp16 on CUDA]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="Where torch runs; auto = cuda when PyTorch sees a GPU.")
 @click.option("--channels-last", is_flag=True, help="torch: channels_last (NHWC) weights/inputs.")
@@ -256,6 +258,13 @@ def main() -> None:
               help="Timed loop: at least this many iterations...")
 @click.option("--min-time", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="...and at least this many seconds.")
+@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Interleave: at each batch size, time every backend in turn for 1/ROUNDS of "
+                   "the timed loop, ROUNDS times, so load that comes and goes hits all alike "
+                   "(1: each backend in one go).")
+@click.option("--throughput/--no-throughput", default=True, show_default=True,
+              help="OpenVINO: also measure throughput the way benchmark_app does (several "
+                   "asynchronous requests in flight), as separate rows with timing 'throughput'.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch and onnxruntime intra-op [default: usable cores].")
 @click.option("--ort-opt-level", type=click.Choice(list(ORT_OPTIMIZATION_LEVELS)),
@@ -274,15 +283,16 @@ def main() -> None:
 def run(depth: int | None, model: str | None, input_size: int | None, artifacts: Path | None,
         backends: list[str] | None, batch_sizes: list[int] | None, precisions: list[str] | None,
         device: str, channels_last: bool, cuda_graphs: str, warmup: tuple[int, float],
-        steady_warmup: bool, warmup_max_time: float, min_iters: int, min_time: float, threads: int | None,
-        ort_opt_level: str, seed: int, cache_dir: Path | None, out: Path | None,
-        progress: bool) -> None:
+        steady_warmup: bool, warmup_max_time: float, min_iters: int, min_time: float,
+        rounds: int, throughput: bool, threads: int | None, ort_opt_level: str, seed: int,
+        cache_dir: Path | None, out: Path | None, progress: bool) -> None:
     """Measure latency and throughput; write bench.json, .csv, .md and .png.
 
     \b
     resnet-bench                                   ResNet-50, every backend here
     resnet-bench --depth 18 --batch-sizes 1,4,16   another model and batches
     resnet-bench --device cuda --precision fp16 --channels-last --cuda-graphs both
+    resnet-bench --precision fp32,bf16,int8        every runtime x precision on this CPU
     resnet-bench --artifacts artifacts/resnet50-onnx   an exported artifact
     resnet-bench --artifacts artifacts/            every exported artifact below
     resnet-bench --backends null,torch --depth 18 --batch-sizes 1   the harness's own overhead
@@ -295,7 +305,7 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
     threads = threads or usable_cores()
     batches = batch_sizes or DEFAULT_BATCHES[dev]
     timing = TimingConfig(warmup[0], warmup[1], min_iters, min_time, steady=steady_warmup,
-                          warmup_max_time=warmup_max_time)
+                          warmup_max_time=warmup_max_time, rounds=rounds)
     rule = NoiseRule()
     graphs = {"off": (False,), "on": (True,), "both": (False, True)}[cuda_graphs]
     out = out or Path("artifacts/bench") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -310,14 +320,15 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
         torch.backends.cudnn.benchmark = True  # pick the fastest convolution per shape
     try:
         request = Request(spec, dev, backends, precisions, channels_last, graphs, threads, seed,
-                          ort_opt_level, cache_dir, artifacts)
+                          ort_opt_level, cache_dir, artifacts, throughput)
         candidates, skipped, models = plan(request)
         if not candidates:  # one line, and no report that holds nothing
             reasons = list(dict.fromkeys(s.reason for s in skipped))
             raise UserError("nothing to measure: " + "; ".join(reasons))
-        spec = request.spec  # --artifacts: the manifests' model
+        spec = request.spec  # --artifacts: the first manifest's model (all: "models")
         config = {
-            "model": spec.to_dict(), "input_size": spec.input_size, "device": dev,
+            "model": spec.to_dict(), "input_size": spec.input_size,
+            "models": [s.to_dict() for s in request.specs] or [spec.to_dict()], "device": dev,
             "backends": backends or "default", "batch_sizes": batches,
             "precisions": precisions or "default", "channels_last": channels_last,
             "cuda_graphs": cuda_graphs, "threads": threads, "seed": seed,
@@ -326,7 +337,10 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
                        "min_iters": timing.min_iters, "min_time": timing.min_time,
                        "steady_warmup": timing.steady, "steady_window": timing.steady_window,
                        "steady_tol": timing.steady_tol,
-                       "warmup_max_time": timing.warmup_max_time},
+                       "warmup_max_time": timing.warmup_max_time, "rounds": timing.rounds,
+                       "round_warmup": timing.round_warmup,
+                       "round_warmup_max": timing.round_warmup_max},
+            "throughput_rows": throughput,
             "noise_rule": rule.to_dict(), "percentiles": "numpy linear interpolation",
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "input": "seeded uniform [0,1) pixels normalised with the model's mean/std",
@@ -346,6 +360,7 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
             failure = first_line(exc)
             doc["interrupted"] = True
             doc["skipped"].append(Skip("run", f"the run stopped: {failure}").to_dict())
+        doc["environment"]["cpu"]["load_average_end"] = environment.load_average()
     finally:
         torch.set_num_threads(previous_threads)
         torch.backends.cudnn.benchmark = previous_benchmark

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from export import __version__ as resnet_deploy_version
+from export.core import cpu_features
 from export.core.hardware import usable_cores
 
 
@@ -75,12 +76,16 @@ def onnxruntime_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def collect(threads: int | None = None) -> dict[str, Any]:
     """The environment block (JSON-ready)."""
-    try:
-        load = [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        load = None
+    load = load_average()
     return {
         "cpu": {
             "model": cpu_model(),
@@ -89,6 +94,8 @@ def collect(threads: int | None = None) -> dict[str, Any]:
             "machine": platform.machine(),
             # other work on the machine when the run started: a shared box shows up here
             "load_average_1_5_15": load,
+            # the vector/matrix ISA: BF16 and INT8 figures mean little without it
+            "isa": cpu_features.describe(),
         },
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
@@ -99,6 +106,7 @@ def collect(threads: int | None = None) -> dict[str, Any]:
             "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
             "onnx": _version("onnx"),
             "tensorrt": _version("tensorrt"),
+            "openvino": _version("openvino"),
             "numpy": np.__version__,
             "resnet_deploy": resnet_deploy_version,
         },

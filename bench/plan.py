@@ -19,16 +19,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from export.core import cpu_features
 from export.core.artifact import read_manifest
 from export.core.errors import UserError
 from export.core.models import ModelSpec, count_macs
 from export.core.errors import BackendUnavailable
 from export.runtime.base import Runner
 from export.runtime.loader import load_artifact
+from export.runtime.openvino_runner import OpenVINORunner
 from export.runtime.ort_runner import OnnxRuntimeRunner, missing_provider
 from export.runtime.torch_runner import TorchRunner
 
-from .onnx_cache import cached_onnx
+from .onnx_cache import INT8_CALIBRATION_COUNT, INT8_NOTE, cached_int8_onnx, cached_onnx, \
+    int8_quantizer_unavailable
 
 ORT_PROVIDERS: dict[str, list[str]] = {
     "onnxruntime": ["CPUExecutionProvider"],
@@ -37,12 +40,14 @@ ORT_PROVIDERS: dict[str, list[str]] = {
                         "CPUExecutionProvider"],
 }
 TORCH_BACKENDS = ("torch", "torch-compile")
+#: CPU runtimes of ONNX files: what on-the-fly INT8 and --artifacts' ONNX files run on
+ONNX_CPU_BACKENDS = ("onnxruntime", "openvino")
 #: every name --backends accepts; "null" does nothing and measures the harness itself
-BACKENDS = (*TORCH_BACKENDS, *ORT_PROVIDERS, "tensorrt", "null")
-PRECISIONS = ("fp32", "fp16", "bf16")
+BACKENDS = (*TORCH_BACKENDS, *ORT_PROVIDERS, "openvino", "tensorrt", "null")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 #: what a run without --backends measures, per device; the rest are listed as skipped
 DEFAULT_BACKENDS = {
-    "cpu": ("torch", "onnxruntime"),
+    "cpu": ("torch", "onnxruntime", "openvino"),
     "cuda": ("torch", "torch-compile", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"),
 }
 NOT_DEFAULT_REASON = {
@@ -53,6 +58,7 @@ NOT_DEFAULT_REASON = {
     ("cpu", "onnxruntime-trt"): "needs --device cuda",
     ("cpu", "tensorrt"): "needs --device cuda and a TensorRT engine from --artifacts DIR",
     ("cuda", "onnxruntime"): "CPU backend: measured with --device cpu (or --backends onnxruntime)",
+    ("cuda", "openvino"): "CPU backend: measured with --device cpu",
 }
 
 
@@ -84,6 +90,11 @@ class Candidate:
     batch_range: tuple[int, int] | None = None
     artifact: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: also measure benchmark_app-style throughput (timing "throughput"; OpenVINO runners)
+    throughput: bool = False
+    note: str | None = None  # said in the row, e.g. what an on-the-fly INT8 row is
+    #: --artifacts: the eager baseline of a model, measured only beside an artifact of it
+    baseline: bool = False
 
     @property
     def label(self) -> str:
@@ -97,6 +108,10 @@ class Candidate:
         return " ".join(parts)
 
     @property
+    def model_label(self) -> str:
+        return model_label(self.spec)
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.spec.in_chans, self.spec.input_size, self.spec.input_size)
 
@@ -108,6 +123,12 @@ class Candidate:
 
     def make_batch(self, batch_size: int, seed: int) -> np.ndarray:
         return make_input(batch_size, self.spec, seed)
+
+
+def model_label(spec: ModelSpec) -> str:
+    """What tells models apart in a report: "resnet18 32x32x1, 10 classes"."""
+    return (f"{spec.name} {spec.input_size}x{spec.input_size}x{spec.in_chans}, "
+            f"{spec.num_classes} classes")
 
 
 def make_input(batch_size: int, spec: ModelSpec, seed: int) -> np.ndarray:
@@ -151,6 +172,9 @@ class Request:
     ort_opt_level: str = "all"
     cache_dir: Path | None = None
     artifacts: Path | None = None
+    throughput: bool = True  # OpenVINO: also benchmark_app-style throughput rows
+    #: --artifacts: every distinct model the manifests describe (filled by the planner)
+    specs: list[ModelSpec] = field(default_factory=list)
 
 
 class _Models:
@@ -183,6 +207,24 @@ def _ort_available(backend: str) -> str | None:
     return missing_provider(ORT_PROVIDERS[backend])
 
 
+def _openvino_unavailable() -> str | None:
+    if importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed (pip install 'resnet-deploy[openvino]')"
+    return None
+
+
+def _bf16_unavailable(runtime: str) -> str | None:
+    """Why BF16 would not be native on this CPU (None: it is)."""
+    native = cpu_features.native_bf16()
+    if native:
+        return None
+    isa = cpu_features.summary()
+    if native is None:
+        return f"cannot tell whether this CPU ({isa}) has native BF16; {runtime} bf16 not run"
+    return (f"this CPU ({isa}) has no native BF16 (neither AVX512-BF16 nor AMX-BF16); {runtime} "
+            "would emulate it, slower than FP32, so it is not run")
+
+
 def _compile_unavailable(device: str) -> str | None:
     if device == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
         return "torch.compile on CPU needs a C++ compiler (none found on PATH)"
@@ -213,9 +255,19 @@ class Planner:
         req = self.req
         if req.artifacts is not None:
             self._plan_artifacts(req.artifacts)
-            for backend in req.backends or []:
-                if backend in TORCH_BACKENDS or backend == "null":
-                    self._plan_model_backend(backend, req.spec)
+            # the eager baseline of each distinct model: the manifest's own model description
+            # (classes, channels, input size), seeded weights (timing does not need trained ones)
+            model_backends = (["torch"] if req.backends is None else
+                              [b for b in req.backends if b in TORCH_BACKENDS or b == "null"])
+            planned = len(self.candidates)
+            for spec in req.specs:
+                for backend in model_backends:
+                    self._plan_model_backend(backend, spec,
+                                             ["fp32"] if req.backends is None else None)
+            for cand in self.candidates[planned:]:
+                cand.baseline = cand.backend in TORCH_BACKENDS
+            # baselines first: each model's report section starts with its eager row
+            self.candidates.sort(key=lambda c: c.artifact is not None)
             return self.candidates, self.skipped
         names = req.backends if req.backends is not None else list(DEFAULT_BACKENDS[req.device])
         for backend in names:
@@ -234,29 +286,40 @@ class Planner:
             return self.req.precisions
         return ["fp32", "fp16"] if self.req.device == "cuda" else ["fp32"]
 
-    def _plan_model_backend(self, backend: str, spec: ModelSpec) -> None:
+    def _plan_model_backend(self, backend: str, spec: ModelSpec,
+                            precisions: list[str] | None = None) -> None:
         req = self.req
+        precisions = precisions or self._precisions()
         if backend in TORCH_BACKENDS:
             compile_ = backend == "torch-compile"
             reason = _compile_unavailable(req.device) if compile_ else None
-            for precision in self._precisions():
+            for precision in precisions:
                 for graphs in req.cuda_graphs:
-                    if reason:
+                    if precision == "int8":
+                        self._skip(Skip(backend, "not measured: eager PyTorch has no INT8 path "
+                                                 "here; the INT8 rows are ONNX Runtime and "
+                                                 "OpenVINO on a QDQ model", precision))
+                    elif reason:
                         self._skip(Skip(backend, reason, precision))
-                        continue
-                    self._add_torch(backend, spec, precision, graphs, compile_)
+                    else:
+                        self._add_torch(backend, spec, precision, graphs, compile_)
         elif backend in ORT_PROVIDERS:
             reason = _ort_available(backend)
-            for precision in self._precisions():
-                if reason is None and precision != "fp32":
-                    reason_p = ("the on-the-fly ONNX export is FP32; benchmark an FP16 ONNX from "
-                                "resnet-export with --artifacts DIR")
-                else:
-                    reason_p = reason
+            for precision in precisions:
+                reason_p = reason or self._onnx_precision_unavailable(backend, precision)
                 if reason_p:
                     self._skip(Skip(backend, reason_p, precision))
                     continue
-                self._add_ort(backend, spec)
+                self._add_ort(backend, spec, precision)
+        elif backend == "openvino":
+            reason = ("CPU backend: measured with --device cpu" if req.device != "cpu"
+                      else _openvino_unavailable())
+            for precision in precisions:
+                reason_p = reason or self._onnx_precision_unavailable(backend, precision)
+                if reason_p:
+                    self._skip(Skip(backend, reason_p, precision))
+                    continue
+                self._add_openvino(spec, precision)
         elif backend == "tensorrt":
             self._skip(Skip(backend, "TensorRT engines are benchmarked from the export's "
                                      "artifacts: pass --artifacts DIR"))
@@ -269,6 +332,7 @@ class Planner:
     def _add_torch(self, backend: str, spec: ModelSpec, precision: str, graphs: bool,
                    compile_: bool) -> None:
         req = self.req
+        autocast = precision == "bf16" and req.device == "cpu"
 
         def make(model: Any) -> TorchRunner:
             return TorchRunner(model, req.device, precision, req.channels_last, compile_,
@@ -282,19 +346,65 @@ class Planner:
         extra = {"compile_mode": "reduce-overhead" if graphs else "default"} if compile_ else {}
         self.candidates.append(Candidate(
             backend, precision, spec, lambda: (make(self.models.copy(spec)), {}),
-            channels_last=req.channels_last, cuda_graphs=graphs, extra=extra))
+            channels_last=req.channels_last, cuda_graphs=graphs, extra=extra,
+            note="CPU autocast: weights fp32, convolutions and matmuls in bf16" if autocast
+            else None))
 
-    def _add_ort(self, backend: str, spec: ModelSpec) -> None:
+    def _onnx_precision_unavailable(self, backend: str, precision: str) -> str | None:
+        """Why an on-the-fly ONNX row of this precision is not measured (None: it is)."""
+        if precision == "fp32":
+            return None
+        if precision == "int8":
+            if backend not in ONNX_CPU_BACKENDS:
+                return ("INT8 rows are measured on the CPU runtimes (onnxruntime, openvino); "
+                        "benchmark an INT8 artifact with --artifacts DIR")
+            return int8_quantizer_unavailable()
+        if backend == "openvino" and precision == "bf16":
+            return _bf16_unavailable("openvino")
+        if backend == "openvino":
+            return ("the OpenVINO runner sets fp32, bf16 or int8 explicitly (FP16 inference "
+                    "is not measured on the CPU)")
+        if precision == "bf16":
+            return ("the on-the-fly ONNX export is FP32 and ONNX Runtime has no BF16 "
+                    "inference setting for it (BF16 rows: openvino, torch)")
+        return ("the on-the-fly ONNX export is FP32; benchmark an FP16 ONNX from "
+                "resnet-export with --artifacts DIR")
+
+    def _onnx_file(self, spec: ModelSpec, precision: str) -> tuple[Path, dict[str, Any]]:
+        """The cached FP32 ONNX of ``spec``, or its INT8 QDQ quantization (both cached)."""
+        req = self.req
+        path, info = cached_onnx(self.models.base(spec), spec, req.seed, req.cache_dir)
+        if precision != "int8":
+            return path, info
+        calibration = make_input(INT8_CALIBRATION_COUNT, spec, req.seed + 1)
+        int8_path, int8_info = cached_int8_onnx(path, calibration, req.cache_dir)
+        # the quantization is part of the on-the-fly export's cost, like the export itself
+        info = {**info, **int8_info, "export_s": info["export_s"] + int8_info["quantize_s"]}
+        return int8_path, info
+
+    def _add_ort(self, backend: str, spec: ModelSpec, precision: str = "fp32") -> None:
         req = self.req
 
         def prepare() -> tuple[Runner, dict[str, Any]]:
-            path, info = cached_onnx(self.models.base(spec), spec, req.seed, req.cache_dir)
-            runner = OnnxRuntimeRunner(path, ORT_PROVIDERS[backend], req.threads,
+            path, info = self._onnx_file(spec, precision)
+            runner = OnnxRuntimeRunner(path, ORT_PROVIDERS[backend], req.threads, precision,
                                        optimization_level=req.ort_opt_level)
             return runner, info
 
-        self.candidates.append(Candidate(backend, "fp32", spec, prepare,
-                                         extra={"ort_opt_level": req.ort_opt_level}))
+        self.candidates.append(Candidate(
+            backend, precision, spec, prepare, extra={"ort_opt_level": req.ort_opt_level},
+            note=INT8_NOTE if precision == "int8" else None))
+
+    def _add_openvino(self, spec: ModelSpec, precision: str) -> None:
+        req = self.req
+
+        def prepare() -> tuple[Runner, dict[str, Any]]:
+            path, info = self._onnx_file(spec, precision)
+            return OpenVINORunner(path, precision, req.threads), info
+
+        self.candidates.append(Candidate(
+            "openvino", precision, spec, prepare, throughput=req.throughput,
+            note=INT8_NOTE if precision == "int8" else None))
 
     # -- exported artifacts (through their manifest) ------------------------------------
 
@@ -317,16 +427,23 @@ class Planner:
             rng = manifest["batch_range"]
             batch_range = (rng["min"], rng["max"])
             first_spec = first_spec or spec
+            if spec not in self.req.specs:
+                self.req.specs.append(spec)
             formats.add(fmt)
             artifact = str(path.parent / manifest.get("artifact", ""))
+            if (fmt == "onnx" and precision == "fp32" and "bf16" in (self.req.precisions or [])
+                    and "openvino" in (self.req.backends or ONNX_CPU_BACKENDS)
+                    and self.req.device == "cpu"):
+                self._add_openvino_bf16_artifact(path.parent, spec, batch_range, artifact)
             if self.req.precisions is not None and precision not in self.req.precisions:
                 self._skip(Skip(fmt, f"artifact precision {precision} is not in "
                                               f"--precision", precision, artifact=artifact))
                 continue
-            if fmt in ("onnx", "onnx-fp16"):
-                wanted = [b for b in (self.req.backends or []) if b in ORT_PROVIDERS] or (
-                    ["onnxruntime"] if self.req.device == "cpu"
-                    else ["onnxruntime-cuda", "onnxruntime-trt"])
+            if fmt in ("onnx", "onnx-fp16", "onnx-int8"):  # every ONNX runtime present
+                wanted = ([b for b in self.req.backends if b in ORT_PROVIDERS or b == "openvino"]
+                          if self.req.backends is not None else
+                          list(ONNX_CPU_BACKENDS) if self.req.device == "cpu"
+                          else ["onnxruntime-cuda", "onnxruntime-trt"])
             elif fmt == "trt":
                 wanted = ["tensorrt"] if (self.req.backends is None
                                           or "tensorrt" in self.req.backends) else []
@@ -336,26 +453,47 @@ class Planner:
                 continue
             for backend in wanted:
                 reason = (_ort_available(backend) if backend in ORT_PROVIDERS
+                          else _openvino_unavailable() if backend == "openvino"
                           else _tensorrt_unavailable())
                 if reason:
                     self._skip(Skip(backend, reason, precision, artifact=artifact))
                     continue
                 self.candidates.append(Candidate(
                     backend, precision, spec, self._artifact_loader(path.parent, backend),
-                    batch_range=batch_range, artifact=artifact, extra={"format": fmt}))
+                    batch_range=batch_range, artifact=artifact, extra={"format": fmt},
+                    throughput=backend == "openvino" and self.req.throughput))
         wanted_trt = "tensorrt" in (self.req.backends or DEFAULT_BACKENDS[self.req.device])
         if wanted_trt and "trt" not in formats:
             self._skip(Skip("tensorrt", f"no TensorRT engine (format trt) under {root}"))
         if first_spec is not None:
             self.req.spec = first_spec
 
-    def _artifact_loader(self, folder: Path,
-                         backend: str) -> Callable[[], tuple[Runner, dict[str, Any]]]:
+    def _add_openvino_bf16_artifact(self, folder: Path, spec: ModelSpec,
+                                    batch_range: tuple[int, int] | None, artifact: str) -> None:
+        """An FP32 ONNX artifact at bf16 on OpenVINO, where the CPU has native BF16 (the loader
+        then refuses it unless the artifact's gate judged the bf16 contract)."""
+        reason = _openvino_unavailable() or _bf16_unavailable("openvino")
+        if reason:
+            self._skip(Skip("openvino", reason, "bf16", artifact=artifact))
+            return
+        self.candidates.append(Candidate(
+            "openvino", "bf16", spec, self._artifact_loader(folder, "openvino", "bf16"),
+            batch_range=batch_range, artifact=artifact, extra={"format": "onnx"},
+            throughput=self.req.throughput))
+
+    def _artifact_loader(self, folder: Path, backend: str, precision: str | None = None
+                         ) -> Callable[[], tuple[Runner, dict[str, Any]]]:
         def prepare() -> tuple[Runner, dict[str, Any]]:
             if backend in ORT_PROVIDERS:  # the same thread count and options as on-the-fly ONNX
                 return load_artifact(folder, providers=ORT_PROVIDERS[backend],
                                      threads=self.req.threads,
                                      optimization_level=self.req.ort_opt_level), {}
+            if backend == "openvino":
+                # the artifact's precision set explicitly (an FP16 file compiles at f32, a QDQ
+                # file as int8: the row records what ran), or bf16 for an FP32 artifact whose
+                # gate judged the bf16 contract (the loader refuses it otherwise)
+                return load_artifact(folder, runtime="openvino", precision=precision,
+                                     threads=self.req.threads), {}
             return load_artifact(folder), {}
 
         return prepare

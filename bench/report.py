@@ -13,7 +13,11 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
 from export.core.fileio import atomic_path, write_json
+
+from .stats import ratio_spread, round_ratios
 
 SCHEMA = "resnet-bench"
 SCHEMA_VERSION = 1
@@ -28,9 +32,13 @@ REQUIRED_TOP = {"schema": str, "schema_version": int, "environment": dict, "conf
 #: CSV columns, in order (a row's lists are joined with "; ")
 COLUMNS = ["backend", "label", "precision", "device", "timing", "cuda_graphs", "channels_last",
            "batch_size", "iterations", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms",
-           "max_ms", "std_ms", "cv", "throughput_ips", "gflops", "speedup_vs_torch", "wall_s",
-           "warmup_iterations", "warmup_s", "warmup_steady", "first_infer_ms", "setup_s",
-           "export_s", "timer", "threads", "noisy", "noise_reasons", "complete", "artifact"]
+           "max_ms", "std_ms", "cv", "throughput_ips", "gflops", "speedup_vs_torch",
+           "speedup_vs_torch_rounds", "speedup_vs_torch_rounds_iqr", "wall_s",
+           "warmup_iterations", "warmup_s", "warmup_steady",
+           "first_infer_ms", "setup_s", "export_s", "timer", "threads", "noisy", "noise_reasons",
+           "complete", "artifact", "model_label", "effective_precision", "rounds",
+           "round_p50_ms", "round_spread", "rounds_disagree", "load_before", "load_after",
+           "others_cores", "busy", "flags", "flag_reasons", "note"]
 
 
 def new_document(environment: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -56,17 +64,36 @@ def validate(doc: dict[str, Any]) -> None:
                                  f"{kind.__name__}")
 
 
+def model_key(row: dict[str, Any]) -> str:
+    """The model a row measured (name, input, channels, classes): one baseline and one report
+    section per distinct model."""
+    if row.get("model_label"):
+        return row["model_label"]
+    shape = row.get("input_shape") or [None, "?", "?", "?"]
+    return f"{row.get('model')} {shape[2]}x{shape[3]}x{shape[1]}"
+
+
 def add_speedups(rows: list[dict[str, Any]]) -> None:
-    """``speedup_vs_torch``: eager torch FP32 p50 (same device, batch, timing) over this row's."""
-    base = {}
+    """Speed-ups over eager torch FP32 NCHW without graphs, of the same model, device, batch and
+    timing: ``speedup_vs_torch`` = its p50 / this row's p50; ``speedup_vs_torch_rounds`` = the
+    median over rounds of the same ratio of round medians (rows timed in the same rounds only):
+    each round's ratio is measured under one load, so it holds when the load changes."""
+    base: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
         if (row["backend"] == "torch" and row["precision"] == "fp32" and not row.get("cuda_graphs")
                 and not row.get("channels_last")):
-            base.setdefault((row["device"], row["batch_size"], row["timing"]), row["p50_ms"])
+            key = (model_key(row), row["device"], row["batch_size"], row["timing"])
+            base.setdefault(key, row)
     for row in rows:
-        ref = base.get((row["device"], row["batch_size"], row["timing"]))
-        ok = ref and row["p50_ms"] > 0 and row["backend"] != "null"
-        row["speedup_vs_torch"] = ref / row["p50_ms"] if ok else None
+        ref = base.get((model_key(row), row["device"], row["batch_size"], row["timing"]))
+        ok = ref is not None and row["p50_ms"] > 0 and row["backend"] != "null"
+        row["speedup_vs_torch"] = ref["p50_ms"] / row["p50_ms"] if ok else None
+        same_rounds = ok and row.get("round_group") and \
+            ref.get("round_group") == row.get("round_group")
+        ratios = round_ratios(ref.get("round_p50_ms") or [], row.get("round_p50_ms") or []) \
+            if same_rounds else []
+        row["speedup_vs_torch_rounds"] = float(np.median(ratios)) if ratios else None
+        row["speedup_vs_torch_rounds_iqr"] = ratio_spread(ratios) if row is not ref else None
 
 
 # -- Markdown -------------------------------------------------------------------------------
@@ -91,9 +118,15 @@ def environment_lines(env: dict[str, Any]) -> list[str]:
     versions = env.get("versions", {})
     threads = env.get("threads", {})
     gpu = env.get("gpu")
+    isa = cpu.get("isa") or {}
+    features = ", ".join(k for k, v in (isa.get("features") or {}).items() if v)
+    end = cpu.get("load_average_end")
     lines = [f"- CPU: {cpu.get('model')} ({cpu.get('usable_cores')} usable of "
              f"{cpu.get('logical_cores')} logical cores; load average at start "
-             f"{cpu.get('load_average_1_5_15')})"]
+             f"{cpu.get('load_average_1_5_15')}" + (f", at the end {end}" if end else "") + ")"]
+    if isa:
+        lines.append(f"- ISA: {isa.get('isa')}, native BF16: {_fmt(isa.get('native_bf16'))}"
+                     + (f" ({features})" if features else ""))
     if gpu:
         lines.append(f"- GPU: {gpu.get('name')} (sm {gpu.get('compute_capability')}, "
                      f"{gpu.get('memory_gib')} GiB), driver {gpu.get('driver')}, CUDA "
@@ -101,54 +134,164 @@ def environment_lines(env: dict[str, Any]) -> list[str]:
                      f"cuDNN: {gpu.get('cudnn_allow_tf32')}")
     else:
         lines.append("- GPU: none")
-    lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()
+                                            if v is not None))
     lines.append(f"- Threads: torch intra-op {threads.get('torch_intra_op')}, onnxruntime "
                  f"intra-op {threads.get('onnxruntime_intra_op')}")
     return lines
 
 
+def _flags(r: dict[str, Any]) -> str:
+    """NOISY / BUSY / ROUNDS-DISAGREE with their reasons, and what else the row must say."""
+    flags = r.get("flags")
+    if flags is None:  # a document from before the BUSY and ROUNDS-DISAGREE flags
+        flags = ["NOISY"] if r.get("noisy") else []
+    reasons = r.get("flag_reasons", r.get("noise_reasons", []))
+    extra = ([] if r.get("complete", True) else ["interrupted"]) + \
+        (["warm-up never settled"] if r.get("warmup_steady") is False else [])
+    text = " ".join(flags)
+    details = "; ".join([*reasons, *extra])
+    return f"{text}: {details}" if text and details else text or details
+
+
+def _round_speedup(r: dict[str, Any]) -> str:
+    value, iqr = r.get("speedup_vs_torch_rounds"), r.get("speedup_vs_torch_rounds_iqr")
+    if not value:
+        return "-"
+    return f"{value:.2f}x" + (f" ({iqr[0]:.2f}-{iqr[1]:.2f})" if iqr else "")
+
+
+def _speedup(r: dict[str, Any]) -> str:
+    value = r.get("speedup_vs_torch_rounds") or r.get("speedup_vs_torch")
+    return f"{value:.2f}x" if value else "-"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ["backend", "precision", "layout", "graphs", "timing", "batch", "iters", "p50 ms",
-            "p90 ms", "p95 ms", "p99 ms", "mean ms", "min ms", "max ms", "CV", "img/s",
-            "GFLOP/s", "vs torch", "setup s", "first ms", "note"]
+    head = ["backend", "precision", "runs in", "layout", "graphs", "timing", "batch", "iters",
+            "rounds", "p50 ms", "p90 ms", "p99 ms", "mean ms", "min ms", "max ms", "CV", "img/s",
+            "GFLOP/s", "vs torch (p50)", "vs torch (rounds)", "setup s", "first ms", "flags"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
-        note = "; ".join([*r.get("noise_reasons", [])]
-                         + ([] if r.get("complete", True) else ["interrupted"])
-                         + (["warm-up never settled"] if r.get("warmup_steady") is False else []))
+        spread = r.get("round_spread")
+        rounds = (f"{r['rounds']} ({spread:.2f}x)" if spread else str(r["rounds"])) \
+            if r.get("rounds") else "-"
         cells = [r.get("label") or r["backend"], r["precision"],
+                 r.get("effective_precision") or "-",
                  "NHWC" if r.get("channels_last") else "NCHW",
                  "yes" if r.get("cuda_graphs") else "no", r["timing"], r["batch_size"],
-                 r.get("iterations"), _fmt(r["p50_ms"]), _fmt(r.get("p90_ms")),
-                 _fmt(r.get("p95_ms")), _fmt(r.get("p99_ms")), _fmt(r.get("mean_ms")),
+                 r.get("iterations"), rounds, _fmt(r["p50_ms"]), _fmt(r.get("p90_ms")),
+                 _fmt(r.get("p99_ms")), _fmt(r.get("mean_ms")),
                  _fmt(r.get("min_ms")), _fmt(r.get("max_ms")),
                  f"{r['cv']:.1%}" if r.get("cv") is not None else "-",
                  _fmt(r["throughput_ips"], 1), _fmt(r.get("gflops"), 1),
                  (f"{r['speedup_vs_torch']:.2f}x" if r.get("speedup_vs_torch") else "-"),
-                 _fmt(r.get("setup_s")), _fmt(r.get("first_infer_ms"), 1),
-                 ("NOISY: " + note) if r.get("noisy") else note]
+                 _round_speedup(r),
+                 _fmt(r.get("setup_s")), _fmt(r.get("first_infer_ms"), 1), _flags(r)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
+def _series(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What one line of the summary is: a runtime at a precision, layout, graphs and timing."""
+    return (row.get("label") or row["backend"], row["precision"], bool(row.get("channels_last")),
+            bool(row.get("cuda_graphs")), row["timing"])
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """Every runtime x precision side by side: one line each, one column per batch size
+    (latency rows: p50 ms and the speed-up over eager FP32; throughput rows: images/s)."""
+    batches = sorted({r["batch_size"] for r in rows})
+    series: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        series.setdefault(_series(r), {}).setdefault(r["batch_size"], r)
+    head = ["runtime", "precision", "runs in", "timing", *[f"b={b}" for b in batches], "flags"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for (label, precision, nhwc, graphs, timing), by_batch in series.items():
+        first = next(iter(by_batch.values()))
+        name = label + (" NHWC" if nhwc and "channels_last" not in label else "") + \
+            (" graphs" if graphs and "graphs" not in label else "")
+        cells = [name, precision, first.get("effective_precision") or "-", timing]
+        for b in batches:
+            r = by_batch.get(b)
+            if r is None:
+                cells.append("-")
+            elif timing == "throughput":
+                cells.append(f"{_fmt(r['throughput_ips'], 1)} img/s")
+            else:
+                cells.append(f"{_fmt(r['p50_ms'])} ms ({_speedup(r)})")
+        flags = sorted({f for r in by_batch.values()
+                        for f in (r.get("flags") or (["NOISY"] if r.get("noisy") else []))})
+        cells.append(" ".join(flags) or "-")
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _method_lines(cfg: dict[str, Any]) -> list[str]:
+    if "timing" not in cfg:
+        return []
+    t = cfg["timing"]
+    rule = cfg["noise_rule"]
+    steady = (f" and until steady (median of the last {t['steady_window']} within "
+              f"{t['steady_tol']:.0%} of the {t['steady_window']} before, at most "
+              f"{t['warmup_max_time']:g} s)") if t.get("steady_warmup") else ""
+    rounds = t.get("rounds", 1)
+    untimed = (f"after {t.get('round_warmup', 0)} untimed iteration(s) for rows faster than "
+               f"{t['round_warmup_max']:g} s, " if t.get("round_warmup") and
+               "round_warmup_max" in t else "")
+    timed = (f"then {rounds} interleaved rounds at each batch size (each round times every "
+             f"row once, {untimed}in a rotating order), >= {t['min_iters']} iterations and "
+             f">= {t['min_time']} s per row in all"
+             if rounds > 1 else f"then >= {t['min_iters']} iterations and >= {t['min_time']} s")
+    lines = [f"- Method: warm-up >= {t['warmup_iters']} iterations and >= {t['warmup_time']} s"
+             f"{steady}, {timed}"]
+    flags = (f"- Flags: NOISY when CV > {rule['cv_max']:.0%} or p99/p50 > {rule['tail_max']}")
+    if "rounds_max" in rule:
+        flags += (f"; ROUNDS-DISAGREE when the largest round median is > {rule['rounds_max']}x "
+                  f"the smallest; BUSY when the 1-minute load average exceeded the usable cores "
+                  f"or other processes took > {rule['busy_others']:.0%} of them")
+    lines.append(flags)
+    if rounds > 1:
+        lines.append("- vs torch: eager torch FP32 of the same model, batch and timing over this "
+                     "row; \"rounds\" is the median of the per-round ratios (the one to quote; "
+                     "in brackets their interquartile range), \"p50\" the ratio of the pooled "
+                     "medians")
+    return lines
+
+
 def markdown(doc: dict[str, Any]) -> str:
     cfg = doc["config"]
-    title = cfg.get("model", {}).get("name") if isinstance(cfg.get("model"), dict) else None
-    parts = [f"# resnet-bench: {title or 'merged runs'}"
-             + (f" at {cfg.get('input_size')}x{cfg.get('input_size')}" if title else ""), ""]
+    rows = doc["results"]
+    models: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        models.setdefault(model_key(r), []).append(r)
+    if len(models) > 1:
+        title = f"{len(models)} models"
+    elif isinstance(cfg.get("model"), dict):
+        title = f"{cfg['model'].get('name')} at {cfg.get('input_size')}x{cfg.get('input_size')}"
+    else:
+        title = next(iter(models), None) or "merged runs"
+    parts = [f"# resnet-bench: {title}", ""]
     if doc.get("interrupted"):
         parts += ["**Interrupted (Ctrl-C): only what was measured before is shown.**", ""]
     parts += environment_lines(doc["environment"])
-    if "timing" in cfg:
-        t = cfg["timing"]
-        steady = (f" and until steady (median of the last {t['steady_window']} within "
-                  f"{t['steady_tol']:.0%} of the {t['steady_window']} before, at most "
-                  f"{t['warmup_max_time']:g} s)") if t.get("steady_warmup") else ""
-        parts.append(f"- Method: warm-up >= {t['warmup_iters']} iterations and "
-                     f">= {t['warmup_time']} s{steady}, then >= {t['min_iters']} iterations and "
-                     f">= {t['min_time']} s; noisy when CV > {cfg['noise_rule']['cv_max']:.0%} "
-                     f"or p99/p50 > {cfg['noise_rule']['tail_max']}")
-    parts += ["", markdown_table(doc["results"]) if doc["results"] else "(no results)"]
+    parts += _method_lines(cfg)
+    if not rows:
+        parts += ["", "(no results)"]
+    for name, group in models.items():
+        if len(models) > 1:
+            parts += ["", f"## {name}"]
+        parts += ["", summary_table(group), "", markdown_table(group)]
+        notes = list(dict.fromkeys(r["note"] for r in group if r.get("note")))
+        for note in notes:
+            which = sorted({_series(r)[0] for r in group if r.get("note") == note})
+            parts.append(("\n" if note == notes[0] else "") + f"- {', '.join(which)}: {note}")
+    flagged = {f for r in rows for f in (r.get("flags") or [])} & {"BUSY", "ROUNDS-DISAGREE"}
+    if flagged:
+        parts += ["", f"**{' and '.join(sorted(flagged))} rows:** the machine's speed changed "
+                      "while they were measured. Quote the per-round speed-ups (\"vs torch "
+                      "(rounds)\"), not absolute latencies; where their interquartile range is "
+                      "wide, more rounds narrow it (e.g. `--rounds 40 --min-iters 40`), and a "
+                      "quiet machine gives the absolute figures."]
     if doc["skipped"]:
         parts += ["", "Skipped:", ""]
         for s in doc["skipped"]:
@@ -176,27 +319,27 @@ def _series_key(row: dict[str, Any]) -> str:
     return f"{row.get('label') or row['backend']} [{row['timing']}]"
 
 
-def write_png(doc: dict[str, Any], path: Path) -> None:
-    """p50 latency (bars: p90..p99 whiskers from min) and throughput against batch size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _plot_model(ax_lat: Any, ax_tput: Any, rows_plotted: list[dict[str, Any]], title: str) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     series: dict[str, list[dict[str, Any]]] = {}
-    rows_plotted = [r for r in doc["results"] if r["backend"] != "null"]  # harness, not a model
     for row in rows_plotted:
         series.setdefault(_series_key(row), []).append(row)
-    fig, (ax_lat, ax_tput) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for name, rows in series.items():
+    import matplotlib.pyplot as plt
+
+    palette = plt.rcParams["axes.prop_cycle"].by_key().get("color") or ["C0"]
+    for k, (name, rows) in enumerate(series.items()):
+        color = palette[k % len(palette)]  # one colour per series in both panels
         rows = sorted(rows, key=lambda r: r["batch_size"])
         xs = [r["batch_size"] for r in rows]
-        p50 = [r["p50_ms"] for r in rows]
-        low = [r["p50_ms"] - r.get("min_ms", r["p50_ms"]) for r in rows]
-        high = [r.get("p99_ms", r["p50_ms"]) - r["p50_ms"] for r in rows]
-        ax_lat.errorbar(xs, p50, yerr=[low, high], marker="o", capsize=3, label=name)
-        ax_tput.plot(xs, [r["throughput_ips"] for r in rows], marker="o", label=name)
+        if rows[0]["timing"] != "throughput":  # a throughput row's latency is under load
+            p50 = [r["p50_ms"] for r in rows]
+            low = [r["p50_ms"] - r.get("min_ms", r["p50_ms"]) for r in rows]
+            high = [r.get("p99_ms", r["p50_ms"]) - r["p50_ms"] for r in rows]
+            ax_lat.errorbar(xs, p50, yerr=[low, high], marker="o", capsize=3, label=name,
+                            color=color)
+        ax_tput.plot(xs, [r["throughput_ips"] for r in rows], marker="o", label=name,
+                     color=color, linestyle="--" if rows[0]["timing"] == "throughput" else "-")
     batches = sorted({r["batch_size"] for r in rows_plotted})
     for ax, ylabel in ((ax_lat, "latency p50 ms (whiskers: min..p99)"),
                        (ax_tput, "throughput, images/s")):
@@ -207,10 +350,13 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("batch size")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
+        ax.set_title(title, fontsize=9)
     if series:
         plain = FuncFormatter(lambda v, _pos: f"{v:g}")
-        for ax, key in ((ax_lat, "p50_ms"), (ax_tput, "throughput_ips")):
-            values = [r[key] for r in rows_plotted if r[key] > 0]
+        latency_rows = [r for r in rows_plotted if r["timing"] != "throughput"]
+        for ax, key, subset in ((ax_lat, "p50_ms", latency_rows),
+                                (ax_tput, "throughput_ips", rows_plotted)):
+            values = [r[key] for r in subset if r[key] > 0]
             if values and max(values) / min(values) > 20:  # log only when the range needs it
                 ax.set_yscale("log")
                 ax.yaxis.set_major_formatter(plain)
@@ -219,12 +365,33 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
             else:
                 ax.set_ylim(bottom=0)
         ax_tput.legend(fontsize=7, loc="best")
+
+
+def write_png(doc: dict[str, Any], path: Path) -> None:
+    """Per model (one row of panels each): p50 latency (bars: min..p99 whiskers) and throughput
+    against batch size; throughput-mode rows are dashed, in the throughput panel only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models: dict[str, list[dict[str, Any]]] = {}
+    for row in doc["results"]:
+        if row["backend"] != "null":  # the harness, not a model
+            models.setdefault(model_key(row), []).append(row)
+    if not models:
+        models = {"": []}
+    fig, axes = plt.subplots(len(models), 2, figsize=(12, 4.8 * len(models)), squeeze=False)
+    for (name, rows), (ax_lat, ax_tput) in zip(models.items(), axes):
+        _plot_model(ax_lat, ax_tput, rows, name if len(models) > 1 else "")
     cfg = doc["config"]
-    if isinstance(cfg.get("model"), dict):
+    if len(models) > 1:
+        model = f"{len(models)} models"
+    elif isinstance(cfg.get("model"), dict):
         size = cfg.get("input_size")
         model = f"{cfg['model'].get('name')} {size}x{size}"
     else:
-        model = "merged runs"
+        model = next(iter(models)) or "merged runs"
     gpu = (doc["environment"].get("gpu") or {}).get("name")
     cpu = doc["environment"].get("cpu", {})
     threads = doc["environment"].get("threads", {}).get("torch_intra_op")

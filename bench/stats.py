@@ -18,18 +18,31 @@ PERCENTILES = (50, 90, 95, 99)
 
 @dataclass(frozen=True)
 class NoiseRule:
-    """A run is flagged noisy when its spread says one number would mislead.
+    """When one number would mislead: the flags a row can carry.
 
-    ``cv_max``: standard deviation over mean; 10% is where repeated runs of the same case on a
-    quiet machine stop agreeing to a few percent. ``tail_max``: p99 over p50; above 1.5 the tail is
-    dominated by something other than the model (preemption, clock changes, other processes).
+    NOISY - ``cv_max``: standard deviation over mean; 10% is where repeated runs of the same case
+    on a quiet machine stop agreeing to a few percent. ``tail_max``: p99 over p50; above 1.5 the
+    tail is dominated by something other than the model (preemption, clock changes, other
+    processes).
+
+    ROUNDS-DISAGREE - ``rounds_max``: the largest over the smallest of a row's per-round medians
+    (interleaved runs); above 1.3 the speed changed during the run by more than any backend
+    difference worth reporting within 30%.
+
+    BUSY - the machine had other work: the 1-minute load average before or after the row's rounds
+    above the usable cores (this run's own threads count too, so above the cores means something
+    else wanted a CPU as well), or other processes (and the hypervisor's steal time) took more than
+    ``busy_others`` of the usable cores while it was measured.
     """
 
     cv_max: float = 0.10
     tail_max: float = 1.5
+    rounds_max: float = 1.3
+    busy_others: float = 0.25
 
     def to_dict(self) -> dict[str, float]:
-        return {"cv_max": self.cv_max, "tail_max": self.tail_max}
+        return {"cv_max": self.cv_max, "tail_max": self.tail_max, "rounds_max": self.rounds_max,
+                "busy_others": self.busy_others}
 
 
 def summarize(latencies_s: Sequence[float], batch_size: int, wall_s: float,
@@ -62,3 +75,40 @@ def summarize(latencies_s: Sequence[float], batch_size: int, wall_s: float,
     out["noisy"] = bool(reasons)
     out["noise_reasons"] = reasons
     return out
+
+
+def round_medians_ms(rounds: Sequence[Sequence[float]]) -> list[float]:
+    """Each (non-empty) round's median latency in milliseconds."""
+    return [float(np.median(r)) * 1e3 for r in rounds if len(r)]
+
+
+def round_summary(rounds: Sequence[Sequence[float]], rule: NoiseRule = NoiseRule()) \
+        -> dict[str, Any]:
+    """Per-round medians, their spread (largest / smallest) and the ROUNDS-DISAGREE verdict."""
+    medians = round_medians_ms(rounds)
+    spread = max(medians) / min(medians) if len(medians) > 1 and min(medians) > 0 else None
+    disagree = spread is not None and spread > rule.rounds_max
+    return {"rounds": len(medians), "round_p50_ms": medians, "round_spread": spread,
+            "rounds_disagree": disagree,
+            "rounds_reason": (f"round medians {spread:.2f}x apart > {rule.rounds_max:g}"
+                              if disagree else None)}
+
+
+def round_ratios(base_ms: Sequence[float], other_ms: Sequence[float]) -> list[float]:
+    """Per round, base's round median / other's round median: a speed-up that each round
+    measures under one load; rounds one of them lacks are left out."""
+    return [b / o for b, o in zip(base_ms, other_ms) if b and o]
+
+
+def round_ratio(base_ms: Sequence[float], other_ms: Sequence[float]) -> float | None:
+    """The median of :func:`round_ratios` (None without a common round)."""
+    ratios = round_ratios(base_ms, other_ms)
+    return float(np.median(ratios)) if ratios else None
+
+
+def ratio_spread(ratios: Sequence[float]) -> list[float] | None:
+    """The interquartile range [25th, 75th percentile] of per-round ratios: how far the rounds
+    agree on a speed-up (None for fewer than 3 rounds)."""
+    if len(ratios) < 3:
+        return None
+    return [float(v) for v in np.percentile(ratios, (25, 75))]

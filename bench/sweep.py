@@ -1,30 +1,98 @@
-"""The measuring engine: every candidate at every batch size, rows and skips as they come.
+"""The measuring engine: every candidate at every batch size, interleaved; rows and skips.
 
 The CLI parses options and calls :func:`sweep`; this module builds runners, picks the clock each
-runner needs, times end-to-end and compute-only modes and turns samples into report rows.
+runner needs, and turns samples into report rows. At each batch size, every candidate's modes
+(end-to-end; compute-only where the runner has a device; OpenVINO's throughput mode) are timed
+together in round-robin rounds (:func:`bench.timing.measure_rounds`), so the load a shared machine
+puts on the run hits all of them alike; the machine's load is sampled around the rounds and every
+round, and each row says whether it was BUSY and whether its rounds disagreed.
 """
 
 from __future__ import annotations
 
+import itertools
 import signal
 import sys
 import threading
 import time
+from array import array
 from typing import Any, Callable
 
+import numpy as np
+
 from export.core.errors import BackendUnavailable, UserError, first_line
+from export.core.hardware import usable_cores
 from export.core.models import ModelSpec
 from export.runtime.base import Runner
 
+from . import load
 from .plan import Candidate, Skip
-from .stats import NoiseRule, summarize
-from .timing import ClockTimer, CudaEventTimer, Samples, Timer, TimingConfig, measure, time_once
+from .stats import NoiseRule, round_summary, summarize
+from .timing import (ClockTimer, Contender, CudaEventTimer, Samples, Timer, TimingConfig,
+                     measure_rounds, time_once)
+
+_RUNS = itertools.count()
 
 
 def make_timer(runner: Runner) -> Timer:
     """The clock the runner says its work needs: CUDA events for anything queued on a CUDA
     device (a host clock would time the launch, not the work), the host clock otherwise."""
     return CudaEventTimer() if runner.timing == "cuda_event" else ClockTimer()
+
+
+class _Timed(Contender):
+    """A runner call timed per iteration; its first call is timed apart (first_infer_ms)."""
+
+    def __init__(self, fn: Callable[[], Any], timer: Timer, progress: Any):
+        super().__init__(fn, timer, progress=progress)
+        self.first_s: float | None = None
+
+    def warm_up(self, config: TimingConfig) -> tuple[int, float, bool | None]:
+        self.first_s = time_once(self.fn, self.timer)
+        return super().warm_up(config)
+
+
+class _Throughput(Contender):
+    """OpenVINO's benchmark_app-style throughput: a window of asynchronous requests in flight
+    per slice (``runner.measure_throughput``); one latency per completed request."""
+
+    def __init__(self, runner: Any, batch: Any):
+        super().__init__(lambda: None)
+        self.runner, self.batch = runner, batch
+        self.first_s: float | None = None
+        self.info: dict[str, Any] = {}
+
+    @property
+    def timer_name(self) -> str:
+        return "perf_counter (async requests)"
+
+    def warm_up(self, config: TimingConfig) -> tuple[int, float, bool | None]:
+        t0 = time.perf_counter()
+        first = self.runner.measure_throughput(self.batch, min_time_s=0.0, min_iters=1)
+        self.first_s = time.perf_counter() - t0  # includes the THROUGHPUT model's compilation
+        self.info["compile_s"] = first["compile_s"]
+        if not (config.warmup_iters or config.warmup_time):
+            return 0, 0.0, None
+        res = self.runner.measure_throughput(self.batch, min_time_s=config.warmup_time,
+                                             min_iters=config.warmup_iters)
+        return res["iterations"], res["duration_s"], None
+
+    def run_slice(self, min_iters: int, min_time: float, discard: int, sink: array) -> float:
+        # each window starts with one untimed round of every request (measure_throughput's own)
+        res = self.runner.measure_throughput(self.batch, min_time_s=min_time, min_iters=min_iters)
+        sink.extend(v / 1e3 for v in res["latencies_ms"])
+        self.info.update({k: res[k] for k in ("requests", "num_streams", "inference_num_threads",
+                                              "effective_precision")})
+        return res["duration_s"]
+
+
+class _Entry:
+    """One contender of a batch size, with what its row needs to know."""
+
+    def __init__(self, cand: Candidate, runner: Runner, setup: dict[str, Any], timing: str,
+                 contender: Any):
+        self.cand, self.runner, self.setup = cand, runner, setup
+        self.timing, self.contender = timing, contender
 
 
 class Sweep:
@@ -34,6 +102,9 @@ class Sweep:
                  threads: int, macs: Callable[[ModelSpec], int], rule: NoiseRule, bar: Any):
         self.doc, self.timing, self.batches, self.seed = doc, timing, batches, seed
         self.threads, self.macs, self.rule, self.bar = threads, macs, rule, bar
+        self.active: list[tuple[Candidate, Runner, dict[str, Any]]] = []
+        self.run_id = f"{int(time.time())}-{next(_RUNS)}"
+        self.cores = usable_cores()
 
     def skip(self, cand: Candidate, reason: str, batch_size: int | None = None) -> None:
         self.doc["skipped"].append(Skip(cand.backend, reason, cand.precision, batch_size,
@@ -51,9 +122,13 @@ class Sweep:
 
         return update
 
-    def run(self, cand: Candidate) -> None:
+    # -- setup -----------------------------------------------------------------------------
+
+    def prepare(self, cand: Candidate) -> None:
+        """Build and activate the candidate's runner; kept active for every batch size."""
         if self.bar is not None:
-            self.bar.set_description(cand.label)
+            self.bar.set_description(f"setup {cand.label}")
+        runner = None
         try:
             t0 = time.perf_counter()
             runner, setup = cand.prepare()
@@ -61,91 +136,196 @@ class Sweep:
             setup_s = time.perf_counter() - t0 - setup.get("export_s", 0.0)
         except (BackendUnavailable, UserError) as exc:
             self.skip(cand, str(exc))
-            self._advance(len(self.batches))
             return
         except Exception as exc:  # a backend that breaks on this machine: report it, go on
             self.skip(cand, f"setup failed: {first_line(exc)}")
-            self._advance(len(self.batches))
+            if runner is not None:
+                runner.deactivate()
             return
-        try:
-            for b in self.batches:
-                reason = cand.batch_skip_reason(b)
-                if reason:
-                    self.skip(cand, reason, b)
-                else:
-                    self._run_batch(cand, runner, b, {**setup, "setup_s": setup_s})
-                self._advance(1)
-        finally:
+        self.active.append((cand, runner, {**setup, "setup_s": setup_s}))
+
+    def drop_lonely_baselines(self) -> None:
+        """--artifacts: an eager baseline is measured only beside an artifact of its model that
+        could be loaded; alone it compares nothing."""
+        loaded = {c.model_label for c, _, _ in self.active if c.artifact}
+        for entry in list(self.active):
+            cand, runner, _ = entry
+            if cand.baseline and cand.model_label not in loaded:
+                self.skip(cand, f"baseline of {cand.model_label}: no artifact of this model "
+                                "could be loaded")
+                runner.deactivate()
+                self.active.remove(entry)
+
+    def close(self) -> None:
+        for _cand, runner, _setup in self.active:
             runner.deactivate()
+        self.active = []
+
+    # -- one batch size: every candidate, interleaved ----------------------------------------
+
+    def _entries(self, b: int) -> list[_Entry]:
+        entries = []
+        for cand, runner, setup in self.active:
+            reason = cand.batch_skip_reason(b)
+            if reason:
+                self.skip(cand, reason, b)
+                continue
+            try:
+                batch = cand.make_batch(b, self.seed)
+                np.shape(batch)  # an input that could not be allocated says so here
+            except MemoryError as exc:
+                self.skip(cand, f"e2e failed: {first_line(exc)}", b)
+                continue
+            timer = make_timer(runner)
+            progress = self._progress(f"{cand.label} b{b}")
+            entries.append(_Entry(cand, runner, setup, "e2e", _Timed(
+                lambda runner=runner, batch=batch: runner.infer(batch), timer, progress)))
+            try:
+                compute = runner.compute_fn(batch)  # device-resident input, where allowed
+            except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. graph capture
+                self.skip(cand, f"compute failed: {first_line(exc)}", b)
+                compute = None
+            if compute is not None:
+                entries.append(_Entry(cand, runner, setup, "compute",
+                                      _Timed(compute, make_timer(runner), progress)))
+            if cand.throughput and hasattr(runner, "measure_throughput"):
+                entries.append(_Entry(cand, runner, setup, "throughput",
+                                      _Throughput(runner, batch)))
+        return entries
+
+    def run_batch(self, b: int) -> None:
+        entries = self._entries(b)
+        if not entries:
+            self._advance(self.timing.rounds)
+            return
+        snaps: list[load.CpuSnapshot] = []
+        round_others: list[float | None] = []
+
+        def on_slice(r: int, i: int) -> None:
+            if len(snaps) == r:  # the first slice of round r: the rounds' clock starts here
+                snaps.append(load.snapshot())
+            if self.bar is not None:
+                self.bar.set_description(f"b{b} round {r + 1}/{self.timing.rounds} "
+                                         f"{entries[i].cand.label} {entries[i].timing}")
+
+        def on_round(r: int) -> None:
+            round_others.append(load.others_cores(snaps[r], load.snapshot())
+                                if len(snaps) > r else None)
+            self._advance(1)
+
+        if self.bar is not None:
+            self.bar.set_description(f"b{b} warm-up")
+        results = measure_rounds([e.contender for e in entries], self.timing, on_round, on_slice)
+        end = load.snapshot()
+        start = snaps[0] if snaps else end
+        machine = load.busy_verdict(start, end, self.cores, round_others, self.rule.busy_others)
+        group = f"{self.run_id}:b{b}"
+        for entry, samples in zip(entries, results):
+            if samples.error is not None:
+                self.skip(entry.cand, f"{entry.timing} failed: {first_line(samples.error)}", b)
+            if samples.iterations:
+                self.doc["results"].append(self._row(entry, b, samples, machine, group))
+        if not all(s.complete for s in results):
+            raise KeyboardInterrupt
 
     def _advance(self, n: int) -> None:
         if self.bar is not None:
             self.bar.update(n)
 
-    def _run_batch(self, cand: Candidate, runner: Runner, b: int, setup: dict[str, Any]) -> None:
-        batch = cand.make_batch(b, self.seed)
-        timer = make_timer(runner)
-        modes: list[tuple[str, Callable[[], Any]]] = [("e2e", lambda: runner.infer(batch))]
-        for timing, fn in modes:
-            try:
-                first = time_once(fn, timer)
-                samples = measure(fn, self.timing, timer, progress=self._progress(
-                    f"b{b} {timing}"))
-            except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. CUDA out of memory
-                self.skip(cand, f"{timing} failed: {first_line(exc)}", b)
-                return
-            if samples.iterations:
-                self.doc["results"].append(self._row(cand, runner, b, timing, first, samples,
-                                                     setup))
-            if not samples.complete:
-                raise KeyboardInterrupt
-            if timing == "e2e":
-                try:
-                    compute = runner.compute_fn(batch)  # device-resident input, where allowed
-                except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. graph capture
-                    self.skip(cand, f"compute failed: {first_line(exc)}", b)
-                    return
-                if compute is not None:
-                    modes.append(("compute", compute))
+    # -- rows ------------------------------------------------------------------------------
 
-    def _row(self, cand: Candidate, runner: Runner, b: int, timing: str, first_s: float,
-             samples: Samples, setup: dict[str, Any]) -> dict[str, Any]:
+    def _row(self, entry: _Entry, b: int, samples: Samples, machine: dict[str, Any],
+             group: str) -> dict[str, Any]:
+        cand, runner, setup = entry.cand, entry.runner, entry.setup
         stats = summarize(samples.latencies_s, b, samples.wall_s, self.rule)
+        rounds = round_summary(samples.rounds or [samples.latencies_s], self.rule)
         macs = None if cand.backend == "null" else self.macs(cand.spec)
-        return {
+        flags = [name for name, on in (("NOISY", stats["noisy"]), ("BUSY", machine["busy"]),
+                                       ("ROUNDS-DISAGREE", rounds["rounds_disagree"])) if on]
+        row = {
             "backend": cand.backend, "label": cand.label, "precision": cand.precision,
-            "device": runner.device, "timing": timing, "cuda_graphs": cand.cuda_graphs,
+            "device": runner.device, "timing": entry.timing, "cuda_graphs": cand.cuda_graphs,
             "channels_last": cand.channels_last, "batch_size": b,
             "input_shape": [b, *cand.input_shape], "model": cand.spec.name,
+            "model_label": cand.model_label, "num_classes": cand.spec.num_classes,
             **stats,
             "gflops": (2 * macs * b / (stats["p50_ms"] / 1e3) / 1e9) if macs else None,
+            "effective_precision": _effective_precision(runner),
             "warmup_iterations": samples.warmup_iters, "warmup_s": samples.warmup_s,
             "warmup_steady": samples.warmup_steady,
-            "first_infer_ms": first_s * 1e3, "setup_s": setup.get("setup_s"),
+            "first_infer_ms": (entry.contender.first_s * 1e3
+                               if entry.contender.first_s is not None else None),
+            "setup_s": setup.get("setup_s"),
             "export_s": setup.get("export_s"), "onnx_cached": setup.get("onnx_cached"),
             "timer": samples.timer, "threads": self.threads, "complete": samples.complete,
-            "artifact": cand.artifact, **cand.extra,
+            "artifact": cand.artifact,
+            **{k: v for k, v in rounds.items() if k != "rounds_reason"},
+            "round_group": group,
+            **machine,
+            "flags": flags,
+            "flag_reasons": [*stats["noise_reasons"], *machine["busy_reasons"],
+                             *([rounds["rounds_reason"]] if rounds["rounds_reason"] else [])],
+            "note": cand.note,
+            **cand.extra,
         }
+        if "int8_method" in setup:
+            row["int8"] = {k: setup.get(k) for k in ("int8_method", "int8_calibration",
+                                                     "int8_cached", "quantize_s")}
+        if entry.timing == "throughput":
+            row["throughput_mode"] = {
+                "how": "benchmark_app-style: PERFORMANCE_HINT THROUGHPUT, AsyncInferQueue, "
+                       "requests kept in flight; latencies are per request under that load",
+                **entry.contender.info}
+        if hasattr(runner, "runtime_info") and runner.backend == "openvino":
+            row["openvino"] = _openvino_facts(runner)
+        return row
+
+
+def _effective_precision(runner: Runner) -> str:
+    """What the maths ran in, as the runtime says (OpenVINO: read back from the compiled model)."""
+    if getattr(runner, "backend", None) == "openvino":
+        try:
+            convs = sorted(runner.layer_precisions().get("Convolution", {}))  # type: ignore
+        except Exception:  # noqa: BLE001 - a report detail, never a reason to fail the row
+            convs = []
+        hint = runner.effective_precision  # type: ignore[attr-defined]
+        return f"{hint} (convolutions: {', '.join(convs)})" if convs and convs != [hint] \
+            else str(hint)
+    return runner.arithmetic
+
+
+def _openvino_facts(runner: Any) -> dict[str, Any]:
+    try:
+        info = runner.runtime_info()
+    except Exception as exc:  # noqa: BLE001 - a report detail
+        return {"error": first_line(exc)}
+    keep = ("openvino", "effective_precision", "execution_mode", "performance_hint",
+            "inference_num_threads", "num_streams", "layer_precisions", "kernels", "requested")
+    return {k: info.get(k) for k in keep}
 
 
 def sweep(doc: dict[str, Any], candidates: list[Candidate], timing: TimingConfig,
-           batches: list[int], seed: int, threads: int, macs: Callable[[ModelSpec], int],
-           rule: NoiseRule, progress: bool) -> None:
+          batches: list[int], seed: int, threads: int, macs: Callable[[ModelSpec], int],
+          rule: NoiseRule, progress: bool) -> None:
     """Measure every candidate; Ctrl-C stops here and marks the document interrupted."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(candidates) * len(batches), file=sys.stderr, unit="case",
+    bar = tqdm(total=len(batches) * timing.rounds, file=sys.stderr, unit="round",
                disable=not progress, dynamic_ncols=True, leave=False)
-    sweep = Sweep(doc, timing, batches, seed, threads, macs, rule, bar)
+    run = Sweep(doc, timing, batches, seed, threads, macs, rule, bar)
     # SIGTERM (e.g. `timeout 120 resnet-bench ...`) stops the run like Ctrl-C: results are kept.
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     try:
         for cand in candidates:
-            sweep.run(cand)
+            run.prepare(cand)
+        run.drop_lonely_baselines()
+        for b in batches:
+            run.run_batch(b)
     except KeyboardInterrupt:
         doc["interrupted"] = True
     finally:
+        run.close()
         if in_main:
             signal.signal(signal.SIGTERM, previous)
         bar.close()

@@ -1,9 +1,20 @@
-"""The timing harness: run a callable through warm-up and a timed loop, return raw samples.
+"""The timing harness: run callables through warm-up and timed loops, return raw samples.
 
-It knows nothing about models or backends: it takes a zero-argument callable, a timer for one
-iteration and a clock for the stopping rules, so tests inject a fake clock and never sleep. The
+It knows nothing about models or backends: it takes zero-argument callables, a timer for one
+iteration and a clock for the stopping rules, so tests inject a fake clock and never sleep. A timed
 loop keeps going until it has at least ``min_iters`` iterations AND at least ``min_time`` seconds
 (torch.utils.benchmark / trtexec style); warm-up iterations are run the same way and thrown away.
+
+Two ways to time several things that are to be compared:
+
+- :func:`measure`, one after the other: each gets its whole timed loop in turn. On a machine whose
+  load changes during the run, a load step between two of them shows up as a speed ratio.
+- :func:`measure_rounds`, interleaved: every contender warms up, then ``rounds`` rounds each give
+  every contender one slice of the timed loop (``min_iters / rounds`` iterations and
+  ``min_time / rounds`` seconds, after ``round_warmup`` untimed iterations for contenders faster
+  than ``round_warmup_max`` per iteration), in an order that rotates from round to round. Load
+  that comes and goes hits all of them alike, each round yields one comparable set of medians,
+  and a row's statistics pool its rounds.
 """
 
 from __future__ import annotations
@@ -89,6 +100,14 @@ class TimingConfig:
     steady_window: int = 3
     steady_tol: float = 0.15
     warmup_max_time: float = 30.0
+    rounds: int = 1
+    #: untimed iterations at the start of every slice of an interleaved run: what ran before may
+    #: still have threads spinning and the caches hold another model...
+    round_warmup: int = 1
+    #: ...only for contenders faster than this per iteration (their warm-up's median): a switch
+    #: costs a few milliseconds at most, so for slower ones the untimed iteration would cost more
+    #: time than the error it avoids
+    round_warmup_max: float = 0.1
 
     def __post_init__(self) -> None:
         if self.warmup_iters < 0 or self.warmup_time < 0:
@@ -97,6 +116,18 @@ class TimingConfig:
             raise ValueError("min_iters must be >= 1 and min_time >= 0")
         if self.steady_window < 1 or self.steady_tol <= 0 or self.warmup_max_time < 0:
             raise ValueError("steady_window >= 1, steady_tol > 0 and warmup_max_time >= 0")
+        if self.rounds < 1 or self.round_warmup < 0 or self.round_warmup_max < 0:
+            raise ValueError("rounds must be >= 1, round_warmup and round_warmup_max >= 0")
+
+    @property
+    def slice_iters(self) -> int:
+        """Timed iterations per round: the rounds together reach ``min_iters``."""
+        return -(-self.min_iters // self.rounds)
+
+    @property
+    def slice_time(self) -> float:
+        """Timed seconds per round: the rounds together reach ``min_time``."""
+        return self.min_time / self.rounds
 
     def settled(self, warm: array) -> bool:
         """The steady rule: the last window's median agrees with the window before it."""
@@ -119,6 +150,10 @@ class Samples:
     timer: str
     complete: bool = True  # False when the loop was interrupted (Ctrl-C) before its minimums
     warmup_steady: bool | None = None  # the steady rule was met (None: not asked for)
+    #: interleaved runs: each round's latencies (their concatenation is ``latencies_s``)
+    rounds: list[np.ndarray] | None = None
+    round_walls: list[float] | None = None
+    error: BaseException | None = None  # what stopped this contender (it was dropped)
 
     @property
     def iterations(self) -> int:
@@ -149,24 +184,35 @@ def _loop(fn: Callable[[], Any], timer: Timer, clock: Clock, min_iters: int, min
     return n, elapsed
 
 
+def warm_up(fn: Callable[[], Any], config: TimingConfig, timer: Timer,
+            clock: Clock = time.perf_counter, progress: Progress | None = None,
+            warm: array | None = None) -> tuple[int, float, bool | None]:
+    """The warm-up of ``config``: (iterations, seconds, steady); its samples are thrown away.
+
+    With the steady rule it also goes on until the latency has settled (None: not asked for,
+    or no warm-up at all). ``warm`` receives the warm-up's latencies when given.
+    """
+    warm = array("d") if warm is None else warm
+    steady_rule = config.steady and bool(config.warmup_iters or config.warmup_time)
+    more = None
+    if steady_rule:  # (no warm-up asked for: none at all)
+        def more(w: array, elapsed: float) -> bool:
+            return elapsed < config.warmup_max_time and not config.settled(w)
+    n, seconds = _loop(fn, timer, clock, config.warmup_iters, config.warmup_time, warm,
+                       progress, "warmup", more)
+    return n, seconds, (config.settled(warm) if steady_rule else None)
+
+
 def measure(fn: Callable[[], Any], config: TimingConfig, timer: Timer | None = None,
             clock: Clock = time.perf_counter, progress: Progress | None = None) -> Samples:
-    """Warm up, then time ``fn`` until ``config``'s minimums are met.
+    """Warm up, then time ``fn`` until ``config``'s minimums are met (one contender, in one go).
 
     Warm-up samples are kept only for the steady rule and thrown away.
     Ctrl-C during the timed loop returns what was measured so far with ``complete=False``;
     the caller decides whether to keep it. Ctrl-C during warm-up propagates (nothing to keep).
     """
     timer = timer if timer is not None else ClockTimer(clock)
-    warm = array("d")
-    steady_rule = config.steady and bool(config.warmup_iters or config.warmup_time)
-    more = None
-    if steady_rule:  # (no warm-up asked for: none at all)
-        def more(w: array, elapsed: float) -> bool:
-            return elapsed < config.warmup_max_time and not config.settled(w)
-    warm_n, warm_s = _loop(fn, timer, clock, config.warmup_iters, config.warmup_time, warm,
-                           progress, "warmup", more)
-    steady = config.settled(warm) if steady_rule else None
+    warm_n, warm_s, steady = warm_up(fn, config, timer, clock, progress)
     samples = array("d")
     t0 = clock()
     try:
@@ -176,6 +222,113 @@ def measure(fn: Callable[[], Any], config: TimingConfig, timer: Timer | None = N
                        complete=False, warmup_steady=steady)
     return Samples(_as_array(samples), clock() - t0, warm_n, warm_s, timer.name,
                    warmup_steady=steady)
+
+
+#: errors that drop one contender and let the others go on (e.g. CUDA out of memory)
+CONTENDER_ERRORS = (RuntimeError, ValueError, MemoryError)
+
+
+class Contender:
+    """One thing :func:`measure_rounds` times: a zero-argument callable, timed per iteration.
+
+    Subclasses time other things (e.g. a throughput window of asynchronous requests) by
+    overriding :meth:`warm_up` and :meth:`run_slice`.
+    """
+
+    def __init__(self, fn: Callable[[], Any], timer: Timer | None = None,
+                 clock: Clock = time.perf_counter, progress: Progress | None = None):
+        self.fn = fn
+        self.clock = clock
+        self.timer = timer if timer is not None else ClockTimer(clock)
+        self.progress = progress
+        #: seconds per iteration at the end of the warm-up (None: not known)
+        self.typical_s: float | None = None
+
+    @property
+    def timer_name(self) -> str:
+        return self.timer.name
+
+    def warm_up(self, config: TimingConfig) -> tuple[int, float, bool | None]:
+        warm = array("d")
+        result = warm_up(self.fn, config, self.timer, self.clock, self.progress, warm)
+        if len(warm):
+            self.typical_s = float(np.median(warm[-config.steady_window:]))
+        return result
+
+    def run_slice(self, min_iters: int, min_time: float, discard: int, sink: array) -> float:
+        """``discard`` untimed iterations, then a timed loop appending to ``sink``; its wall
+        time in seconds."""
+        for _ in range(discard):
+            self.fn()
+        t0 = self.clock()
+        _loop(self.fn, self.timer, self.clock, min_iters, min_time, sink, self.progress, "timed")
+        return self.clock() - t0
+
+
+def measure_rounds(contenders: list[Contender], config: TimingConfig,
+                   on_round: Callable[[int], Any] | None = None,
+                   on_slice: Callable[[int, int], Any] | None = None) -> list[Samples]:
+    """Time the contenders interleaved: each warms up, then ``config.rounds`` round-robin rounds.
+
+    Round ``r`` gives every contender one slice (:attr:`TimingConfig.slice_iters` iterations and
+    :attr:`TimingConfig.slice_time` seconds, after :attr:`TimingConfig.round_warmup` untimed
+    iterations where the contender's warm-up median is under
+    :attr:`TimingConfig.round_warmup_max`), starting with contender ``r mod n`` so that no one
+    always follows the same other. ``on_slice(round, index)`` is called before each slice,
+    ``on_round(round)`` after each complete round. A contender that raises one of
+    :data:`CONTENDER_ERRORS` is dropped (its ``error`` says why; what it measured before is
+    kept). Ctrl-C stops everything: every contender keeps what it has, ``complete=False``.
+    Returns one :class:`Samples` per contender (``rounds`` holds each round's latencies), in the
+    order given.
+    """
+    n = len(contenders)
+    rounds: list[list[np.ndarray]] = [[] for _ in range(n)]
+    walls: list[list[float]] = [[] for _ in range(n)]
+    warm: list[tuple[int, float, bool | None]] = [(0, 0.0, None)] * n
+    errors: list[BaseException | None] = [None] * n
+    complete = True
+
+    def result(i: int) -> Samples:
+        lat = np.concatenate(rounds[i]) if rounds[i] else np.zeros(0)
+        return Samples(lat, float(sum(walls[i])), warm[i][0], warm[i][1],
+                       contenders[i].timer_name, complete=complete, warmup_steady=warm[i][2],
+                       rounds=list(rounds[i]), round_walls=list(walls[i]), error=errors[i])
+
+    try:
+        for i, c in enumerate(contenders):
+            try:
+                warm[i] = c.warm_up(config)
+            except CONTENDER_ERRORS as exc:
+                errors[i] = exc
+        for r in range(config.rounds):
+            for k in range(n):
+                i = (r + k) % n
+                if errors[i] is not None:
+                    continue
+                if on_slice is not None:
+                    on_slice(r, i)
+                sink = array("d")
+                typical = getattr(contenders[i], "typical_s", None)
+                discard = config.round_warmup if typical is None or \
+                    typical < config.round_warmup_max else 0
+                try:
+                    wall = contenders[i].run_slice(config.slice_iters, config.slice_time,
+                                                   discard, sink)
+                except CONTENDER_ERRORS as exc:
+                    errors[i] = exc
+                    continue
+                except KeyboardInterrupt:
+                    if len(sink):  # the interrupted slice: its wall is its latencies' sum
+                        rounds[i].append(_as_array(sink).copy())
+                        walls[i].append(float(sum(sink)))
+                    raise
+                rounds[i].append(_as_array(sink).copy())
+                walls[i].append(wall)
+            if on_round is not None:
+                on_round(r)
+    except KeyboardInterrupt:
+        complete = False
+    return [result(i) for i in range(n)]
 
 
 def _as_array(samples: array) -> np.ndarray:

@@ -67,8 +67,11 @@ def test_json_schema(cpu_run):
     assert cfg["batch_sizes"] == [1, 2] and cfg["threads"] == 1
     assert cfg["timing"] == {"warmup_iters": 1, "warmup_time": 0.0, "min_iters": 3,
                              "min_time": 0.0, "steady_warmup": False, "steady_window": 3,
-                             "steady_tol": 0.15, "warmup_max_time": 30.0}
+                             "steady_tol": 0.15, "warmup_max_time": 30.0, "rounds": 10,
+                             "round_warmup": 1, "round_warmup_max": 0.1}
     assert cfg["macs_per_image"] > 0
+    assert set(env["cpu"]["isa"]) == {"isa", "native_bf16", "features"}
+    assert env["cpu"]["load_average_end"] is None or len(env["cpu"]["load_average_end"]) == 3
     for row in doc["results"]:
         assert row["iterations"] >= 3 and row["warmup_iterations"] == 1
         assert row["warmup_steady"] is None  # --no-steady-warmup
@@ -77,7 +80,19 @@ def test_json_schema(cpu_run):
         assert isinstance(row["noisy"], bool) and isinstance(row["noise_reasons"], list)
         assert row["timer"] == "perf_counter" and row["complete"] is True
         assert row["input_shape"] == [row["batch_size"], 3, 32, 32]
+        # interleaved: 10 rounds of 1 timed iteration each (3 iterations / 10, rounded up)
+        assert row["rounds"] == 10 and len(row["round_p50_ms"]) == 10 and row["iterations"] == 10
+        assert row["round_group"].endswith(f":b{row['batch_size']}")
+        assert isinstance(row["busy"], bool) and isinstance(row["rounds_disagree"], bool)
+        assert set(row["flags"]) <= {"NOISY", "BUSY", "ROUNDS-DISAGREE"}
+        assert ("NOISY" in row["flags"]) == row["noisy"] and ("BUSY" in row["flags"]) == row["busy"]
+        assert row["model_label"] == "resnet18 32x32x3, 1000 classes"
     by = {(r["backend"], r["batch_size"]): r for r in doc["results"]}
+    ort, eager = by[("onnxruntime", 2)], by[("torch", 2)]
+    assert ort["round_group"] == eager["round_group"]  # timed in the same rounds
+    ratios = [e / o for e, o in zip(eager["round_p50_ms"], ort["round_p50_ms"])]
+    assert ort["speedup_vs_torch_rounds"] == pytest.approx(float(np.median(ratios)))
+    assert ort["speedup_vs_torch_rounds_iqr"] == pytest.approx(np.percentile(ratios, (25, 75)))
     assert by[("torch", 1)]["speedup_vs_torch"] == pytest.approx(1.0)
     assert by[("onnxruntime", 2)]["speedup_vs_torch"] == pytest.approx(
         by[("torch", 2)]["p50_ms"] / by[("onnxruntime", 2)]["p50_ms"])
@@ -112,7 +127,7 @@ def test_default_backends_on_cpu_list_the_rest_as_skipped(monkeypatch):
                         lambda self, b, spec: calls.append(b))
     candidates, skipped, _ = backends.plan(backends.Request(
         backends.ModelSpec.create("resnet18"), "cpu"))
-    assert calls == ["torch", "onnxruntime"]
+    assert calls == ["torch", "onnxruntime", "openvino"]
     reasons = {s.backend: s.reason for s in skipped}
     assert set(reasons) == {"torch-compile", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"}
     assert "--backends torch-compile" in reasons["torch-compile"]
@@ -170,7 +185,7 @@ def test_ctrl_c_keeps_what_was_measured_and_exits_130(tmp_path, monkeypatch):
 
     def infer(self, batch):
         calls.append(1)
-        if len(calls) == 30:  # first inference, 1 warm-up, then 27 timed, then Ctrl-C
+        if len(calls) == 30:  # first inference, 1 warm-up, 1 untimed, 26 timed, then Ctrl-C
             raise KeyboardInterrupt
         return np.zeros((batch.shape[0], 10), np.float32)
 
@@ -181,8 +196,10 @@ def test_ctrl_c_keeps_what_was_measured_and_exits_130(tmp_path, monkeypatch):
     assert "interrupted" in result.stderr
     doc = json.loads((tmp_path / "bench.json").read_text())
     assert doc["interrupted"] is True
-    (row,) = doc["results"]  # the interrupted case, then nothing else ran
-    assert row["backend"] == "null" and row["complete"] is False and row["iterations"] == 27
+    # first inference and 1 warm-up each (null, then torch), then round 1: null's untimed
+    # iteration and 26 timed ones; torch has no timed sample yet, so no row
+    (row,) = doc["results"]
+    assert row["backend"] == "null" and row["complete"] is False and row["iterations"] == 26
     assert "Interrupted" in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "bench.png").exists() and (tmp_path / "bench.csv").exists()
 
@@ -359,3 +376,15 @@ def test_cuda_run_times_end_to_end_and_compute_only_with_and_without_graphs(tmp_
         assert row["device"] == "cuda" and row["timer"] == "cuda_event"
         assert row["channels_last"] is True and row["iterations"] >= 5
         assert 0 < row["min_ms"] <= row["p50_ms"]
+
+
+def test_markdown_shows_the_flags_and_what_to_do_about_a_busy_machine(cpu_run):
+    doc = json.loads((cpu_run[0] / "bench.json").read_text())
+    for row in doc["results"]:
+        row.update(flags=[], flag_reasons=[], noisy=False)
+    assert "--rounds 40" not in report.markdown(doc)
+    row = doc["results"][0]
+    row.update(flags=["BUSY"], flag_reasons=["load average 9.00 > 2 usable cores"])
+    md = report.markdown(doc)
+    assert "| BUSY: load average 9.00 > 2 usable cores |" in md
+    assert "**BUSY rows:**" in md and "--rounds 40 --min-iters 40" in md

@@ -1,10 +1,13 @@
 """The timing harness and the statistics, driven by a fake clock: known timings, no sleeping."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from bench.stats import NoiseRule, summarize
-from bench.timing import ClockTimer, TimingConfig, measure, time_once
+from bench.load import CpuSnapshot, busy_verdict, others_cores
+from bench.stats import NoiseRule, ratio_spread, round_ratio, round_summary, summarize
+from bench.timing import ClockTimer, Contender, TimingConfig, measure, measure_rounds, time_once
 
 
 class FakeClock:
@@ -127,10 +130,139 @@ def test_time_once_and_clock_timer_use_the_injected_clock():
 
 
 @pytest.mark.parametrize("bad", [dict(min_iters=0), dict(min_time=-1), dict(warmup_iters=-1),
-                                 dict(steady_window=0), dict(steady_tol=0)])
+                                 dict(steady_window=0), dict(steady_tol=0), dict(rounds=0),
+                                 dict(round_warmup=-1), dict(round_warmup_max=-1)])
 def test_timing_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
         TimingConfig(**bad)
+
+
+# -- interleaved rounds ------------------------------------------------------------------------
+
+
+def loaded_job(clock, seconds, step_at, slowdown):
+    """A workload of ``seconds`` per call that runs ``slowdown`` times slower once the clock has
+    passed ``step_at``: another job arriving on a shared machine."""
+    def fn():
+        clock.now += seconds * (slowdown if clock.now >= step_at else 1.0)
+    return fn
+
+
+def test_interleaving_keeps_a_ratio_that_a_load_step_breaks_in_a_sequential_sweep():
+    # B truly takes 2x A. At t = 6 s another job arrives and everything runs 3x slower.
+    cfg = dict(warmup_iters=2, warmup_time=0, min_iters=50, min_time=5.0, steady=False)
+
+    clock = FakeClock()
+    a, b = loaded_job(clock, 0.010, 6.0, 3.0), loaded_job(clock, 0.020, 6.0, 3.0)
+    seq_a, seq_b = (measure(f, TimingConfig(**cfg), clock=clock) for f in (a, b))
+    sequential = np.median(seq_b.latencies_s) / np.median(seq_a.latencies_s)
+    # A ran before the step, most of B after it: the sweep reports 6x, not 2x
+    assert sequential == pytest.approx(6.0)
+
+    clock = FakeClock()
+    a, b = loaded_job(clock, 0.010, 6.0, 3.0), loaded_job(clock, 0.020, 6.0, 3.0)
+    rounds_a, rounds_b = measure_rounds([Contender(a, clock=clock), Contender(b, clock=clock)],
+                                        TimingConfig(**cfg, rounds=5))
+    per_a, per_b = round_summary(rounds_a.rounds), round_summary(rounds_b.rounds)
+    assert per_a["rounds"] == per_b["rounds"] == 5
+    assert round_ratio(per_b["round_p50_ms"], per_a["round_p50_ms"]) == pytest.approx(2.0)
+    # the load step is still visible: the rounds disagree, and say so
+    assert per_a["rounds_disagree"] and per_b["rounds_disagree"]
+    assert per_a["round_spread"] == pytest.approx(3.0)
+    # each contender got its whole timed loop, in slices
+    assert rounds_a.iterations >= 50 and rounds_a.wall_s >= 5.0
+    assert rounds_a.latencies_s.tolist() == np.concatenate(rounds_a.rounds).tolist()
+
+
+def test_rounds_rotate_the_order_warm_up_first_and_discard_one_iteration_per_slice():
+    clock = FakeClock()
+    log = []
+
+    def job(name):
+        def fn():
+            log.append(name)
+            clock.now += 1.0
+        return fn
+
+    cfg = TimingConfig(warmup_iters=1, warmup_time=0, min_iters=4, min_time=0, steady=False,
+                       rounds=2, round_warmup=1, round_warmup_max=2.0)
+    seen = []
+    out = measure_rounds([Contender(job("a"), clock=clock), Contender(job("b"), clock=clock),
+                          Contender(job("c"), clock=clock)], cfg,
+                         on_slice=lambda r, i: seen.append((r, i)))
+    assert seen == [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (1, 0)]
+    # warm-ups (1 each), then per slice 1 untimed + 2 timed iterations
+    assert log[:3] == ["a", "b", "c"] and log[3:6] == ["a"] * 3 and log[-3:] == ["a"] * 3
+    for s in out:
+        assert s.iterations == 4 and [len(r) for r in s.rounds] == [2, 2]
+        assert s.round_walls == [2.0, 2.0] and s.wall_s == 4.0 and s.warmup_iters == 1
+
+    # a contender slower than round_warmup_max per iteration gets no untimed iteration
+    log.clear()
+    measure_rounds([Contender(job("a"), clock=clock)], replace(cfg, round_warmup_max=0.5))
+    assert log == ["a"] * 5  # 1 warm-up, then 2 rounds of 2 timed
+
+
+def test_a_failing_contender_is_dropped_and_ctrl_c_keeps_every_round_so_far():
+    clock = FakeClock()
+    calls = []
+
+    def ok():
+        clock.now += 1.0
+
+    def breaks():
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("out of memory")
+        clock.now += 1.0
+
+    cfg = TimingConfig(warmup_iters=0, warmup_time=0, min_iters=3, min_time=0, steady=False,
+                       rounds=3, round_warmup=0)
+    good, bad = measure_rounds([Contender(ok, clock=clock), Contender(breaks, clock=clock)], cfg)
+    assert good.iterations == 3 and good.error is None and good.complete
+    assert bad.iterations == 2 and isinstance(bad.error, RuntimeError)  # its third round failed
+    assert len(bad.rounds) == 2 and bad.complete  # what it measured before is kept
+
+    stop = iter([False, True])  # Ctrl-C at B's second slice, which starts round 2
+
+    def interrupted():
+        if next(stop):
+            raise KeyboardInterrupt
+        clock.now += 1.0
+
+    a, b = measure_rounds([Contender(ok, clock=clock), Contender(interrupted, clock=clock)], cfg)
+    assert not a.complete and not b.complete
+    assert (a.iterations, b.iterations) == (1, 1)
+
+
+def test_round_summary_and_ratio():
+    s = round_summary([[0.010, 0.010], [0.012], [0.0125]])
+    assert s["round_p50_ms"] == pytest.approx([10.0, 12.0, 12.5])
+    assert s["round_spread"] == pytest.approx(1.25) and not s["rounds_disagree"]
+    assert round_summary([[0.01], [0.02]], NoiseRule(rounds_max=1.5))["rounds_disagree"]
+    assert round_summary([[0.01]])["round_spread"] is None
+    # a round one side lacks is left out; the median of the rest
+    assert round_ratio([20.0, 30.0, 10.0], [10.0, 10.0]) == pytest.approx(2.5)
+    assert round_ratio([], [1.0]) is None
+    assert ratio_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx([2.0, 4.0])
+    assert ratio_spread([1.0, 2.0]) is None
+
+
+def test_the_machine_load_verdict():
+    before = CpuSnapshot(100.0, (1.0, 1.0, 1.0), busy_s=50.0, self_s=10.0)
+    quiet = CpuSnapshot(110.0, (1.9, 1.5, 1.0), busy_s=70.0, self_s=29.0)  # others: 1 s in 10
+    busy = CpuSnapshot(110.0, (3.5, 2.0, 1.0), busy_s=80.0, self_s=20.0)  # others: 20 s in 10
+    assert others_cores(before, quiet) == pytest.approx(0.1)
+    assert others_cores(before, busy) == pytest.approx(2.0)
+    ok = busy_verdict(before, quiet, 2, [0.1], 0.25)
+    assert not ok["busy"] and ok["load_before"] == [1.0, 1.0, 1.0] and ok["others_cores"] == 0.1
+    bad = busy_verdict(before, busy, 2, [1.5, 2.5], 0.25)
+    assert bad["busy"] and bad["others_cores_max"] == 2.5
+    assert any("load average 3.50 > 2" in r for r in bad["busy_reasons"])
+    assert any("other processes used 2.00 cores" in r for r in bad["busy_reasons"])
+    unknown = CpuSnapshot(110.0, None, None, 20.0)
+    assert others_cores(before, unknown) is None
+    assert not busy_verdict(unknown, unknown, 2, [None], 0.25)["busy"]
 
 
 # -- statistics ------------------------------------------------------------------------------

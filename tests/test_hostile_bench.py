@@ -103,7 +103,8 @@ def test_a_disk_that_fills_up_during_the_run_keeps_the_results(tmp_path, monkeyp
     line = error_line(result)
     assert f"cannot write the report to {tmp_path / 'out'}: No space left on device" in line
     assert "the 2 result(s) are printed above and saved in" in line
-    assert result.stdout.count("| null") == 2  # the table reached the terminal
+    # the tables reached the terminal: the summary's one line and the two rows
+    assert result.stdout.count("| null") == 3
     (saved,) = (tmp_path / "tmp").glob("resnet-bench-*.json")
     assert str(saved) in line
     doc = json.loads(saved.read_text())
@@ -263,8 +264,9 @@ def test_malformed_manifests_are_skips_with_one_line_and_the_good_one_is_measure
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     doc = json.loads((out / "bench.json").read_text())
-    (row,) = doc["results"]
-    assert row["artifact"] == str(root / "good" / "model.onnx")
+    # only the good artifact is measured (on every ONNX runtime here, beside its eager baseline)
+    assert {r["artifact"] for r in doc["results"] if r["artifact"]} == \
+        {str(root / "good" / "model.onnx")}
     reasons = {Path(s["artifact"]).parent.name: s["reason"] for s in doc["skipped"]
                if s.get("artifact")}
     for name, (_, message) in BAD.items():

@@ -53,6 +53,25 @@ def test_torch_runner_refusals_on_cpu(kwargs, message):
         TorchRunner(_model(), device="cpu", **kwargs)
 
 
+def test_torch_bf16_on_cpu_is_autocast_where_the_cpu_has_native_bf16(monkeypatch):
+    from export.core import cpu_features
+
+    model, x = _model(), _batch(4)
+    if cpu_features.native_bf16():
+        with TorchRunner(model) as fp32, TorchRunner(model, precision="bf16") as bf16:
+            a, b = fp32.infer(x), bf16.infer(x)
+            assert bf16.arithmetic == "bf16 (autocast)" and bf16.label == "torch[cpu,bf16]"
+        assert b.dtype == np.float32 and next(model.parameters()).dtype == torch.float32
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert cos.min() > 0.999 and not np.array_equal(a, b)  # BF16 arithmetic, close to FP32
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: False)
+    with pytest.raises(BackendUnavailable, match="no native BF16"):
+        TorchRunner(model, precision="bf16")
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: None)
+    with pytest.raises(BackendUnavailable, match="cannot tell"):
+        TorchRunner(model, precision="bf16")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_torch_runner_on_cuda_without_a_gpu_says_so():
     with pytest.raises(BackendUnavailable, match="no CUDA device"):

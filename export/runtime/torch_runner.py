@@ -1,13 +1,16 @@
-"""PyTorch as a runtime: eager or torch.compile, FP32 anywhere, FP16/BF16 on CUDA, CUDA graphs."""
+"""PyTorch as a runtime: eager or torch.compile, FP32 anywhere, FP16/BF16 on CUDA, BF16 autocast on
+a CPU with native BF16, CUDA graphs."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..core import cpu_features
 from ..core.errors import BackendUnavailable
 from .base import Runner
 
@@ -16,6 +19,12 @@ _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 
 class TorchRunner(Runner):
     """Eager PyTorch (optionally torch.compile), FP32 anywhere, FP16/BF16 on CUDA.
+
+    BF16 on the CPU runs under ``torch.autocast("cpu", dtype=torch.bfloat16)``: weights and
+    inputs stay FP32, and autocast runs the convolutions and matmuls in BF16 (oneDNN's AVX512-BF16
+    or AMX kernels), casting their inputs on the way in. Only where the CPU computes BF16 natively
+    (:func:`export.core.cpu_features.native_bf16`): elsewhere it would be emulated, slower than
+    FP32, and :class:`BackendUnavailable` says so. FP16 stays CUDA-only.
 
     ``cuda_graphs=True`` (CUDA only) replays the whole forward as one CUDA graph: eager models are
     captured with ``torch.cuda.CUDAGraph`` on static input/output buffers (one graph per input
@@ -34,8 +43,12 @@ class TorchRunner(Runner):
             raise ValueError(f"precision must be one of {list(_TORCH_DTYPES)}, got {precision!r}")
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable("torch on cuda: no CUDA device is visible to PyTorch")
-        if precision != "fp32" and device != "cuda":
-            raise BackendUnavailable(f"torch {precision}: reduced precision is measured on CUDA only")
+        self.autocast = precision == "bf16" and device == "cpu"
+        if self.autocast:
+            _check_cpu_bf16()
+        elif precision != "fp32" and device != "cuda":
+            raise BackendUnavailable(f"torch {precision} on cpu: FP16 is measured on CUDA only "
+                                     "(BF16 on the CPU: autocast)")
         if cuda_graphs and device != "cuda":
             raise BackendUnavailable("CUDA graphs need a CUDA device (--device cuda)")
         if cuda_graphs and compile:
@@ -58,8 +71,24 @@ class TorchRunner(Runner):
     def _manual_graphs(self) -> bool:
         return self.cuda_graphs and not self.compile
 
+    @property
+    def _dtype(self) -> torch.dtype:
+        """The dtype of weights and inputs: FP32 under CPU autocast (it casts per operation)."""
+        return torch.float32 if self.autocast else _TORCH_DTYPES[self.precision]
+
+    @property
+    def arithmetic(self) -> str:
+        if self.autocast:
+            return "bf16 (autocast)"  # convolutions and matmuls in bf16, weights kept fp32
+        return self.precision
+
+    def _autocast(self) -> Any:
+        if self.autocast:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _activate(self) -> None:
-        module = self.model.eval().to(self.device, _TORCH_DTYPES[self.precision])
+        module = self.model.eval().to(self.device, self._dtype)
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         if self.compile:
@@ -88,7 +117,7 @@ class TorchRunner(Runner):
         normal inputs (end-to-end vs compute-only timing) recompiles until its limit and then
         silently falls back to eager.
         """
-        x = torch.from_numpy(batch).to(self.device).to(_TORCH_DTYPES[self.precision])
+        x = torch.from_numpy(batch).to(self.device).to(self._dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -107,7 +136,8 @@ class TorchRunner(Runner):
             return self._graph_for(x).run(x)
         if self.cuda_graphs:  # compiled with mode="reduce-overhead": a new step, a new replay
             torch.compiler.cudagraph_mark_step_begin()
-        return self._module(x)
+        with self._autocast():
+            return self._module(x)
 
     @torch.inference_mode()
     def _infer(self, batch: np.ndarray) -> np.ndarray:
@@ -135,6 +165,20 @@ class TorchRunner(Runner):
     def synchronize(self) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()
+
+
+def _check_cpu_bf16() -> None:
+    """Refuse BF16 on a CPU that would emulate it (slower than FP32: not a BF16 figure)."""
+    native = cpu_features.native_bf16()
+    if native:
+        return
+    isa = cpu_features.summary()
+    if native is None:
+        raise BackendUnavailable(f"torch bf16 on cpu: cannot tell whether this CPU ({isa}) has "
+                                 "native BF16 (no /proc/cpuinfo flags); not run")
+    raise BackendUnavailable(f"torch bf16 on cpu: this CPU ({isa}) has no native BF16 (neither "
+                             "AVX512-BF16 nor AMX-BF16); autocast would emulate it, slower than "
+                             "FP32, so it is not run")
 
 
 class _CapturedGraph:
