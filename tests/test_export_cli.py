@@ -52,7 +52,9 @@ def test_two_formats_from_one_export(cwd):
     result = run("--model", "resnet20", "--fmt", "onnx", "--fmt", "onnx-fp16", *FAST)
     assert result.exit_code == 0, result.output
     assert result.stdout.count("traced and translated") == 1
-    assert result.stdout.count("verdict: PASS") == 2
+    # one verdict per candidate runtime of each format, all passing
+    assert result.stdout.count("verdict: PASS") >= 2 and "verdict: FAIL" not in result.stdout
+    assert result.stdout.count("wrote artifacts/") == 2
     assert {p.name for p in (cwd / "artifacts").iterdir()} == {"resnet20-onnx",
                                                                 "resnet20-onnx-fp16"}
 

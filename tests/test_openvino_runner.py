@@ -160,7 +160,7 @@ def test_throughput_mode(onnx_file):
 
 def test_refusals(onnx_file, monkeypatch):
     with pytest.raises(ValueError, match="precision"):
-        OpenVINORunner(onnx_file, "fp16")
+        OpenVINORunner(onnx_file, "int4")
     with pytest.raises(RuntimeError, match="before activate"):
         OpenVINORunner(onnx_file).infer(_batch(1))
     monkeypatch.setitem(sys.modules, "openvino", None)
