@@ -28,6 +28,7 @@ from export.core.artifact import MAX_INPUT_SIZE, enclosing_artifact
 from export.core.cli import (DefaultCommand, DefaultGroup, OneLineCommand, model_options,
                              one_line_errors, print_family_table, resolve_model_name)
 from export.core.errors import UserError, first_line
+from export.core.fileio import make_dirs, remove_dirs
 from export.core.hardware import available_memory, inference_bytes, resolve_device, usable_cores
 from export.core.models import default_spec
 from export.runtime.ort_runner import ORT_OPTIMIZATION_LEVELS
@@ -91,28 +92,6 @@ def _parse_warmup(_ctx: Any, _param: Any, value: str) -> tuple[int, float]:
 # -- the output folder and memory: checked before anything is measured ----------------------
 
 
-def _make_dirs(path: Path) -> list[Path]:
-    """mkdir -p that remembers what it created, so a failure can take it back."""
-    created: list[Path] = []
-    try:
-        for parent in reversed([path, *path.parents]):
-            if not parent.exists():
-                parent.mkdir()
-                created.append(parent)
-    except BaseException:  # half-way: take back what was made
-        _remove_dirs(created)
-        raise
-    return created
-
-
-def _remove_dirs(created: list[Path]) -> None:
-    for path in reversed(created):
-        try:
-            path.rmdir()
-        except OSError:
-            break
-
-
 def check_out_folder(out: Path, option: str = "--out") -> None:
     """A folder we write into may not be (or lie inside) an exported artifact: its files would
     become part of the artifact, which would stop being one."""
@@ -129,7 +108,7 @@ def prepare_out(out: Path) -> list[Path]:
     check_out_folder(out)
     created: list[Path] = []
     try:
-        created = _make_dirs(out)
+        created = make_dirs(out)
         fd, probe = tempfile.mkstemp(prefix=".resnet-bench-probe-", dir=out)
         try:
             os.write(fd, b"\0" * 4096)
@@ -138,7 +117,7 @@ def prepare_out(out: Path) -> list[Path]:
             os.close(fd)
             os.unlink(probe)
     except OSError as exc:
-        _remove_dirs(created)
+        remove_dirs(created)
         raise UserError(f"cannot write to --out {out}: {exc.strerror or exc}; nothing was "
                         "measured") from None
     return created

@@ -36,7 +36,7 @@ from .core.artifact import (FAILED_SUFFIX, FORMATS, MANIFEST_NAME, MAX_BATCH, MA
                             recover_interrupted, replace_folder, staging_prefix, STAGING_SUFFIX,
                             verify_files)
 from .core.errors import BackendUnavailable, ParityFailed, UserError, first_line
-from .core.fileio import current_umask
+from .core.fileio import current_umask, make_dirs, remove_dirs
 from .core.hardware import available_memory, inference_bytes
 from .core.models import ModelSpec, default_spec
 from .calibration import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
@@ -376,28 +376,6 @@ def check_failed_slot(out: Path, echo: Echo = print) -> dict[str, Any] | None:
         "nothing was changed: move it away or leave out --keep-failed"))
 
 
-def _make_dirs(path: Path) -> list[Path]:
-    """mkdir -p that remembers what it created, so a failure can take it back."""
-    created: list[Path] = []
-    try:
-        for parent in reversed([path, *path.parents]):
-            if not parent.exists():
-                parent.mkdir()
-                created.append(parent)
-    except BaseException:  # half-way: take back what was made
-        _remove_dirs(created)
-        raise
-    return created
-
-
-def _remove_dirs(created: list[Path]) -> None:
-    for path in reversed(created):
-        try:
-            path.rmdir()
-        except OSError:
-            break
-
-
 def export_artifact(req: ExportRequest, echo: Echo = print, warn: Echo = print) -> ExportResult:
     """Export ``req.fmt``, gate it, move it into place; :class:`ParityFailed` if the gate fails."""
     return export_artifacts(req, [req.fmt], echo, warn)[0]
@@ -473,7 +451,7 @@ def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelP
     """One format: staging folder -> files -> gate -> manifest -> into place (or clean up)."""
     spec = source.spec
     out = target.out
-    created = _make_dirs(out.parent)
+    created = make_dirs(out.parent)
     staging: Path | None = None
     promoted = False
     try:
@@ -504,7 +482,7 @@ def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelP
         if not promoted:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
-            _remove_dirs(created)
+            remove_dirs(created)
 
 
 def _announce(out: Path, previous: dict[str, Any] | None, warn: Echo) -> None:

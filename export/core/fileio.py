@@ -101,3 +101,26 @@ def process_alive(pid: int) -> bool:
     except (PermissionError, OverflowError, OSError):
         return True  # someone else's process, or we cannot tell: leave its files alone
     return True
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """mkdir -p that remembers what it created, so a failure can take it back."""
+    created: list[Path] = []
+    try:
+        for parent in reversed([path, *path.parents]):
+            if not parent.exists():
+                parent.mkdir()
+                created.append(parent)
+    except BaseException:  # half-way: take back what was made
+        remove_dirs(created)
+        raise
+    return created
+
+
+def remove_dirs(created: list[Path]) -> None:
+    """Take back the folders :func:`make_dirs` created, innermost first, stopping at one in use."""
+    for path in reversed(created):
+        try:
+            path.rmdir()
+        except OSError:
+            break
