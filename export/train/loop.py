@@ -186,8 +186,7 @@ def _loaders(data: TrainingData, spec: ModelSpec, config: TrainConfig, procs: Pr
     # resumed run sees the batches an uninterrupted one would have.
     sampler = DistributedSampler(train_set, num_replicas=procs.world_size, rank=procs.rank,
                                  shuffle=True, seed=config.seed)
-    common = dict(num_workers=config.workers, pin_memory=device.type == "cuda",
-                  persistent_workers=config.workers > 0)
+    common = dict(num_workers=config.workers, pin_memory=device.type == "cuda")
     batch_size, drop_last = train_batching(len(train_set), config.batch_size, procs.world_size)
     train = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                        **common)
