@@ -175,7 +175,7 @@ def check_good_model(run, shapes163):
 
 
 def test_default_run_on_a_small_folder_learns(tmp_path, shapes163):
-    """``resnet-train --data my_images/`` (the default resnet20): about 30 s here."""
+    """``resnet-train --data my_images/`` (the default resnet20): 20 to 60 s here."""
     result = invoke(["--data", shapes163, "--out", tmp_path / "run"])
     assert result.exit_code == 0, result.output
     assert "defaults for this data: input size 32" not in result.output  # 32 is its design size
@@ -185,7 +185,7 @@ def test_default_run_on_a_small_folder_learns(tmp_path, shapes163):
 
 @pytest.mark.slow
 def test_readme_own_data_line_with_resnet18_learns(tmp_path, shapes163):
-    """``resnet-train --data my_images/ --depth 18``: about 3 minutes on a 2-core CPU."""
+    """``resnet-train --data my_images/ --depth 18``: 4 to 17 minutes on a shared 2-core CPU."""
     result = invoke(["--data", shapes163, "--depth", "18", "--out", tmp_path / "run"])
     assert result.exit_code == 0, result.output
     assert "input size 32 (the images are 32 px); small stem" in result.output
