@@ -73,7 +73,8 @@ DEFAULTS = TrainConfig()
 @click.option("--overwrite", is_flag=True, help="Start a new run in an --out that holds one.")
 @click.option("--resume", type=click.Path(), default=None, metavar="RUN",
               help="Continue the run in this folder (or from this last.pt) where it stopped; "
-                   "only --epochs, --device, --workers, --threads and --max-steps may change.")
+                   "only --epochs, --device, --workers, --threads, --max-steps and --progress "
+                   "may change.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=DEFAULTS.device,
               help="auto takes CUDA when available (with mixed precision and channels_last).")
 @click.option("--workers", type=int, default=DEFAULTS.workers,
