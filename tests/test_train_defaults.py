@@ -124,7 +124,7 @@ def test_the_last_partial_batch_is_kept_unless_it_is_tiny():
 
 def test_monitor_stops_divergence_and_warns_near_chance():
     config = TrainConfig().resolved()
-    monitor = Monitor(4, np.array([0, 1, 2, 3] * 4), epochs=15)
+    monitor = Monitor(4, np.array([0, 1, 2, 3] * 4), config)
     monitor.check_training(1.5, 1, config)  # about a guess (ln 4 = 1.39): fine
     with pytest.raises(UserError, match="training diverged in epoch 2.*4.96"):
         monitor.check_training(4.96, 2, config)  # the second epoch
@@ -136,9 +136,14 @@ def test_monitor_stops_divergence_and_warns_near_chance():
     warning = monitor.after_epoch(0.25, 3)
     assert "near chance after 3 epochs" in warning and "25.0%" in warning
     assert monitor.after_epoch(0.25, 4) is None  # said once
-    assert Monitor(4, np.array([0, 1, 2, 3]), 15).after_epoch(0.75, 3) is None
-    assert Monitor(2, np.array([0, 1]), 15).near_chance(0.6)
-    assert not Monitor(10, np.arange(10), 15).near_chance(0.4)
+    assert Monitor(4, np.array([0, 1, 2, 3]), config).after_epoch(0.75, 3) is None
+    assert Monitor(2, np.array([0, 1]), config).near_chance(0.6)
+    assert not Monitor(10, np.arange(10), config).near_chance(0.4)
+    # a smoke run cut short by --max-steps is not expected to have learned anything
+    smoke = TrainConfig(max_steps=3).resolved()
+    assert not Monitor(4, np.array([0, 1, 2, 3]), smoke).near_chance(0.25)
+    fine = Monitor(4, np.array([0, 1, 2, 3]), TrainConfig(init_weights="w.pt").resolved())
+    assert "--init-weights" not in fine.after_epoch(0.25, 3)
 
 
 def test_a_diverging_run_stops_with_one_line(tmp_path, shapes163):

@@ -250,7 +250,7 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
     if batch < config.batch_size:
         say(f"batch {batch}: the training split holds {counts['train']} images "
             f"({steps_per_epoch} step{'s' if steps_per_epoch != 1 else ''} per epoch)")
-    monitor = Monitor(data.num_classes, data.labels["val"], config.epochs)
+    monitor = Monitor(data.num_classes, data.labels["val"], config)
 
     saved_extra = dict(dataset=data.dataset, train_config=config.to_dict())
     steps_left = config.max_steps  # per invocation
@@ -311,20 +311,22 @@ class Monitor:
     A diverging run (training loss not finite, or far above the loss of a guess, or validation
     loss not finite) stops with one line. A run whose validation accuracy stays near chance gets
     one warning line during training and one in the summary, instead of a checkpoint that looks
-    like any other.
+    like any other; not a run cut short by ``--max-steps`` (a smoke test is not meant to learn).
     """
 
-    def __init__(self, num_classes: int, val_labels, epochs: int):
+    def __init__(self, num_classes: int, val_labels, config: TrainConfig):
         self.guess_loss = math.log(max(num_classes, 2))  # cross-entropy of a uniform guess
         counts = np.bincount(np.asarray(val_labels, dtype=np.int64), minlength=num_classes)
         self.chance = float(counts.max() / max(counts.sum(), 1))  # always the commonest class
-        self.check_from = min(3, epochs)
+        self.check_from = min(3, config.epochs)
+        self.judge = config.max_steps is None
+        self.fine_tuning = bool(config.init_weights)
         self.warnings: list[str] = []
 
     def near_chance(self, top1: float, chance: float | None = None) -> bool:
         """Below the lower of twice chance and a quarter of the way from chance to perfect."""
         chance = self.chance if chance is None else chance
-        return top1 < min(2 * chance, chance + (1 - chance) / 4)
+        return self.judge and top1 < min(2 * chance, chance + (1 - chance) / 4)
 
     def check_training(self, loss: float, epoch: int, config: TrainConfig) -> None:
         limit = max(3 * self.guess_loss, self.guess_loss + 3)
@@ -343,10 +345,11 @@ class Monitor:
         if epoch < self.check_from or self.warnings or not self.near_chance(best_top1):
             return None
         self.warnings.append(
-            f"validation accuracy is still near chance after {epoch} epochs (best "
-            f"{best_top1:.1%}; always answering the commonest class gives {self.chance:.1%}): "
-            "the model is not learning. Check the labels, lower --lr, train longer with "
-            "--epochs, or start from --init-weights")
+            f"validation accuracy is still near chance after {epoch} epoch"
+            f"{'s' if epoch != 1 else ''} (best {best_top1:.1%}; always answering the commonest "
+            f"class gives {self.chance:.1%}): the model is not learning. Check the labels, "
+            "lower --lr, train longer with --epochs"
+            + ("" if self.fine_tuning else ", or start from --init-weights"))
         return self.warnings[-1]
 
 
