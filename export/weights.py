@@ -147,10 +147,15 @@ def checkpoint_source(path: str | Path, name: str | None = None, num_classes: in
         state = ckpt.state_dict
         if num_classes is None and "fc.weight" in state and state["fc.weight"].ndim == 2:
             num_classes = int(state["fc.weight"].shape[0])
-        if in_chans is None and "conv1.weight" in state and state["conv1.weight"].ndim == 4:
-            in_chans = int(state["conv1.weight"].shape[1])
+        stem = None
+        if "conv1.weight" in state and state["conv1.weight"].ndim == 4:
+            if in_chans is None:
+                in_chans = int(state["conv1.weight"].shape[1])
+            # an ImageNet model trained with the small stem has a 3x3 conv1 (7x7 otherwise)
+            if get_architecture(name).kind == "imagenet" and state["conv1.weight"].shape[-1] == 3:
+                stem = "small"
         spec = ModelSpec.create(name, num_classes=num_classes or 1000, in_chans=in_chans or 3,
-                                input_size=input_size)
+                                input_size=input_size, stem=stem)
         kind = "state_dict"
     model = model_from_checkpoint(ckpt, spec)
     source = {"kind": kind, "path": str(Path(path).resolve()), "sha256": ckpt.sha256,

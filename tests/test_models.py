@@ -188,3 +188,50 @@ def test_cli_lists_models_with_counts():
     result = CliRunner().invoke(export_cli, ["--list-models"])
     assert result.exit_code == 0, result.output
     assert "25,557,032" in result.output and "resnet110" in result.output
+
+
+# --- the small-image stem of the ImageNet models ----------------------------------------------
+
+
+def test_small_stem_is_a_3x3_stride_1_conv_without_maxpool():
+    imagenet = build_model("resnet18", num_classes=10, in_chans=1)
+    small = build_model("resnet18", num_classes=10, in_chans=1, stem="small")
+    assert tuple(small.conv1.weight.shape) == (64, 1, 3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, torch.nn.Identity)
+    # every module name is kept; only conv1's shape differs
+    ours, theirs = small.state_dict(), imagenet.state_dict()
+    assert list(ours) == list(theirs)
+    assert [k for k in ours if ours[k].shape != theirs[k].shape] == ["conv1.weight"]
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert small.eval()(x).shape == (2, 10)
+        # layer4 sees 4x4 (28 / 8, rounded up) instead of 1x1: 16x the spatial work per stage
+        features = small.maxpool(small.relu(small.bn1(small.conv1(x))))
+        assert small.layer4(small.layer3(small.layer2(small.layer1(features)))).shape[-1] == 4
+    # the common CIFAR ResNet-18: 0.56 GMACs at 32x32 (the ImageNet stem there: 0.04)
+    assert 0.55e9 < count_macs(build_model("resnet18", num_classes=10, stem="small"), 32) < 0.57e9
+
+
+def test_torchvision_weights_load_into_the_small_stem_except_conv1():
+    state = build_model("resnet50").state_dict()
+    small = build_model("resnet50", stem="small")
+    del state["conv1.weight"]
+    missing, unexpected = small.load_state_dict(state, strict=False)
+    assert missing == ["conv1.weight"] and unexpected == []
+
+
+def test_stem_travels_in_the_spec_and_old_descriptions_mean_imagenet():
+    spec = ModelSpec.create("resnet18", num_classes=10, in_chans=1, input_size=28, stem="small")
+    assert spec.to_dict()["stem"] == "small"
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert tuple(spec.build().conv1.weight.shape) == (64, 1, 3, 3)
+    old = {k: v for k, v in ModelSpec.create("resnet18").to_dict().items() if k != "stem"}
+    assert ModelSpec.from_dict(old).stem == "imagenet"
+    assert ModelSpec.create("resnet18").stem == "imagenet"
+    # the small-image ResNets have only the small stem, and say so
+    assert ModelSpec.create("resnet20").stem == "small"
+    assert ModelSpec.from_dict({"name": "resnet20"}).stem == "small"
+    with pytest.raises(ValueError, match="always the small"):
+        ModelSpec.create("resnet20", stem="imagenet")
+    with pytest.raises(ValueError, match="stem must be one of"):
+        ModelSpec.create("resnet18", stem="tiny")

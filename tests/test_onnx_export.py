@@ -216,3 +216,27 @@ def float_types_in(model: onnx.ModelProto) -> dict[str, int]:
     for vi in (*model.graph.input, *model.graph.output, *model.graph.value_info):
         counts[TensorProto.DataType.Name(vi.type.tensor_type.elem_type)] += 1
     return dict(counts)
+
+
+def test_small_stem_model_from_a_plain_state_dict_exports_and_passes(tmp_path):
+    """An ImageNet model trained with the small stem (3x3 conv1, no max-pool): its weights file
+    says which stem it has, and the artifact's description carries it."""
+    import torch
+
+    from export.core.models import ModelSpec
+
+    torch.manual_seed(0)
+    spec = ModelSpec.create("resnet18", num_classes=10, in_chans=1, input_size=28, stem="small")
+    torch.save(spec.build().state_dict(), tmp_path / "small.pth")
+    req = ExportRequest(model="resnet18", checkpoint=tmp_path / "small.pth", input_size=28,
+                        batch=BATCH, out=tmp_path / "art")
+    lines: list[str] = []
+    result = export_artifacts(req, ["onnx"], echo=lines.append, warn=lines.append)[0]
+    manifest = result.manifest
+    assert manifest["parity"]["passed"] is True
+    assert manifest["model"]["stem"] == "small" and manifest["model"]["in_chans"] == 1
+    path = result.out / manifest["artifact"]
+    assert read_metadata(path)["model"]["stem"] == "small"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.run(None, {INPUT_NAME: np.zeros((3, 1, 28, 28), np.float32)})[0].shape \
+        == (3, 10)

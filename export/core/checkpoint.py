@@ -172,6 +172,8 @@ def _check_meta(path: Path, meta: dict[str, Any]) -> None:
             if key not in dataset:
                 continue
             value = dataset[key]
+            if key == "test_fraction" and value is None and dataset.get("kind") == "layout":
+                continue  # a dataset layout brings its own test split
             ok = isinstance(value, types) and not isinstance(value, bool)
             if ok and key in ("seed", "num_images"):
                 ok = value >= 0

@@ -5,6 +5,12 @@ Everything is built through two private constructors (``_ResNet`` for 224x224 in
 one network. Module names follow torchvision (conv1, bn1, layer1..4, downsample, fc), so a state
 dict saved by torchvision loads here unchanged and the other way round.
 
+The ImageNet models take a ``stem``: ``"imagenet"`` (torchvision's 7x7 stride-2 convolution and
+3x3 stride-2 max-pool, which divide the input by 4 before the first stage) or ``"small"`` (a 3x3
+stride-1 convolution and no max-pool: the common ResNet-18 variant for 28x28 / 32x32 images such
+as MNIST and CIFAR). The small stem keeps every module name; only ``conv1.weight`` changes shape
+(64 x C x 3 x 3), and ``maxpool`` becomes a parameter-free identity.
+
 A :class:`ModelSpec` is the small, serialisable description that checkpoints and manifests carry:
 ``ModelSpec.from_dict(spec.to_dict()).build()`` rebuilds the same network.
 """
@@ -24,6 +30,8 @@ from .errors import UnknownModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: stems of the ImageNet models; the small-image ResNets always have the "small" one
+STEMS = ("imagenet", "small")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,15 +140,20 @@ class _ResNet(nn.Module):
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int],
                  num_classes: int = 1000, in_chans: int = 3, zero_init_residual: bool = False,
-                 groups: int = 1, width_per_group: int = 64):
+                 groups: int = 1, width_per_group: int = 64, stem: str = "imagenet"):
         super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
         self.inplanes = 64
         self.groups = groups
         self.base_width = width_per_group
-        self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        imagenet = stem == "imagenet"  # 7x7 stride 2, then max-pool stride 2: the input / 4
+        self.conv1 = (nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+                      if imagenet else _conv3x3(in_chans, 64))  # small: full resolution
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if imagenet else \
+            nn.Identity()
         self.layer1 = self._make_layer(block, 64, layers[0])
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
         self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
@@ -229,12 +242,29 @@ class Architecture:
         per_block = 2 if self.block is BasicBlock else 3
         return per_block * sum(self.layers) + 2
 
+    @property
+    def default_stem(self) -> str:
+        return "imagenet" if self.kind == "imagenet" else "small"
+
     def construct(self, num_classes: int, in_chans: int, shortcut: str,
-                  zero_init_residual: bool) -> nn.Module:
+                  zero_init_residual: bool, stem: str | None = None) -> nn.Module:
+        stem = check_stem(self, stem)
         if self.kind == "cifar":
             return _CifarResNet(self.layers[0], num_classes, in_chans, shortcut, zero_init_residual)
         return _ResNet(self.block, list(self.layers), num_classes, in_chans, zero_init_residual,
-                       self.groups, self.width_per_group)
+                       self.groups, self.width_per_group, stem)
+
+
+def check_stem(arch: Architecture, stem: str | None) -> str:
+    """``stem`` for ``arch`` (None: its own), or ValueError for one it cannot have."""
+    if stem is None:
+        return arch.default_stem
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
+    if arch.kind == "cifar" and stem != "small":
+        raise ValueError(f"{arch.name} is a small-image ResNet: its stem is always the small "
+                         "3x3 one (the stem option is for resnet18..152, resnext, wide_resnet)")
+    return stem
 
 
 def _family() -> dict[str, Architecture]:
@@ -282,10 +312,15 @@ class ModelSpec:
     shortcut: str = "A"  # small-image ResNets only: "A" zero-pad, "B" projection
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    # ImageNet models: "imagenet" (7x7/2 + max-pool) or "small" (3x3/1, no max-pool); small-image
+    # ResNets: always "small". None (and a description without the field, as every one written
+    # before it existed) means the architecture's own.
+    stem: str | None = None
 
     def __post_init__(self) -> None:
         arch = get_architecture(self.name)
         object.__setattr__(self, "name", arch.name)
+        object.__setattr__(self, "stem", check_stem(arch, self.stem))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if self.num_classes < 1 or self.in_chans < 1 or self.input_size < 1:
@@ -306,13 +341,13 @@ class ModelSpec:
     def create(cls, name: str, num_classes: int = 1000, in_chans: int = 3,
                input_size: int | None = None, shortcut: str = "A",
                mean: tuple[float, ...] | None = None,
-               std: tuple[float, ...] | None = None) -> "ModelSpec":
-        """A spec with defaults that suit the architecture (input size, normalisation)."""
+               std: tuple[float, ...] | None = None, stem: str | None = None) -> "ModelSpec":
+        """A spec with defaults that suit the architecture (input size, normalisation, stem)."""
         arch = get_architecture(name)
         if mean is None or std is None:
             mean, std = default_normalisation(in_chans)
         return cls(arch.name, num_classes, in_chans, input_size or arch.input_size, shortcut,
-                   tuple(mean), tuple(std))
+                   tuple(mean), tuple(std), stem)
 
     @property
     def architecture(self) -> Architecture:
@@ -320,7 +355,7 @@ class ModelSpec:
 
     def build(self, zero_init_residual: bool = False) -> nn.Module:
         return self.architecture.construct(self.num_classes, self.in_chans, self.shortcut,
-                                           zero_init_residual)
+                                           zero_init_residual, self.stem)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v)
@@ -375,9 +410,13 @@ def default_spec(name: str, num_classes: int | None = None, in_chans: int | None
 
 
 def build_model(name: str, num_classes: int = 1000, in_chans: int = 3, shortcut: str = "A",
-                zero_init_residual: bool = False) -> nn.Module:
-    """Build a family member by name ("resnet50", "resnet20", or a bare depth such as "50")."""
-    return get_architecture(name).construct(num_classes, in_chans, shortcut, zero_init_residual)
+                zero_init_residual: bool = False, stem: str | None = None) -> nn.Module:
+    """Build a family member by name ("resnet50", "resnet20", or a bare depth such as "50").
+
+    ``stem="small"`` gives an ImageNet model the 3x3 stride-1 stem without max-pool.
+    """
+    return get_architecture(name).construct(num_classes, in_chans, shortcut, zero_init_residual,
+                                            stem)
 
 
 def _thin(name: str) -> Callable[..., nn.Module]:

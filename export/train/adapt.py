@@ -18,6 +18,8 @@ def adapt_init_weights(model: nn.Module, state: dict[str, torch.Tensor],
     A classifier (``fc``) of another size is replaced by the model's fresh one. A stem (``conv1``)
     for another channel count is converted: RGB -> grayscale sums the three kernels (the response
     to a grey image replicated to RGB), grayscale -> RGB spreads the kernel over three channels.
+    A 7x7 ImageNet-stem ``conv1`` for a model with the small 3x3 stem (or the other way round)
+    is replaced by the model's fresh one.
     """
     own = model.state_dict()
     state, notes = dict(state), []
@@ -27,7 +29,15 @@ def adapt_init_weights(model: nn.Module, state: dict[str, torch.Tensor],
         state["fc.weight"], state["fc.bias"] = own["fc.weight"], own["fc.bias"]
     stem = state.get("conv1.weight")
     want = own["conv1.weight"].shape
-    if stem is not None and stem.ndim == 4 and stem.shape != want \
+    if stem is not None and stem.ndim == 4 and stem.shape[0] == want[0] \
+            and stem.shape[2:] != want[2:] and {stem.shape[-1], want[-1]} == {3, 7}:
+        # the ImageNet stem's 7x7 conv1 and the small stem's 3x3 one: the rest still fits
+        state["conv1.weight"] = own["conv1.weight"]
+        notes.append(f"new stem: the file's conv1 is {stem.shape[-2]}x{stem.shape[-1]}, this "
+                     f"model's {'small' if want[-1] == 3 else 'ImageNet'} stem needs "
+                     f"{want[-2]}x{want[-1]}, so conv1 starts fresh (--stem "
+                     f"{'imagenet' if want[-1] == 3 else 'small'} keeps the file's)")
+    elif stem is not None and stem.ndim == 4 and stem.shape != want \
             and stem.shape[0] == want[0] and stem.shape[2:] == want[2:]:
         have, need = stem.shape[1], want[1]
         if have == 3 and need == 1:

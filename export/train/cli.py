@@ -9,7 +9,10 @@ from click.core import ParameterSource
 
 from ..core.cli import (OneLineCommand, OneLineUsageError, model_options, one_line_errors,
                          print_family_table, resolve_model_name)
-from .config import BOUNDS, RESUME_CHANGES, TrainConfig, bound_problem
+from .config import (BOUNDS, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, EPOCH_BUDGET_IMAGES,
+                     FINE_TUNE_LR_FACTOR, MIN_DEFAULT_BATCH_SIZE, MIN_STEPS_PER_EPOCH,
+                     RESUME_CHANGES, SMALL_STEM_MAX_INPUT, TrainConfig, bound_problem)
+from .layouts import detect_layout
 from .loop import run_training
 
 DEFAULTS = TrainConfig()
@@ -39,33 +42,47 @@ def bounded(option: str) -> click.ParamType:
                                                      "show_default": True})
 @model_options(default=DEFAULTS.model)
 @click.option("--data", type=click.Path(), default=None,
-              help="A folder with one sub-folder of PNG/JPEG images per class, or an .npz file "
-                   "with arrays x (N x H x W [x C]) and y (N). [default: the embedded "
-                   "scikit-learn digits]")
-@click.option("--epochs", type=bounded("epochs"), default=DEFAULTS.epochs, help="Epochs to train.")
-@click.option("--batch-size", type=bounded("batch_size"), default=DEFAULTS.batch_size,
-              help="Images per step and per process.")
+              help="A folder with one sub-folder of PNG/JPEG images per class, an .npz file "
+                   "with arrays x (N x H x W [x C]) and y (N), or MNIST / Fashion-MNIST / "
+                   "KMNIST / EMNIST / CIFAR-10 / CIFAR-100 as torchvision or Keras store them "
+                   "(the root, dataset or raw folder, or mnist.npz), tested on their own test "
+                   "split. [default: the embedded scikit-learn digits]")
+@click.option("--epochs", type=bounded("epochs"), default=None,
+              help=f"Epochs to train. [default: {DEFAULT_EPOCHS}, or fewer on a large training "
+                   f"split: about {EPOCH_BUDGET_IMAGES:,} images, at least 2]")
+@click.option("--batch-size", type=bounded("batch_size"), default=None,
+              help=f"Images per step and per process. [default: {DEFAULT_BATCH_SIZE}; on a "
+                   f"small training split less, for {MIN_STEPS_PER_EPOCH} steps per epoch, at "
+                   f"least {MIN_DEFAULT_BATCH_SIZE}]")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=DEFAULTS.optimizer,
               help="SGD with Nesterov momentum 0.9, or AdamW.")
 @click.option("--lr", type=bounded("lr"), default=None,
-              help="Peak learning rate. [default: 0.1 for sgd, 0.001 for adamw]")
+              help="Peak learning rate. [default: 0.1 for sgd (x batch / 64 below 64), "
+                   f"0.001 for adamw; {1 / FINE_TUNE_LR_FACTOR:.0f}x lower with "
+                   "--init-weights]")
 @click.option("--weight-decay", type=bounded("weight_decay"), default=None,
               help="Weight decay (not on BatchNorm or biases). [default: 5e-4 sgd, 0.05 adamw]")
-@click.option("--warmup-epochs", type=bounded("warmup_epochs"), default=DEFAULTS.warmup_epochs,
-              help="Linear warm-up before the cosine decay.")
+@click.option("--warmup-epochs", type=bounded("warmup_epochs"), default=None,
+              help="Linear warm-up before the cosine decay. [default: 1, or a tenth of the "
+                   "default epochs where they are fewer than 10]")
 @click.option("--label-smoothing", type=bounded("label_smoothing"),
               default=DEFAULTS.label_smoothing,
               help="Label smoothing of the training loss (0 turns it off).")
 @click.option("--input-size", type=bounded("input_size"), default=None,
-              help="Side length images are resized to. [default: the model's design size "
-                   "(32 for resnet20..110, 224 for resnet18..152); 16 for resnet20..110 on "
-                   "the 8x8 digits]")
+              help="Side length images are resized to. [default: the data's own size (at "
+                   "least 16, at most the model's design size: 32 for resnet20..110, 224 for "
+                   "resnet18..152); 16 on the 8x8 digits]")
+@click.option("--stem", type=click.Choice(["imagenet", "small"]), default=None,
+              help="Stem of resnet18..152: imagenet (7x7 stride 2 + max-pool) or small (3x3 "
+                   "stride 1, no max-pool). [default: small for inputs up to "
+                   f"{SMALL_STEM_MAX_INPUT} px, else imagenet]")
 @click.option("--augment/--no-augment", default=DEFAULTS.augment,
               help="Small random rotations, shifts and scaling (never flips).")
 @click.option("--val-fraction", type=bounded("val_fraction"), default=DEFAULTS.val_fraction,
               help="Share of the data held out for validation (picks best.pt).")
 @click.option("--test-fraction", type=bounded("test_fraction"), default=DEFAULTS.test_fraction,
-              help="Share of the data held out for the final test.")
+              help="Share of the data held out for the final test (not for datasets with a "
+                   "test split of their own, such as MNIST and CIFAR).")
 @click.option("--seed", type=bounded("seed"), default=DEFAULTS.seed,
               help="Seeds the split, initialisation, shuffling and augmentation.")
 @click.option("--init-weights", type=click.Path(), default=None, metavar="FILE",
@@ -77,7 +94,8 @@ def bounded(option: str) -> click.ParamType:
 @click.option("--overwrite", is_flag=True, help="Start a new run in an --out that holds one.")
 @click.option("--resume", type=click.Path(), default=None, metavar="RUN",
               help="Continue the run in this folder (or from this last.pt) where it stopped; "
-                   "only --epochs, --device, --workers, --threads and --max-steps may change.")
+                   "only --epochs, --device, --workers, --threads, --max-steps and --progress "
+                   "may change.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=DEFAULTS.device,
               help="auto takes CUDA when available (with mixed precision and channels_last).")
 @click.option("--workers", type=bounded("workers"), default=DEFAULTS.workers,
@@ -86,17 +104,20 @@ def bounded(option: str) -> click.ParamType:
               help="CPU threads per process; 0 picks the idle cores (or OMP_NUM_THREADS).")
 @click.option("--max-steps", type=bounded("max_steps"), default=None,
               help="Stop after this many optimiser steps in this invocation (smoke tests).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars. [default: only when stderr is a terminal]")
 @click.option("--list-models", is_flag=True, expose_value=False, is_eager=True,
               callback=print_family_table, help="Print the model family table and exit.")
 @one_line_errors
 def main(depth: int | None, model: str | None, resume: str | None, out: str | None,
-         overwrite: bool, **options: Any) -> None:
+         overwrite: bool, progress: bool | None, **options: Any) -> None:
     """Train a ResNet and write a checkpoint that resnet-export understands.
 
     \b
     resnet-train                                  resnet20 on the embedded digits
     resnet-train --data my_images/ --depth 18     your folder, one sub-folder per class
     resnet-train --data train.npz --epochs 30     arrays x (N x H x W [x C]) and y (N)
+    resnet-train --data data/ --depth 18          data/MNIST/raw as torchvision left it
     resnet-train --resume artifacts/train/resnet20-digits --epochs 30
     torchrun --nproc_per_node=2 -m export.train.cli ...   DistributedDataParallel
 
@@ -109,19 +130,23 @@ def main(depth: int | None, model: str | None, resume: str | None, out: str | No
              if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
                                                    ParameterSource.ENVIRONMENT)]
     if resume is not None:
-        fixed = [n for n in given if n not in (*RESUME_CHANGES, "resume")]
+        fixed = [n for n in given if n not in (*RESUME_CHANGES, "resume", "progress")]
         if fixed:
             flags = ", ".join("--" + n.replace("_", "-") for n in fixed)
             raise OneLineUsageError(f"--resume continues the saved run, so {flags} cannot "
                                     "change; only --epochs, --device, --workers, "
-                                    "--threads and --max-steps can")
+                                    "--threads, --max-steps and --progress can")
         changes = {n: options[n] for n in RESUME_CHANGES if n in given}
-        run_training(None, resume=resume, changes=changes, echo=click.echo)
+        run_training(None, resume=resume, changes=changes, echo=click.echo, progress=progress)
         return
+    if "test_fraction" in given and options["data"] is not None \
+            and detect_layout(options["data"]) is not None:
+        raise OneLineUsageError(f"--test-fraction does not apply to {options['data']}: the "
+                                "dataset's own test split is the test split")
     name = resolve_model_name(depth, model) if (depth is not None or model is not None) \
         else DEFAULTS.model
     run_training(TrainConfig(model=name, **options), out=out, overwrite=overwrite,
-                 echo=click.echo)
+                 echo=click.echo, progress=progress)
 
 
 if __name__ == "__main__":

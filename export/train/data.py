@@ -1,4 +1,5 @@
-"""Training data: the embedded digits, an image folder or an ``.npz`` file, split and served.
+"""Training data: the embedded digits, an image folder, an ``.npz`` file or a dataset in a
+torchvision / Keras layout (MNIST family, CIFAR; :mod:`.layouts`), split and served.
 
 Every source goes through the same three steps, so training, the parity gate (through
 :func:`reference_images`) and prediction (through :func:`read_image` and :func:`preprocess`) see
@@ -6,20 +7,25 @@ exactly the same images:
 
 1. *scan* the source: labels, class names and something that can be decoded later (an array or a
    list of files). A bad source fails here with one :class:`~export.errors.UserError`.
-2. *split* the labels into seeded, stratified train / validation / test indices.
+2. *split* the labels into seeded, stratified train / validation / test indices. A dataset that
+   comes with its own test split (MNIST's t10k files, CIFAR's test batch) keeps it as the test
+   split; validation is then a seeded, stratified part of its training set.
 3. *decode* the chosen indices into ``uint8`` ``N x C x S x S`` arrays at the model's input size.
 
 Where a source came from is recorded as a small plain dict that checkpoints carry::
 
-    {"kind": "digits" | "folder" | "npz", "path": str | None, "seed": int,
-     "val_fraction": float, "test_fraction": float, "num_images": int}
+    {"kind": "digits" | "folder" | "npz" | "layout", "path": str | None, "seed": int,
+     "val_fraction": float, "test_fraction": float | None, "num_images": int}
 
 ``kind`` and ``path`` say what to read, ``seed`` and the fractions rebuild the split, and
-``num_images`` lets a later reader notice that a folder or file changed since training.
+``num_images`` lets a later reader notice that a folder or file changed since training. A layout
+also records ``"layout"`` (e.g. ``"torchvision-idx"``) and ``"name"`` (e.g. ``"MNIST"``), and its
+``test_fraction`` is None: its test split is its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -37,12 +43,17 @@ from sklearn.model_selection import train_test_split
 from ..core.errors import UserError
 from ..core.hardware import available_memory, format_bytes
 from ..core.models import ModelSpec
+from .layouts import LayoutDataset, detect_layout, load_layout
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_TEST_FRACTION = 0.2
 # ITU-R 601-2 luma, the weights Pillow uses for its RGB -> "L" conversion.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+# Images resized per chunk, so a float copy of a whole dataset is never made.
+RESIZE_CHUNK = 2048
+# A folder's image size is judged from this many of its files, spread over the classes.
+SIZE_SAMPLE = 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,14 +78,22 @@ def describe_source(path: str | os.PathLike | None, seed: int = 0,
         if not os.path.exists(p):  # os.path: False, not an exception, for too long a name
             raise UserError(f"data path not found: {p}")
         _require_file_or_folder(p)
+        where = str(p.resolve())
+        layout = detect_layout(p)
+        if layout is not None:
+            found = _layout(where)  # reads it now: a broken dataset fails before anything else
+            return {"kind": "layout", "layout": layout, "name": found.name, "path": where,
+                    "seed": int(seed), "val_fraction": float(val_fraction),
+                    "test_fraction": None}
         if p.is_dir():
             kind = "folder"
         elif p.suffix.lower() == ".npz":
             kind = "npz"
         else:
             raise UserError(f"unsupported data file {p}: give a folder with one sub-folder per "
-                            "class, or an .npz file with arrays 'x' and 'y'")
-        where = str(p.resolve())
+                            "class, an .npz file with arrays 'x' and 'y', or a dataset as "
+                            "torchvision or Keras store it (MNIST-style idx files, CIFAR "
+                            "batches, mnist.npz)")
     return {"kind": kind, "path": where, "seed": int(seed), "val_fraction": float(val_fraction),
             "test_fraction": float(test_fraction)}
 
@@ -87,8 +106,13 @@ def _require_file_or_folder(path: Path) -> None:
 
 
 def source_name(dataset: dict[str, Any]) -> str:
-    """A short name for folder names and messages: "digits", or the folder / file stem."""
-    return "digits" if dataset["kind"] == "digits" else Path(dataset["path"]).stem
+    """A short name for folder names and messages: "digits", a layout's dataset name (e.g.
+    "MNIST"), or the folder / file stem."""
+    if dataset["kind"] == "digits":
+        return "digits"
+    if dataset["kind"] == "layout" and dataset.get("name"):
+        return str(dataset["name"])
+    return Path(dataset["path"]).stem
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +129,9 @@ class Scanned:
     decode: Callable[[np.ndarray, int], np.ndarray]  # (indices, size) -> uint8 N x C x S x S
     notes: list[str] = field(default_factory=list)  # what the user should hear about the scan
     min_channels: int = 1  # channels per decoded image, at least (for the memory check)
+    image_size: int | None = None  # the images' side (the longer one; typical one of a folder)
+    own_test: np.ndarray | None = None  # indices of the source's own test split, if it has one
+    parts: dict[str, str] | None = None  # where the own training and test parts were read from
 
     @property
     def num_classes(self) -> int:
@@ -116,13 +143,20 @@ def scan(dataset: dict[str, Any]) -> Scanned:
     kind, path = dataset.get("kind"), dataset.get("path")
     if kind == "digits":
         return _scan_digits()
-    if kind not in ("folder", "npz"):
-        raise UserError(f"unknown dataset kind {kind!r} (expected digits, folder or npz)")
-    if not path or not os.path.exists(path) or os.path.isdir(path) != (kind == "folder"):
+    if kind not in ("folder", "npz", "layout"):
+        raise UserError(f"unknown dataset kind {kind!r} (expected digits, folder, npz or "
+                        "layout)")
+    if kind == "layout":
+        if not path or detect_layout(path) is None:
+            raise UserError(f"the {dataset.get('name') or 'layout'} dataset is no longer at "
+                            f"{path}: restore it there to use its images")
+        scanned = _scan_layout(dataset)
+    elif not path or not Path(path).exists() or Path(path).is_dir() != (kind == "folder"):
         raise UserError(f"the {kind} dataset is no longer at {path}: restore it there to use "
                         "its images")
-    _require_file_or_folder(Path(path))
-    scanned = _scan_folder(Path(path)) if kind == "folder" else _scan_npz(Path(path))
+    else:
+        _require_file_or_folder(Path(path))
+        scanned = _scan_folder(Path(path)) if kind == "folder" else _scan_npz(Path(path))
     expected = dataset.get("num_images")
     if expected is not None and expected != len(scanned.labels):
         raise UserError(f"the dataset at {path} has changed since training: it holds "
@@ -143,7 +177,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 def _scan_digits() -> Scanned:
     images, labels = _digits_arrays()
     return Scanned(labels, [str(d) for d in range(10)],
-                   lambda idx, size: resize_array(images[idx], size))
+                   lambda idx, size: resize_array(images[idx], size), image_size=8)
 
 
 def _class_folders(root: Path) -> tuple[list[tuple[str, list[Path]]], list[Path]]:
@@ -190,7 +224,22 @@ def _scan_folder(root: Path) -> Scanned:
                      "folders are read")
     return Scanned(labels, [name for name, _ in classes],
                    lambda idx, size: _stack_images([read_image(files[i], size) for i in idx], size),
-                   notes)
+                   notes, image_size=_typical_size(files))
+
+
+def _typical_size(files: Sequence[Path]) -> int | None:
+    """The median longer side of up to SIZE_SAMPLE files spread over the list (headers only)."""
+    from PIL import Image
+
+    picks = np.unique(np.linspace(0, len(files) - 1, min(len(files), SIZE_SAMPLE)).astype(int))
+    sides = []
+    for i in picks:
+        try:
+            with Image.open(files[i]) as img:
+                sides.append(max(img.size))
+        except Exception:  # an unreadable file is named when it is decoded
+            continue
+    return int(np.median(sides)) if sides else None
 
 
 def _stack_images(images: list[np.ndarray], size: int) -> np.ndarray:
@@ -282,7 +331,7 @@ def _scan_npz(path: Path) -> Scanned:
         raise UserError(f"{path} holds no images")
     _require_two_classes(class_names, path)
     return Scanned(labels, class_names, lambda idx, size: resize_array(images[idx], size),
-                   min_channels=images.shape[1])
+                   min_channels=images.shape[1], image_size=int(max(images.shape[-2:])))
 
 
 def _npz_member(npz: Any, key: str, path: Path) -> np.ndarray:
@@ -355,6 +404,66 @@ def _require_two_classes(class_names: Sequence[str], where: Path) -> None:
         raise UserError(f"{where} holds a single class{found}: training needs at least two")
 
 
+_LAYOUT_CACHE: dict[str, tuple[LayoutDataset, list[tuple[int, int]]]] = {}
+
+
+def _file_stamps(files: Sequence[Path]) -> list[tuple[int, int]]:
+    stamps = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            return []
+        stamps.append((st.st_size, st.st_mtime_ns))
+    return stamps
+
+
+def _layout(path: str) -> LayoutDataset:
+    """:func:`~.layouts.load_layout`, kept for the next call on the same path while its files
+    are unchanged (describing a source and scanning it then read it once, not twice)."""
+    held = _LAYOUT_CACHE.get(path)
+    if held is not None and held[1] and held[1] == _file_stamps(held[0].files):
+        return held[0]
+    found = load_layout(path)
+    _LAYOUT_CACHE.clear()  # one dataset at a time: they can be large
+    _LAYOUT_CACHE[path] = (found, _file_stamps(found.files))
+    return found
+
+
+def _scan_layout(dataset: dict[str, Any]) -> Scanned:
+    """Both of a layout's own parts as one index space: training images first, then test."""
+    found = _layout(str(dataset["path"]))
+    recorded = dataset.get("name")
+    if recorded and recorded != found.name:
+        raise UserError(f"{dataset['path']} now holds {found.name}, not {recorded} as when the "
+                        "run started")
+    x_train, x_test = found.x_train, found.x_test
+    n_train = len(x_train)
+    labels = np.concatenate([found.y_train, found.y_test]).astype(np.int64)
+
+    def decode(idx: np.ndarray, size: int) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64)
+        images = np.empty((len(idx), *x_train.shape[1:]), dtype=np.uint8)
+        in_test = idx >= n_train
+        images[~in_test] = x_train[idx[~in_test]]
+        images[in_test] = x_test[idx[in_test] - n_train]
+        # N x H x W (grey) or N x H x W x 3 (colour) -> N x C x H x W
+        images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+        return resize_array(images, size)
+
+    parts = {"train": f"{found.name} training set", "test": f"{found.name} test set"}
+    names = [f.name for f in found.files if "labels" not in f.name]  # idx: name the images
+    for part, words in (("train", ("train", "data_batch")), ("test", ("t10k", "test"))):
+        files = [n for n in names if any(w in n for w in words)]
+        if found.layout == "keras-npz":
+            files = [f"{found.root.name}: x_{part}, y_{part}"]
+        if files:
+            parts[part] += f" ({files[0]}{' .. ' + files[-1] if len(files) > 1 else ''})"
+    return Scanned(labels, list(found.class_names), decode,
+                   image_size=int(max(x_train.shape[1:3])),
+                   own_test=np.arange(n_train, len(labels)), parts=parts)
+
+
 # ---------------------------------------------------------------------------------------------
 # Step 2: split
 # ---------------------------------------------------------------------------------------------
@@ -368,8 +477,15 @@ class Split:
 
 
 def split_indices(labels: np.ndarray, seed: int, val_fraction: float,
-                  test_fraction: float, class_names: Sequence[str] | None = None) -> Split:
-    """Seeded, stratified train / validation / test indices (each class in every part)."""
+                  test_fraction: float | None, class_names: Sequence[str] | None = None,
+                  own_test: np.ndarray | None = None) -> Split:
+    """Seeded, stratified train / validation / test indices (each class in every part).
+
+    With ``own_test`` (a dataset's own test split) that is the test split, ``test_fraction`` is
+    not used, and validation is ``val_fraction`` of the rest, seeded and stratified.
+    """
+    if own_test is not None:
+        return _split_own_test(labels, np.asarray(own_test), seed, val_fraction, class_names)
     counts = np.bincount(labels)
     num_classes = len(counts)
     if counts.min() < 3:
@@ -390,13 +506,69 @@ def split_indices(labels: np.ndarray, seed: int, val_fraction: float,
     return Split(np.sort(train), np.sort(val), np.sort(test))
 
 
+def _split_own_test(labels: np.ndarray, test: np.ndarray, seed: int, val_fraction: float,
+                    class_names: Sequence[str] | None) -> Split:
+    """The source's test split as given; validation: a stratified share of its training set.
+
+    A class may have no images at all (EMNIST letters' unused class 0); a class that has any
+    needs two in the training set, one for training and one for validation.
+    """
+    rest = np.setdiff1d(np.arange(len(labels)), test)
+    counts = np.bincount(labels[rest], minlength=len(class_names or []))
+    present = np.flatnonzero(counts)
+    if counts[present].min() < 2:
+        low = int(present[counts[present].argmin()])
+        name = (class_names or [str(i) for i in range(len(counts))])[low]
+        raise UserError(f"class {name!r} has {counts[low]} training image: each class needs at "
+                        "least 2 (one for training, one for validation)")
+    n_val = max(len(present), round(val_fraction * len(rest)))
+    if len(rest) - n_val < len(present):
+        raise UserError(f"{len(rest)} training images are too few to hold out a validation part "
+                        f"for {len(present)} classes")
+    train, val = train_test_split(rest, test_size=n_val, random_state=seed,
+                                  stratify=labels[rest])
+    return Split(np.sort(train), np.sort(val), np.sort(test))
+
+
+def split_of(scanned: Scanned, dataset: dict[str, Any]) -> Split:
+    """The split a ``dataset`` dict describes, for a scanned source."""
+    test_fraction = dataset.get("test_fraction")
+    return split_indices(scanned.labels, int(dataset.get("seed", 0)),
+                         float(dataset.get("val_fraction", DEFAULT_VAL_FRACTION)),
+                         DEFAULT_TEST_FRACTION if test_fraction is None else float(test_fraction),
+                         scanned.class_names, own_test=scanned.own_test)
+
+
+def describe_split(scanned: Scanned, dataset: dict[str, Any], split: Split) -> dict[str, Any]:
+    """Where each part came from and how many images it holds (for summary.json and logs)."""
+    seed, val = int(dataset.get("seed", 0)), float(dataset.get("val_fraction",
+                                                                 DEFAULT_VAL_FRACTION))
+    if scanned.own_test is not None:
+        parts = scanned.parts or {"train": "the dataset's training set",
+                                  "test": "the dataset's test set"}
+        origin = {"train": f"{parts['train']}, less the validation part",
+                  "val": f"{val:.0%} of the training set, seeded ({seed}) and stratified",
+                  "test": f"{parts['test']}: the dataset's own test split"}
+    else:
+        test = float(dataset.get("test_fraction") or DEFAULT_TEST_FRACTION)
+        origin = {"train": "the rest",
+                  "val": f"{val:.0%} of all images, seeded ({seed}) and stratified",
+                  "test": f"{test:.0%} of all images, seeded ({seed}) and stratified"}
+    counts = {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
+    return {part: {"count": int(counts[part]), "from": origin[part]} for part in counts}
+
+
 # ---------------------------------------------------------------------------------------------
 # Step 3: decode, channels and normalisation
 # ---------------------------------------------------------------------------------------------
 
 
 def resize_array(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 N x C x H x W -> uint8 N x C x size x size (bilinear, antialiased when shrinking)."""
+    """uint8 N x C x H x W -> uint8 N x C x size x size (bilinear, antialiased when shrinking).
+
+    Works through ``RESIZE_CHUNK`` images at a time, so the float copies it needs stay small
+    (a whole 60,000-image dataset at 224 x 224 in float32 would be 12 GB).
+    """
     if images.shape[-2:] == (size, size):
         return np.ascontiguousarray(images)
     # In chunks of about 64 MiB of float pixels: the float copies of a whole data set would
@@ -477,6 +649,8 @@ class TrainingData:
     images: dict[str, np.ndarray]  # "train" / "val" / "test"
     labels: dict[str, np.ndarray]
     notes: list[str] = field(default_factory=list)  # the scan's notes (e.g. skipped files)
+    splits: dict[str, Any] = dataclasses.field(default_factory=dict)  # describe_split's
+    image_size: int | None = None  # the source images' side, before resizing
 
     @property
     def in_chans(self) -> int:
@@ -490,15 +664,16 @@ class TrainingData:
         return {part: int(len(v)) for part, v in self.labels.items()}
 
 
-def load_training_data(dataset: dict[str, Any], input_size: int) -> TrainingData:
-    """Scan, split and decode a source; ``dataset`` gains ``num_images``.
+def load_training_data(dataset: dict[str, Any], input_size: int,
+                       scanned: Scanned | None = None) -> TrainingData:
+    """Scan (unless ``scanned`` is given), split and decode a source; ``dataset`` gains
+    ``num_images``.
 
     Channels are inferred from the data: grayscale (1) unless some image is in colour (3), in
     which case grayscale images are replicated to three channels.
     """
-    scanned = scan(dataset)
-    split = split_indices(scanned.labels, dataset["seed"], dataset["val_fraction"],
-                          dataset["test_fraction"], scanned.class_names)
+    scanned = scanned if scanned is not None else scan(dataset)
+    split = split_of(scanned, dataset)
     order = np.concatenate([split.train, split.val, split.test])
     # Decoded images stay in memory as uint8; decoding briefly holds them twice.
     check_memory(2 * len(order) * scanned.min_channels * input_size * input_size,
@@ -510,7 +685,8 @@ def load_training_data(dataset: dict[str, Any], input_size: int) -> TrainingData
     index = dict(zip(("train", "val", "test"), (split.train, split.val, split.test)))
     labels = {part: scanned.labels[idx] for part, idx in index.items()}
     dataset = {**dataset, "num_images": int(len(scanned.labels))}
-    return TrainingData(dataset, scanned.class_names, parts, labels, list(scanned.notes))
+    return TrainingData(dataset, scanned.class_names, parts, labels, list(scanned.notes),
+                        describe_split(scanned, dataset, split), scanned.image_size)
 
 
 @dataclass
@@ -538,10 +714,7 @@ def split_images(dataset: dict[str, Any] | None, spec: ModelSpec, part: str, lim
     if part == "all":
         chosen = np.arange(len(scanned.labels))
     else:
-        split = split_indices(scanned.labels, int(dataset.get("seed", 0)),
-                              float(dataset.get("val_fraction", DEFAULT_VAL_FRACTION)),
-                              float(dataset.get("test_fraction", DEFAULT_TEST_FRACTION)),
-                              scanned.class_names)
+        split = split_of(scanned, dataset)
         chosen = {"train": split.train, "val": split.val, "test": split.test}[part]
     if limit < len(chosen):
         rng = np.random.default_rng(seed)
@@ -615,4 +788,5 @@ class ImageDataset(torch.utils.data.Dataset):
 __all__ = ["Augment", "DEFAULT_TEST_FRACTION", "DEFAULT_VAL_FRACTION", "ImageDataset", "Scanned",
            "Split", "TrainingData", "channel_stats", "describe_source", "load_training_data",
            "normalise", "preprocess", "read_image", "reference_images", "resize_array", "scan",
-           "source_name", "split_indices", "to_channels"]
+           "source_name", "describe_split", "split_indices", "split_of",
+           "to_channels"]

@@ -13,11 +13,13 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -30,9 +32,9 @@ from ..core.fileio import atomic_path, write_json
 from ..core.hardware import available_memory, format_bytes
 from ..core.models import ModelSpec
 from .data import Augment, ImageDataset, TrainingData, channel_stats, describe_source, \
-    load_training_data, source_name
+    load_training_data, scan, source_name, split_of
 from .adapt import load_init_weights
-from .config import RESUME_CHANGES, TrainConfig
+from .config import RESUME_CHANGES, TrainConfig, default_notes
 from .devices import Processes, cpu_thread_count, cpu_threads, pick_device, process_group
 from .plots import format_confusion, plot_curves
 from .rundir import holds_run, resolve_run_dir, resume_checkpoint_path
@@ -51,11 +53,13 @@ class TrainResult:
 def run_training(config: TrainConfig | None, out: str | os.PathLike | None = None,
                  resume: str | os.PathLike | None = None, overwrite: bool = False,
                  echo: Callable[[str], Any] = print,
-                 changes: dict[str, Any] | None = None) -> TrainResult:
+                 changes: dict[str, Any] | None = None,
+                 progress: bool | None = None) -> TrainResult:
     """Train a model from ``config``, or resume the run at ``resume`` with a few ``changes``.
 
     Under torchrun every process calls this with the same arguments. A resumed run keeps its
-    saved configuration except for :data:`RESUME_CHANGES` given in ``changes``.
+    saved configuration except for :data:`RESUME_CHANGES` given in ``changes``. ``progress``
+    shows progress bars (None: only when stderr is a terminal, so a log is not flooded).
     """
     started = time.perf_counter()
     procs = Processes.from_env()
@@ -75,28 +79,38 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
         except (UserError, UnknownModelError) as exc:  # the file's fault: exit status 1
             raise UserError(f"{resumed.path} holds a bad training configuration: {exc}"
                             ) from None
-        config = dataclasses.replace(saved, **{"max_steps": None, **(changes or {})})
+        # a run from before the stem option existed has the stem its model was built with
+        config = dataclasses.replace(saved, stem=saved.stem or resumed.spec.stem,
+                                     **{"max_steps": None, **(changes or {})})
         run_dir = resumed.path.parent
     elif config is None:
         raise ValueError("run_training needs a config or a run to resume")
-    config = config.resolved()
-    if resumed is not None and resumed.meta.get("epoch", 0) >= config.epochs \
+    asked = config
+    checked = config.resolved()  # bad options fail here, before the data is read
+    if resumed is not None and resumed.meta.get("epoch", 0) >= checked.epochs \
             and _summarised(run_dir, resumed.meta):
         raise UserError(f"{resumed.path} already finished {resumed.meta['epoch']} of "
-                        f"{config.epochs} epochs: pass a larger --epochs to train longer")
+                        f"{checked.epochs} epochs: pass a larger --epochs to train longer")
     # (Trained but not summarised, e.g. killed while testing: _fit goes straight to _finish.)
-    if resumed is None:
-        run_dir = resolve_run_dir(out, config, overwrite)
-    device = pick_device(config.device, procs)
-    threads = cpu_thread_count(procs, config.threads)
     dataset = (resumed.meta["dataset"] if resumed is not None else
                describe_source(config.data, config.seed, config.val_fraction,
                                config.test_fraction))
-    data = load_training_data(dataset, config.input_size)
+    if resumed is None:
+        run_dir = resolve_run_dir(out, checked, overwrite, source_name(dataset))
+    device = pick_device(config.device, procs)
+    threads = cpu_thread_count(procs, config.threads)
+    scanned = scan(dataset)
+    train_images = len(split_of(scanned, dataset).train)
+    config = config.resolved(scanned.image_size, train_images, procs.world_size)
+    notes = [] if resumed is not None else default_notes(asked, config, scanned.image_size,
+                                                          train_images)
+    data = load_training_data(dataset, config.input_size, scanned)
+    show = sys.stderr.isatty() if progress is None else progress
     with process_group(procs, device), cpu_threads(threads):
         if procs.distributed:
             dist.barrier()  # every rank has checked the run folder before rank 0 writes to it
-        return _fit(config, data, run_dir, resumed, procs, device, threads, started, echo)
+        return _fit(config, data, run_dir, resumed, procs, device, threads, started, echo,
+                    notes, show)
 
 
 def _summarised(run_dir: Path, meta: dict[str, Any]) -> bool:
@@ -153,7 +167,7 @@ def _model_spec(config: TrainConfig, data: TrainingData, resumed) -> ModelSpec:
     if resumed is None:
         mean, std = channel_stats(data.images["train"])
         return ModelSpec.create(config.model, data.num_classes, data.in_chans, config.input_size,
-                                mean=mean, std=std)
+                                mean=mean, std=std, stem=config.stem)
     spec = resumed.spec
     if spec.in_chans != data.in_chans or spec.num_classes != data.num_classes:
         raise UserError(f"the data no longer matches {resumed.path}'s model "
@@ -224,6 +238,25 @@ def _place_model(model: nn.Module, procs: Processes,
         model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+#: the last, partial batch of an epoch is dropped only when it holds less than this share of the
+#: epoch's images (or a single image, which BatchNorm cannot normalise)
+DROP_LAST_MAX_FRACTION = 0.05
+
+
+def train_batching(images: int, batch_size: int, world_size: int = 1) -> tuple[int, bool]:
+    """(batch size, drop_last) for ``images`` training images shared by ``world_size`` ranks.
+
+    The batch is at most one rank's share. The partial last batch is kept unless it is a small
+    fraction of the epoch: dropping it always, as before, threw away 50 of 114 images each
+    epoch on a small dataset.
+    """
+    per_rank = math.ceil(images / world_size)
+    batch = max(1, min(batch_size, per_rank))
+    remainder = per_rank % batch
+    drop = 0 < remainder and (remainder < 2 or remainder <= DROP_LAST_MAX_FRACTION * per_rank)
+    return batch, drop
+
+
 def _loaders(data: TrainingData, spec: ModelSpec, config: TrainConfig, procs: Processes,
              device: torch.device) -> tuple[DataLoader, dict[str, DataLoader]]:
     """A sharded, seeded, augmented training loader and plain validation / test loaders."""
@@ -234,8 +267,8 @@ def _loaders(data: TrainingData, spec: ModelSpec, config: TrainConfig, procs: Pr
     sampler = DistributedSampler(train_set, num_replicas=procs.world_size, rank=procs.rank,
                                  shuffle=True, seed=config.seed)
     common = dict(num_workers=config.workers, pin_memory=device.type == "cuda")
-    batch_size = min(config.batch_size, math.ceil(len(train_set) / procs.world_size))
-    train = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
+    batch_size, drop_last = train_batching(len(train_set), config.batch_size, procs.world_size)
+    train = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                        **common)
     evals = {part: DataLoader(ImageDataset(data.images[part], data.labels[part], spec.mean,
                                            spec.std), batch_size=256, **common)
@@ -244,7 +277,8 @@ def _loaders(data: TrainingData, spec: ModelSpec, config: TrainConfig, procs: Pr
 
 
 def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs: Processes,
-         device: torch.device, threads: int, started: float, echo) -> TrainResult:
+         device: torch.device, threads: int, started: float, echo,
+         notes: list[tuple[str, str]], show_progress: bool) -> TrainResult:
     main = procs.is_main
     # Everything shown is escaped line by line: class names, data and folder names come from
     # the user's files and may hold terminal control characters.
@@ -286,6 +320,18 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
             "and writing the curves and summary")
     else:
         _announce(spec, data, config, progress, device, procs, threads, run_dir, resumed, say)
+    counts = data.counts()
+    if data.dataset.get("kind") == "layout":
+        say(f"test split: {data.splits['test']['from']} ({counts['test']} images); validation: "
+            f"{data.splits['val']['from']}")
+    if notes:
+        say("defaults for this data: " + "; ".join(phrase for phrase, _ in notes) + " ("
+            + ", ".join(option for _, option in notes) + " to change)")
+    batch = train_loader.batch_size
+    if batch < config.batch_size:
+        say(f"batch {batch}: the training split holds {counts['train']} images "
+            f"({steps_per_epoch} step{'s' if steps_per_epoch != 1 else ''} per epoch)")
+    monitor = Monitor(data.num_classes, data.labels["val"], config)
 
     saved_extra = dict(dataset=data.dataset, train_config=config.to_dict())
     steps_left = config.max_steps  # per invocation
@@ -296,7 +342,7 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
         train_loader.sampler.set_epoch(epoch)
         train_loader.dataset.set_epoch(epoch)
         stats = train_one_epoch(train_model, train_loader, optimizer, scheduler, criterion, device,
-                                scaler, steps_left, progress=main,
+                                scaler, steps_left, progress=main and show_progress,
                                 desc=f"epoch {epoch + 1}/{config.epochs}")
         progress.epoch, progress.step = epoch + 1, progress.step + stats.steps
         if steps_left is not None:
@@ -304,12 +350,14 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
         if not math.isfinite(stats.loss):
             raise _diverged(f"the loss is not finite ({stats.loss}) by step {progress.step} "
                             f"in epoch {epoch + 1}", config, run_dir, epoch)
+        monitor.check_training(stats.loss, epoch + 1, config)  # same on every rank
         if not main:
             continue  # rank 0 alone validates and writes; the others go on to the next epoch
         val = evaluate(model, eval_loaders["val"], device, data.num_classes)
         if not math.isfinite(val.loss):  # the last step broke the weights
             raise _diverged(f"the validation loss is not finite ({val.loss}) after epoch "
                             f"{epoch + 1}", config, run_dir, epoch)
+        monitor.check_validation(val.loss, epoch + 1)
         record = {"epoch": epoch + 1, "step": progress.step,
                   "lr": optimizer.param_groups[0]["lr"],
                   "train_loss": round(stats.loss, 6), "train_top1": round(stats.top1, 6),
@@ -334,15 +382,70 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
         with _writing(log_path, f"last.pt holds epoch {epoch + 1}; --resume rewrites the log"):
             with open(log_path, "a") as log:
                 log.write(json.dumps(record) + "\n")
-        tqdm.write(f"epoch {epoch + 1}/{config.epochs}  train loss {stats.loss:.4f} "
-                   f"acc {stats.top1:.2%}  val loss {val.loss:.4f} acc {val.top1:.2%}  "
-                   f"lr {record['lr']:.4g}  {record['epoch_time_s']:.1f}s")
+        line = (f"epoch {epoch + 1}/{config.epochs}  train loss {stats.loss:.4f} "
+                f"acc {stats.top1:.2%}  val loss {val.loss:.4f} acc {val.top1:.2%}  "
+                f"lr {record['lr']:.4g}  {record['epoch_time_s']:.1f}s")
+        if show_progress:
+            tqdm.write(line)  # above the progress bar
+        else:
+            say(line)
+        warning = monitor.after_epoch(progress.best[0], epoch + 1)
+        if warning:
+            say(f"warning: {warning}")
     if procs.distributed:
         dist.barrier()
     if not main:
         return TrainResult(run_dir)
     return _finish(config, data, spec, run_dir, progress, eval_loaders["test"], device, threads,
-                   procs, started, say)
+                   procs, started, say, notes, monitor)
+
+
+class Monitor:
+    """Watches a run for the two ways it can fail quietly: diverging, or learning nothing.
+
+    A diverging run (training loss not finite, or far above the loss of a guess, or validation
+    loss not finite) stops with one line. A run whose validation accuracy stays near chance gets
+    one warning line during training and one in the summary, instead of a checkpoint that looks
+    like any other; not a run cut short by ``--max-steps`` (a smoke test is not meant to learn).
+    """
+
+    def __init__(self, num_classes: int, val_labels, config: TrainConfig):
+        self.guess_loss = math.log(max(num_classes, 2))  # cross-entropy of a uniform guess
+        counts = np.bincount(np.asarray(val_labels, dtype=np.int64), minlength=num_classes)
+        self.chance = float(counts.max() / max(counts.sum(), 1))  # always the commonest class
+        self.check_from = min(3, config.epochs)
+        self.judge = config.max_steps is None
+        self.fine_tuning = bool(config.init_weights)
+        self.warnings: list[str] = []
+
+    def near_chance(self, top1: float, chance: float | None = None) -> bool:
+        """Below the lower of twice chance and a quarter of the way from chance to perfect."""
+        chance = self.chance if chance is None else chance
+        return self.judge and top1 < min(2 * chance, chance + (1 - chance) / 4)
+
+    def check_training(self, loss: float, epoch: int, config: TrainConfig) -> None:
+        limit = max(3 * self.guess_loss, self.guess_loss + 3)
+        if not math.isfinite(loss) or loss > limit:
+            what = "is not finite" if not math.isfinite(loss) else (
+                f"is {loss:.3g}, far above the {self.guess_loss:.2f} of a uniform guess")
+            raise UserError(f"training diverged in epoch {epoch}: the training loss {what}; "
+                            f"lower --lr (now {config.lr:g}) or raise --warmup-epochs")
+
+    def check_validation(self, loss: float, epoch: int) -> None:
+        if not math.isfinite(loss):
+            raise UserError(f"training diverged in epoch {epoch}: the validation loss is not "
+                            "finite; lower --lr or raise --warmup-epochs")
+
+    def after_epoch(self, best_top1: float, epoch: int) -> str | None:
+        if epoch < self.check_from or self.warnings or not self.near_chance(best_top1):
+            return None
+        self.warnings.append(
+            f"validation accuracy is still near chance after {epoch} epoch"
+            f"{'s' if epoch != 1 else ''} (best {best_top1:.1%}; always answering the commonest "
+            f"class gives {self.chance:.1%}): the model is not learning. Check the labels, "
+            "lower --lr, train longer with --epochs"
+            + ("" if self.fine_tuning else ", or start from --init-weights"))
+        return self.warnings[-1]
 
 
 def _announce(spec: ModelSpec, data: TrainingData, config: TrainConfig, progress: Progress,
@@ -370,7 +473,8 @@ def _diverged(what: str, config: TrainConfig, run_dir: Path, epochs_saved: int) 
 
 def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: Path,
             progress: Progress, test_loader: DataLoader, device: torch.device, threads: int,
-            procs: Processes, started: float, say: Callable[[str], Any]) -> TrainResult:
+            procs: Processes, started: float, say: Callable[[str], Any],
+            notes: list[tuple[str, str]], monitor: Monitor) -> TrainResult:
     """Test the best checkpoint, record the figures in it, and write curves and summary."""
     best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
     best = load_checkpoint(best_path)
@@ -378,6 +482,13 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
     load_state_into(model, best.state_dict, str(best_path))
     model.to(device)
     test = evaluate(model, test_loader, device, data.num_classes)
+    test_counts = np.bincount(data.labels["test"], minlength=data.num_classes)
+    test_chance = float(test_counts.max() / max(test_counts.sum(), 1))
+    warnings = list(monitor.warnings)
+    if monitor.near_chance(test.top1, test_chance):
+        warnings.append(f"test accuracy {test.top1:.1%} is near chance (always answering the "
+                        f"commonest class gives {test_chance:.1%}): this model has not learned "
+                        "the task")
     metrics = {**best.meta["metrics"], "test_loss": round(test.loss, 6),
                "test_top1": round(test.top1, 6)}
     kept = (f"the trained epochs are safe in last.pt and best.pt: once the folder can be "
@@ -396,7 +507,9 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
                         "train" + (f" ({', '.join(extras)})" if extras else ""))
     summary = {
         "model": spec.name, "spec": spec.to_dict(), "dataset": data.dataset,
-        "class_names": data.class_names, "counts": data.counts(),
+        "class_names": data.class_names, "counts": data.counts(), "splits": data.splits,
+        "image_size": data.image_size,
+        "defaults_chosen": [phrase for phrase, _ in notes], "warnings": warnings,
         "epochs": progress.epoch, "epochs_planned": config.epochs, "steps": progress.step,
         "best_epoch": progress.best_epoch, "best_val_top1": round(progress.best[0], 6),
         "test_top1": round(test.top1, 6), "test_loss": round(test.loss, 6),
@@ -415,6 +528,8 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
         + ", ".join(f"{n} {v:.1%}" for n, v in zip(data.class_names, test.per_class_top1)))
     if data.num_classes <= 20:
         say(format_confusion(test.confusion, data.class_names))
+    if warnings and warnings[-1] not in monitor.warnings:
+        say(f"warning: {warnings[-1]}")
     say(f"wrote {best_path}, {last_path}, {run_dir / 'summary.json'} in "
         f"{summary['wall_time_s']:.1f}s")
     return TrainResult(run_dir, summary, model.eval())

@@ -14,8 +14,9 @@ MAX_NAME_BYTES = 100  # a default run folder's name (model-data), before any -N 
 
 
 def resolve_run_dir(out: str | os.PathLike | None, config: TrainConfig,
-                    overwrite: bool = False) -> Path:
-    """``--out`` as given (refusing to mix runs), or ``artifacts/train/<model>-<data>[-N]``."""
+                    overwrite: bool = False, data_name: str | None = None) -> Path:
+    """``--out`` as given (refusing to mix runs), or ``artifacts/train/<model>-<data>[-N]``;
+    ``<data>`` is ``data_name`` (e.g. "MNIST") if given, else "digits" or the data's stem."""
     if out is not None:
         path = Path(out)
         check_creatable(path)
@@ -23,7 +24,7 @@ def resolve_run_dir(out: str | os.PathLike | None, config: TrainConfig,
             raise UserError(f"{path} already holds a training run: continue it with --resume "
                             f"{path}, start again with --overwrite, or pick another --out")
         return path
-    data = "digits" if config.data is None else Path(config.data).stem
+    data = data_name or ("digits" if config.data is None else Path(config.data).stem)
     base = Path("artifacts") / "train" / folder_name(f"{config.model}-{data}")
     path, n = base, 1
     while holds_run(path):
