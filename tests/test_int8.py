@@ -18,7 +18,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from export import int8
+from export.convert import int8
 from export.data import describe_source, load_training_data, normalise, to_channels
 from export.core.errors import UserError
 from export.core.models import ModelSpec
@@ -340,3 +340,19 @@ def test_each_method_gives_its_own_ranges(fp32_path, images, tmp_path, monkeypat
         assert len(differ) > len(scales["minmax"]) // 2, other
         # both clip outliers: their ranges are never wider than the observed min/max
         assert all(scales[other][k] <= scales["minmax"][k] * (1 + 1e-6) for k in differ)
+
+
+@pytest.mark.parametrize("method", int8.METHODS)
+@pytest.mark.parametrize("count", [32, 33, 100, 37])
+def test_every_method_takes_every_count(fp32_path, images, tmp_path, monkeypatch, method, count):
+    """ORT's histogram calibrators stack each batch's outputs into one array: a last batch
+    smaller than the others used to crash percentile and entropy ("inhomogeneous shape")
+    whenever the count was not a multiple of the calibration batch."""
+    monkeypatch.setattr(int8, "ENTROPY_BINS", 256)
+    train = images[2]
+    calibration = np.concatenate([train] * 2)[:count] if count > len(train) else train[:count]
+    report = int8.quantize_qdq(fp32_path, tmp_path / "x.onnx", calibration, method=method)
+    assert report["method"] == method and report["calibration"]["count"] == count
+    session = ort.InferenceSession(str(tmp_path / "x.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: images[1][:4]})[0]
+    assert out.shape == (4, 10) and np.isfinite(out).all()

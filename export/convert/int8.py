@@ -225,11 +225,21 @@ def check_calibration(calibration: Any, proto: onnx.ModelProto,
 # ---------------------------------------------------------------------------------------------
 
 
+def even_batch(count: int, batch_size: int) -> int:
+    """The largest batch of at most ``batch_size`` that divides ``count`` evenly.
+
+    ORT's histogram calibrators (percentile, entropy) stack every batch's outputs into one
+    array, so a smaller last batch makes it ragged and they crash; equal batches see exactly
+    the same images, so the ranges do not depend on this choice.
+    """
+    return max(d for d in range(1, min(batch_size, count) + 1) if count % d == 0)
+
+
 def _data_reader(input_name: str, calibration: np.ndarray, batch_size: int):
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Batches(CalibrationDataReader):
-        """Feeds the calibration array in batches (the last one may be smaller)."""
+        """Feeds the calibration array in batches of equal size (see :func:`even_batch`)."""
 
         def __init__(self) -> None:
             self._starts = iter(range(0, len(calibration), batch_size))
@@ -327,8 +337,8 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
     ``calibration``: float32 N x C x H x W, normalised like the model's input, at least
     :data:`MIN_CALIBRATION` images, from the training split. ``flavour``: ``"cpu"`` or
     ``"tensorrt"`` (module docstring). ``method``: ``"minmax"``, ``"entropy"`` or
-    ``"percentile"``. ``batch_size``: images per calibration run (memory, not results: the
-    ranges are gathered over all batches). ``recipe`` replaces the flavour's settings (for
+    ``"percentile"``. ``batch_size``: at most this many images per calibration run (memory, not
+    results: the ranges are gathered over all batches; lowered to divide the count evenly). ``recipe`` replaces the flavour's settings (for
     experiments such as ``dataclasses.replace(RECIPES["cpu"], reduce_range=True)``).
     Every bad input raises :class:`UserError` before anything is written.
     """
@@ -350,6 +360,7 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
         raise UserError(f"{fp32_onnx.name} has opset {opset}: per-channel QDQ needs opset 13+ "
                         "(re-export with --opset 13 or newer)")
     del proto
+    batch_size = even_batch(len(calibration), batch_size)
 
     extra_options = _extra_options(recipe, method)
     started = time.perf_counter()
