@@ -396,3 +396,18 @@ def test_engine_artifact_on_tensorrt_and_on_its_source_onnx(tmp_path_factory, di
         a = engine.logits(np.concatenate([engine.read(p)[0] for p in paths]))
         b = source.logits(np.concatenate([source.read(p)[0] for p in paths]))
     assert np.allclose(a, b, atol=2e-2 * max(1.0, float(b.std())), rtol=2e-2)
+
+
+def test_one_image_without_a_batch_axis_is_one_image_and_ambiguity_is_refused():
+    """A single 64x64x3 array used to give 64 predictions (read as 64 grey 64x3 images)."""
+    spec = ModelSpec.create("resnet20", num_classes=3, in_chans=3, input_size=8)
+    predictor = fake_predictor(spec)
+    rgb = np.random.default_rng(2).integers(0, 256, (64, 64, 3), np.uint8)
+    (one,) = predictor.predict_arrays(rgb)
+    assert one == predictor.predict_arrays(rgb[None])[0]
+    assert len(predictor.predict_arrays(rgb[..., 0])) == 1  # H x W: one grey image
+    assert len(predictor.predict_arrays(np.zeros((5, 8, 8), np.uint8))) == 5  # N x H x W
+    for shape in [(3, 64, 64), (2, 3, 8, 3)]:
+        with pytest.raises(UserError, match="ambiguous") as exc_info:
+            predictor.predict_arrays(np.zeros(shape, np.uint8))
+        assert "\n" not in str(exc_info.value)

@@ -71,19 +71,35 @@ def conversion(have: int, want: int) -> str | None:
 
 
 def as_nchw(images: np.ndarray) -> np.ndarray:
-    """uint8 ``N x H x W``, ``N x C x H x W`` or ``N x H x W x C`` (C = 1 or 3) -> N x C x H x W."""
+    """uint8 images -> N x C x H x W (C = 1 or 3), never guessing: ``N x H x W``,
+    ``N x C x H x W`` or ``N x H x W x C`` for a batch; ``H x W`` or ``H x W x C`` for one image.
+    A shape that two layouts read differently (``3 x H x W``: three grey images or one
+    channels-first RGB image) is refused in one line rather than read one way silently."""
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise UserError(f"images must be uint8 pixels 0..255, got {images.dtype} (for floats in "
                         "0..1 pass np.rint(x * 255).astype(np.uint8))")
+    shape = images.shape
+    if images.ndim == 2:
+        return images[None, None]
     if images.ndim == 3:
-        return images[:, None]
-    if images.ndim == 4 and images.shape[1] in (1, 3):
-        return images
-    if images.ndim == 4 and images.shape[-1] in (1, 3):
-        return images.transpose(0, 3, 1, 2)
-    raise UserError(f"images must be N x H x W, N x C x H x W or N x H x W x C with C = 1 or 3, "
-                    f"got shape {images.shape}")
+        first, last = shape[0] in (1, 3), shape[2] in (1, 3)
+        if last and not first:  # one H x W x C image
+            return images.transpose(2, 0, 1)[None]
+        if not last and shape[0] != 3:  # N x H x W (one grey image when N = 1, either way)
+            return images[:, None]
+        raise UserError(f"images of shape {shape} are ambiguous: pass images[None] for one "
+                        "image or an N x H x W x C batch")
+    if images.ndim == 4:
+        first, last = shape[1] in (1, 3), shape[3] in (1, 3)
+        if first and last:
+            raise UserError(f"images of shape {shape} are ambiguous: channels first or last?")
+        if first:
+            return images
+        if last:
+            return images.transpose(0, 3, 1, 2)
+    raise UserError(f"images must be N x H x W, N x C x H x W or N x H x W x C with C = 1 or 3 "
+                    f"(or one H x W / H x W x C image), got shape {shape}")
 
 
 def find_images(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str | None]]:
@@ -209,7 +225,8 @@ class Predictor:
     def predict_arrays(self, images: np.ndarray, top: int = 5,
                        batch_size: int | None = None) -> list[list[Prediction]]:
         """Top-``top`` classes of each uint8 image: ``N x H x W`` (grayscale),
-        ``N x C x H x W`` or ``N x H x W x C`` (C = 1 or 3), any H x W."""
+        ``N x C x H x W`` or ``N x H x W x C`` (C = 1 or 3), or one ``H x W (x C)`` image; any
+        H x W; ambiguous shapes are refused (:func:`as_nchw`)."""
         return top_k(self.logits(self.preprocess(images), batch_size), self.class_names, top)
 
     def predict_files(self, paths: Iterable[str | os.PathLike], top: int = 5,
