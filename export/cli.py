@@ -98,7 +98,11 @@ def main() -> None:
 @click.option("--opset", type=click.IntRange(min=13), default=DEFAULT_OPSET, show_default=True,
               help="ONNX opset (20 is the newest TensorRT 10 reads).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output folder [default: artifacts/<model>-<fmt> under the current folder].")
+              help="Output folder of one format [default: <out-dir>/<run>-<fmt>, e.g. "
+                   "artifacts/resnet20-digits-onnx for artifacts/train/resnet20-digits/best.pt].")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=None,
+              help="Parent folder of the artifacts, one <run>-<fmt> folder per --fmt "
+                   "[default: artifacts].")
 @click.option("--fp16-io", is_flag=True,
               help="FP16 inputs and outputs for FP16 artifacts [default: FP32 I/O, cast inside].")
 @click.option("--trt-precision", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16",
@@ -115,6 +119,9 @@ def main() -> None:
               show_default=True, help="INT8 calibration images (seeded subset).")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]),
               default="minmax", show_default=True, help="INT8 range calibration method.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0, max=100), default=None,
+              help="INT8 gate: points of held-out top-1 the artifact may lose; it fails only "
+                   "where the paired (McNemar) test shows the loss is real [default: 1.0].")
 @click.option("--workspace", type=_Parsed("SIZE", _parse_workspace), default="4G",
               show_default=True, help="TensorRT workspace limit, e.g. 4G, 512M.")
 @click.option("--seed", type=click.IntRange(*SEED_RANGE), default=0, show_default=True,
@@ -130,8 +137,8 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
           num_classes: int | None, in_chans: int | None, formats: tuple[str, ...],
           input_size: int | None, batch_range: BatchRange | None, min_batch: int | None,
           opt_batch: int | None, max_batch: int | None, opset: int, out: Path | None,
-          fp16_io: bool, trt_precision: str, int8_flavour: str, calib_data: Path | None,
-          calib_count: int, calib_method: str, workspace: int, seed: int, keep_failed: bool,
+          out_dir: Path | None, fp16_io: bool, trt_precision: str, int8_flavour: str, calib_data: Path | None,
+          calib_count: int, calib_method: str, max_accuracy_drop: float | None, workspace: int, seed: int, keep_failed: bool,
           overwrite: bool) -> None:
     """Export a ResNet and prove the artifact gives the eager model's logits.
 
@@ -154,13 +161,21 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
         batch_parts=(min_batch, opt_batch, max_batch), opset=opset, out=out, io_fp16=fp16_io,
         trt_precision=trt_precision, workspace=workspace, seed=seed, keep_failed=keep_failed,
         int8_flavour=int8_flavour, calib_data=calib_data, calib_count=calib_count,
-        calib_method=calib_method, overwrite=overwrite)
+        calib_method=calib_method, max_accuracy_drop=max_accuracy_drop, out_dir=out_dir,
+        overwrite=overwrite)
     if fp16_io and all(dataclasses.replace(request, fmt=f).precision == "int8"
                        for f in formats):
         raise OneLineUsageError("--fp16-io applies to FP16 artifacts, not INT8 (INT8 artifacts "
                                 "take FP32 input)")
     if out is not None and len(set(formats)) > 1:
-        raise OneLineUsageError("--out names one folder; leave it out when giving several --fmt")
+        raise OneLineUsageError("--out names one folder; give --out-dir (their parent) for "
+                                "several --fmt")
+    if out is not None and out_dir is not None:
+        raise OneLineUsageError("give --out (one artifact's folder) or --out-dir (their "
+                                "parent), not both")
+    if max_accuracy_drop is not None and "onnx-int8" not in formats and trt_precision != "int8":
+        raise OneLineUsageError("--max-accuracy-drop applies to INT8 artifacts (--fmt onnx-int8, "
+                                "or trt with --trt-precision int8)")
     with sigterm_as_interrupt():  # `kill`/`timeout`: clean up like Ctrl-C does
         export_artifacts(request, list(formats), echo=click.echo,
                          warn=lambda line: click.echo(line, err=True))

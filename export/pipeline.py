@@ -45,16 +45,18 @@ from .core.models import ModelSpec, default_spec
 from .convert.calibration import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
 from .convert.calibration import calibration_set
 from .convert.fp16 import convert_to_fp16
-from .convert.int8 import DEFAULT_METHOD, quantize_qdq
+from .convert.int8 import DEFAULT_METHOD, METHODS, quantize_qdq
 from .core.manifest import build_manifest, file_entry, library_versions, write_manifest
 from .convert.onnx_export import (DEFAULT_OPSET, export_onnx, io_signature, save_onnx, stamp_metadata)
 from .gate.judge import judge_artifact
-from .gate.parity import Verdict
+from .gate.parity import TOLERANCES, Verdict
+from .train.rundir import folder_name
 from .core.shapes import BatchRange
 from .core.weights import CALIBRATION_BATCH_SIZE, DEFAULT_SEED, SourceModel, checkpoint_source, \
     fresh_source, source_from_manifest, with_relative_path
 
 Echo = Callable[[str], None]
+RUN_CHECKPOINTS = ("best.pt", "last.pt")  # what resnet-train writes in its run folder
 
 
 @dataclass
@@ -80,6 +82,9 @@ class ExportRequest:
     calib_data: Path | None = None  # None: the checkpoint's training split (digits if fresh)
     calib_count: int = DEFAULT_CALIBRATION_COUNT
     calib_method: str = DEFAULT_METHOD
+    #: INT8: points of top-1 the gate lets the artifact lose (None: the contract's, 1.0)
+    max_accuracy_drop: float | None = None
+    out_dir: Path | None = None  # the parent of default-named artifacts (None: artifacts/)
     overwrite: bool = False  # replace an artifact of other source weights at ``out``
 
     @property
@@ -125,13 +130,28 @@ def merge_batch(default: BatchRange, lo: int | None, opt: int | None, hi: int | 
     return BatchRange(lo_, opt_, hi_)
 
 
+def run_name(spec: ModelSpec, checkpoint: Path | None) -> str:
+    """What tells this model's artifacts from another's of the same architecture: the
+    resnet-train run folder (``.../resnet20-digits/best.pt``) or the weights file's stem, led by
+    the model's name; the bare model name for fresh weights."""
+    if checkpoint is None:
+        return spec.name
+    checkpoint = Path(checkpoint)
+    name = checkpoint.parent.name if checkpoint.name in RUN_CHECKPOINTS and \
+        checkpoint.parent.name else checkpoint.stem
+    name = folder_name(name)
+    return name if name.startswith(spec.name) else f"{spec.name}-{name}"
+
+
 def default_out(spec: ModelSpec, req: ExportRequest) -> Path:
+    """``<out-dir>/<run name>-<format>`` (``artifacts/resnet20-digits-onnx``)."""
     suffix = req.fmt
     if req.fmt == "trt" and req.trt_precision != "fp16":
         suffix = f"trt-{req.trt_precision}"
     elif req.fmt == "onnx-int8" and req.int8_flavour != "cpu":
         suffix = f"onnx-int8-{req.int8_flavour}"
-    return Path("artifacts") / f"{spec.name}-{suffix}"
+    parent = Path(req.out_dir) if req.out_dir is not None else Path("artifacts")
+    return parent / f"{run_name(spec, req.checkpoint)}-{suffix}"
 
 
 def normalization_of(spec: ModelSpec) -> dict[str, Any]:
@@ -272,7 +292,7 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
                         f"{', '.join(FORMATS)}")
     requests = [dataclasses.replace(req, fmt=f) for f in formats]
     if req.out is not None and len(requests) > 1:
-        raise UserError("--out names one folder; leave it out when exporting several formats")
+        raise UserError("--out names one folder; give --out-dir for several formats")
     trt_version, gpu = None, None
     if "trt" in formats:  # before anything is read or created
         from .convert.tensorrt_build import require_tensorrt
@@ -346,7 +366,8 @@ def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelP
                 replace_folder(staging, failed)
                 failed_note = f"kept for inspection in {failed}"
             raise ParityFailed(f"parity gate FAILED for {spec.name} {req.fmt}: "
-                               f"{_first_failure(verdicts)}; {failed_note}")
+                               f"{_first_failure(verdicts)}; {failed_note}"
+                               f"{_int8_help(req, manifest)}")
         # again, right before: the folder may have changed while the export ran
         previous = check_out(out, manifest["source"], manifest["model"], req.overwrite, warn)
         _announce(out, previous, warn)
@@ -366,6 +387,16 @@ def _announce(out: Path, previous: dict[str, Any] | None, warn: Echo) -> None:
     if previous is not None:
         warn(f"replacing {out} (previous {previous['format']} artifact from "
              f"{previous['created']})")
+
+
+def _int8_help(req: ExportRequest, manifest: dict[str, Any]) -> str:
+    """What may get an INT8 artifact through its gate, after a failure."""
+    if req.precision != "int8":
+        return ""
+    count = ((manifest.get("int8") or {}).get("calibration") or {}).get("count")
+    others = [m for m in METHODS if m != req.calib_method]
+    return (f"; what may help: more calibration images (--calib-count, {count} now), "
+            f"another --calib-method ({' or '.join(others)})")
 
 
 def _first_failure(verdicts: list[Verdict]) -> str:
@@ -461,8 +492,10 @@ def _quantize(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelPro
                               method=req.calib_method)
         proto = onnx.load(str(int8_path))
     report.pop("calibration", None)  # the calibration section below says more
+    limit = req.max_accuracy_drop if req.max_accuracy_drop is not None else \
+        TOLERANCES["int8"].max_accuracy_drop
     return proto, {"flavour": req.flavour, "quantizer": report,
-                   "calibration": calibration.description}
+                   "calibration": calibration.description, "max_accuracy_drop": limit}
 
 
 # ---------------------------------------------------------------------------------------------

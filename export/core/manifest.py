@@ -19,7 +19,8 @@ documented in docs/export.md:
     batch_range     {"min", "opt", "max"}
     opset           int
     fp16            the converter's report (FP16 formats) or null
-    int8            {"flavour", "quantizer": report, "calibration": {...}} (INT8 formats) or null
+    int8            {"flavour", "quantizer": report, "calibration": {...}, "max_accuracy_drop":
+                    the gate's limit in points of top-1} (INT8 formats) or null
     tensorrt        build settings (trt format) or null
     gpu             {"name", "compute_capability"} for engines, else null
     versions        {"python", "torch", "onnx", "onnxruntime", "tensorrt" (null if absent)}

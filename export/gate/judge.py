@@ -76,9 +76,10 @@ def judge_artifact(folder: Path, manifest: dict[str, Any], source: SourceModel, 
         dataset = recorded["dataset"]
     inputs, described = parity_inputs(spec, batch, dataset)
     notes = [described["real"]["note"]] if described["real"]["note"] else []
-    labelled = None
+    labelled, limit = None, None
     if TOLERANCES[manifest["precision"]].max_accuracy_drop is not None:
         int8 = manifest.get("int8") or {}
+        limit = int8.get("max_accuracy_drop")
         labelled, described["accuracy"] = accuracy_set(
             spec, dataset, batch.max, int8.get("calibration"))
     if not TOLERANCES[manifest["precision"]].judge_random:
@@ -95,7 +96,7 @@ def judge_artifact(folder: Path, manifest: dict[str, Any], source: SourceModel, 
             verdict = run_gate(reference, candidate, inputs, found.contract, notes,
                                on_comparison=lambda c: echo(table_row(c)),
                                labelled=labelled if found.contract == manifest["precision"]
-                               else None)
+                               else None, max_accuracy_drop=limit)
         except (UserError, BackendUnavailable, KeyboardInterrupt):
             raise
         except Exception as exc:  # an artifact its runtime cannot run fails the gate
