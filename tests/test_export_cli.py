@@ -274,3 +274,33 @@ def test_opset_is_what_the_file_says_or_a_clear_refusal(cwd):
     assert "could not express resnet20 in opset 17" in one_line_error_after_progress(old)
     assert "Traceback" not in old.output
     assert not (cwd / "o17").exists()
+
+
+def test_default_names_carry_the_run_so_two_models_do_not_clash():
+    """The quick-start digits ResNet-20 and another ResNet-20 used to share artifacts/resnet20-onnx."""
+    from pathlib import Path
+
+    from export.core.models import default_spec
+    from export.pipeline import ExportRequest, default_out
+
+    spec, big = default_spec("resnet20"), default_spec("resnet50")
+
+    def out(checkpoint, spec=spec, **kw):
+        return default_out(spec, ExportRequest(checkpoint=checkpoint and Path(checkpoint), **kw))
+
+    assert out("artifacts/train/resnet20-digits/best.pt") == Path("artifacts/resnet20-digits-onnx")
+    assert out("artifacts/train/resnet20-patterns/last.pt", fmt="onnx-int8") == \
+        Path("artifacts/resnet20-patterns-onnx-int8")
+    assert out(None) == Path("artifacts/resnet20-onnx")  # fresh weights: the model's name
+    assert out("weights/resnet50.pth", big) == Path("artifacts/resnet50-onnx")
+    assert out("imagenet.pth", big, out_dir=Path("x")) == Path("x/resnet50-imagenet-onnx")
+
+
+def test_several_formats_take_one_output_parent(cwd):
+    result = run("--depth", "20", "--fmt", "onnx", "--fmt", "onnx-fp16", "--out-dir", "mine",
+                 *FAST)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (cwd / "mine").iterdir()) == ["resnet20-onnx",
+                                                                "resnet20-onnx-fp16"]
+    refused = run("--depth", "20", "--fmt", "onnx", "--fmt", "onnx-fp16", "--out", "one", *FAST)
+    assert refused.exit_code == 2 and "give --out-dir" in one_line_error(refused)
