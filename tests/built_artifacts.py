@@ -4,7 +4,7 @@
 (batch 1:4:8) in the folders the tools use by default, under ``base/project``::
 
     artifacts/train/resnet20-digits/best.pt ...   resnet-train's run folder
-    artifacts/resnet20-onnx/                      resnet-export's artifact folder
+    artifacts/resnet20-digits-onnx/                      resnet-export's artifact folder
 
 The weights are barely trained (a few seconds); what the tests check is that every path gives the
 same numbers, not that the digits are recognised.
@@ -33,7 +33,7 @@ def trained_project(base: Path) -> Path:
         run = run_training(TrainConfig(epochs=1, max_steps=3, threads=1),
                            out=project / "artifacts/train/resnet20-digits", echo=lambda *_: None)
         export_artifact(ExportRequest(fmt="onnx", checkpoint=run.run_dir / "best.pt",
-                                      batch=BATCH, out=project / "artifacts/resnet20-onnx"),
+                                      batch=BATCH, out=project / "artifacts/resnet20-digits-onnx"),
                         echo=lambda _: None, warn=lambda _: None)
         _BUILT[base] = project
     return _BUILT[base]

@@ -72,7 +72,7 @@ def test_a_run_folder_as_checkpoint_suggests_its_best_pt(tmp_path):
 
 def test_a_project_copied_elsewhere_still_verifies(tmp_path, tmp_path_factory):
     project = copy_project(tmp_path_factory.getbasetemp(), tmp_path / "copy")
-    artifact = project / "artifacts/resnet20-onnx"
+    artifact = project / "artifacts/resnet20-digits-onnx"
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["source"]["relative_path"] == "../train/resnet20-digits/best.pt"
     assert Path(manifest["source"]["path"]).is_absolute()

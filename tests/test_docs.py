@@ -9,7 +9,7 @@ files declares it in an HTML comment on the line before its fence (invisible whe
     ...
 
 Setups: ``trained-artifact`` (``artifacts/train/resnet20-digits/`` from ``resnet-train`` and
-``artifacts/resnet20-onnx/`` exported from its best.pt, as in the quick start, but trained for a
+``artifacts/resnet20-digits-onnx/`` exported from its best.pt, as in the quick start, but trained for a
 few steps only) and ``digit-pngs`` (``digits/0.png`` ... ``digits/9.png``, one test-split image of
 each class, 8x8 grayscale).
 """
@@ -93,7 +93,7 @@ FMT = "(" + "|".join(re.escape(f) for f in FORMATS) + r")(-[a-z0-9]+)?"  # trt-f
 #: what the tools create under artifacts/ (resnet-export, resnet-train, resnet-bench)
 CREATED = [re.compile(p) for p in (
     r"artifacts/?$",
-    rf"artifacts/(<model>|{MODEL})-(<fmt>|{FMT})(/.*)?$",
+    rf"artifacts/(<model>|{MODEL})(-[\w.]+)?-(<fmt>|{FMT})(/.*)?$",
     rf"artifacts/train/(<model>|\*|{MODEL})-(<data>|[\w.]+)(-\d+)?(/.*)?$",
     r"artifacts/bench(/.*)?$",
 )]

@@ -4,7 +4,7 @@
 
     from export.predict import Predictor
 
-    with Predictor.load("artifacts/resnet20-onnx") as predictor:
+    with Predictor.load("artifacts/resnet20-digits-onnx") as predictor:
         top5 = predictor.predict_files(["digit.png"])[0]   # [Prediction(index, label, ...)]
 
 Stands on the runtime (``load_artifact``) and training's data functions (``read_image``,

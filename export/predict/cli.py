@@ -82,8 +82,8 @@ def main(artifact: Path, images: tuple[Path, ...], top: int, as_json: bool, runt
     classified is one line on stderr; the others are still classified, and the exit status is 1.
 
     \b
-    resnet-predict artifacts/resnet20-onnx digit.png more_digits/
-    resnet-predict artifacts/resnet20-onnx-fp16 photos/ --top-k 3 --json
+    resnet-predict artifacts/resnet20-digits-onnx digit.png more_digits/
+    resnet-predict artifacts/resnet20-digits-onnx-fp16 photos/ --top-k 3 --json
     resnet-predict artifacts/resnet20-trt photos/ --runtime onnxruntime
     """
     predictor = Predictor.load(artifact, runtime, threads)
