@@ -11,7 +11,8 @@ from ..core.cli import (OneLineCommand, OneLineUsageError, model_options, one_li
                          print_family_table, resolve_model_name)
 from .config import (BOUNDS, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, EPOCH_BUDGET_IMAGES,
                      FINE_TUNE_LR_FACTOR, MIN_DEFAULT_BATCH_SIZE, MIN_STEPS_PER_EPOCH,
-                     RESUME_CHANGES, SMALL_STEM_MAX_INPUT, TrainConfig, bound_problem)
+                     RESUME_CHANGES, SMALL_DATA_EPOCHS, SMALL_DATA_IMAGES, SMALL_DATA_INPUT,
+                     SMALL_STEM_MAX_INPUT, TrainConfig, bound_problem)
 from ..data.layouts import detect_layout
 from .loop import run_training
 
@@ -49,13 +50,15 @@ def bounded(option: str) -> click.ParamType:
                    "split. [default: the embedded scikit-learn digits]")
 @click.option("--epochs", type=bounded("epochs"), default=None,
               help=f"Epochs to train. [default: {DEFAULT_EPOCHS}, or fewer on a large training "
-                   f"split: about {EPOCH_BUDGET_IMAGES:,} images, at least 2]")
+                   f"split: about {EPOCH_BUDGET_IMAGES:,} images, at least 2; "
+                   f"{SMALL_DATA_EPOCHS} for resnet18..152 on small data]")
 @click.option("--batch-size", type=bounded("batch_size"), default=None,
               help=f"Images per step and per process. [default: {DEFAULT_BATCH_SIZE}; on a "
                    f"small training split less, for {MIN_STEPS_PER_EPOCH} steps per epoch, at "
                    f"least {MIN_DEFAULT_BATCH_SIZE}]")
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=DEFAULTS.optimizer,
-              help="SGD with Nesterov momentum 0.9, or AdamW.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None,
+              help="SGD with Nesterov momentum 0.9, or AdamW. [default: sgd; adamw for "
+                   f"resnet18..152 from scratch on up to {SMALL_DATA_IMAGES:,} training images]")
 @click.option("--lr", type=bounded("lr"), default=None,
               help="Peak learning rate. [default: 0.1 for sgd (x batch / 64 below 64), "
                    f"0.001 for adamw; {1 / FINE_TUNE_LR_FACTOR:.0f}x lower with "
@@ -71,7 +74,8 @@ def bounded(option: str) -> click.ParamType:
 @click.option("--input-size", type=bounded("input_size"), default=None,
               help="Side length images are resized to. [default: the data's own size (at "
                    "least 16, at most the model's design size: 32 for resnet20..110, 224 for "
-                   "resnet18..152); 16 on the 8x8 digits]")
+                   f"resnet18..152, {SMALL_DATA_INPUT} for them on small data); 16 on the 8x8 "
+                   "digits]")
 @click.option("--stem", type=click.Choice(["imagenet", "small"]), default=None,
               help="Stem of resnet18..152: imagenet (7x7 stride 2 + max-pool) or small (3x3 "
                    "stride 1, no max-pool). [default: small for inputs up to "

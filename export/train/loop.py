@@ -401,6 +401,17 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
                    procs, started, say, notes, monitor)
 
 
+def train_longer(progress: Progress, config: TrainConfig, run_dir: Path) -> str | None:
+    """The hint for a run whose best validation accuracy came in its last epoch: still rising."""
+    last = progress.epoch
+    if last < 2 or progress.best_epoch != last or last < (config.epochs or 0) \
+            or progress.best[0] >= 1.0:
+        return None
+    return (f"the best validation accuracy ({progress.best[0]:.1%}) came in the last epoch "
+            f"({last}): the model was still improving; train longer, e.g. resnet-train "
+            f"--resume {run_dir} --epochs {2 * last}")
+
+
 class Monitor:
     """Watches a run for the two ways it can fail quietly: diverging, or learning nothing.
 
@@ -414,7 +425,9 @@ class Monitor:
         self.guess_loss = math.log(max(num_classes, 2))  # cross-entropy of a uniform guess
         counts = np.bincount(np.asarray(val_labels, dtype=np.int64), minlength=num_classes)
         self.chance = float(counts.max() / max(counts.sum(), 1))  # always the commonest class
-        self.check_from = min(3, config.epochs)
+        # judged once the schedule has had a third of its epochs (at least 3): a run of 30
+        # epochs on a few hundred images is often still near chance at epoch 3, then learns
+        self.check_from = min(config.epochs, max(3, math.ceil(config.epochs / 3)))
         self.judge = config.max_steps is None
         self.fine_tuning = bool(config.init_weights)
         self.warnings: list[str] = []
@@ -531,6 +544,12 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
         say(format_confusion(test.confusion, data.class_names))
     if warnings and warnings[-1] not in monitor.warnings:
         say(f"warning: {warnings[-1]}")
+    longer = train_longer(progress, config, run_dir) if monitor.judge else None
+    if longer:
+        summary["hints"] = [longer]
+        with _writing(run_dir / "summary.json", kept):
+            write_json(run_dir / "summary.json", summary)
+        say(f"note: {longer}")
     say(f"wrote {best_path}, {last_path}, {run_dir / 'summary.json'} in "
         f"{summary['wall_time_s']:.1f}s")
     return TrainResult(run_dir, summary, model.eval())
