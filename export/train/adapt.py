@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from ..core.checkpoint import load_checkpoint, load_state_into
 from ..core.errors import UserError
+from ..core.pretrained import IMAGENET, imagenet_weights
 from .config import TrainConfig
 
 
@@ -53,11 +56,18 @@ def adapt_init_weights(model: nn.Module, state: dict[str, torch.Tensor],
 
 
 def load_init_weights(model: nn.Module, config: TrainConfig) -> list[str]:
-    ckpt = load_checkpoint(config.init_weights)
+    """``--init-weights``: a file, or ``imagenet`` for torchvision's published weights."""
+    notes = []
+    path = config.init_weights
+    if path == IMAGENET:
+        path = str(imagenet_weights(config.model))
+        notes.append(f"torchvision's ImageNet weights {Path(path).name} (sha256 checked) "
+                     f"from {Path(path).parent}")
+    ckpt = load_checkpoint(path)
     if ckpt.spec is not None and ckpt.spec.name != config.model:
         raise UserError(f"--init-weights {ckpt.path} holds a {ckpt.spec.name}, but this run "
                         f"trains a {config.model}: pass --model {ckpt.spec.name}")
     try:
-        return adapt_init_weights(model, ckpt.state_dict, f"--init-weights {ckpt.path}")
+        return notes + adapt_init_weights(model, ckpt.state_dict, f"--init-weights {ckpt.path}")
     except UserError as exc:
         raise UserError(f"{exc} (training {config.model}: is --model right?)") from None

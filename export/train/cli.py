@@ -91,7 +91,9 @@ def bounded(option: str) -> click.ParamType:
               help="Seeds the split, initialisation, shuffling and augmentation.")
 @click.option("--init-weights", type=click.Path(), default=None, metavar="FILE",
               help="Start from these weights (a torchvision state dict or a resnet-train "
-                   "checkpoint); a classifier of another size is replaced.")
+                   "checkpoint), or 'imagenet': torchvision's published ImageNet weights of "
+                   "resnet18..152 (from the torch hub cache, else downloaded; sha256 checked). "
+                   "A classifier of another size is replaced.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Run folder. [default: artifacts/train/<model>-<data>, numbered -2, -3... "
                    "when taken]")
