@@ -229,13 +229,15 @@ def test_an_empty_folder_is_used_without_a_word(cwd):
 
 
 def test_fresh_weights_never_silently_replace_a_trained_artifact(cwd):
-    """The case met in practice: same default name, trained artifact, then an untrained export."""
+    """The case met in practice: a trained artifact, then an untrained export to its folder
+    (default names now differ: artifacts/resnet20-best-onnx and artifacts/resnet20-onnx)."""
     trained_checkpoint(cwd / "best.pt")
     first = run("--checkpoint", "best.pt", "--input-size", "16", "--batch-range", "1:1:2")
     assert first.exit_code == 0, first.output
-    folder = cwd / "artifacts" / "resnet20-onnx"
+    folder = cwd / "artifacts" / "resnet20-best-onnx"
+    out = ("--out", "artifacts/resnet20-best-onnx")
     before = snapshot(folder)
-    line = error_line(run(*SMALL))
+    line = error_line(run(*SMALL, *out))
     assert "holds a resnet20 onnx artifact exported from the checkpoint" in line
     assert "best.pt" in line
     assert "this export is from UNTRAINED seeded weights (seed 0, resnet20)" in line
@@ -243,8 +245,8 @@ def test_fresh_weights_never_silently_replace_a_trained_artifact(cwd):
     assert snapshot(folder) == before
     again = run("--checkpoint", "best.pt", "--input-size", "16", "--batch-range", "1:1:1")
     assert again.exit_code == 0, again.output  # the same weights: replaced freely
-    assert "replacing artifacts/resnet20-onnx" in again.stderr
-    forced = run(*SMALL, "--overwrite")
+    assert "replacing artifacts/resnet20-best-onnx" in again.stderr
+    forced = run(*SMALL, *out, "--overwrite")
     assert forced.exit_code == 0, forced.output
     assert read_manifest(folder)["source"]["kind"] == "seed"
 

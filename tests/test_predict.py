@@ -36,7 +36,7 @@ def error_lines(result):
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-onnx"
+    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-digits-onnx"
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def test_json_schema(artifact, digits):
     doc = json.loads(result.stdout)
     assert doc["schema"] == "resnet-predict" and doc["schema_version"] == 1
     assert set(doc) == {"schema", "schema_version", "artifact", "runtime", "preprocessing",
-                        "top_k", "results", "errors"}
+                        "top_k", "results", "errors", "evaluation"}
     assert doc["artifact"] == {"path": str(artifact), "format": "onnx", "precision": "fp32",
                                "model": "resnet20", "num_classes": 10, "trained": True}
     assert doc["runtime"] == "onnxruntime[CPU,fp32]" and doc["top_k"] == 2
@@ -411,3 +411,38 @@ def test_one_image_without_a_batch_axis_is_one_image_and_ambiguity_is_refused():
         with pytest.raises(UserError, match="ambiguous") as exc_info:
             predictor.predict_arrays(np.zeros(shape, np.uint8))
         assert "\n" not in str(exc_info.value)
+
+
+def test_a_labelled_folder_is_scored(artifact, digits, tmp_path):
+    """Images in sub-folders named after the classes: accuracy, per class, confusion, wrong files
+    (the user used to count them from the JSON by hand)."""
+    _, paths, pixels = digits
+    dataset = describe_source(None)
+    scanned = scan(dataset)
+    split = split_indices(scanned.labels, dataset["seed"], dataset["val_fraction"],
+                          dataset["test_fraction"], scanned.class_names)
+    labels = scanned.labels[split.test][:40]
+    for i, (image, label) in enumerate(zip(pixels[:40], labels)):
+        folder = tmp_path / "labelled" / scanned.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0]).save(folder / f"{i:04d}.png")
+    result = invoke([artifact, tmp_path / "labelled", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    evaluation = doc["evaluation"]
+    predicted = {r["path"]: r["top"][0]["label"] for r in doc["results"]}
+    truth = {r["path"]: Path(r["path"]).parent.name for r in doc["results"]}
+    correct = sum(predicted[p] == truth[p] for p in predicted)
+    assert evaluation["images"] == 40 and evaluation["correct"] == correct
+    assert evaluation["top1"] == pytest.approx(correct / 40)
+    matrix = np.array(evaluation["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 40 and np.trace(matrix) == correct
+    assert sum(v["images"] for v in evaluation["per_class"].values()) == 40
+    assert sorted(w["path"] for w in evaluation["wrong"]) == \
+        sorted(p for p in predicted if predicted[p] != truth[p])
+    table = invoke([artifact, tmp_path / "labelled"])
+    assert f"accuracy against the folder names: {correct / 40:.2%} ({correct}/40)" in table.stdout
+    assert "confusion (rows: folder, columns: predicted):" in table.stdout
+    # images outside class folders are not scored
+    plain = invoke([artifact, paths[0], "--json"])
+    assert json.loads(plain.stdout)["evaluation"] is None

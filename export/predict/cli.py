@@ -14,6 +14,7 @@ from ..core.cli import OneLineCommand, OneLineUsageError, one_line_errors
 from ..core.errors import BackendUnavailable, UserError, first_line
 from .predictor import FileResult, Predictor
 from .runtimes import RUNTIME_CHOICES
+from .scoring import Score, format_score, score
 
 SCHEMA = "resnet-predict"
 SCHEMA_VERSION = 1
@@ -34,7 +35,7 @@ def format_table(results: list[FileResult]) -> str:
 
 
 def document(artifact: Path, predictor: Predictor, top: int, results: list[FileResult],
-             errors: list[FileResult]) -> dict[str, Any]:
+             errors: list[FileResult], scored: Score | None = None) -> dict[str, Any]:
     """The ``--json`` output (schema ``resnet-predict``, version 1; docs/predict.md)."""
     m = predictor.manifest
     spec = predictor.spec
@@ -50,6 +51,7 @@ def document(artifact: Path, predictor: Predictor, top: int, results: list[FileR
         "results": [{"path": str(r.path), "top": [p.to_dict() for p in r.top or []],
                      "converted": r.converted} for r in results],
         "errors": [{"path": str(r.path), "error": r.error} for r in errors],
+        "evaluation": scored.to_dict() if scored is not None else None,
     }
 
 
@@ -80,6 +82,9 @@ def main(artifact: Path, images: tuple[Path, ...], top: int, as_json: bool, runt
     model's channels (RGB to grayscale by ITU-R 601 luma, grayscale to RGB by replication: as
     training converts them) and normalised exactly as training does. A file that cannot be
     classified is one line on stderr; the others are still classified, and the exit status is 1.
+    Where every image sits in a sub-folder named after one of the model's classes (a training
+    folder's layout), the output also scores them: accuracy, per class, the confusion matrix
+    and the files predicted wrong ("evaluation" in --json).
 
     \b
     resnet-predict artifacts/resnet20-digits-onnx digit.png more_digits/
@@ -118,10 +123,14 @@ def main(artifact: Path, images: tuple[Path, ...], top: int, as_json: bool, runt
     for how, count in converted.items():
         click.echo(f"note: {count} image(s) converted {how} to fit the model, as training "
                    "converts them", err=True)
+    scored = score(results, predictor.class_names) if results else None
     if as_json:
-        click.echo(json.dumps(document(artifact, predictor, top, results, errors), indent=2))
+        click.echo(json.dumps(document(artifact, predictor, top, results, errors, scored),
+                              indent=2))
     elif results:
         click.echo(format_table(results))
+        if scored is not None:
+            click.echo(format_score(scored))
     click.echo(f"{len(results)} image(s) classified in {time.perf_counter() - started:.2f}s"
                + (f", {len(errors)} failed" if errors else ""), err=True)
     if errors:
