@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +38,9 @@ from export.runtime.ort_runner import ORT_OPTIMIZATION_LEVELS
 
 from . import environment, report
 from .cases import BACKENDS, PRECISIONS, Candidate, Request, Skip, plan
-from .stats import NoiseRule
+from .load import others_cores
+from .load import snapshot as load_snapshot
+from .stats import NoiseRule, thread_collapse
 from .sweep import sweep
 from .timing import TimingConfig
 
@@ -202,6 +205,25 @@ def main() -> None:
     """Benchmark the ResNet family on every backend this machine has."""
 
 
+def free_threads(window_s: float = 1.0) -> tuple[int, str | None]:
+    """Threads the machine can give: the usable cores less what other processes used over
+    ``window_s`` (at least 1), and a line saying so where that is fewer than the cores. Eager
+    torch's OpenMP threads spin while they wait for a core, so more threads than free cores
+    collapse it (the issue's 674 ms at batch 8 against 6.7 ms at batch 1)."""
+    cores = usable_cores()
+    before = load_snapshot()
+    time.sleep(window_s)
+    others = others_cores(before, load_snapshot())
+    if others is None:
+        return cores, None
+    free = max(1, min(cores, int(cores - others + 0.5)))
+    if free >= cores:
+        return cores, None
+    return free, (f"the machine is busy (other processes used {others:.1f} of {cores} cores): "
+                  f"{free} thread(s), so eager torch's threads do not spin against them "
+                  "(--threads to choose)")
+
+
 @main.command("run", cls=DefaultCommand)
 @model_options(default="resnet50")
 @click.option("--list-models", is_flag=True, expose_value=False, is_eager=True,
@@ -247,7 +269,8 @@ def main() -> None:
               help="OpenVINO: also measure throughput the way benchmark_app does (several "
                    "asynchronous requests in flight), as separate rows with timing 'throughput'.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for torch and onnxruntime intra-op [default: usable cores].")
+              help="CPU threads for torch and onnxruntime intra-op [default: the usable cores "
+                   "that other processes leave free, at least 1].")
 @click.option("--ort-opt-level", type=click.Choice(list(ORT_OPTIMIZATION_LEVELS)),
               default="all", show_default=True, help="ONNX Runtime graph optimisation level.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -258,8 +281,8 @@ def main() -> None:
                    "~/.cache/resnet-deploy/bench-onnx without XDG_CACHE_HOME].")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Output folder [default: artifacts/bench/<UTC time>].")
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Progress bar on stderr.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr. [default: only when stderr is a terminal]")
 @one_line_errors
 def run(depth: int | None, model: str | None, input_size: int | None, artifacts: Path | None,
         backends: list[str] | None, batch_sizes: list[int] | None, precisions: list[str] | None,
@@ -283,7 +306,13 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
         else "resnet50"
     spec = default_spec(name, input_size=input_size)
     dev = resolve_device(device)
-    threads = threads or usable_cores()
+    threads_note = None
+    if threads is None:
+        threads, threads_note = free_threads()
+        if threads_note:
+            click.echo(f"note: {threads_note}", err=True)
+    if progress is None:
+        progress = sys.stderr.isatty()
     batches = batch_sizes or DEFAULT_BATCHES[dev]
     timing = TimingConfig(warmup[0], warmup[1], min_iters, min_time, steady=steady_warmup,
                           warmup_max_time=warmup_max_time, rounds=rounds)
@@ -312,7 +341,8 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
             "models": [s.to_dict() for s in request.specs] or [spec.to_dict()], "device": dev,
             "backends": backends or "default", "batch_sizes": batches,
             "precisions": precisions or "default", "channels_last": channels_last,
-            "cuda_graphs": cuda_graphs, "threads": threads, "seed": seed,
+            "cuda_graphs": cuda_graphs, "threads": threads, "threads_note": threads_note,
+            "seed": seed,
             "ort_opt_level": ort_opt_level, "artifacts": str(artifacts) if artifacts else None,
             "timing": {"warmup_iters": timing.warmup_iters, "warmup_time": timing.warmup_time,
                        "min_iters": timing.min_iters, "min_time": timing.min_time,
@@ -337,6 +367,7 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
         failure = None
         try:
             sweep(doc, candidates, timing, measured, seed, threads, models.macs, rule, progress)
+            thread_collapse(doc["results"])
         except Exception as exc:  # not turned into a skip by the sweep: keep what was measured
             failure = first_line(exc)
             doc["interrupted"] = True

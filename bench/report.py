@@ -17,7 +17,7 @@ import numpy as np
 
 from export.core.fileio import atomic_path, write_json
 
-from .stats import ratio_spread, round_ratios
+from .stats import QUOTABLE_SPREAD, quotable, ratio_spread, round_ratios
 
 SCHEMA = "resnet-bench"
 SCHEMA_VERSION = 1
@@ -33,7 +33,8 @@ REQUIRED_TOP = {"schema": str, "schema_version": int, "environment": dict, "conf
 COLUMNS = ["backend", "label", "precision", "device", "timing", "cuda_graphs", "channels_last",
            "batch_size", "iterations", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms",
            "max_ms", "std_ms", "cv", "throughput_ips", "gflops", "speedup_vs_torch",
-           "speedup_vs_torch_rounds", "speedup_vs_torch_rounds_iqr", "wall_s",
+           "speedup_vs_torch_rounds", "speedup_vs_torch_rounds_iqr", "speedup_quotable",
+           "speedup_vs_fp32", "speedup_vs_fp32_rounds", "wall_s",
            "warmup_iterations", "warmup_s", "warmup_steady",
            "first_infer_ms", "setup_s", "export_s", "timer", "threads", "noisy", "noise_reasons",
            "complete", "artifact", "model_label", "effective_precision", "rounds",
@@ -94,6 +95,31 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
             if same_rounds else []
         row["speedup_vs_torch_rounds"] = float(np.median(ratios)) if ratios else None
         row["speedup_vs_torch_rounds_iqr"] = ratio_spread(ratios) if row is not ref else None
+        row["speedup_quotable"] = quotable(row["speedup_vs_torch_rounds_iqr"])
+    add_precision_speedups(rows)
+
+
+def _same_runtime(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (model_key(row), row["backend"], row["device"], row["batch_size"], row["timing"],
+            bool(row.get("channels_last")), bool(row.get("cuda_graphs")))
+
+
+def add_precision_speedups(rows: list[dict[str, Any]]) -> None:
+    """FP16, BF16 and INT8 rows against FP32 of the same model, runtime, batch and timing:
+    ``speedup_vs_fp32`` (ratio of p50s) and ``speedup_vs_fp32_rounds`` (median per-round ratio,
+    rows timed in the same rounds only): what a lower precision buys on this runtime."""
+    fp32: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        if row["precision"] == "fp32" and row["backend"] != "null":
+            fp32.setdefault(_same_runtime(row), row)
+    for row in rows:
+        ref = fp32.get(_same_runtime(row)) if row["precision"] != "fp32" else None
+        ok = ref is not None and row["p50_ms"] > 0
+        row["speedup_vs_fp32"] = ref["p50_ms"] / row["p50_ms"] if ok else None
+        same = ok and row.get("round_group") and ref.get("round_group") == row.get("round_group")
+        ratios = round_ratios(ref.get("round_p50_ms") or [], row.get("round_p50_ms") or []) \
+            if same else []
+        row["speedup_vs_fp32_rounds"] = float(np.median(ratios)) if ratios else None
 
 
 # -- Markdown -------------------------------------------------------------------------------
@@ -158,18 +184,26 @@ def _round_speedup(r: dict[str, Any]) -> str:
     value, iqr = r.get("speedup_vs_torch_rounds"), r.get("speedup_vs_torch_rounds_iqr")
     if not value:
         return "-"
+    if not quotable(iqr):  # the rounds disagree: no headline figure
+        return f"not quotable ({iqr[0]:.2f}-{iqr[1]:.2f}x)"
     return f"{value:.2f}x" + (f" ({iqr[0]:.2f}-{iqr[1]:.2f})" if iqr else "")
 
 
 def _speedup(r: dict[str, Any]) -> str:
     value = r.get("speedup_vs_torch_rounds") or r.get("speedup_vs_torch")
-    return f"{value:.2f}x" if value else "-"
+    text = f"{value:.2f}x" if value else "-"
+    if r.get("speedup_vs_torch_rounds") and not quotable(r.get("speedup_vs_torch_rounds_iqr")):
+        lo, hi = r["speedup_vs_torch_rounds_iqr"]
+        text = f"not quotable, {lo:.2f}-{hi:.2f}x"
+    fp32 = r.get("speedup_vs_fp32_rounds") or r.get("speedup_vs_fp32")
+    return text + (f"; {fp32:.2f}x fp32" if fp32 else "")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = ["backend", "precision", "runs in", "layout", "graphs", "timing", "batch", "iters",
-            "rounds", "p50 ms", "p90 ms", "p99 ms", "mean ms", "min ms", "max ms", "CV", "img/s",
-            "GFLOP/s", "vs torch (p50)", "vs torch (rounds)", "setup s", "first ms", "flags"]
+            "rounds (max/min round p50)", "p50 ms", "p90 ms", "p99 ms", "mean ms", "min ms", "max ms", "CV", "img/s",
+            "GFLOP/s", "vs torch (p50)", "vs torch (rounds)", "vs fp32 (rounds)", "setup s",
+            "first ms", "flags"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         spread = r.get("round_spread")
@@ -186,6 +220,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                  _fmt(r["throughput_ips"], 1), _fmt(r.get("gflops"), 1),
                  (f"{r['speedup_vs_torch']:.2f}x" if r.get("speedup_vs_torch") else "-"),
                  _round_speedup(r),
+                 _fmt(r.get("speedup_vs_fp32_rounds") or r.get("speedup_vs_fp32")) + "x"
+                 if r.get("speedup_vs_fp32") else "-",
                  _fmt(r.get("setup_s")), _fmt(r.get("first_infer_ms"), 1), _flags(r)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
@@ -274,6 +310,8 @@ def markdown(doc: dict[str, Any]) -> str:
     if doc.get("interrupted"):
         parts += ["**Interrupted (Ctrl-C): only what was measured before is shown.**", ""]
     parts += environment_lines(doc["environment"])
+    if cfg.get("threads_note"):
+        parts.append(f"- Threads chosen: {cfg['threads_note']}")
     parts += _method_lines(cfg)
     if not rows:
         parts += ["", "(no results)"]
@@ -292,6 +330,19 @@ def markdown(doc: dict[str, Any]) -> str:
                       "(rounds)\"), not absolute latencies; where their interquartile range is "
                       "wide, more rounds narrow it (e.g. `--rounds 40 --min-iters 40`), and a "
                       "quiet machine gives the absolute figures."]
+    loose = [r for r in rows if r.get("speedup_vs_torch_rounds")
+             and not quotable(r.get("speedup_vs_torch_rounds_iqr"))]
+    if loose:
+        parts += ["", f"**Not quotable ({len(loose)} of {len(rows)} rows):** their per-round "
+                      f"speed-ups spread more than {QUOTABLE_SPREAD:g}x between the quartiles, "
+                      "so no single figure stands for them; the range is shown instead. More "
+                      "rounds or a quieter machine narrow it."]
+    collapsed = [r for r in rows if "THREADS-COLLAPSE" in (r.get("flags") or [])]
+    if collapsed:
+        parts += ["", "**THREADS-COLLAPSE rows:** eager torch's per-image time grew with the "
+                      "batch: its OpenMP threads outnumber the cores the machine can give and "
+                      "spin against the other load. Its figures (and every ratio against it) "
+                      "describe the contention, not the model; rerun with `--threads 1`."]
     if doc["skipped"]:
         parts += ["", "Skipped:", ""]
         for s in doc["skipped"]:
@@ -357,7 +408,9 @@ def _plot_model(ax_lat: Any, ax_tput: Any, rows_plotted: list[dict[str, Any]], t
         for ax, key, subset in ((ax_lat, "p50_ms", latency_rows),
                                 (ax_tput, "throughput_ips", rows_plotted)):
             values = [r[key] for r in subset if r[key] > 0]
-            if values and max(values) / min(values) > 20:  # log only when the range needs it
+            # latency always (runtimes and batches differ by orders of magnitude); throughput
+            # only when the range needs it
+            if values and (ax is ax_lat or max(values) / min(values) > 20):
                 ax.set_yscale("log")
                 ax.yaxis.set_major_formatter(plain)
                 ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))

@@ -112,3 +112,46 @@ def ratio_spread(ratios: Sequence[float]) -> list[float] | None:
     if len(ratios) < 3:
         return None
     return [float(v) for v in np.percentile(ratios, (25, 75))]
+
+
+#: A per-round speed-up whose interquartile range spans more than this (largest / smallest) is
+#: not quotable: the rounds disagree on it by more than half again.
+QUOTABLE_SPREAD = 1.5
+#: Eager torch whose per-image latency at a larger batch is this many times its smallest batch's
+#: has collapsed: its OpenMP threads spin against other load for the cores (measured on a busy
+#: 2-core machine: 674.69 ms at batch 8 against 6.72 ms at batch 1, 12.5x per image).
+COLLAPSE_FACTOR = 3.0
+
+
+def quotable(iqr: Sequence[float] | None) -> bool:
+    """Whether a per-round speed-up with this interquartile range may be quoted as one figure."""
+    return iqr is None or (iqr[0] > 0 and iqr[1] / iqr[0] <= QUOTABLE_SPREAD)
+
+
+def thread_collapse(rows: list[dict]) -> list[dict]:
+    """Flag eager torch CPU latency rows whose per-image time collapsed against their smallest
+    batch (THREADS-COLLAPSE, with the reason); returns the rows flagged."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("backend") == "torch" and r.get("device") == "cpu" and r.get("timing") != \
+                "throughput" and r.get("p50_ms"):
+            key = (r.get("model_label"), r.get("precision"), bool(r.get("channels_last")))
+            groups.setdefault(key, []).append(r)
+    flagged = []
+    for group in groups.values():
+        base = min(group, key=lambda r: r["batch_size"])
+        per_image = base["p50_ms"] / base["batch_size"]
+        for r in group:
+            factor = (r["p50_ms"] / r["batch_size"]) / per_image
+            if r is base or factor <= COLLAPSE_FACTOR:
+                continue
+            r.setdefault("flags", [])
+            r.setdefault("flag_reasons", [])
+            if "THREADS-COLLAPSE" not in r["flags"]:
+                r["flags"].append("THREADS-COLLAPSE")
+                r["flag_reasons"].append(
+                    f"{factor:.1f}x batch {base['batch_size']}'s time per image: torch's "
+                    f"{r.get('threads')} thread(s) outnumber the free cores (try --threads 1 "
+                    "or a quiet machine)")
+            flagged.append(r)
+    return flagged

@@ -388,3 +388,71 @@ def test_markdown_shows_the_flags_and_what_to_do_about_a_busy_machine(cpu_run):
     md = report.markdown(doc)
     assert "| BUSY: load average 9.00 > 2 usable cores |" in md
     assert "**BUSY rows:**" in md and "--rounds 40 --min-iters 40" in md
+
+
+def _torch_rows(doc):
+    return sorted((r for r in doc["results"] if r["backend"] == "torch"),
+                  key=lambda r: r["batch_size"])
+
+
+def test_eager_torch_collapse_is_flagged_and_explained(cpu_run):
+    """The issue's busy 2-core figures: 6.72 ms at batch 1, 674.69 ms at batch 2..8."""
+    from bench.stats import thread_collapse
+
+    doc = json.loads((cpu_run[0] / "bench.json").read_text())
+    assert not thread_collapse(doc["results"])  # this run (1 thread) did not collapse
+    one, two = _torch_rows(doc)
+    one["p50_ms"], two["p50_ms"] = 6.72, 674.69
+    assert thread_collapse(doc["results"]) == [two]
+    assert "THREADS-COLLAPSE" in two["flags"] and "outnumber the free cores" in \
+        two["flag_reasons"][-1]
+    assert "**THREADS-COLLAPSE rows:**" in report.markdown(doc)
+
+
+def test_wide_round_ratios_are_not_quotable(cpu_run):
+    doc = json.loads((cpu_run[0] / "bench.json").read_text())
+    row = next(r for r in doc["results"] if r["backend"] == "onnxruntime" and r["batch_size"] == 2)
+    row.update(speedup_vs_torch_rounds=289.84, speedup_vs_torch_rounds_iqr=[3.03, 406.73])
+    md = report.markdown(doc)
+    assert "not quotable (3.03-406.73x)" in md and "289.84x" not in md
+    assert "not quotable, 3.03-406.73x" in report.summary_table(doc["results"])
+    assert "**Not quotable (" in md
+    row.update(speedup_vs_torch_rounds_iqr=[2.40, 2.52])
+    assert "| 289.84x (2.40-2.52) |" in report.markdown(doc)
+    assert "| rounds (max/min round p50) |" in report.markdown_table(doc["results"])
+
+
+def test_lower_precisions_are_compared_with_fp32_of_the_same_runtime(cpu_run):
+    doc = json.loads((cpu_run[0] / "bench.json").read_text())
+    fp32 = next(r for r in doc["results"] if r["backend"] == "onnxruntime" and r["batch_size"] == 1)
+    int8 = {**fp32, "precision": "int8", "label": "onnxruntime int8",
+            "p50_ms": fp32["p50_ms"] / 2, "round_p50_ms":
+            [v / 2 for v in fp32.get("round_p50_ms") or []]}
+    other = {**int8, "backend": "openvino"}  # no FP32 openvino row: nothing to compare with
+    rows = [*doc["results"], int8, other]
+    report.add_speedups(rows)
+    assert int8["speedup_vs_fp32"] == pytest.approx(2.0) and fp32["speedup_vs_fp32"] is None
+    assert other["speedup_vs_fp32"] is None
+    assert "; 2.00x fp32" in report.summary_table(rows)
+    assert "| 2.00x |" in report.markdown_table([int8])
+
+
+def test_busy_machine_gets_the_threads_it_can_give(monkeypatch):
+    import bench.cli as cli
+    from export.core.hardware import usable_cores
+
+    monkeypatch.setattr(cli, "others_cores", lambda before, after: float(usable_cores()))
+    threads, note = cli.free_threads(0.01)
+    assert threads == 1
+    if usable_cores() > 1:
+        assert "the machine is busy" in note and "1 thread(s)" in note
+    monkeypatch.setattr(cli, "others_cores", lambda before, after: 0.0)
+    assert cli.free_threads(0.01) == (usable_cores(), None)
+
+
+def test_no_progress_bar_off_a_terminal(tmp_path, cache_dir):
+    args = [a for a in FAST if a != "--no-progress"]
+    result = invoke([*args, "--backends", "null", "--batch-sizes", "1", "--threads", "1",
+                     "--cache-dir", str(cache_dir), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert "it/s" not in result.stderr and "%|" not in result.stderr
