@@ -247,3 +247,22 @@ def test_the_gate_prints_each_row_as_it_is_judged(tmp_path, monkeypatch):
     # real and random inputs at batch 1, 2 and 4, for each candidate runtime
     assert len(judged) % 6 == 0 and len(judged) >= 6
     assert judged == sorted(judged) and len(set(judged)) == len(judged)  # a line between each
+
+
+def test_figures_that_are_not_judged_are_bracketed_and_absent_runtimes_named():
+    """INT8 rows used to read `fail 8 ... pass` and `top1 88% ... pass`."""
+    from export.gate.judge import not_judged
+    from export.gate.parity import TOLERANCES, table_row
+    from export.runtime.registry import get_runtime
+
+    ref = _logits()
+    noisy = ref + np.random.default_rng(0).normal(0, 0.3, ref.shape).astype(np.float32)
+    row = table_row(compare(ref, noisy, TOLERANCES["int8"], "real b=8"))
+    cells = row.split()
+    assert cells[3].startswith("(") and cells[6].startswith("(") and cells[8].startswith("(")
+    strict = table_row(compare(ref, ref.copy(), TOLERANCES["fp32"], "real b=8")).split()
+    assert strict[3] == "0"
+    absent = not_judged({"format": "onnx", "precision": "fp32", "int8": None})
+    cuda = get_runtime("onnxruntime-cuda").unavailable()
+    assert (f"onnxruntime-cuda ({cuda})" in absent) == (cuda is not None)
+    assert not any(a.startswith("onnxruntime (") for a in absent)

@@ -32,6 +32,17 @@ class GateCandidate:
     contract: str
 
 
+def not_judged(manifest: dict[str, Any]) -> list[str]:
+    """The runtimes that would judge this artifact but are absent here, each with why."""
+    fmt = manifest["format"]
+    built_from = manifest["tensorrt"]["built_from"] if fmt == "trt" else None
+    flavour = (manifest.get("int8") or {}).get("flavour")
+    return [f"{info.name} ({info.unavailable()})"
+            for info in runtimes_for(SOURCE_FORMAT[manifest["precision"]] if built_from else fmt,
+                                     flavour)
+            if info.judges and info.unavailable() is not None]
+
+
 def gate_candidates(folder: Path, manifest: dict[str, Any]) -> list[GateCandidate]:
     """The artifact in every runtime here that judges it (the registry's), each with the
     contract it is judged by.
@@ -108,12 +119,16 @@ def judge_artifact(folder: Path, manifest: dict[str, Any], source: SourceModel, 
                  f"artifact keeps its {manifest['precision']} verdict and will not be run at "
                  f"{found.contract}")
         verdicts.append(verdict)
+    absent = not_judged(manifest)
+    if absent:
+        echo(f"not judged (absent here): {'; '.join(absent)}")
     contracts: dict[str, bool] = {}
     for verdict in verdicts:
         contracts[verdict.precision] = contracts.get(verdict.precision, True) and verdict.passed
     # the artifact passes on its own contract; others (bf16 execution) are recorded beside it
     parity = {"passed": contracts[manifest["precision"]], "contracts": contracts,
-              "inputs": described, "runs": [v.to_dict() for v in verdicts]}
+              "inputs": described, "runs": [v.to_dict() for v in verdicts],
+              "not_judged": absent}
     return parity, verdicts
 
 
