@@ -24,7 +24,9 @@ from typing import Any, Callable
 import click
 import torch
 
-from export.core.artifact import MAX_INPUT_SIZE, enclosing_artifact
+from export.core.artifact import enclosing_artifact
+
+from export.core.manifest import MAX_INPUT_SIZE
 from export.core.cli import (DefaultCommand, DefaultGroup, OneLineCommand, model_options,
                              one_line_errors, print_family_table, resolve_model_name)
 from export.core.errors import UserError, first_line
@@ -34,7 +36,7 @@ from export.core.models import default_spec
 from export.runtime.ort_runner import ORT_OPTIMIZATION_LEVELS
 
 from . import environment, report
-from .plan import BACKENDS, PRECISIONS, Candidate, Request, Skip, plan
+from .cases import BACKENDS, PRECISIONS, Candidate, Request, Skip, plan
 from .stats import NoiseRule
 from .sweep import sweep
 from .timing import TimingConfig

@@ -26,7 +26,7 @@ from export.core.models import ModelSpec
 from export.runtime.base import Runner
 
 from . import load
-from .plan import Candidate, Skip
+from .cases import Candidate, Skip
 from .stats import NoiseRule, round_summary, summarize
 from .timing import (ClockTimer, Contender, CudaEventTimer, Samples, Timer, TimingConfig,
                      measure_rounds, time_once)

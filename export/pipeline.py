@@ -31,33 +31,29 @@ from typing import Any, Callable
 
 import onnx
 
-from .core.artifact import (FAILED_SUFFIX, FORMATS, MANIFEST_NAME, MAX_BATCH, MAX_INPUT_SIZE,
-                            artifact_file, enclosing_artifact, owned_artifact, read_manifest,
-                            recover_interrupted, replace_folder, staging_prefix, STAGING_SUFFIX,
+from .core.artifact import (artifact_file, enclosing_artifact, owned_artifact, read_manifest,
                             verify_files)
-from .core.errors import BackendUnavailable, ParityFailed, UserError, first_line
+
+from .core.folders import recover_interrupted, replace_folder, staging_prefix
+
+from .core.manifest import (FAILED_SUFFIX, FORMATS, MANIFEST_NAME, MAX_BATCH, MAX_INPUT_SIZE,
+                            STAGING_SUFFIX)
+from .core.errors import ParityFailed, UserError
 from .core.fileio import current_umask, make_dirs, remove_dirs
 from .core.hardware import available_memory, inference_bytes
 from .core.models import ModelSpec, default_spec
-from .calibration import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
-from .calibration import accuracy_set, calibration_set
-from .fp16 import convert_to_fp16
-from .int8 import DEFAULT_METHOD, quantize_qdq
-from .manifest import build_manifest, file_entry, library_versions, write_manifest
-from .onnx_export import (DEFAULT_OPSET, export_onnx, io_signature, save_onnx, stamp_metadata)
-from .parity import (TOLERANCES, ParityInput, Verdict, random_inputs, real_inputs, run_gate,
-                     table_footer, table_header, table_row)
+from .convert.calibration import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
+from .convert.calibration import calibration_set
+from .convert.fp16 import convert_to_fp16
+from .convert.int8 import DEFAULT_METHOD, quantize_qdq
+from .core.manifest import build_manifest, file_entry, library_versions, write_manifest
+from .convert.onnx_export import (DEFAULT_OPSET, export_onnx, io_signature, save_onnx, stamp_metadata)
+from .gate.judge import judge_artifact
+from .gate.parity import Verdict
 from .core.shapes import BatchRange
-from .runtime.base import Runner
-from .runtime.loader import runner_for
-from .runtime.openvino_runner import openvino_usable
-from .runtime.ort_runner import cuda_provider_usable
-from .runtime.torch_runner import TorchRunner
-from .train.data import reference_images
-from .weights import CALIBRATION_BATCH_SIZE, DEFAULT_SEED, SourceModel, checkpoint_source, \
+from .core.weights import CALIBRATION_BATCH_SIZE, DEFAULT_SEED, SourceModel, checkpoint_source, \
     fresh_source, source_from_manifest, with_relative_path
 
-RANDOM_SEED = 1234
 Echo = Callable[[str], None]
 
 
@@ -142,125 +138,6 @@ def normalization_of(spec: ModelSpec) -> dict[str, Any]:
     return {"mean": list(spec.mean), "std": list(spec.std), "layout": "NCHW",
             "pixel_scale": "pixels / 255, then (x - mean) / std per channel",
             "color": "RGB" if spec.in_chans == 3 else f"{spec.in_chans}-channel (grayscale)"}
-
-
-# ---------------------------------------------------------------------------------------------
-# The gate's inputs and runners
-# ---------------------------------------------------------------------------------------------
-
-
-def parity_inputs(spec: ModelSpec, batch: BatchRange, dataset: dict[str, Any] | None
-                  ) -> tuple[list[ParityInput], dict[str, Any]]:
-    """Real test-split images (where available) and seeded random inputs at each batch size."""
-    sizes = batch.parity_sizes()
-    shape = (spec.in_chans, spec.input_size, spec.input_size)
-    items: list[ParityInput] = []
-    real: dict[str, Any] = {"available": False, "dataset": dataset, "count": 0, "note": None}
-    try:
-        images = reference_images(dataset, spec, limit=max(sizes))
-    except UserError as exc:
-        real["note"] = f"real images unavailable: {exc}"
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a damaged description
-        real["note"] = f"real images unavailable: the dataset description does not read " \
-                       f"({first_line(exc)})"
-    else:
-        if len(images):
-            items += real_inputs(images, sizes)
-            real.update(available=True, count=int(len(images)))
-        else:
-            real["note"] = "real images unavailable: the test split is empty"
-    items += random_inputs(shape, sizes, RANDOM_SEED)
-    described = {"batch_sizes": sizes, "real": real,
-                 "random": {"distribution": "N(0,1)", "seed": RANDOM_SEED}}
-    return items, described
-
-
-@dataclass
-class Candidate:
-    """One runtime running the artifact, and the precision contract it is judged by."""
-
-    runner: Runner
-    contract: str
-
-
-def candidate_runners(folder: Path, manifest: dict[str, Any]) -> list[Candidate]:
-    """The artifact in every runtime here that runs it, each with the contract it is judged by.
-
-    ONNX formats: ONNX Runtime CPU, the CUDA provider where it is usable (the only ONNX Runtime
-    that computes FP16 natively), and OpenVINO's CPU plugin where it is installed, at the
-    artifact's precision set explicitly and, for FP32 artifacts on CPUs with native BF16, also at
-    bf16 (the bf16 contract). An engine: the ONNX it was built from on ONNX Runtime (CPU, and
-    CUDA where usable), then the engine itself.
-    """
-    own = manifest["precision"]
-    built_from = manifest["tensorrt"]["built_from"] if manifest["format"] == "trt" else None
-    providers = [["CPUExecutionProvider"]]
-    if cuda_provider_usable():
-        providers.append(["CUDAExecutionProvider"])
-    found = [Candidate(runner_for(folder, manifest, p, file=built_from), own) for p in providers]
-    if built_from is not None:
-        return found + [Candidate(runner_for(folder, manifest), own)]
-    int8 = manifest.get("int8") or {}
-    if openvino_usable() and int8.get("flavour", "cpu") == "cpu":  # OpenVINO refuses signed
-        found.append(Candidate(runner_for(folder, manifest, runtime="openvino"), own))  # int8
-        if own == "fp32":
-            try:
-                found.append(Candidate(runner_for(folder, manifest, runtime="openvino",
-                                                  precision="bf16"), "bf16"))
-            except BackendUnavailable:  # no native BF16 here: not judged, never emulated
-                pass
-    return found
-
-
-def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
-         ) -> tuple[dict[str, Any], list[Verdict]]:
-    """Run the gate for every candidate runtime; print a table for each."""
-    spec = ModelSpec.from_dict(manifest["model"])
-    batch = BatchRange.from_dict(manifest["batch_range"])
-    dataset = source.dataset
-    recorded = (manifest.get("parity") or {}).get("inputs", {}).get("real", {})
-    if recorded.get("dataset") is not None:
-        dataset = recorded["dataset"]
-    inputs, described = parity_inputs(spec, batch, dataset)
-    notes = [described["real"]["note"]] if described["real"]["note"] else []
-    labelled = None
-    if TOLERANCES[manifest["precision"]].max_accuracy_drop is not None:
-        int8 = manifest.get("int8") or {}
-        labelled, described["accuracy"] = accuracy_set(
-            spec, dataset, batch.max, int8.get("calibration"))
-    if not TOLERANCES[manifest["precision"]].judge_random:
-        notes.append(f"random inputs are not judged at {manifest['precision']}: they lie "
-                     "outside the ranges it was calibrated for")
-    reference = TorchRunner(source.model, device="cpu")
-    verdicts = []
-    for found in candidate_runners(folder, manifest):
-        candidate = found.runner
-        started = time.perf_counter()
-        echo(table_header(found.contract, candidate.label, reference.label,
-                          candidate.arithmetic))
-        try:
-            verdict = run_gate(reference, candidate, inputs, found.contract, notes,
-                               on_comparison=lambda c: echo(table_row(c)),
-                               labelled=labelled if found.contract == manifest["precision"]
-                               else None)
-        except (UserError, BackendUnavailable, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # an artifact its runtime cannot run fails the gate
-            raise ParityFailed(f"{candidate.label} could not run the artifact: "
-                               f"{first_line(exc)}") from None
-        echo(table_footer(verdict) + f"  ({time.perf_counter() - started:.1f}s)")
-        if found.contract != manifest["precision"] and not verdict.passed:
-            echo(f"note: the {found.contract} contract failed on {candidate.label}; the "
-                 f"artifact keeps its {manifest['precision']} verdict and will not be run at "
-                 f"{found.contract}")
-        verdicts.append(verdict)
-    contracts: dict[str, bool] = {}
-    for verdict in verdicts:
-        contracts[verdict.precision] = contracts.get(verdict.precision, True) and verdict.passed
-    # the artifact passes on its own contract; others (bf16 execution) are recorded beside it
-    parity = {"passed": contracts[manifest["precision"]], "contracts": contracts,
-              "inputs": described, "runs": [v.to_dict() for v in verdicts]}
-    return parity, verdicts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +275,7 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
         raise UserError("--out names one folder; leave it out when exporting several formats")
     trt_version, gpu = None, None
     if "trt" in formats:  # before anything is read or created
-        from .tensorrt_build import require_tensorrt
+        from .convert.tensorrt_build import require_tensorrt
 
         trt, gpu = require_tensorrt()
         trt_version = str(trt.__version__)
@@ -534,7 +411,7 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
     files = [file_entry(staging, onnx_name, "artifact" if req.fmt != "trt" else "source-onnx")]
     artifact, tensorrt = onnx_name, None
     if req.fmt == "trt":
-        from .tensorrt_build import DEFAULT_WORKSPACE, build_engine, timing_cache_reusable
+        from .convert.tensorrt_build import DEFAULT_WORKSPACE, build_engine, timing_cache_reusable
 
         engine_name, cache_name = f"{spec.name}.engine", "timing.cache"
         reuse = timing_cache_reusable(previous, trt_version, gpu)
@@ -561,7 +438,7 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
         tensorrt=tensorrt, gpu=gpu.to_dict() if gpu is not None and req.fmt == "trt" else None,
         versions=library_versions(trt_version), parity={"passed": False, "runs": []},
         int8=int8_report)
-    parity, verdicts = gate(staging, manifest, source, echo)
+    parity, verdicts = judge_artifact(staging, manifest, source, echo)
     manifest["parity"] = parity
     write_manifest(staging, manifest)
     return manifest, verdicts
@@ -602,15 +479,15 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
     verify_files(folder, manifest)
     echo(f"{folder}: {len(manifest['files'])} files match their sha256")
     if manifest["format"] == "trt":
-        from .tensorrt_build import check_engine_compatible, cuda_gpu, tensorrt_version
+        from .convert.tensorrt_build import check_engine_compatible, cuda_gpu, tensorrt_version
 
         if tensorrt_version() is None or cuda_gpu() is None:
-            from .tensorrt_build import require_tensorrt
+            from .convert.tensorrt_build import require_tensorrt
 
             require_tensorrt("verifying a TensorRT engine")
         check_engine_compatible(manifest, tensorrt_version(), cuda_gpu())
     source = source_from_manifest(manifest, folder)
-    parity, verdicts = gate(folder, manifest, source, echo)
+    parity, verdicts = judge_artifact(folder, manifest, source, echo)
     if not parity["passed"]:
         raise ParityFailed(f"parity gate FAILED on {folder}: {_first_failure(verdicts)}")
     if not manifest["parity"].get("passed"):
@@ -620,4 +497,4 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
 
 __all__ = ["ExportRequest", "ExportResult", "FORMATS", "ParityFailed", "check_limits",
            "check_out", "export_artifact", "export_artifacts", "verify_artifact",
-           "resolve_source", "parity_inputs", "gate"]
+           "resolve_source"]

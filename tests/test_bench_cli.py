@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import bench.plan as backends
+import bench.cases as backends
 from bench import report
 from bench.cli import main
 
@@ -224,7 +224,7 @@ def test_a_backend_failing_at_one_batch_size_is_skipped_and_the_run_goes_on(tmp_
 
 def _write_artifact(folder, onnx_path, batch_range, passed=True):
     """A real artifact folder (the manifest schema) around an ONNX file from the cache."""
-    from export.manifest import build_manifest, file_entry, write_manifest
+    from export.core.manifest import build_manifest, file_entry, write_manifest
 
     folder.mkdir()
     shutil.copy(onnx_path, folder / "model.onnx")

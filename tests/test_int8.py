@@ -1,4 +1,4 @@
-"""INT8 post-training quantization (export/int8.py): structure of both flavours, closeness to FP32,
+"""INT8 post-training quantization (export/convert/int8.py): structure of both flavours, closeness to FP32,
 a damaged artifact that a gate can catch, and every bad input as one UserError line.
 
 ResNet-20 at 16x16 on one channel (the digits' shape), calibrated on the digits' training split
@@ -19,11 +19,11 @@ import torch
 from onnx import numpy_helper
 
 from export import int8
-from export.train.data import describe_source, load_training_data, normalise, to_channels
+from export.data import describe_source, load_training_data, normalise, to_channels
 from export.core.errors import UserError
 from export.core.models import ModelSpec
-from export.onnx_export import export_onnx, save_onnx
-from export.weights import fresh_source
+from export.convert.onnx_export import export_onnx, save_onnx
+from export.core.weights import fresh_source
 
 SIZE = 16
 CALIBRATION = 64

@@ -24,7 +24,7 @@ from export.core.shapes import BatchRange
 from export.pipeline import ExportRequest, export_artifact, resolve_source
 from export.runtime.base import Runner
 from export.runtime.tensorrt_runner import cuda_gpu
-from export.tensorrt_build import check_parse
+from export.convert.tensorrt_build import check_parse
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,9 +22,9 @@ from export.core.errors import UserError
 from export.core.models import ModelSpec
 from export.train import data as data_module
 from export.train.cli import main as train_cli
-from export.train.data import (describe_source, load_training_data, normalise, reference_images,
+from export.data import (describe_source, load_training_data, normalise, reference_images,
                                resize_array, scan, split_of, to_channels)
-from export.train.layouts import FASHION_MNIST_CLASSES
+from export.data.layouts import FASHION_MNIST_CLASSES
 
 N_TRAIN, N_TEST = lw.N_TRAIN, 1797 - lw.N_TRAIN
 

@@ -31,9 +31,10 @@ from ..core.errors import UnknownModelError, UserError, first_line, printable
 from ..core.fileio import atomic_path, write_json
 from ..core.hardware import available_memory, format_bytes
 from ..core.models import ModelSpec
-from .data import Augment, ImageDataset, TrainingData, channel_stats, describe_source, \
-    load_training_data, scan, source_name, split_of
+from ..data import (TrainingData, channel_stats, describe_source, load_training_data, scan,
+                    source_name, split_of)
 from .adapt import load_init_weights
+from .datasets import Augment, ImageDataset
 from .config import RESUME_CHANGES, TrainConfig, default_notes
 from .devices import Processes, cpu_thread_count, cpu_threads, pick_device, process_group
 from .plots import format_confusion, plot_curves

@@ -9,7 +9,6 @@ when the CLI prepares a candidate, so a skipped backend costs nothing.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from export.core import cpu_features
 from export.core.artifact import read_manifest
 from export.core.errors import UserError
 from export.core.models import ModelSpec, count_macs
@@ -27,23 +25,20 @@ from export.core.errors import BackendUnavailable
 from export.runtime.base import Runner
 from export.runtime.loader import load_artifact
 from export.runtime.openvino_runner import OpenVINORunner
-from export.runtime.ort_runner import OnnxRuntimeRunner, missing_provider
+from export.runtime.ort_runner import OnnxRuntimeRunner
+from export.runtime.registry import RUNTIMES, bf16_unavailable, get_runtime
 from export.runtime.torch_runner import TorchRunner
 
 from .onnx_cache import INT8_CALIBRATION_COUNT, INT8_NOTE, cached_int8_onnx, cached_onnx, \
     int8_quantizer_unavailable
 
-ORT_PROVIDERS: dict[str, list[str]] = {
-    "onnxruntime": ["CPUExecutionProvider"],
-    "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "onnxruntime-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                        "CPUExecutionProvider"],
-}
+#: the ONNX Runtime entries of the runtime registry (one per execution provider list)
+ORT_BACKENDS = tuple(name for name, info in RUNTIMES.items() if info.providers)
 TORCH_BACKENDS = ("torch", "torch-compile")
 #: CPU runtimes of ONNX files: what on-the-fly INT8 and --artifacts' ONNX files run on
 ONNX_CPU_BACKENDS = ("onnxruntime", "openvino")
 #: every name --backends accepts; "null" does nothing and measures the harness itself
-BACKENDS = (*TORCH_BACKENDS, *ORT_PROVIDERS, "openvino", "tensorrt", "null")
+BACKENDS = (*TORCH_BACKENDS, *ORT_BACKENDS, "openvino", "tensorrt", "null")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 #: what a run without --backends measures, per device; the rest are listed as skipped
 DEFAULT_BACKENDS = {
@@ -203,26 +198,9 @@ class _Models:
         return self._macs[key]
 
 
-def _ort_available(backend: str) -> str | None:
-    return missing_provider(ORT_PROVIDERS[backend])
-
-
-def _openvino_unavailable() -> str | None:
-    if importlib.util.find_spec("openvino") is None:
-        return "openvino is not installed (pip install 'resnet-deploy[openvino]')"
-    return None
-
-
-def _bf16_unavailable(runtime: str) -> str | None:
-    """Why BF16 would not be native on this CPU (None: it is)."""
-    native = cpu_features.native_bf16()
-    if native:
-        return None
-    isa = cpu_features.summary()
-    if native is None:
-        return f"cannot tell whether this CPU ({isa}) has native BF16; {runtime} bf16 not run"
-    return (f"this CPU ({isa}) has no native BF16 (neither AVX512-BF16 nor AMX-BF16); {runtime} "
-            "would emulate it, slower than FP32, so it is not run")
+def _unavailable(backend: str) -> str | None:
+    """Why a registry runtime cannot run here (None: it can); the registry's probe."""
+    return get_runtime(backend).unavailable()
 
 
 def _compile_unavailable(device: str) -> str | None:
@@ -303,8 +281,8 @@ class Planner:
                         self._skip(Skip(backend, reason, precision))
                     else:
                         self._add_torch(backend, spec, precision, graphs, compile_)
-        elif backend in ORT_PROVIDERS:
-            reason = _ort_available(backend)
+        elif backend in ORT_BACKENDS:
+            reason = _unavailable(backend)
             for precision in precisions:
                 reason_p = reason or self._onnx_precision_unavailable(backend, precision)
                 if reason_p:
@@ -313,7 +291,7 @@ class Planner:
                 self._add_ort(backend, spec, precision)
         elif backend == "openvino":
             reason = ("CPU backend: measured with --device cpu" if req.device != "cpu"
-                      else _openvino_unavailable())
+                      else _unavailable("openvino"))
             for precision in precisions:
                 reason_p = reason or self._onnx_precision_unavailable(backend, precision)
                 if reason_p:
@@ -360,7 +338,7 @@ class Planner:
                         "benchmark an INT8 artifact with --artifacts DIR")
             return int8_quantizer_unavailable()
         if backend == "openvino" and precision == "bf16":
-            return _bf16_unavailable("openvino")
+            return bf16_unavailable("openvino")
         if backend == "openvino":
             return ("the OpenVINO runner sets fp32, bf16 or int8 explicitly (FP16 inference "
                     "is not measured on the CPU)")
@@ -387,7 +365,7 @@ class Planner:
 
         def prepare() -> tuple[Runner, dict[str, Any]]:
             path, info = self._onnx_file(spec, precision)
-            runner = OnnxRuntimeRunner(path, ORT_PROVIDERS[backend], req.threads, precision,
+            runner = OnnxRuntimeRunner(path, list(get_runtime(backend).providers), req.threads, precision,
                                        optimization_level=req.ort_opt_level)
             return runner, info
 
@@ -440,7 +418,7 @@ class Planner:
                                               f"--precision", precision, artifact=artifact))
                 continue
             if fmt in ("onnx", "onnx-fp16", "onnx-int8"):  # every ONNX runtime present
-                wanted = ([b for b in self.req.backends if b in ORT_PROVIDERS or b == "openvino"]
+                wanted = ([b for b in self.req.backends if b in ORT_BACKENDS or b == "openvino"]
                           if self.req.backends is not None else
                           list(ONNX_CPU_BACKENDS) if self.req.device == "cpu"
                           else ["onnxruntime-cuda", "onnxruntime-trt"])
@@ -452,9 +430,7 @@ class Planner:
                                          artifact=artifact))
                 continue
             for backend in wanted:
-                reason = (_ort_available(backend) if backend in ORT_PROVIDERS
-                          else _openvino_unavailable() if backend == "openvino"
-                          else _tensorrt_unavailable())
+                reason = _unavailable(backend)
                 if reason:
                     self._skip(Skip(backend, reason, precision, artifact=artifact))
                     continue
@@ -472,7 +448,7 @@ class Planner:
                                     batch_range: tuple[int, int] | None, artifact: str) -> None:
         """An FP32 ONNX artifact at bf16 on OpenVINO, where the CPU has native BF16 (the loader
         then refuses it unless the artifact's gate judged the bf16 contract)."""
-        reason = _openvino_unavailable() or _bf16_unavailable("openvino")
+        reason = _unavailable("openvino") or bf16_unavailable("openvino")
         if reason:
             self._skip(Skip("openvino", reason, "bf16", artifact=artifact))
             return
@@ -484,8 +460,8 @@ class Planner:
     def _artifact_loader(self, folder: Path, backend: str, precision: str | None = None
                          ) -> Callable[[], tuple[Runner, dict[str, Any]]]:
         def prepare() -> tuple[Runner, dict[str, Any]]:
-            if backend in ORT_PROVIDERS:  # the same thread count and options as on-the-fly ONNX
-                return load_artifact(folder, providers=ORT_PROVIDERS[backend],
+            if backend in ORT_BACKENDS:  # the same thread count and options as on-the-fly ONNX
+                return load_artifact(folder, providers=list(get_runtime(backend).providers),
                                      threads=self.req.threads,
                                      optimization_level=self.req.ort_opt_level), {}
             if backend == "openvino":
@@ -497,14 +473,6 @@ class Planner:
             return load_artifact(folder), {}
 
         return prepare
-
-
-def _tensorrt_unavailable() -> str | None:
-    if importlib.util.find_spec("tensorrt") is None:
-        return "the tensorrt Python package is not installed"
-    if not torch.cuda.is_available():
-        return "TensorRT needs a CUDA device"
-    return None
 
 
 def find_manifests(root: Path) -> list[Path]:

@@ -8,7 +8,7 @@ JSON-ready report for the manifest.
 Steps of :func:`quantize_qdq`:
 
 1. check the flavour, the method and the calibration array against the model's input
-   (one :class:`~export.errors.UserError` line for anything wrong);
+   (one :class:`~export.core.errors.UserError` line for anything wrong);
 2. ``onnxruntime.quantization.shape_inference.quant_pre_process``: symbolic and ONNX shape
    inference plus ONNX Runtime's basic graph optimisations, which ONNX Runtime recommends before
    quantizing (it also marks the model so ``quantize_static`` does not warn);
@@ -77,7 +77,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .core.errors import UserError
+from ..core.errors import UserError
 
 FLAVOURS = ("cpu", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")

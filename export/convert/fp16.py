@@ -32,7 +32,7 @@ import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from .core.errors import UserError
+from ..core.errors import UserError
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 FP16_MIN_POSITIVE = 5.96e-08  # the smallest subnormal: smaller non-zero weights are raised to it
