@@ -3,7 +3,7 @@
 
 Each depth is built with fresh seeded weights (as ``resnet-export`` without ``--checkpoint``),
 exported ONCE to FP32 ONNX, converted by both converters and judged by the parity gate's own
-code (``export.pipeline.parity_inputs`` and ``export.parity.run_gate``: the same real and random
+code (``export.gate.inputs.parity_inputs`` and ``export.gate.parity.run_gate``: the same real and random
 inputs at each batch size of the range, the same metrics) on ONNX Runtime CPU, which computes an
 FP16 graph in FP32 (it casts around its FP32 kernels), so the figures measure the FP16 rounding
 of weights and of the tensors between nodes, not FP16 arithmetic.
@@ -11,8 +11,8 @@ of weights and of the tensors between nodes, not FP16 arithmetic.
     PYTHONPATH=. python3 scripts/fp16_parity.py --depths 18,34,50 [--input-size 224] \
         [--batch-range 1:8:32] [--baseline <git revision>] [--json out.json]
 
-``--baseline`` loads ``export/fp16.py`` as it was at that revision (the hand-written converter
-before 2026-12: any commit of main before the switch to onnxruntime's converter).
+``--baseline`` loads the converter module as it was at that revision (71ee936 is the last one
+with the hand-written converter, before the switch to onnxruntime's).
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from export import fp16
+from export.convert import fp16
+from export.convert.onnx_export import export_onnx, save_onnx
 from export.core.models import default_spec
 from export.core.shapes import BatchRange
-from export.onnx_export import export_onnx, save_onnx
-from export.parity import run_gate
-from export.pipeline import parity_inputs
+from export.core.weights import fresh_source
+from export.gate.inputs import parity_inputs
+from export.gate.parity import run_gate
 from export.runtime.ort_runner import OnnxRuntimeRunner
 from export.runtime.torch_runner import TorchRunner
-from export.weights import fresh_source
 
 
 def baseline_module(revision: str, folder: Path) -> ModuleType:
@@ -44,7 +44,8 @@ def baseline_module(revision: str, folder: Path) -> ModuleType:
     ``export/fp16.py`` before the regrouping), imported beside the current one."""
     for where, package in (("export/convert/fp16.py", "export.convert"),
                            ("export/fp16.py", "export")):
-        found = subprocess.run(["git", "show", f"{revision}:{where}"], capture_output=True,
+        found = subprocess.run(["git", "show", f"{revision}:{where}"], check=False,
+                               capture_output=True,
                                text=True)
         if found.returncode == 0:
             break
@@ -72,6 +73,8 @@ def measure(name: str, convert: Any, fp32_proto: Any, reference: TorchRunner, in
             "min_cosine": s["min_cosine"], "top1_agreement": s["top1_agreement"],
             "samples": sum(c.batch_size for c in verdict.comparisons),
             "nodes_fp32": len(report.nodes_fp32), "casts": report.casts_inserted,
+            "values_flushed_to_zero": report.values_flushed_to_zero,
+            "values_raised_to_min": getattr(report, "values_raised_to_min", None),
             "convert_s": round(seconds, 2), "bytes": path.stat().st_size}
 
 
