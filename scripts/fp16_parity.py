@@ -3,7 +3,8 @@
 
 Each depth is built with fresh seeded weights (as ``resnet-export`` without ``--checkpoint``),
 exported ONCE to FP32 ONNX, converted by both converters and judged by the parity gate's own
-code (``export.gate.inputs.parity_inputs`` and ``export.gate.parity.run_gate``: the same real and random
+code (``export.gate.inputs.parity_inputs`` and ``export.gate.parity.run_gate``: the same real
+and random
 inputs at each batch size of the range, the same metrics) on ONNX Runtime CPU, which computes an
 FP16 graph in FP32 (it casts around its FP32 kernels), so the figures measure the FP16 rounding
 of weights and of the tensors between nodes, not FP16 arithmetic.

@@ -235,6 +235,25 @@ def test_fp32_chain_stays_fp32_without_a_round_trip_through_fp16():
     np.testing.assert_allclose(y, np.exp(x).sum(1, keepdims=True), rtol=1e-6)
 
 
+def test_block_list_by_name_keeps_only_the_policy_node_when_names_clash():
+    """The converter blocks nodes by name: an unnamed or same-named FP16 node must not follow
+    a kept one into FP32."""
+    model = _graph([helper.make_node("Softmax", ["x"], ["s"], axis=1, name="n"),
+                    helper.make_node("Add", ["s", "b"], ["a"], name="n"),
+                    helper.make_node("Mul", ["a", "b"], ["y"])],
+                   {"b": np.ones(4, np.float32)})
+    half, report = convert_to_fp16(model)
+    onnx.checker.check_model(half, full_check=True)
+    assert [e.split(":")[0] for e in report.nodes_fp32] == ["n (Softmax)"]
+    assert report.nodes_fp16 == 2
+    types = _value_types(half)
+    add, mul = (next(n for n in half.graph.node if n.op_type == op) for op in ("Add", "Mul"))
+    assert {types[i] for i in (*add.input, *mul.input)} == {TensorProto.FLOAT16}
+    x = np.random.default_rng(6).standard_normal((3, 4)).astype(np.float32)
+    expected = (np.exp(x) / np.exp(x).sum(1, keepdims=True) + 1)
+    np.testing.assert_allclose(_run_plain(half, x), expected, rtol=2e-3, atol=2e-3)
+
+
 def test_resize_with_computed_scales_type_checks_and_runs():
     """Resize's scales must stay float32 even when a Constant node inside the FP16 region
     makes them (the converter casts them back)."""

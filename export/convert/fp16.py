@@ -15,9 +15,10 @@ borders of FP32 nodes and of the graph) is ``onnxruntime.transformers.float16
   ``io_fp16=True``.
 - **Repairs** of what the converter leaves behind: a ``Cast`` to FP16 straight into a ``Cast``
   back to FP32 between two FP32 regions (a lossy round trip that could overflow) is skipped, and
-  so is a Cast to the type its input already has (it casts FP32 initializers named in the input's
-  ``value_info``, which is therefore dropped first); the casts it appends at the end of the node list are put in topological order (the
-  checker requires it); stale ``value_info`` is dropped and strict type inference rebuilds it.
+  so is a Cast to the type its input already has (it casts FP32 initializers named in the
+  input's ``value_info``, which is therefore dropped first); the casts it appends at the end of
+  the node list are put in topological order (the checker requires it); its stale
+  ``value_info`` is dropped and strict type inference rebuilds it.
 - **The report** for the manifest.
 """
 
@@ -110,10 +111,15 @@ def _check_supported(model: onnx.ModelProto) -> None:
 
 def _name_nodes(graph: onnx.GraphProto) -> None:
     """Give every node a unique name: the converter blocks nodes by name."""
+    taken = {node.name for node in graph.node}
     seen: set[str] = set()
     for i, node in enumerate(graph.node):
         if not node.name or node.name in seen:
-            node.name = f"{node.name or node.op_type}_{i}"
+            base, n = node.name or node.op_type, i
+            while f"{base}_{n}" in taken:
+                n += 1
+            node.name = f"{base}_{n}"
+            taken.add(node.name)
         seen.add(node.name)
 
 
