@@ -24,23 +24,28 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
 import re
 import string
 import struct
-import zipfile
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..core.errors import UserError
+from ..core.errors import UserError, printable
+from ..core.fileio import open_regular
+from .npz import npz_member_names, open_npz
+from .pickles import load_pickle
 
 # No dataset in these layouts comes near this; a header that claims more is corrupt or hostile,
 # and refusing it before allocating keeps a 100-byte file from asking for terabytes.
 MAX_ARRAY_BYTES = 2 ** 31
+
+# CIFAR binary's class-name files are a few hundred bytes; read no more than this of one.
+MAX_NAMES_BYTES = 1 << 20
 
 # Datasets without known class names get "0".."K-1" from their largest label.
 MAX_UNNAMED_CLASSES = 100_000
@@ -171,19 +176,15 @@ def _file_candidate(path: Path) -> _Candidate | None:
 
 def _npz_has_split_keys(path: Path) -> bool:
     """Whether the archive's member names are the four Keras arrays (reads the zip directory)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        return False
+    names = npz_member_names(path)
     return all(f"{key}.npy" in names for key in _NPZ_KEYS)
 
 
 def _folder_candidate(folder: Path) -> _Candidate | None:
     names = set(os.listdir(folder))
 
-    def has(*files: str) -> bool:
-        return all(f in names and (folder / f).is_file() for f in files)
+    def has(*files: str) -> bool:  # a FIFO of such a name counts, and is refused on loading
+        return all(f in names and not (folder / f).is_dir() for f in files)
 
     if any(_IDX_NAME.match(n) for n in names):
         return _Candidate("torchvision-idx", folder)
@@ -224,11 +225,14 @@ def load_layout(path: str | os.PathLike) -> LayoutDataset:
 
 def _finish(name: str, layout: str, root: Path, train: tuple[np.ndarray, np.ndarray, Path],
             test: tuple[np.ndarray, np.ndarray, Path], class_names: list[str] | None,
-            files: list[Path]) -> LayoutDataset:
+            files: list[Path], names_from: Path | None = None) -> LayoutDataset:
     """Checks every layout shares, then the dataset; ``class_names`` None means "0".."K-1"."""
     for (x, y, where), split in ((train, "training"), (test, "test")):
         if len(x) == 0:
             raise UserError(f"{where}: holds no {split} images")
+        if min(x.shape[1:3]) < 1:
+            raise UserError(f"{where}: its {split} images are {_shape(x)} pixels; an image "
+                            "needs at least 1 x 1")
         if len(x) != len(y):
             raise UserError(f"{where}: {len(x)} {split} images but {len(y)} labels")
     if train[0].shape[1:] != test[0].shape[1:]:
@@ -240,6 +244,7 @@ def _finish(name: str, layout: str, root: Path, train: tuple[np.ndarray, np.ndar
             raise UserError(f"{train[2]}: labels go up to {top}; expected class indices "
                             f"0..K-1 with K under {MAX_UNNAMED_CLASSES}")
         class_names = [str(i) for i in range(top + 1)]
+    _require_distinct(class_names, names_from or root)
     for _, y, where in (train, test):
         low, high = int(y.min()), int(y.max())
         if low < 0 or high >= len(class_names):
@@ -248,6 +253,27 @@ def _finish(name: str, layout: str, root: Path, train: tuple[np.ndarray, np.ndar
                             f"{len(class_names)} classes")
     return LayoutDataset(name, layout, root.resolve(), train[0], train[1], test[0], test[1],
                          list(class_names), [f.resolve() for f in files])
+
+
+def _require_distinct(class_names: list[str], where: Path) -> None:
+    """Two classes with one name cannot be told apart in any result, and a checkpoint refuses
+    them: refuse them before training (names that decode to the same text included)."""
+    name, times = Counter(class_names).most_common(1)[0]
+    if times > 1:
+        raise UserError(f"{where}: the class name '{printable(name)}' appears {times} times; "
+                        "each class needs a name of its own")
+
+
+def _require_files(folder: Path, wanted: list[str], what: str) -> None:
+    """Every file in ``wanted`` is in ``folder`` and regular (a FIFO would block the reader)."""
+    for f in wanted:
+        if os.path.lexists(folder / f) and not os.path.isfile(folder / f):
+            kind = "a folder" if os.path.isdir(folder / f) else "not a regular file"
+            raise UserError(f"{folder / f} is {kind}: refusing to read it")
+    missing = [f for f in wanted if not (folder / f).is_file()]
+    if missing:
+        raise UserError(f"{folder}: missing {', '.join(missing)} (a {what} folder holds "
+                        f"{', '.join(wanted)})")
 
 
 def _shape(x: np.ndarray) -> str:
@@ -320,8 +346,10 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     """One idx file as a uint8 array, its header checked against its length before reading on."""
     compressed = path.name.endswith(".gz")
     try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
-            return _read_idx_stream(f, path, ndim, None if compressed else path.stat().st_size)
+        with open_regular(path) as raw, (gzip.GzipFile(fileobj=raw, mode="rb") if compressed
+                                          else raw) as f:
+            size = None if compressed else os.fstat(raw.fileno()).st_size
+            return _read_idx_stream(f, path, ndim, size)
     except UserError:
         raise
     except (OSError, EOFError, zlib.error) as exc:
@@ -378,72 +406,8 @@ def _read_idx_stream(f, path: Path, ndim: int, file_size: int | None) -> np.ndar
 # -- CIFAR, python pickles --------------------------------------------------------------------
 
 
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    """What CIFAR's pickles (Python 2 originals, or re-saved by Python 3) may name, and nothing
-    else: numpy array, scalar and dtype reconstruction, and latin-1 bytes for protocol-2
-    re-saves. None of them runs code that the file chooses."""
-    try:
-        from numpy._core import multiarray, numeric
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
-    objects = {"multiarray._reconstruct": multiarray._reconstruct, "ndarray": np.ndarray,
-               "dtype": np.dtype,
-               # numpy integers in place of ints, in batches re-saved from numpy arrays
-               "multiarray.scalar": multiarray.scalar}
-    if hasattr(numeric, "_frombuffer"):  # protocol-5 pickles of arrays
-        objects["numeric._frombuffer"] = numeric._frombuffer
-    allowed: dict[tuple[str, str], Any] = {("_codecs", "encode"): _latin1_encode}
-    for qualified, obj in objects.items():
-        module, _, name = qualified.rpartition(".")
-        for prefix in ("numpy.core", "numpy._core") if module else ("numpy",):
-            allowed[(f"{prefix}.{module}" if module else prefix, name)] = obj
-    return allowed
-
-
-def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """``_codecs.encode`` as protocol-2 pickles use it (bytes stored as latin-1 text); only that."""
-    if encoding.replace("_", "-").lower() not in ("latin1", "latin-1"):
-        raise ValueError(f"unexpected codec {encoding!r}")
-    return text.encode("latin-1", errors)
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only :func:`_allowed_globals` and refuses everything else.
-
-    Refusing in ``find_class`` means a hostile file's callable is never even imported, let alone
-    called: pickle looks up a global before it can reduce with it.
-    """
-
-    def __init__(self, file, path: Path):
-        super().__init__(file, encoding="bytes")
-        self._path = path
-        self._allowed = _allowed_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise UserError(f"{self._path}: refusing to unpickle global {module}.{name} (a CIFAR "
-                            "batch holds only arrays, lists and numbers)") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UserError(f"{self._path}: refusing a persistent reference (not a CIFAR batch)")
-
-
 def _unpickle(path: Path) -> dict:
-    size = path.stat().st_size
-    if size > MAX_ARRAY_BYTES:
-        raise UserError(f"{path}: {size} bytes, over the {MAX_ARRAY_BYTES}-byte limit for a "
-                        "CIFAR batch")
-    try:
-        with open(path, "rb") as f:
-            obj = _CifarUnpickler(f, path).load()
-    except UserError:
-        raise
-    except Exception as exc:  # a corrupt pickle raises anything from EOFError to TypeError
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise UserError(f"{path}: not a readable CIFAR batch ({type(exc).__name__}"
-                        f"{': ' + first if first else ''})") from None
+    obj = load_pickle(path, MAX_ARRAY_BYTES)
     if not isinstance(obj, dict):
         raise UserError(f"{path}: holds a {type(obj).__name__}, a CIFAR batch is a dict")
     return obj
@@ -461,18 +425,16 @@ def _entry(batch: dict, key: str, path: Path) -> Any:
 
 def _load_cifar_python(found: _Candidate) -> LayoutDataset:
     folder = found.path
-    if (folder / "data_batch_1").is_file():
+    if os.path.lexists(folder / "data_batch_1"):
         name, train, test, meta = "CIFAR10", _CIFAR10_TRAIN, ["test_batch"], "batches.meta"
         label_key, names_key = "labels", "label_names"
     else:
         name, train, test, meta = "CIFAR100", ["train"], ["test"], "meta"
         label_key, names_key = "fine_labels", "fine_label_names"
     wanted = train + test + [meta]
-    missing = [f for f in wanted if not (folder / f).is_file()]
-    if missing:
-        raise UserError(f"{folder}: missing {', '.join(missing)} (a {name} python folder holds "
-                        f"{', '.join(wanted)})")
-    names = [_text(n) for n in _entry(_unpickle(folder / meta), names_key, folder / meta)]
+    _require_files(folder, wanted, f"{name} python")
+    names = _label_names(_entry(_unpickle(folder / meta), names_key, folder / meta),
+                         folder / meta, names_key)
     parts = []
     for files in (train, test):
         xs, ys = [], []
@@ -482,7 +444,7 @@ def _load_cifar_python(found: _Candidate) -> LayoutDataset:
             ys.append(y)
         parts.append((np.concatenate(xs), np.concatenate(ys), folder / files[-1]))
     return _finish(name, "cifar-python", folder, parts[0], parts[1], names,
-                   [folder / f for f in wanted])
+                   [folder / f for f in wanted], folder / meta)
 
 
 def _cifar_python_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -509,6 +471,20 @@ def _cifar_hwc(records: np.ndarray) -> np.ndarray:
     return records.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
+def _label_names(value: Any, path: Path, key: str) -> list[str]:
+    """CIFAR's class names: a list of text (bytes in the originals), nothing else."""
+    if not (isinstance(value, (list, tuple)) and value
+            and all(isinstance(v, (bytes, str)) for v in value)):
+        got = (f"a list holding {type(next(v for v in value if not isinstance(v, (bytes, str)))).__name__}"
+               if isinstance(value, (list, tuple)) and value else
+               "an empty list" if isinstance(value, (list, tuple)) else type(value).__name__)
+        raise UserError(f"{path}: '{key}' must be a list of class names (text), got {got}")
+    if len(value) > MAX_UNNAMED_CLASSES:
+        raise UserError(f"{path}: '{key}' holds {len(value)} class names, over the "
+                        f"{MAX_UNNAMED_CLASSES} this reader accepts")
+    return [_text(v) for v in value]
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
@@ -518,21 +494,23 @@ def _text(value: Any) -> str:
 
 def _load_cifar_binary(found: _Candidate) -> LayoutDataset:
     folder = found.path
-    if (folder / "data_batch_1.bin").is_file():
+    if os.path.lexists(folder / "data_batch_1.bin"):
         name, names_file, label_bytes = "CIFAR10", "batches.meta.txt", 1
         train, test = [f"{b}.bin" for b in _CIFAR10_TRAIN], ["test_batch.bin"]
     else:  # each CIFAR-100 record starts with its coarse label, then its fine label
         name, names_file, label_bytes = "CIFAR100", "fine_label_names.txt", 2
         train, test = ["train.bin"], ["test.bin"]
     wanted = train + test + [names_file]
-    missing = [f for f in wanted if not (folder / f).is_file()]
-    if missing:
-        raise UserError(f"{folder}: missing {', '.join(missing)} (a {name} binary folder holds "
-                        f"{', '.join(wanted)})")
+    _require_files(folder, wanted, f"{name} binary")
     try:
-        text = (folder / names_file).read_text(encoding="utf-8", errors="replace")
+        with open_regular(folder / names_file) as f:
+            raw = f.read(MAX_NAMES_BYTES + 1)
     except OSError as exc:
         raise UserError(f"{folder / names_file}: cannot read it ({exc})") from None
+    if len(raw) > MAX_NAMES_BYTES:
+        raise UserError(f"{folder / names_file}: over {MAX_NAMES_BYTES} bytes; a list of class "
+                        "names is a few hundred")
+    text = raw.decode("utf-8", errors="replace")
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise UserError(f"{folder / names_file}: holds no class names")
@@ -545,20 +523,23 @@ def _load_cifar_binary(found: _Candidate) -> LayoutDataset:
             ys.append(y)
         parts.append((np.concatenate(xs), np.concatenate(ys), folder / files[-1]))
     return _finish(name, "cifar-binary", folder, parts[0], parts[1], names,
-                   [folder / f for f in wanted])
+                   [folder / f for f in wanted], folder / names_file)
 
 
 def _cifar_binary_batch(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     record = label_bytes + _CIFAR_IMAGE_BYTES
-    size = path.stat().st_size
-    if size == 0 or size % record or size > MAX_ARRAY_BYTES:
-        raise UserError(f"{path}: {size} bytes is not a whole number of {record}-byte CIFAR "
-                        f"records ({size // record} records and {size % record} bytes over)"
-                        if size <= MAX_ARRAY_BYTES else
-                        f"{path}: {size} bytes, over the {MAX_ARRAY_BYTES}-byte limit")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0 or size % record or size > MAX_ARRAY_BYTES:
+                raise UserError(
+                    f"{path}: {size} bytes is not a whole number of {record}-byte CIFAR "
+                    f"records ({size // record} records and {size % record} bytes over)"
+                    if size <= MAX_ARRAY_BYTES else
+                    f"{path}: {size} bytes, over the {MAX_ARRAY_BYTES}-byte limit")
             raw = np.fromfile(f, dtype=np.uint8, count=size)
+    except UserError:
+        raise
     except OSError as exc:
         raise UserError(f"{path}: cannot read it ({exc})") from None
     if raw.size != size:
@@ -573,12 +554,8 @@ def _cifar_binary_batch(path: Path, label_bytes: int) -> tuple[np.ndarray, np.nd
 
 def _load_keras_npz(found: _Candidate) -> LayoutDataset:
     path = found.path
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in _NPZ_KEYS}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: cannot read it as an .npz file ({first})") from None
+    with open_npz(path) as npz:
+        arrays = {key: npz.array(key, limit=MAX_ARRAY_BYTES) for key in _NPZ_KEYS}
     stem = _norm(path.stem)
     name = _KNOWN_NAMES.get(stem, path.stem)
     x_train = _npz_images(arrays["x_train"], path, "x_train")
