@@ -20,7 +20,7 @@ import layout_writers as lw
 from export.core.checkpoint import load_checkpoint
 from export.core.errors import UserError
 from export.core.models import ModelSpec
-from export.train import data as data_module
+from export.data import pixels as data_module
 from export.train.cli import main as train_cli
 from export.data import (describe_source, load_training_data, normalise, reference_images,
                                resize_array, scan, split_of, to_channels)

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import io
 import json
 import os
 import stat
@@ -37,7 +38,9 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
                                  "to read it")
         if nonblock:
             os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        raw = io.FileIO(fd, "rb")
+        raw.name = os.fspath(path)  # type: ignore[misc]  # messages name the file, not the fd
+        return io.BufferedReader(raw)
     except BaseException:
         os.close(fd)
         raise

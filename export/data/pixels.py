@@ -46,7 +46,10 @@ def read_image(path: Path, size: int | None = None) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0]} (a "
                         "decompression bomb to Pillow; shrink the image)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise UserError(f"cannot read image {path}: cannot identify image file {str(path)!r}"
+                        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else exc}"
                         ) from None
     arr = np.array(img, dtype=np.uint8)  # a writable copy
