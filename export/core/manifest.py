@@ -176,7 +176,9 @@ def _check_files(data: dict[str, Any], where: Path) -> None:
 
 
 def _check_model(data: dict[str, Any], where: Path) -> None:
-    from .models import ModelSpec  # models imports torch; reading a manifest may not need it
+    from .models import (
+        ModelSpec,  # models imports torch; reading a manifest may not need it
+    )
 
     model = data["model"]
     if not isinstance(model, dict) or not model:
