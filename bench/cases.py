@@ -43,7 +43,6 @@ TORCH_BACKENDS = ("torch", "torch-compile")
 ONNX_CPU_BACKENDS = ("onnxruntime", "openvino")
 #: every name --backends accepts; "null" does nothing and measures the harness itself
 BACKENDS = (*TORCH_BACKENDS, *ORT_BACKENDS, "openvino", "tensorrt", "null")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 #: what a run without --backends measures, per device; the rest are listed as skipped
 DEFAULT_BACKENDS = {
     "cpu": ("torch", "onnxruntime", "openvino"),

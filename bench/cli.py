@@ -36,7 +36,9 @@ from export.core.models import default_spec
 from export.runtime.ort_runner import ORT_OPTIMIZATION_LEVELS
 
 from . import environment, report
-from .cases import BACKENDS, PRECISIONS, Candidate, Request, Skip, plan
+from export.runtime.registry import PRECISIONS
+
+from .cases import BACKENDS, Candidate, Request, Skip, plan
 from .stats import NoiseRule
 from .sweep import sweep
 from .timing import TimingConfig

@@ -178,14 +178,14 @@ def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelP
             if req.keep_failed:
                 failed = out.with_name(out.name + FAILED_SUFFIX)
                 previous = check_failed_slot(out, warn)  # again: it may have changed meanwhile
-                _announce(failed, previous, warn)
+                _announce_replacement(failed, previous, warn)
                 replace_folder(staging, failed)
                 failed_note = f"kept for inspection in {failed}"
             raise ParityFailed(f"parity gate FAILED for {spec.name} {req.fmt}: "
                                f"{_first_failure(verdicts)}; {failed_note}")
         # again, right before: the folder may have changed while the export ran
         previous = check_out(out, manifest["source"], manifest["model"], req.overwrite, warn)
-        _announce(out, previous, warn)
+        _announce_replacement(out, previous, warn)
         replace_folder(staging, out)
         promoted = True
         files = ", ".join(f"{f['path']} ({f['bytes'] / 1e6:.1f} MB)" for f in manifest["files"])
@@ -198,7 +198,7 @@ def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelP
             remove_dirs(created)
 
 
-def _announce(out: Path, previous: dict[str, Any] | None, warn: Echo) -> None:
+def _announce_replacement(out: Path, previous: dict[str, Any] | None, warn: Echo) -> None:
     if previous is not None:
         warn(f"replacing {out} (previous {previous['format']} artifact from "
              f"{previous['created']})")

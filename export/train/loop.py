@@ -339,7 +339,7 @@ def _fit(run: _Fit) -> TrainResult:
         say(f"finishing {run_dir}: training ended at epoch {progress.epoch}; testing best.pt "
             "and writing the curves and summary")
     else:
-        _announce(spec, data, config, progress, device, procs, threads, run_dir, resumed, say)
+        _announce_run(spec, data, config, progress, device, procs, threads, run_dir, resumed, say)
     counts = data.counts()
     if data.dataset.get("kind") == "layout":
         say(f"test split: {data.splits['test']['from']} ({counts['test']} images); validation: "
@@ -468,7 +468,7 @@ class Monitor:
         return self.warnings[-1]
 
 
-def _announce(spec: ModelSpec, data: TrainingData, config: TrainConfig, progress: Progress,
+def _announce_run(spec: ModelSpec, data: TrainingData, config: TrainConfig, progress: Progress,
               device: torch.device, procs: Processes, threads: int, run_dir: Path, resumed,
               say: Callable[[str], Any]) -> None:
     counts = data.counts()
