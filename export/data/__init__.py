@@ -8,12 +8,36 @@ npz      the one reader of ``.npz`` archives (the user's x/y files and Keras's d
 pickles  CIFAR's pickles, read with a restricted unpickler whose result is bounded
 """
 
-from .pixels import (IMAGE_SUFFIXES, channel_stats, image_files, normalise, preprocess,
-                     read_image, resize_array, to_channels)
-from .sources import (DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, Scanned, describe_source, scan,
-                      source_name)
-from .splits import (Labelled, Split, TrainingData, describe_split, indices_digest,
-                     load_training_data, reference_images, split_images, split_indices, split_of)
+from .pixels import (
+                     IMAGE_SUFFIXES,
+                     channel_stats,
+                     image_files,
+                     normalise,
+                     preprocess,
+                     read_image,
+                     resize_array,
+                     to_channels,
+)
+from .sources import (
+                     DEFAULT_TEST_FRACTION,
+                     DEFAULT_VAL_FRACTION,
+                     Scanned,
+                     describe_source,
+                     scan,
+                     source_name,
+)
+from .splits import (
+                     Labelled,
+                     Split,
+                     TrainingData,
+                     describe_split,
+                     indices_digest,
+                     load_training_data,
+                     reference_images,
+                     split_images,
+                     split_indices,
+                     split_of,
+)
 
 __all__ = ["DEFAULT_TEST_FRACTION", "DEFAULT_VAL_FRACTION", "IMAGE_SUFFIXES", "Labelled",
            "Scanned", "Split", "TrainingData", "channel_stats", "describe_source",
