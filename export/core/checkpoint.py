@@ -239,7 +239,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec,
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         writer = _WriteErrors(fh)
         try:
-            torch.save(payload, writer)
+            torch.save(payload, writer)  # type: ignore[arg-type]  # write and flush suffice
         except RuntimeError:
             # torch's writer reports a failed write (a full disk, a file size limit) as a
             # RuntimeError about stream positions: give the OSError that caused it instead.

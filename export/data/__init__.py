@@ -5,7 +5,8 @@ sources  what a dataset is (the embedded digits, an image folder, an ``.npz`` fi
 splits   seeded, stratified train / validation / test parts, decoded
 pixels   one image file -> pixels, and the one ``preprocess`` (resize, channels, normalise)
 npz      the one reader of ``.npz`` archives (the user's x/y files and Keras's datasets)
-pickles  CIFAR's pickles, read with a restricted unpickler whose result is bounded
+formats  idx files and CIFAR batches, one file at a time
+pickles  CIFAR's pickles: a restricted unpickler whose result is bounded before use
 """
 
 from .pixels import (

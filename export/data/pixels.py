@@ -37,9 +37,9 @@ def read_image(path: Path, size: int | None = None) -> np.ndarray:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with open_regular(path) as fh, Image.open(fh) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
+            with open_regular(path) as fh, Image.open(fh) as opened:
+                opened.load()
+                img: Any = ImageOps.exif_transpose(opened)
                 img = _eight_bit(img, path)
                 gray = img.mode in ("1", "L", "LA")
                 img = img.convert("L" if gray else "RGB")
