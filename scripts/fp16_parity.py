@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """FP16 parity of ResNets: the converter of this tree against one from another git revision.
 
 Each depth is built with fresh seeded weights (as ``resnet-export`` without ``--checkpoint``),
