@@ -114,12 +114,13 @@ def add_precision_speedups(rows: list[dict[str, Any]]) -> None:
             fp32.setdefault(_same_runtime(row), row)
     for row in rows:
         ref = fp32.get(_same_runtime(row)) if row["precision"] != "fp32" else None
-        ok = ref is not None and row["p50_ms"] > 0
-        row["speedup_vs_fp32"] = ref["p50_ms"] / row["p50_ms"] if ok else None
-        same = ok and row.get("round_group") and ref.get("round_group") == row.get("round_group")
-        ratios = round_ratios(ref.get("round_p50_ms") or [], row.get("round_p50_ms") or []) \
-            if same else []
-        row["speedup_vs_fp32_rounds"] = float(np.median(ratios)) if ratios else None
+        row["speedup_vs_fp32"] = row["speedup_vs_fp32_rounds"] = None
+        if ref is None or row["p50_ms"] <= 0:
+            continue
+        row["speedup_vs_fp32"] = ref["p50_ms"] / row["p50_ms"]
+        if row.get("round_group") and ref.get("round_group") == row.get("round_group"):
+            ratios = round_ratios(ref.get("round_p50_ms") or [], row.get("round_p50_ms") or [])
+            row["speedup_vs_fp32_rounds"] = float(np.median(ratios)) if ratios else None
 
 
 # -- Markdown -------------------------------------------------------------------------------
@@ -333,16 +334,16 @@ def markdown(doc: dict[str, Any]) -> str:
     loose = [r for r in rows if r.get("speedup_vs_torch_rounds")
              and not quotable(r.get("speedup_vs_torch_rounds_iqr"))]
     if loose:
-        parts += ["", f"**Not quotable ({len(loose)} of {len(rows)} rows):** their per-round "
-                      f"speed-ups spread more than {QUOTABLE_SPREAD:g}x between the quartiles, "
-                      "so no single figure stands for them; the range is shown instead. More "
-                      "rounds or a quieter machine narrow it."]
+        parts += ["", (f"**Not quotable ({len(loose)} of {len(rows)} rows):** their per-round "
+                       f"speed-ups spread more than {QUOTABLE_SPREAD:g}x between the quartiles, "
+                       "so no single figure stands for them; the range is shown instead. More "
+                       "rounds or a quieter machine narrow it.")]
     collapsed = [r for r in rows if "THREADS-COLLAPSE" in (r.get("flags") or [])]
     if collapsed:
-        parts += ["", "**THREADS-COLLAPSE rows:** eager torch's per-image time grew with the "
-                      "batch: its OpenMP threads outnumber the cores the machine can give and "
-                      "spin against the other load. Its figures (and every ratio against it) "
-                      "describe the contention, not the model; rerun with `--threads 1`."]
+        parts += ["", ("**THREADS-COLLAPSE rows:** eager torch's per-image time grew with the "
+                       "batch: its OpenMP threads outnumber the cores the machine can give and "
+                       "spin against the other load. Its figures (and every ratio against it) "
+                       "describe the contention, not the model; rerun with `--threads 1`.")]
     if doc["skipped"]:
         parts += ["", "Skipped:", ""]
         for s in doc["skipped"]:

@@ -16,7 +16,6 @@ from .core.hardware import available_memory, inference_bytes
 from .core.manifest import MAX_BATCH, MAX_INPUT_SIZE
 from .core.models import ModelSpec, default_spec
 from .core.shapes import BatchRange
-from .train.rundir import folder_name
 from .core.weights import (
     CALIBRATION_BATCH_SIZE,
     DEFAULT_SEED,
@@ -24,7 +23,7 @@ from .core.weights import (
     checkpoint_source,
     fresh_source,
 )
-
+from .train.rundir import folder_name
 
 RUN_CHECKPOINTS = ("best.pt", "last.pt")  # what resnet-train writes in its run folder
 

@@ -10,7 +10,7 @@ import torch
 
 from export.core import pretrained
 from export.core.errors import UserError
-from export.core.models import build_model, model_names, get_architecture
+from export.core.models import build_model, get_architecture, model_names
 from export.train import TrainConfig
 from export.train.adapt import load_init_weights
 

@@ -4,8 +4,9 @@ accuracy, per-class accuracy, the confusion matrix and the files it got wrong.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

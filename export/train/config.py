@@ -293,7 +293,7 @@ def default_notes(asked: TrainConfig, chosen: TrainConfig, image_size: int | Non
             and chosen.input_size != arch.input_size:
         how = ("" if chosen.input_size == image_size else
                f", {'upscaled' if chosen.input_size > image_size else 'downscaled'}")
-        if small and chosen.input_size < min(image_size, arch.input_size):
+        if small and (chosen.input_size or 0) < min(image_size, arch.input_size):
             how += " for small data: the small stem costs 4x the work at twice the side"
         notes.append((f"input size {chosen.input_size} (the images are {image_size} px{how})",
                       "--input-size"))
