@@ -34,7 +34,7 @@ COLUMNS = ["backend", "label", "precision", "device", "timing", "cuda_graphs", "
            "batch_size", "iterations", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms",
            "max_ms", "std_ms", "cv", "throughput_ips", "gflops", "speedup_vs_torch",
            "speedup_vs_torch_rounds", "speedup_vs_torch_rounds_iqr", "speedup_quotable",
-           "speedup_vs_fp32", "speedup_vs_fp32_rounds", "wall_s",
+           "speedup_vs_fp32", "speedup_vs_fp32_rounds", "speedup_vs_fp32_rounds_iqr", "wall_s",
            "warmup_iterations", "warmup_s", "warmup_steady",
            "first_infer_ms", "setup_s", "export_s", "timer", "threads", "noisy", "noise_reasons",
            "complete", "artifact", "model_label", "effective_precision", "rounds",
@@ -115,12 +115,14 @@ def add_precision_speedups(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         ref = fp32.get(_same_runtime(row)) if row["precision"] != "fp32" else None
         row["speedup_vs_fp32"] = row["speedup_vs_fp32_rounds"] = None
+        row["speedup_vs_fp32_rounds_iqr"] = None
         if ref is None or row["p50_ms"] <= 0:
             continue
         row["speedup_vs_fp32"] = ref["p50_ms"] / row["p50_ms"]
         if row.get("round_group") and ref.get("round_group") == row.get("round_group"):
             ratios = round_ratios(ref.get("round_p50_ms") or [], row.get("round_p50_ms") or [])
             row["speedup_vs_fp32_rounds"] = float(np.median(ratios)) if ratios else None
+            row["speedup_vs_fp32_rounds_iqr"] = ratio_spread(ratios)
 
 
 # -- Markdown -------------------------------------------------------------------------------
@@ -196,8 +198,15 @@ def _speedup(r: dict[str, Any]) -> str:
     if r.get("speedup_vs_torch_rounds") and not quotable(r.get("speedup_vs_torch_rounds_iqr")):
         lo, hi = r["speedup_vs_torch_rounds_iqr"]
         text = f"not quotable, {lo:.2f}-{hi:.2f}x"
-    fp32 = r.get("speedup_vs_fp32_rounds") or r.get("speedup_vs_fp32")
-    return text + (f"; {fp32:.2f}x fp32" if fp32 else "")
+    return text + (f"; {_fp32_speedup(r)} fp32" if r.get("speedup_vs_fp32") else "")
+
+
+def _fp32_speedup(r: dict[str, Any]) -> str:
+    """A lower precision against FP32 of the same runtime, or its range where not quotable."""
+    iqr = r.get("speedup_vs_fp32_rounds_iqr")
+    if not quotable(iqr):
+        return f"not quotable {iqr[0]:.2f}-{iqr[1]:.2f}x"
+    return f"{r.get('speedup_vs_fp32_rounds') or r['speedup_vs_fp32']:.2f}x"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -221,8 +230,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                  _fmt(r["throughput_ips"], 1), _fmt(r.get("gflops"), 1),
                  (f"{r['speedup_vs_torch']:.2f}x" if r.get("speedup_vs_torch") else "-"),
                  _round_speedup(r),
-                 _fmt(r.get("speedup_vs_fp32_rounds") or r.get("speedup_vs_fp32")) + "x"
-                 if r.get("speedup_vs_fp32") else "-",
+                 _fp32_speedup(r) if r.get("speedup_vs_fp32") else "-",
                  _fmt(r.get("setup_s")), _fmt(r.get("first_infer_ms"), 1), _flags(r)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
