@@ -479,13 +479,10 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
     verify_files(folder, manifest)
     echo(f"{folder}: {len(manifest['files'])} files match their sha256")
     if manifest["format"] == "trt":
-        from .convert.tensorrt_build import check_engine_compatible, cuda_gpu, tensorrt_version
+        from .runtime.tensorrt_runner import check_engine_compatible, require_tensorrt
 
-        if tensorrt_version() is None or cuda_gpu() is None:
-            from .convert.tensorrt_build import require_tensorrt
-
-            require_tensorrt("verifying a TensorRT engine")
-        check_engine_compatible(manifest, tensorrt_version(), cuda_gpu())
+        trt, gpu = require_tensorrt("verifying a TensorRT engine")
+        check_engine_compatible(manifest, str(trt.__version__), gpu)
     source = source_from_manifest(manifest, folder)
     parity, verdicts = judge_artifact(folder, manifest, source, echo)
     if not parity["passed"]:

@@ -12,6 +12,7 @@ same numbers, not that the digits are recognised.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -44,3 +45,37 @@ def copy_project(base: Path, into: Path) -> Path:
     shutil.copytree(trained_project(base) / "artifacts", Path(into) / "artifacts",
                     dirs_exist_ok=True)
     return Path(into)
+
+
+def engine_folder(onnx_folder: Path, into: Path) -> Path:
+    """An FP32 ONNX artifact made into what ``--fmt trt`` writes on a GPU machine: its ONNX as
+    the engine's source, an engine file, a build record, and an H100 named as the engine's GPU.
+
+    The engine's bytes are not an engine (nothing here can build one): the point is the code path
+    up to where TensorRT or the GPU is needed, and every file still matches its sha256, so that is
+    where each command stops.
+    """
+    from export.core.fileio import sha256_file, write_json
+
+    folder = Path(into)
+    shutil.copytree(onnx_folder, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    onnx_name = manifest["artifact"]
+    engine = folder / onnx_name.replace(".onnx", ".engine")
+    engine.write_bytes(b"serialized engine of TensorRT 10.9.0.34 for an H100\n")
+    for entry in manifest["files"]:
+        entry["role"] = "source-onnx"
+    manifest["files"].append({"path": engine.name, "sha256": sha256_file(engine),
+                              "bytes": engine.stat().st_size, "role": "artifact"})
+    shape = [1, *manifest["inputs"][0]["shape"][1:]]
+    manifest.update(
+        format="trt", artifact=engine.name, gpu={"name": "NVIDIA H100 80GB HBM3",
+                                                 "compute_capability": "9.0"},
+        tensorrt={"version": "10.9.0.34", "strongly_typed": True, "network_flags": 2,
+                  "tf32": False, "workspace_bytes": 1 << 30, "built_from": onnx_name,
+                  "timing_cache": None, "timing_cache_reused": False,
+                  "profile": {"input": manifest["inputs"][0]["name"], "min": shape,
+                              "opt": shape, "max": shape}})
+    manifest["versions"]["tensorrt"] = "10.9.0.34"
+    write_json(folder / "manifest.json", manifest)
+    return folder
