@@ -11,17 +11,17 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from export.core.artifact import read_manifest
-from export.core.errors import UserError
+from export.core.errors import BackendUnavailable, UserError
 from export.core.models import ModelSpec, count_macs
-from export.core.errors import BackendUnavailable
 from export.runtime.base import Runner
 from export.runtime.loader import load_artifact
 from export.runtime.openvino_runner import OpenVINORunner
@@ -29,8 +29,13 @@ from export.runtime.ort_runner import OnnxRuntimeRunner
 from export.runtime.registry import RUNTIMES, bf16_unavailable, get_runtime
 from export.runtime.torch_runner import TorchRunner
 
-from .onnx_cache import INT8_CALIBRATION_COUNT, INT8_NOTE, cached_int8_onnx, cached_onnx, \
-    int8_quantizer_unavailable
+from .onnx_cache import (
+    INT8_CALIBRATION_COUNT,
+    INT8_NOTE,
+    cached_int8_onnx,
+    cached_onnx,
+    int8_quantizer_unavailable,
+)
 
 #: the ONNX Runtime entries of the runtime registry (one per execution provider list)
 ORT_BACKENDS = tuple(name for name, info in RUNTIMES.items() if info.providers)
@@ -365,8 +370,8 @@ class Planner:
 
         def prepare() -> tuple[Runner, dict[str, Any]]:
             path, info = self._onnx_file(spec, precision)
-            runner = OnnxRuntimeRunner(path, list(get_runtime(backend).providers), req.threads, precision,
-                                       optimization_level=req.ort_opt_level)
+            runner = OnnxRuntimeRunner(path, list(get_runtime(backend).providers), req.threads,
+                                       precision, optimization_level=req.ort_opt_level)
             return runner, info
 
         self.candidates.append(Candidate(

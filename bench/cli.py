@@ -17,21 +17,28 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import torch
 
 from export.core.artifact import enclosing_artifact
-
-from export.core.manifest import MAX_INPUT_SIZE
-from export.core.cli import (DefaultCommand, DefaultGroup, OneLineCommand, model_options,
-                             one_line_errors, print_family_table, resolve_model_name)
+from export.core.cli import (
+    DefaultCommand,
+    DefaultGroup,
+    OneLineCommand,
+    model_options,
+    one_line_errors,
+    print_family_table,
+    resolve_model_name,
+)
 from export.core.errors import UserError, first_line
 from export.core.fileio import make_dirs, remove_dirs
 from export.core.hardware import available_memory, inference_bytes, resolve_device, usable_cores
+from export.core.manifest import MAX_INPUT_SIZE
 from export.core.models import default_spec
 from export.runtime.ort_runner import ORT_OPTIMIZATION_LEVELS
 

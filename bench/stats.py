@@ -8,8 +8,9 @@ cost is measured and reported separately (scripts/bench_overhead.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

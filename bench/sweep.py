@@ -16,7 +16,8 @@ import sys
 import threading
 import time
 from array import array
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +29,16 @@ from export.runtime.base import Runner
 from . import load
 from .cases import Candidate, Skip
 from .stats import NoiseRule, round_summary, summarize
-from .timing import (ClockTimer, Contender, CudaEventTimer, Samples, Timer, TimingConfig,
-                     measure_rounds, time_once)
+from .timing import (
+    ClockTimer,
+    Contender,
+    CudaEventTimer,
+    Samples,
+    Timer,
+    TimingConfig,
+    measure_rounds,
+    time_once,
+)
 
 _RUNS = itertools.count()
 

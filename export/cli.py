@@ -8,13 +8,20 @@ from typing import Any
 
 import click
 
-from .core.manifest import MAX_BATCH, MAX_INPUT_SIZE
-from .core.cli import (DefaultCommand, DefaultGroup, OneLineCommand, OneLineUsageError,
-                       model_options, one_line_errors, print_family_table, resolve_model_name,
-                       sigterm_as_interrupt)
-from .core.errors import UserError
 from .convert.onnx_export import DEFAULT_OPSET
-from .core.manifest import FORMATS
+from .core.cli import (
+    DefaultCommand,
+    DefaultGroup,
+    OneLineCommand,
+    OneLineUsageError,
+    model_options,
+    one_line_errors,
+    print_family_table,
+    resolve_model_name,
+    sigterm_as_interrupt,
+)
+from .core.errors import UserError
+from .core.manifest import FORMATS, MAX_BATCH, MAX_INPUT_SIZE
 from .core.shapes import BatchRange
 
 #: Bounds of the options that size the model (docs/export.md, "Limits"). Classes: the fc layer

@@ -25,34 +25,54 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import onnx
 
-from .core.artifact import (artifact_file, enclosing_artifact, owned_artifact, read_manifest,
-                            verify_files)
-
-from .core.folders import recover_interrupted, replace_folder, staging_prefix
-
-from .core.manifest import (FAILED_SUFFIX, FORMATS, MANIFEST_NAME, MAX_BATCH, MAX_INPUT_SIZE,
-                            STAGING_SUFFIX)
-from .core.errors import ParityFailed, UserError
-from .core.fileio import current_umask, make_dirs, remove_dirs
-from .core.hardware import available_memory, inference_bytes
-from .core.models import ModelSpec, default_spec
 from .convert.calibration import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
 from .convert.calibration import calibration_set
 from .convert.fp16 import convert_to_fp16
 from .convert.int8 import DEFAULT_METHOD, quantize_qdq
-from .core.manifest import build_manifest, file_entry, library_versions, write_manifest
-from .convert.onnx_export import (DEFAULT_OPSET, export_onnx, io_signature, save_onnx, stamp_metadata)
+from .convert.onnx_export import DEFAULT_OPSET, export_onnx, io_signature, save_onnx, stamp_metadata
+from .core.artifact import (
+    artifact_file,
+    enclosing_artifact,
+    owned_artifact,
+    read_manifest,
+    verify_files,
+)
+from .core.errors import ParityFailed, UserError
+from .core.fileio import current_umask, make_dirs, remove_dirs
+from .core.folders import recover_interrupted, replace_folder, staging_prefix
+from .core.hardware import available_memory, inference_bytes
+from .core.manifest import (
+    FAILED_SUFFIX,
+    FORMATS,
+    MANIFEST_NAME,
+    MAX_BATCH,
+    MAX_INPUT_SIZE,
+    STAGING_SUFFIX,
+    build_manifest,
+    file_entry,
+    library_versions,
+    write_manifest,
+)
+from .core.models import ModelSpec, default_spec
+from .core.shapes import BatchRange
+from .core.weights import (
+    CALIBRATION_BATCH_SIZE,
+    DEFAULT_SEED,
+    SourceModel,
+    checkpoint_source,
+    fresh_source,
+    source_from_manifest,
+    with_relative_path,
+)
 from .gate.judge import judge_artifact
 from .gate.parity import Verdict
-from .core.shapes import BatchRange
-from .core.weights import CALIBRATION_BATCH_SIZE, DEFAULT_SEED, SourceModel, checkpoint_source, \
-    fresh_source, source_from_manifest, with_relative_path
 
 Echo = Callable[[str], None]
 

@@ -11,8 +11,9 @@ from click.testing import CliRunner
 
 from bench.cli import main as bench_cli
 from bench.onnx_cache import default_cache_dir
-from built_artifacts import copy_project
 from export.cli import main as export_cli
+
+from built_artifacts import copy_project
 
 
 def invoke(cli, args, name):

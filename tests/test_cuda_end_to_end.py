@@ -15,6 +15,7 @@ from export.core.checkpoint import load_checkpoint, model_from_checkpoint
 from export.data import reference_images
 from export.train import TrainConfig, run_training
 
+
 @pytest.mark.cuda
 def test_training_on_cuda_with_amp_reaches_the_bar_and_reloads_on_cpu(tmp_path):
     config = TrainConfig(epochs=15, device="cuda", seed=0)  # the default run, on the GPU

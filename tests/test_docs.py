@@ -25,9 +25,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from built_artifacts import copy_project
 from export.core.manifest import FORMATS
 from export.core.models import model_names
+
+from built_artifacts import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -7,8 +7,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from export.core.checkpoint import save_checkpoint
 from export.cli import main as export_cli
+from export.core.checkpoint import save_checkpoint
 from export.core.models import ModelSpec
 from export.runtime.tensorrt_runner import cuda_gpu, tensorrt_version
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import bench.cli as bench_cli
 import bench.cases as plan
+import bench.cli as bench_cli
 from bench import report
 from bench.cli import main
 
@@ -208,9 +208,10 @@ def test_an_input_size_beyond_the_limit_is_exit_2(args):
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
+    import torch
+
     from bench.onnx_cache import cached_onnx
     from export.core.models import ModelSpec
-    import torch
 
     spec = ModelSpec.create("resnet18", input_size=32)
     torch.manual_seed(0)

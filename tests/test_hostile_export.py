@@ -29,17 +29,16 @@ import export.core.artifact as artifact_mod
 import export.core.folders as folders_mod
 import export.pipeline as pipeline
 from export.cli import main as export_cli
-from export.core.artifact import (check_onnx_file, owned_artifact, read_manifest,
-                                  verify_files)
-from export.core.folders import recover_interrupted
+from export.core.artifact import check_onnx_file, owned_artifact, read_manifest, verify_files
 from export.core.checkpoint import save_checkpoint
 from export.core.errors import UserError
 from export.core.fileio import sha256_file
+from export.core.folders import recover_interrupted
 from export.core.models import ModelSpec
 from export.core.shapes import BatchRange
+from export.core.weights import state_digest
 from export.pipeline import ExportRequest, export_artifact
 from export.runtime import load_artifact
-from export.core.weights import state_digest
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--depth", "20", "--input-size", "16", "--batch-range", "1:1:2"]

@@ -24,7 +24,6 @@ from export.core.errors import UserError
 from export.core.models import ModelSpec
 from export.train.cli import main as train_cli
 
-
 # --- helpers ----------------------------------------------------------------------------------
 
 

@@ -11,16 +11,16 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from built_artifacts import BATCH, trained_project
 from export.core.errors import UserError
 from export.core.models import ModelSpec
-from export.predict import Predictor, RUNTIME_CHOICES
-from export.runtime.registry import RUNTIMES
+from export.data import describe_source, load_training_data, reference_images, scan, split_indices
+from export.predict import RUNTIME_CHOICES, Predictor
 from export.predict.cli import main
 from export.runtime import InputContract, Runner, load_artifact
-from export.data import (describe_source, load_training_data, reference_images, scan,
-                         split_indices)
+from export.runtime.registry import RUNTIMES
 from export.train.datasets import ImageDataset
+
+from built_artifacts import BATCH, trained_project
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from export.core.models import ModelSpec
 from export.core.errors import BackendUnavailable
+from export.core.models import ModelSpec
 from export.runtime.ort_runner import OnnxRuntimeRunner
 from export.runtime.torch_runner import TorchRunner
+
 
 def _model(name="resnet20", seed=0):
     torch.manual_seed(seed)
@@ -122,7 +123,8 @@ def test_onnxruntime_runner_refusals(onnx_file):
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime build has the CUDA provider")
-    with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider is not in this onnxruntime build"):
+    with pytest.raises(BackendUnavailable,
+                       match="CUDAExecutionProvider is not in this onnxruntime build"):
         OnnxRuntimeRunner(onnx_file, ["CUDAExecutionProvider", "CPUExecutionProvider"])
 
 

@@ -11,21 +11,25 @@ import types
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from cli_helpers import error_line, invoke
 from export.cli import main as export_cli
-from export.core.errors import UserError
-from export.core.models import ModelSpec
-from export.core.errors import BackendUnavailable
-from export.core.shapes import BatchRange, check_batch
-from export.core.errors import EngineIncompatible
-from export.runtime.tensorrt_runner import (GpuInfo, TensorRTRunner, check_engine_compatible,
-                                            cuda_gpu, missing_prerequisites, require_tensorrt,
-                                            tensorrt_version)
 from export.convert.tensorrt_build import network_flags, parse_size, timing_cache_reusable
+from export.core.errors import BackendUnavailable, EngineIncompatible, UserError
+from export.core.models import ModelSpec
+from export.core.shapes import BatchRange, check_batch
+from export.runtime.tensorrt_runner import (
+    GpuInfo,
+    TensorRTRunner,
+    check_engine_compatible,
+    cuda_gpu,
+    missing_prerequisites,
+    require_tensorrt,
+    tensorrt_version,
+)
+
+from cli_helpers import error_line, invoke
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
 BUILT = {"artifact": "resnet50.engine", "versions": {"tensorrt": "10.9.0.34"},

@@ -22,6 +22,7 @@ from export.train.adapt import adapt_init_weights
 from export.train.cli import main as train_cli
 from export.train.config import default_notes
 from export.train.loop import Monitor, train_batching
+
 from small_images import CLASSES, write_shapes_folder
 
 

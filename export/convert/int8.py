@@ -1,4 +1,4 @@
-"""FP32 ONNX -> INT8 QDQ ONNX by post-training static quantization, with ``onnxruntime.quantization``.
+"""FP32 ONNX -> INT8 QDQ ONNX by post-training static quantization (``onnxruntime.quantization``).
 
 This module is deliberately thin: every number (ranges, scales, zero points, quantized weights)
 comes from ONNX Runtime's quantizer (``quantize_static``, QDQ format); nothing here does
@@ -69,9 +69,10 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import onnx
@@ -192,7 +193,7 @@ def _input_contract(proto: onnx.ModelProto) -> tuple[str, list[int | None]]:
 
 def check_calibration(calibration: Any, proto: onnx.ModelProto,
                       minimum: int = MIN_CALIBRATION) -> np.ndarray:
-    """The calibration array as contiguous float32, or one :class:`UserError` line saying why not."""
+    """The calibration array as contiguous float32, or one :class:`UserError` line saying why."""
     name, dims = _input_contract(proto)
     expected = "x".join("N" if d is None else str(d) for d in ["N", *dims[1:]])
     if not isinstance(calibration, np.ndarray):
@@ -422,7 +423,7 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
 
 
 def _unquantize_residual_branch(proto: onnx.ModelProto) -> int:
-    """Remove the Q/DQ pair on the convolution-side input of every residual ``Add``; returns how many.
+    """Remove the Q/DQ pair on the convolution-side input of every residual ``Add``; how many.
 
     TensorRT fuses a residual ``Add`` (and the ReLU after it) into the convolution that computes
     one of its inputs, reading the other input, the skip connection, as INT8. For that the

@@ -21,8 +21,9 @@ is :mod:`export.runtime.tensorrt_runner`'s job.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..core.errors import EngineIncompatible, UserError
 from ..runtime.tensorrt_runner import GpuInfo, check_engine_compatible, require_tensorrt
@@ -90,7 +91,8 @@ def build_engine(onnx_path: Path, engine_path: Path, input_name: str,
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     parsed = parser.parse_from_file(str(onnx_path))
-    check_parse(parsed, [str(parser.get_error(i)) for i in range(parser.num_errors)], onnx_path.name)
+    errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    check_parse(parsed, errors, onnx_path.name)
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)

@@ -22,9 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UnknownModelError, UserError
 from .fileio import atomic_path, sha256_file
-from .errors import UnknownModelError
 from .models import ModelSpec
 
 CHECKPOINT_FORMAT = "resnet-deploy-checkpoint"

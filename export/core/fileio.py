@@ -1,4 +1,4 @@
-"""Atomic writes and file hashes: a failed or interrupted step never leaves a file that looks good."""
+"""Atomic writes and file hashes: a failed or interrupted step never leaves a good-looking file."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """A temporary path beside ``path``, renamed onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)

@@ -12,9 +12,9 @@ import re
 import shutil
 from pathlib import Path
 
+from .artifact import owned_artifact
 from .errors import UserError
 from .fileio import exchange_paths, process_alive
-from .artifact import owned_artifact
 from .manifest import STAGING_SUFFIX
 
 # ---------------------------------------------------------------------------------------------

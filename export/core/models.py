@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -182,13 +183,14 @@ class _ResNet(nn.Module):
 
 
 class _CifarResNet(nn.Module):
-    """The paper's 6n+2-layer ResNet for 32x32 inputs: a 3x3 stem and stages of 16/32/64 channels."""
+    """The paper's 6n+2-layer ResNet for 32x32 inputs: a 3x3 stem, stages of 16/32/64 channels."""
 
     def __init__(self, n: int, num_classes: int = 10, in_chans: int = 3, shortcut: str = "A",
                  zero_init_residual: bool = False):
         super().__init__()
         if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (projection), got {shortcut!r}")
+            raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (projection), "
+                             f"got {shortcut!r}")
         self.inplanes = 16
         self.shortcut = shortcut
         self.conv1 = _conv3x3(in_chans, 16)
@@ -341,7 +343,7 @@ class ModelSpec:
     def create(cls, name: str, num_classes: int = 1000, in_chans: int = 3,
                input_size: int | None = None, shortcut: str = "A",
                mean: tuple[float, ...] | None = None,
-               std: tuple[float, ...] | None = None, stem: str | None = None) -> "ModelSpec":
+               std: tuple[float, ...] | None = None, stem: str | None = None) -> ModelSpec:
         """A spec with defaults that suit the architecture (input size, normalisation, stem)."""
         arch = get_architecture(name)
         if mean is None or std is None:
@@ -362,7 +364,7 @@ class ModelSpec:
                 for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         """The inverse of :meth:`to_dict`, checking every field's type (the dict may come from
         a file anyone could have written); a bad one raises ValueError."""
         if not isinstance(data, dict):

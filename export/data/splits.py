@@ -3,10 +3,11 @@ the decoded parts that training, the gate and calibration read."""
 
 from __future__ import annotations
 
-import hashlib
 import dataclasses
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -16,7 +17,6 @@ from ..core.hardware import check_memory
 from ..core.models import ModelSpec
 from .pixels import preprocess
 from .sources import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, Scanned, describe_source, scan
-
 
 # ---------------------------------------------------------------------------------------------
 # Step 2: split

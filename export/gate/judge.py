@@ -4,9 +4,10 @@ the contract it is held to (:mod:`.parity`'s tolerance table); one table per run
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..core.errors import BackendUnavailable, ParityFailed, UserError, first_line
 from ..core.models import ModelSpec

@@ -10,9 +10,10 @@ the padding's logits dropped), and every call goes through the artifact's runner
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +21,8 @@ from ..core.artifact import read_manifest
 from ..core.errors import UserError
 from ..core.models import ModelSpec
 from ..core.shapes import BatchRange
-from ..runtime import Runner
 from ..data import IMAGE_SUFFIXES, preprocess, read_image
+from ..runtime import Runner
 from .runtimes import open_runner
 
 CHANNEL_NAMES = {1: "grayscale", 3: "RGB"}
@@ -142,7 +143,7 @@ class Predictor:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, runtime: str = "auto", threads: int | None = None,
-             verify: bool = True) -> "Predictor":
+             verify: bool = True) -> Predictor:
         """The artifact in ``folder`` (any format ``resnet-export`` writes) on ``runtime``
         (:data:`export.predict.RUNTIME_CHOICES`); checked as :func:`export.runtime.load_artifact`
         checks it."""
@@ -256,7 +257,7 @@ class Predictor:
     def close(self) -> None:
         self.runner.deactivate()
 
-    def __enter__(self) -> "Predictor":
+    def __enter__(self) -> Predictor:
         return self
 
     def __exit__(self, *exc: Any) -> None:

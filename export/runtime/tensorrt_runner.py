@@ -9,9 +9,10 @@ this machine) is plain Python and unit-tested without a GPU.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,7 +134,8 @@ class TensorRTRunner(Runner):
             check_engine_compatible(manifest, str(self.trt.__version__), self.gpu)
         self.engine_path = Path(engine) if isinstance(engine, (str, Path)) else None
         self._read_engine = self.engine_path.read_bytes if self.engine_path else engine
-        self.name = self.engine_path.name if self.engine_path else manifest.get("artifact", "engine")
+        self.name = (self.engine_path.name if self.engine_path
+                     else manifest.get("artifact", "engine"))
         self.input_name = manifest["inputs"][0]["name"]
         self.output_name = manifest["outputs"][0]["name"]
         self._engine: Any = None

@@ -4,7 +4,8 @@ a CPU with native BF16, CUDA graphs."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,7 +124,7 @@ class TorchRunner(Runner):
         return x
 
     @torch.inference_mode()
-    def _graph_for(self, x: torch.Tensor) -> "_CapturedGraph":
+    def _graph_for(self, x: torch.Tensor) -> _CapturedGraph:
         graph = self._graphs.get(tuple(x.shape))
         if graph is None:
             graph = self._graphs[tuple(x.shape)] = _CapturedGraph(self._module, x)

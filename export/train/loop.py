@@ -15,9 +15,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,11 +32,18 @@ from ..core.errors import UnknownModelError, UserError, first_line, printable
 from ..core.fileio import atomic_path, write_json
 from ..core.hardware import available_memory, format_bytes
 from ..core.models import ModelSpec
-from ..data import (TrainingData, channel_stats, describe_source, load_training_data, scan,
-                    source_name, split_of)
+from ..data import (
+    TrainingData,
+    channel_stats,
+    describe_source,
+    load_training_data,
+    scan,
+    source_name,
+    split_of,
+)
 from .adapt import load_init_weights
-from .datasets import Augment, ImageDataset
 from .config import RESUME_CHANGES, TrainConfig, default_notes
+from .datasets import Augment, ImageDataset
 from .devices import Processes, cpu_thread_count, cpu_threads, pick_device, process_group
 from .plots import format_confusion, plot_curves
 from .rundir import holds_run, resolve_run_dir, resume_checkpoint_path
@@ -157,7 +165,7 @@ class Progress:
                 "history": self.history}
 
     @classmethod
-    def from_saved(cls, meta: dict[str, Any]) -> "Progress":
+    def from_saved(cls, meta: dict[str, Any]) -> Progress:
         return cls(int(meta["epoch"]), int(meta.get("step", 0)),
                    (float(meta["best_val_top1"]), -float(meta["best_val_loss"])),
                    int(meta["best_epoch"]), list(meta.get("history", [])))

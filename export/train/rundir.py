@@ -6,7 +6,6 @@ import hashlib
 import os
 from pathlib import Path
 
-
 from ..core.errors import UserError
 from .config import RUN_FILES, TrainConfig
 
