@@ -10,6 +10,7 @@ round, and each row says whether it was BUSY and whether its rounds disagreed.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import signal
 import sys
@@ -188,7 +189,7 @@ class Sweep:
             timer = make_timer(runner)
             progress = self._progress(f"{cand.label} b{b}")
             entries.append(_Entry(cand, runner, setup, "e2e", _Timed(
-                lambda runner=runner, batch=batch: runner.infer(batch), timer, progress)))
+                functools.partial(runner.infer, batch), timer, progress)))
             try:
                 compute = runner.compute_fn(batch)  # device-resident input, where allowed
             except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. graph capture

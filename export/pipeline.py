@@ -55,6 +55,7 @@ from .core.manifest import (
     MAX_BATCH,
     MAX_INPUT_SIZE,
     STAGING_SUFFIX,
+    Manifest,
     build_manifest,
     file_entry,
     library_versions,
@@ -118,7 +119,7 @@ class ExportRequest:
 @dataclass
 class ExportResult:
     out: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     verdicts: list[Verdict] = field(default_factory=list)
 
 
@@ -208,7 +209,7 @@ class _Target:
     """An output folder of one format and what was found there."""
 
     out: Path
-    previous: dict[str, Any] | None = None  # the artifact at ``out`` that this export replaces
+    previous: Manifest | None = None  # the artifact at ``out`` that this export replaces
 
 
 def _blocker(out: Path) -> None:
@@ -226,7 +227,7 @@ def _blocker(out: Path) -> None:
                         "cannot hold another: choose a folder outside it")
 
 
-def _replaceable(out: Path, refusal: Callable[[str], str]) -> dict[str, Any] | None:
+def _replaceable(out: Path, refusal: Callable[[str], str]) -> Manifest | None:
     """The manifest of the artifact at ``out`` if it may be replaced (None: nothing there)."""
     if not out.is_dir() or not any(out.iterdir()):
         return None
@@ -237,7 +238,7 @@ def _replaceable(out: Path, refusal: Callable[[str], str]) -> dict[str, Any] | N
 
 
 def check_out(out: Path, source: dict[str, Any], model: dict[str, Any], overwrite: bool,
-              echo: Echo = print) -> dict[str, Any] | None:
+              echo: Echo = print) -> Manifest | None:
     """May this export write ``out``? Returns the artifact it would replace, if any.
 
     Refused, in one line: a file on the way, a symbolic link, a folder inside another artifact,
@@ -262,7 +263,7 @@ def check_out(out: Path, source: dict[str, Any], model: dict[str, Any], overwrit
     return previous
 
 
-def check_failed_slot(out: Path, echo: Echo = print) -> dict[str, Any] | None:
+def check_failed_slot(out: Path, echo: Echo = print) -> Manifest | None:
     """``--keep-failed`` writes ``<out>.FAILED``: only over a failed artifact of ours."""
     failed = out.with_name(out.name + FAILED_SUFFIX)
     _blocker(failed)
@@ -382,7 +383,7 @@ def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelP
             remove_dirs(created)
 
 
-def _announce(out: Path, previous: dict[str, Any] | None, warn: Echo) -> None:
+def _announce(out: Path, previous: Manifest | None, warn: Echo) -> None:
     if previous is not None:
         warn(f"replacing {out} (previous {previous['format']} artifact from "
              f"{previous['created']})")
@@ -400,8 +401,8 @@ def _first_failure(verdicts: list[Verdict]) -> str:
 
 def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
               fp32_proto: onnx.ModelProto, batch: BatchRange, trt_version: str | None, gpu: Any,
-              previous: dict[str, Any] | None, out: Path, echo: Echo
-              ) -> tuple[dict[str, Any], list[Verdict]]:
+              previous: Manifest | None, out: Path, echo: Echo
+              ) -> tuple[Manifest, list[Verdict]]:
     """Write every file of one format into ``staging``, gate them, write the manifest there."""
     spec = source.spec
     started = time.perf_counter()
@@ -477,6 +478,7 @@ def _quantize(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelPro
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp:
         fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         save_onnx(fp32_proto, fp32_path)
+        assert req.flavour is not None  # an INT8 format always has a flavour
         report = quantize_qdq(fp32_path, int8_path, calibration.images, flavour=req.flavour,
                               method=req.calib_method)
         proto = onnx.load(str(int8_path))

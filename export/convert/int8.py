@@ -226,7 +226,7 @@ def check_calibration(calibration: Any, proto: onnx.ModelProto,
 # ---------------------------------------------------------------------------------------------
 
 
-def _data_reader(input_name: str, calibration: np.ndarray, batch_size: int):
+def _data_reader(input_name: str, calibration: np.ndarray, batch_size: int) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Batches(CalibrationDataReader):
@@ -261,13 +261,13 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _quant_type(name: str):
+def _quant_type(name: str) -> Any:
     from onnxruntime.quantization import QuantType
 
     return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
 
 
-def _calibrate_method(method: str):
+def _calibrate_method(method: str) -> Any:
     from onnxruntime.quantization import CalibrationMethod
 
     return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

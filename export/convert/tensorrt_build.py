@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import EngineIncompatible, UserError
+from ..core.manifest import Manifest
 from ..runtime.tensorrt_runner import GpuInfo, check_engine_compatible, require_tensorrt
 
 DEFAULT_WORKSPACE = 4 << 30  # 4 GiB: ResNet-152 tactics need far less; a cap, not an allocation
@@ -60,8 +61,8 @@ def network_flags(trt: Any) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def timing_cache_reusable(previous_manifest: dict[str, Any] | None, trt_version: str,
-                          gpu: GpuInfo) -> bool:
+def timing_cache_reusable(previous_manifest: Manifest | None, trt_version: str | None,
+                          gpu: GpuInfo | None) -> bool:
     """A cache is only worth loading on the TensorRT version and GPU that wrote it."""
     if not previous_manifest:
         return False

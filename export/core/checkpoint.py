@@ -17,7 +17,7 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
@@ -86,7 +86,7 @@ def _unpickler_reason(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _is_tensor_dict(obj: Any) -> bool:
+def _is_tensor_dict(obj: Any) -> TypeGuard[dict[str, torch.Tensor]]:
     return isinstance(obj, dict) and bool(obj) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 

@@ -76,8 +76,11 @@ def resolve_model_name(depth: int | None, model: str | None) -> str:
     """``--depth 50`` or ``--model resnet50`` -> "resnet50"; a bad name: usage error (exit 2)."""
     if depth is not None and model is not None:
         raise OneLineUsageError("give --depth or --model, not both")
+    choice = model if model is not None else depth
+    if choice is None:
+        raise OneLineUsageError("give --depth or --model")
     try:
-        return get_architecture(model if model is not None else depth).name
+        return get_architecture(choice).name
     except UnknownModelError as exc:
         raise OneLineUsageError(str(exc)) from None
 

@@ -163,8 +163,9 @@ class _ResNet(nn.Module):
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         _init_weights(self, zero_init_residual)
 
-    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        downsample = None
+    def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
+                    stride: int = 1) -> nn.Sequential:
+        downsample: nn.Module | None = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 _conv1x1(self.inplanes, planes * block.expansion, stride),
@@ -204,7 +205,7 @@ class _CifarResNet(nn.Module):
         _init_weights(self, zero_init_residual)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        downsample = None
+        downsample: nn.Module | None = None
         if stride != 1 or self.inplanes != planes:
             if self.shortcut == "A":
                 downsample = PadShortcut(planes, stride)
@@ -233,7 +234,7 @@ class Architecture:
 
     name: str
     kind: str  # "imagenet" or "cifar"
-    block: type[nn.Module]
+    block: type[BasicBlock] | type[Bottleneck]
     layers: tuple[int, ...]
     input_size: int  # the input side length the architecture was designed for
     groups: int = 1
@@ -291,7 +292,7 @@ def model_names() -> list[str]:
     return list(ARCHITECTURES)
 
 
-def get_architecture(name: str) -> Architecture:
+def get_architecture(name: str | int) -> Architecture:
     """Look a name up; ``"50"`` and ``50`` are accepted for ``"resnet50"``."""
     key = str(name).strip().lower()
     if key.isdigit():
@@ -386,7 +387,9 @@ class ModelSpec:
             if not isinstance(value, (list, tuple)) or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
                 raise ValueError(f"{key} must be a list of numbers, got {value!r}")
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()})
+        fields: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
+                                  for k, v in data.items()}
+        return cls(**fields)
 
 
 def default_normalisation(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

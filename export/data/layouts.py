@@ -23,6 +23,7 @@ wrong is one :class:`UserError` line that names the file.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
 import re
@@ -32,7 +33,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -145,7 +146,7 @@ def _candidates(path: Path) -> list[_Candidate]:
         own = _folder_candidate(path)
         if own:
             return [own]
-        found = []
+        candidates: list[_Candidate] = []
         for entry in sorted(os.scandir(path), key=lambda e: e.name):
             if entry.is_dir() and _norm(entry.name) in _ROOT_CHILDREN:
                 child = _folder_candidate(Path(entry.path))
@@ -154,8 +155,8 @@ def _candidates(path: Path) -> list[_Candidate]:
             else:
                 child = None
             if child:
-                found.append(child)
-        return found
+                candidates.append(child)
+        return candidates
     except OSError:
         return []
 
@@ -273,9 +274,9 @@ def _load_idx(found: _Candidate) -> LayoutDataset:
     chosen = found.idx_set
     if chosen is None:
         if len(sets) > 1:
-            labels = ", ".join(f"EMNIST {s}" if s else "MNIST-style" for s in sorted(sets))
+            kinds = ", ".join(f"EMNIST {s}" if s else "MNIST-style" for s in sorted(sets))
             example = folder / _idx_file_name(max(sets), "train", "images")
-            raise UserError(f"{folder} holds idx files of several datasets ({labels}): point at "
+            raise UserError(f"{folder} holds idx files of several datasets ({kinds}): point at "
                             f"one of that set's files, e.g. {example}")
         chosen = next(iter(sets))
     files = sets.get(chosen, {})
@@ -329,7 +330,8 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
         raise UserError(f"{path}: cannot {what} it ({exc})") from None
 
 
-def _read_idx_stream(f, path: Path, ndim: int, file_size: int | None) -> np.ndarray:
+def _read_idx_stream(f: gzip.GzipFile | io.BufferedReader, path: Path, ndim: int,
+                     file_size: int | None) -> np.ndarray:
     head = f.read(4)
     if len(head) < 4:
         raise UserError(f"{path}: {len(head)} bytes, too short for an idx header")
@@ -414,7 +416,7 @@ class _CifarUnpickler(pickle.Unpickler):
     called: pickle looks up a global before it can reduce with it.
     """
 
-    def __init__(self, file, path: Path):
+    def __init__(self, file: IO[bytes], path: Path):
         super().__init__(file, encoding="bytes")
         self._path = path
         self._allowed = _allowed_globals()

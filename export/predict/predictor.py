@@ -19,6 +19,7 @@ import numpy as np
 
 from ..core.artifact import read_manifest
 from ..core.errors import UserError
+from ..core.manifest import Manifest
 from ..core.models import ModelSpec
 from ..core.shapes import BatchRange
 from ..data import IMAGE_SUFFIXES, preprocess, read_image
@@ -130,7 +131,7 @@ class Predictor:
     :meth:`close` (or at the end of a ``with`` block).
     """
 
-    def __init__(self, runner: Runner, manifest: dict[str, Any], folder: Path | None = None):
+    def __init__(self, runner: Runner, manifest: Manifest, folder: Path | None = None):
         self.runner = runner
         self.manifest = manifest
         self.folder = folder
@@ -219,8 +220,8 @@ class Predictor:
         The first file that cannot be classified raises :class:`UserError`."""
         results = []
         for result in self.iter_files(paths, top, batch_size):
-            if result.error is not None:
-                raise UserError(result.error)
+            if result.error is not None or result.top is None:
+                raise UserError(result.error or f"{result.path}: not classified")
             results.append(result.top)
         return results
 

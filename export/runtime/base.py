@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.manifest import Manifest
 from ..core.shapes import BatchRange, check_batch
 
 
@@ -33,7 +34,7 @@ class InputContract:
         check_batch(tuple(shape), self.chw, self.batch, self.name)
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> InputContract:
+    def from_manifest(cls, manifest: Manifest) -> InputContract:
         spec = manifest["model"]
         return cls(manifest["inputs"][0]["name"],
                    (int(spec["in_chans"]), int(spec["input_size"]), int(spec["input_size"])),
