@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -15,6 +16,11 @@ def invoke(cli: click.Command, args: Any, *, catch_exceptions: bool = False,
     escapes the command fails the test unless ``catch_exceptions`` keeps it in the result."""
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=catch_exceptions,
                               **kwargs)
+
+
+def command(cli: click.Command, **options: Any) -> Callable[[Iterable[Any]], Result]:
+    """``invoke`` bound to one command: ``command(main)(["--depth", 18])``."""
+    return lambda args: invoke(cli, args, **options)
 
 
 def no_traceback(result: Result) -> None:

@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import bench.cases as backends
 from bench import report
 from bench.cli import main
 
+from cli_helpers import command
+
 FAST = ["--depth", "18", "--input-size", "32", "--warmup", "1", "--no-steady-warmup",
         "--min-iters", "3", "--min-time", "0", "--no-progress"]
 
 
-def invoke(args):
-    return CliRunner().invoke(main, args, catch_exceptions=False)
+invoke = command(main)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import onnx
 import pytest
-from click.testing import CliRunner
 
 import export.core.artifact as artifact_mod
 import export.core.folders as folders_mod
@@ -39,6 +38,8 @@ from export.core.shapes import BatchRange
 from export.core.weights import state_digest
 from export.pipeline import ExportRequest, export_artifact
 from export.runtime import load_artifact
+
+from cli_helpers import error_line, invoke, no_traceback
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--depth", "20", "--input-size", "16", "--batch-range", "1:1:2"]
@@ -76,22 +77,7 @@ def cwd(tmp_path, monkeypatch):
 
 
 def run(*args):
-    return CliRunner().invoke(export_cli, [str(a) for a in args])
-
-
-def no_traceback(result):
-    assert "Traceback" not in result.output, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        repr(result.exception)
-
-
-def error_line(result, code=1):
-    """The run failed with ``code`` and exactly one ``Error: ...`` line on stderr."""
-    no_traceback(result)
-    assert result.exit_code == code, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1, result.output
-    return errors[0]
+    return invoke(export_cli, args, catch_exceptions=True)
 
 
 def tree(folder):

@@ -8,14 +8,12 @@ few generated images per class) and the runs are one or two steps, so the suite 
 import dataclasses
 import json
 import os
-import re
 import signal
 import zipfile
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from export.cli import main as export_cli
@@ -23,6 +21,9 @@ from export.core.checkpoint import load_checkpoint, save_checkpoint
 from export.core.errors import UserError
 from export.core.models import ModelSpec
 from export.train.cli import main as train_cli
+
+from cli_helpers import invoke as run_cli
+from cli_helpers import only_error_line as error_line
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -40,20 +41,7 @@ def write_pngs(root, classes=("a", "b"), per_class=6, size=12, seed=0):
 
 def invoke(cli, *args):
     """Run a command in-process; an exception that escapes it fails the test."""
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def error_line(result, code):
-    """The single ``Error: ...`` line a failed command printed, after checking its exit status.
-
-    Progress bars (stderr, redrawn with carriage returns and cleared when an epoch ends) are
-    not lines a user is left with, so they are set aside.
-    """
-    assert result.exit_code == code, result.output
-    lines = [line.strip() for line in re.split(r"[\r\n]", result.stderr)
-             if line.strip() and not re.match(r"\s*epoch \d+/\d+:", line)]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
+    return run_cli(cli, args)
 
 
 TINY = ("--epochs", "1", "--max-steps", "2", "--input-size", "16", "--batch-size", "4",

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from export.core.checkpoint import load_checkpoint, model_from_checkpoint
 from export.core.errors import UserError
@@ -22,6 +21,8 @@ from export.train.datasets import ImageDataset
 from export.train.devices import Processes, cpu_thread_count, cpu_threads, pick_device
 from export.train.rundir import resolve_run_dir
 from export.train.steps import build_optimizer, evaluate, train_one_epoch, warmup_cosine
+
+from cli_helpers import command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -274,8 +275,7 @@ def test_fine_tuning_from_a_torchvision_style_file(tmp_path, digits_npz):
 # --- the command line -------------------------------------------------------------------------
 
 
-def invoke(args):
-    return CliRunner().invoke(train_cli, [str(a) for a in args], catch_exceptions=False)
+invoke = command(train_cli)
 
 
 def test_cli_trains_and_resumes(tmp_path, digits_npz):

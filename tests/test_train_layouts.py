@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from export.core.checkpoint import load_checkpoint
 from export.core.errors import UserError
@@ -34,6 +33,7 @@ from export.train import data as data_module
 from export.train.cli import main as train_cli
 
 import layout_writers as lw
+from cli_helpers import invoke
 
 N_TRAIN, N_TEST = lw.N_TRAIN, 1797 - lw.N_TRAIN
 
@@ -220,10 +220,6 @@ def test_resizing_works_in_chunks_with_the_same_result(monkeypatch, gray28):
 
 
 # --- through resnet-train and resnet-export ---------------------------------------------------
-
-
-def invoke(command, args):
-    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_short_run_on_an_idx_dataset_through_the_cli(tmp_path, mnist_root):
