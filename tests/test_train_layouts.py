@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from export.core.checkpoint import load_checkpoint
 from export.core.errors import UserError
@@ -22,6 +23,7 @@ from export.data import (
     describe_source,
     load_training_data,
     normalise,
+    pixels,
     reference_images,
     resize_array,
     scan,
@@ -29,11 +31,9 @@ from export.data import (
     to_channels,
 )
 from export.data.layouts import FASHION_MNIST_CLASSES
-from export.train import data as data_module
 from export.train.cli import main as train_cli
 
 import layout_writers as lw
-from cli_helpers import invoke
 
 N_TRAIN, N_TEST = lw.N_TRAIN, 1797 - lw.N_TRAIN
 
@@ -214,12 +214,16 @@ def test_sixty_thousand_images_load_in_seconds_and_stay_uint8(tmp_path, gray28):
 def test_resizing_works_in_chunks_with_the_same_result(monkeypatch, gray28):
     images = nchw(gray28[0][:50])
     whole = resize_array(images, 32)
-    monkeypatch.setattr(data_module, "RESIZE_CHUNK", 7)
+    monkeypatch.setattr(pixels, "RESIZE_CHUNK", 7)
     np.testing.assert_array_equal(resize_array(images, 32), whole)
     assert to_channels(whole, 3).shape == (50, 3, 32, 32)
 
 
 # --- through resnet-train and resnet-export ---------------------------------------------------
+
+
+def invoke(command, args):
+    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_short_run_on_an_idx_dataset_through_the_cli(tmp_path, mnist_root):

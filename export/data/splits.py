@@ -16,7 +16,13 @@ from ..core.errors import UserError
 from ..core.hardware import check_memory
 from ..core.models import ModelSpec
 from .pixels import preprocess
-from .sources import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, Scanned, describe_source, scan
+from .sources import (
+    DEFAULT_TEST_FRACTION,
+    DEFAULT_VAL_FRACTION,
+    Scanned,
+    describe_source,
+    scan,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Step 2: split
