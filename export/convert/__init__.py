@@ -1,0 +1,1 @@
+"""Exporters: turn a model or an artifact into another format."""
