@@ -6,6 +6,7 @@ no two modules import each other (directly or round a loop).
     export.train     data, the loop, run folders, plots, resnet-train
     export.*         exporters, parity gate, manifest writing, pipeline, resnet-export
     bench, predict   resnet-bench / resnet-predict, on top of the runtime and the exporters
+    export.serve     resnet-serve, on top of predict
 
 Imports inside functions count too: a lazy import is still a dependency.
 """
@@ -19,11 +20,12 @@ PACKAGES = ("export", "bench")
 
 #: (module prefix, rank); the first prefix that matches decides
 LAYERS = [("export.core", 0), ("export.runtime", 1), ("export.train", 2),
-          ("export.predict", 4), ("export", 3), ("bench", 4)]
+          ("export.predict", 4), ("export.serve", 5), ("export", 3), ("bench", 4)]
 #: edges that the ranks allow but the architecture does not: CLIs and orchestration are leaves
 FORBIDDEN = [("bench", "export.cli"), ("bench", "export.pipeline"), ("bench", "export.predict"),
              ("export.predict", "bench"), ("export.predict", "export.cli"),
-             ("export.predict", "export.pipeline")]
+             ("export.predict", "export.pipeline"), ("export.serve", "export.cli"),
+             ("export.serve", "export.pipeline"), ("export.serve", "bench")]
 
 
 def _module_name(path: Path) -> str:

@@ -53,7 +53,7 @@ def choose_backend(manifest: dict[str, Any], backend: str) -> str:
     if backend == "auto":
         return "tensorrt" if fmt == "trt" else "onnxruntime"
     if (backend == "tensorrt") != (fmt == "trt"):
-        raise BadOption(f"a {fmt} artifact cannot run on Triton's {backend} backend")
+        raise BadOption(f"an artifact of format {fmt} cannot run on Triton's {backend} backend")
     if backend == "openvino" and not openvino_judged(manifest):
         raise BadOption(f"the {manifest['precision']} contract of this {fmt} artifact was not "
                         "judged on OpenVINO at export; use the onnxruntime backend")
