@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
@@ -93,7 +94,7 @@ def plan_threads(cfg: ServeConfig, models: int, cpus: int) -> tuple[int, float, 
         why = f"{count} replica(s) x {threads} thread(s) on {cpus} core(s)"
     reserve = float(threads)
     if count * threads > cpus:
-        reserve = max(0.01, round(cpus / count, 2))
+        reserve = max(0.01, math.floor(cpus / count * 100) / 100)  # rounded up, they'd not fit
         why += (f": OVERSUBSCRIBED ({count * threads} threads); Ray reserves {reserve} CPU per "
                 "replica")
     return threads, reserve, why
