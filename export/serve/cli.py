@@ -108,8 +108,8 @@ def _concurrencies(_ctx: Any, _param: Any, value: str) -> list[int]:
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Images per request.")
 @click.option("--json-tensors", is_flag=True, help="Send JSON tensors instead of binary ones.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("artifacts/serve-bench"),
-              show_default=True, help="Folder for serve-bench.json and serve-bench.png.")
+@click.option("--out", type=click.Path(path_type=Path),
+              default=Path("artifacts/bench/serve"), show_default=True, help="Folder for serve-bench.json and serve-bench.png.")
 @click.option("--replicas", type=click.IntRange(min=1, max=256), default=1, show_default=True,
               help="Replicas of the server it starts (ARTIFACT only).")
 @click.option("--serve-arg", "serve_args", multiple=True,

@@ -40,7 +40,7 @@ class BenchConfig:
     duration: float = 10.0
     batch: int = 1
     binary: bool = True
-    out: Path = Path("artifacts/serve-bench")
+    out: Path = Path("artifacts/bench/serve")
     replicas: int = 1
     serve_args: list[str] = field(default_factory=list)
 
@@ -196,13 +196,21 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'conc':>5} {'requests':>9} {'errors':>7} {'req/s':>9} {'img/s':>9} "
-            f"{'p50 ms':>8} {'p99 ms':>8} {'batch':>6}")
+            f"{'p50 ms':>8} {'p99 ms':>8} {'batch':>6} {'server ms':>10} {'batch ms':>9}")
     lines = [head, "-" * len(head)]
+
+    def num(value: Any, digits: int = 1) -> str:
+        return f"{value:.{digits}f}" if value is not None else "-"
+
     for r in rows:
-        mb = f"{r['mean_batch']:.1f}" if r["mean_batch"] else "-"
         lines.append(f"{r['concurrency']:>5} {r['requests']:>9} {r['errors']:>7} "
                      f"{r['requests_per_s']:>9.1f} {r['images_per_s']:>9.1f} "
-                     f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {mb:>6}")
+                     f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {num(r['mean_batch']):>6} "
+                     f"{num(r.get('server_ms_per_request'), 2):>10} "
+                     f"{num(r.get('compute_ms_per_batch'), 2):>9}")
+    lines.append("server ms: mean time a request spent in a replica (read, batch wait, compute, "
+                 "answer); batch ms: mean compute per batch; the rest of p50 is the HTTP proxy "
+                 "and the client")
     return "\n".join(lines)
 
 
@@ -229,13 +237,39 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _server_stats(base: str, model: str) -> dict[str, Any] | None:
+    """One replica's statistics (Triton's extension), or None where the server has none."""
+    try:
+        return _get(f"{base}/v2/models/{model}/stats")["model_stats"][0]
+    except Exception:
+        return None
+
+
+def server_time(before: dict[str, Any] | None, after: dict[str, Any] | None
+                ) -> dict[str, Any]:
+    """Where the time went inside the replica between two statistics snapshots: the mean time
+    a request spent in it (reading, waiting for its batch, computing, answering) and the mean
+    compute time of a batch. Both from one replica: exact with one, a sample with several."""
+    if not before or not after:
+        return {}
+    ok = after["inference_stats"]["success"]
+    ok0 = before["inference_stats"]["success"]
+    run = after["inference_stats"]["compute_infer"]
+    run0 = before["inference_stats"]["compute_infer"]
+    n, batches = ok["count"] - ok0["count"], run["count"] - run0["count"]
+    return {"server_ms_per_request": (ok["ns"] - ok0["ns"]) / n / 1e6 if n > 0 else None,
+            "compute_ms_per_batch": (run["ns"] - run0["ns"]) / batches / 1e6
+            if batches > 0 else None}
+
+
 def sweep(cfg: BenchConfig, base: str, echo: Echo) -> dict[str, Any]:
     model, meta = pick_model(base, cfg.model)
     client = Client(base, model, meta, cfg.batch, cfg.binary)
     rows = []
     for level in cfg.concurrency:
+        before = _server_stats(base, model)
         step = asyncio.run(_step(client, level, cfg.count, cfg.duration))
-        rows.append(step.row(cfg.batch))
+        rows.append(step.row(cfg.batch) | server_time(before, _server_stats(base, model)))
         echo(f"concurrency {level}: {rows[-1]['requests_per_s']:.1f} req/s, "
              f"{rows[-1]['errors']} error(s)")
     return {"schema": SCHEMA, "schema_version": 1, "url": base, "model": model,
