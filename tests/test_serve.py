@@ -19,10 +19,10 @@ from PIL import Image
 pytest.importorskip("ray.serve", reason="the serve extra (Ray Serve) is not installed")
 pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
 
-from built_artifacts import BATCH, trained_project  # noqa: E402
-from export.predict import Predictor  # noqa: E402
-from export.serve.loadgen import start_server  # noqa: E402
-from export.serve.protocol import HEADER_LENGTH  # noqa: E402
+from built_artifacts import BATCH, trained_project
+from export.predict import Predictor
+from export.serve.loadgen import start_server
+from export.serve.protocol import HEADER_LENGTH
 
 CLIENT = Path(__file__).with_name("serve_client.py")
 MODEL = "resnet20-onnx"

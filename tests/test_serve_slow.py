@@ -15,11 +15,10 @@ import pytest
 
 pytest.importorskip("ray.serve", reason="the serve extra (Ray Serve) is not installed")
 
-from built_artifacts import trained_project  # noqa: E402
-from export.predict import Predictor  # noqa: E402
-from export.serve.loadgen import start_server, stop_server  # noqa: E402
-from export.serve.protocol import (HEADER_LENGTH, ModelSignature, decode_response,  # noqa: E402
-                                   encode_request)
+from built_artifacts import trained_project
+from export.predict import Predictor
+from export.serve.loadgen import start_server, stop_server
+from export.serve.protocol import HEADER_LENGTH, ModelSignature, decode_response, encode_request
 
 pytestmark = pytest.mark.slow
 MODEL = "resnet20-onnx"
@@ -89,7 +88,7 @@ def test_killing_one_of_two_replicas_gives_no_wrong_answer_and_recovers(artifact
     try:
         pids = replica_pids(url, 2)
         assert len(pids) == 2
-        victim = sorted(pids)[0]
+        victim = min(pids)
         log = asyncio.run(load(url, bodies, want, seconds=20, concurrency=8, kill_at=6,
                                kill=lambda: os.kill(victim, signal.SIGKILL)))
         outcomes = [o for _, o in log]

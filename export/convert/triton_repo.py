@@ -127,9 +127,9 @@ def _render(data: dict[str, Any], indent: int = 0) -> list[str]:
 
 def config_text(config: dict[str, Any], manifest: dict[str, Any]) -> str:
     """``config.pbtxt``: the configuration in protobuf text format, with where it came from."""
-    head = [MARKER, f"# {manifest['model']['name']} {manifest['format']} "
-                    f"({manifest['precision']} contract), batch "
-                    f"{manifest['batch_range']['min']}..{manifest['batch_range']['max']}"]
+    rng = manifest["batch_range"]
+    head = [MARKER, (f"# {manifest['model']['name']} {manifest['format']} "
+                     f"({manifest['precision']} contract), batch {rng['min']}..{rng['max']}")]
     if manifest["format"] == "trt":
         trt = manifest["versions"].get("tensorrt")
         gpu = (manifest.get("gpu") or {}).get("name", "its GPU")

@@ -135,8 +135,8 @@ class ModelServer:
         self.limit = self.sig.body_limit()
         self.lock = threading.Lock()  # OpenVINO's infer request is not re-entrant
         self.stats = Stats(opts.name)
-        self._batched.set_max_batch_size(opts.max_batch)
-        self._batched.set_batch_wait_timeout_s(opts.batch_wait_s)
+        self._batched.set_max_batch_size(opts.max_batch)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(opts.batch_wait_s)  # type: ignore[attr-defined]
         self._run(np.zeros((1, *self.sig.input.shape[1:]), dtype=np.float32))  # warm up
         self.stats = Stats(opts.name)  # count requests, not the warm-up
 
@@ -307,7 +307,7 @@ class Root:
 def model_app(opts: ModelOptions, replicas: int, cpus_per_replica: float) -> Any:
     """The bound application for one model; ``max_ongoing_requests`` lets a batch fill (Ray's
     default of 5 would cap every batch at 5 requests)."""
-    return ModelServer.options(
+    return ModelServer.options(  # type: ignore[attr-defined]
         name="model", num_replicas=replicas,
         max_ongoing_requests=max(16, 2 * opts.max_batch),
         ray_actor_options={"num_cpus": cpus_per_replica,
@@ -317,7 +317,7 @@ def model_app(opts: ModelOptions, replicas: int, cpus_per_replica: float) -> Any
 
 
 def root_app(models: list[str], version: str) -> Any:
-    return Root.options(name="root").bind(models, version)
+    return Root.options(name="root").bind(models, version)  # type: ignore[attr-defined]
 
 
 def folder_of(path: str | Path) -> str:
