@@ -2,7 +2,7 @@
 
 The benchmark does not need trained weights, only the architecture, so the model is built from a
 seed and the file is cached under a key of (model description, seed, torch version): the second
-run skips the export. :func:`export_onnx` is the one place that calls an exporter.
+run skips the export. :func:`export_cached_model` is the one place that calls an exporter.
 """
 
 from __future__ import annotations
@@ -28,29 +28,29 @@ def default_cache_dir() -> Path:
     return Path(base) / "resnet-deploy" / "bench-onnx"
 
 
-def export_onnx(model: nn.Module, spec: ModelSpec, path: Path) -> None:
+def export_cached_model(model: nn.Module, spec: ModelSpec, path: Path) -> None:
     """FP32 ONNX with a dynamic batch, written atomically, by the export package's exporter.
 
-    The same graph the parity gate checks (``export.onnx_export``: torch.onnx dynamo exporter,
+    The same graph the parity gate checks (``export.convert.onnx_export``: torch.onnx dynamo exporter,
     BatchNorm folded, one self-contained file). Swap it here to benchmark another exporter.
     """
-    from export.onnx_export import export_onnx as package_export, save_onnx
+    from export.convert.onnx_export import export_onnx, save_onnx
 
     with atomic_path(path) as tmp, contextlib.redirect_stdout(sys.stderr):
-        save_onnx(package_export(model, spec), tmp)
+        save_onnx(export_onnx(model, spec), tmp)
 
 
 def cached_onnx(model: nn.Module, spec: ModelSpec, seed: int,
                 cache_dir: Path | None = None) -> tuple[Path, dict[str, Any]]:
     """The cached file for (spec, seed) (exporting it first if needed) and what that cost."""
     key = {**spec.to_dict(), "seed": seed, "torch": torch.__version__,
-           "exporter": "export.onnx_export"}
+           "exporter": "export.convert.onnx_export"}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir or default_cache_dir()) / f"{key.get('name', 'model')}-{digest}.onnx"
     if path.exists():
         return path, {"onnx": str(path), "onnx_cached": True, "export_s": 0.0}
     t0 = time.perf_counter()
-    export_onnx(model, spec, path)
+    export_cached_model(model, spec, path)
     return path, {"onnx": str(path), "onnx_cached": False, "export_s": time.perf_counter() - t0}
 
 
@@ -66,19 +66,19 @@ INT8_NOTE = (f"speed row: INT8 QDQ quantized on the fly from the FP32 ONNX ({INT
 def int8_quantizer_unavailable() -> str | None:
     """Why the project's INT8 quantizer cannot run here (None: it can)."""
     try:
-        from export.int8 import quantize_qdq  # noqa: F401
+        from export.convert.int8 import quantize_qdq  # noqa: F401
     except ImportError as exc:
-        return f"INT8 quantizer not available (export.int8: {exc})"
+        return f"INT8 quantizer not available (export.convert.int8: {exc})"
     return None
 
 
 def cached_int8_onnx(fp32_path: Path, calibration: Any, cache_dir: Path | None = None) \
         -> tuple[Path, dict[str, Any]]:
-    """An INT8 QDQ file quantized from ``fp32_path`` by ``export.int8.quantize_qdq`` (flavour
+    """An INT8 QDQ file quantized from ``fp32_path`` by ``export.convert.int8.quantize_qdq`` (flavour
     "cpu"), cached beside it under a key of (FP32 file, calibration inputs, method)."""
     import numpy as np
 
-    from export.int8 import quantize_qdq
+    from export.convert.int8 import quantize_qdq
 
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)
     key = {"fp32": Path(fp32_path).name, "method": INT8_METHOD, "flavour": "cpu",

@@ -8,13 +8,13 @@ from typing import Any
 
 import click
 
-from .core.artifact import MAX_BATCH, MAX_INPUT_SIZE
+from .core.manifest import MAX_BATCH, MAX_INPUT_SIZE
 from .core.cli import (DefaultCommand, DefaultGroup, OneLineCommand, OneLineUsageError,
                        model_options, one_line_errors, print_family_table, resolve_model_name,
                        sigterm_as_interrupt)
 from .core.errors import UserError
-from .onnx_export import DEFAULT_OPSET
-from .core.artifact import FORMATS
+from .convert.onnx_export import DEFAULT_OPSET
+from .core.manifest import FORMATS
 from .core.shapes import BatchRange
 
 #: Bounds of the options that size the model (docs/export.md, "Limits"). Classes: the fc layer
@@ -50,7 +50,7 @@ def _parse_batch_range(text: str) -> BatchRange:
 
 
 def _parse_workspace(text: str) -> int:
-    from .tensorrt_build import parse_size
+    from .convert.tensorrt_build import parse_size
 
     try:
         size = parse_size(text)

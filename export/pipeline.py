@@ -21,7 +21,6 @@ Verify never modifies the artifact.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import tempfile
 import time
@@ -31,236 +30,51 @@ from typing import Any, Callable
 
 import onnx
 
-from .core.artifact import (FAILED_SUFFIX, FORMATS, MANIFEST_NAME, MAX_BATCH, MAX_INPUT_SIZE,
-                            artifact_file, enclosing_artifact, owned_artifact, read_manifest,
-                            recover_interrupted, replace_folder, staging_prefix, STAGING_SUFFIX,
-                            verify_files)
-from .core.errors import BackendUnavailable, ParityFailed, UserError, first_line
+from .convert.calibration import calibration_set
+from .convert.fp16 import convert_to_fp16
+from .convert.int8 import quantize_qdq
+from .convert.onnx_export import export_onnx, io_signature, save_onnx, stamp_metadata
+from .core.artifact import artifact_file, read_manifest, verify_files
+from .core.errors import ParityFailed, UserError
 from .core.fileio import current_umask, make_dirs, remove_dirs
-from .core.hardware import available_memory, inference_bytes
-from .core.models import ModelSpec, default_spec
-from .calibration import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
-from .calibration import accuracy_set, calibration_set
-from .fp16 import convert_to_fp16
-from .int8 import DEFAULT_METHOD, quantize_qdq
-from .manifest import build_manifest, file_entry, library_versions, write_manifest
-from .onnx_export import (DEFAULT_OPSET, export_onnx, io_signature, save_onnx, stamp_metadata)
-from .parity import (TOLERANCES, ParityInput, Verdict, random_inputs, real_inputs, run_gate,
-                     table_footer, table_header, table_row)
+from .core.folders import (
+    Target,
+    check_failed_slot,
+    check_out,
+    recover_interrupted,
+    replace_folder,
+    staging_prefix,
+)
+from .core.manifest import (
+    FAILED_SUFFIX,
+    FORMATS,
+    MANIFEST_NAME,
+    STAGING_SUFFIX,
+    build_manifest,
+    file_entry,
+    library_versions,
+    write_manifest,
+)
+from .core.models import default_spec
 from .core.shapes import BatchRange
-from .runtime.base import Runner
-from .runtime.loader import runner_for
-from .runtime.openvino_runner import openvino_usable
-from .runtime.ort_runner import cuda_provider_usable
-from .runtime.torch_runner import TorchRunner
-from .train.data import reference_images
-from .weights import CALIBRATION_BATCH_SIZE, DEFAULT_SEED, SourceModel, checkpoint_source, \
-    fresh_source, source_from_manifest, with_relative_path
+from .core.weights import (
+    SourceModel,
+    fresh_source,
+    source_from_manifest,
+    with_relative_path,
+)
+from .gate.judge import judge_artifact
+from .gate.parity import Verdict
+from .request import (
+    ExportRequest,
+    check_limits,
+    default_out,
+    merge_batch,
+    normalization_of,
+    resolve_source,
+)
 
-RANDOM_SEED = 1234
 Echo = Callable[[str], None]
-
-
-@dataclass
-class ExportRequest:
-    """What the user asked for; None means "the default that suits the model"."""
-
-    fmt: str = "onnx"
-    model: str | None = None  # resolved family name (None: from the checkpoint, or resnet50)
-    checkpoint: Path | None = None
-    num_classes: int | None = None
-    in_chans: int | None = None
-    input_size: int | None = None
-    batch: BatchRange | None = None
-    batch_parts: tuple[int | None, int | None, int | None] = (None, None, None)  # --min/opt/max
-    opset: int = DEFAULT_OPSET
-    out: Path | None = None
-    io_fp16: bool = False
-    trt_precision: str = "fp16"
-    workspace: int | None = None
-    seed: int = DEFAULT_SEED
-    keep_failed: bool = False
-    int8_flavour: str = "cpu"  # onnx-int8: "cpu" (ORT/OpenVINO) or "tensorrt" (symmetric)
-    calib_data: Path | None = None  # None: the checkpoint's training split (digits if fresh)
-    calib_count: int = DEFAULT_CALIBRATION_COUNT
-    calib_method: str = DEFAULT_METHOD
-    overwrite: bool = False  # replace an artifact of other source weights at ``out``
-
-    @property
-    def precision(self) -> str:
-        return {"onnx": "fp32", "onnx-fp16": "fp16", "onnx-int8": "int8"}.get(
-            self.fmt, self.trt_precision)
-
-    @property
-    def flavour(self) -> str | None:
-        """The INT8 flavour this format needs: an engine needs TensorRT's (zero points 0)."""
-        if self.precision != "int8":
-            return None
-        return "tensorrt" if self.fmt == "trt" else self.int8_flavour
-
-
-@dataclass
-class ExportResult:
-    out: Path
-    manifest: dict[str, Any]
-    verdicts: list[Verdict] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------------
-# The eager reference
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_source(req: ExportRequest) -> SourceModel:
-    """Checkpoint / plain state dict / fresh weights, with defaults that suit the model."""
-    if req.checkpoint is not None:
-        return checkpoint_source(req.checkpoint, req.model, req.num_classes, req.in_chans,
-                                 req.input_size)
-    spec = default_spec(req.model or "resnet50", req.num_classes, req.in_chans, req.input_size)
-    return fresh_source(spec, req.seed)
-
-
-def merge_batch(default: BatchRange, lo: int | None, opt: int | None, hi: int | None
-                ) -> BatchRange:
-    """--min/--opt/--max-batch over the model's default; unnamed ends move to fit the named."""
-    lo_ = lo if lo is not None else min([default.min] + [v for v in (opt, hi) if v is not None])
-    hi_ = hi if hi is not None else max([default.max] + [v for v in (lo, opt) if v is not None])
-    opt_ = opt if opt is not None else min(max(default.opt, lo_), hi_)
-    return BatchRange(lo_, opt_, hi_)
-
-
-def default_out(spec: ModelSpec, req: ExportRequest) -> Path:
-    suffix = req.fmt
-    if req.fmt == "trt" and req.trt_precision != "fp16":
-        suffix = f"trt-{req.trt_precision}"
-    elif req.fmt == "onnx-int8" and req.int8_flavour != "cpu":
-        suffix = f"onnx-int8-{req.int8_flavour}"
-    return Path("artifacts") / f"{spec.name}-{suffix}"
-
-
-def normalization_of(spec: ModelSpec) -> dict[str, Any]:
-    return {"mean": list(spec.mean), "std": list(spec.std), "layout": "NCHW",
-            "pixel_scale": "pixels / 255, then (x - mean) / std per channel",
-            "color": "RGB" if spec.in_chans == 3 else f"{spec.in_chans}-channel (grayscale)"}
-
-
-# ---------------------------------------------------------------------------------------------
-# The gate's inputs and runners
-# ---------------------------------------------------------------------------------------------
-
-
-def parity_inputs(spec: ModelSpec, batch: BatchRange, dataset: dict[str, Any] | None
-                  ) -> tuple[list[ParityInput], dict[str, Any]]:
-    """Real test-split images (where available) and seeded random inputs at each batch size."""
-    sizes = batch.parity_sizes()
-    shape = (spec.in_chans, spec.input_size, spec.input_size)
-    items: list[ParityInput] = []
-    real: dict[str, Any] = {"available": False, "dataset": dataset, "count": 0, "note": None}
-    try:
-        images = reference_images(dataset, spec, limit=max(sizes))
-    except UserError as exc:
-        real["note"] = f"real images unavailable: {exc}"
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a damaged description
-        real["note"] = f"real images unavailable: the dataset description does not read " \
-                       f"({first_line(exc)})"
-    else:
-        if len(images):
-            items += real_inputs(images, sizes)
-            real.update(available=True, count=int(len(images)))
-        else:
-            real["note"] = "real images unavailable: the test split is empty"
-    items += random_inputs(shape, sizes, RANDOM_SEED)
-    described = {"batch_sizes": sizes, "real": real,
-                 "random": {"distribution": "N(0,1)", "seed": RANDOM_SEED}}
-    return items, described
-
-
-@dataclass
-class Candidate:
-    """One runtime running the artifact, and the precision contract it is judged by."""
-
-    runner: Runner
-    contract: str
-
-
-def candidate_runners(folder: Path, manifest: dict[str, Any]) -> list[Candidate]:
-    """The artifact in every runtime here that runs it, each with the contract it is judged by.
-
-    ONNX formats: ONNX Runtime CPU, the CUDA provider where it is usable (the only ONNX Runtime
-    that computes FP16 natively), and OpenVINO's CPU plugin where it is installed, at the
-    artifact's precision set explicitly and, for FP32 artifacts on CPUs with native BF16, also at
-    bf16 (the bf16 contract). An engine: the ONNX it was built from on ONNX Runtime (CPU, and
-    CUDA where usable), then the engine itself.
-    """
-    own = manifest["precision"]
-    built_from = manifest["tensorrt"]["built_from"] if manifest["format"] == "trt" else None
-    providers = [["CPUExecutionProvider"]]
-    if cuda_provider_usable():
-        providers.append(["CUDAExecutionProvider"])
-    found = [Candidate(runner_for(folder, manifest, p, file=built_from), own) for p in providers]
-    if built_from is not None:
-        return found + [Candidate(runner_for(folder, manifest), own)]
-    int8 = manifest.get("int8") or {}
-    if openvino_usable() and int8.get("flavour", "cpu") == "cpu":  # OpenVINO refuses signed
-        found.append(Candidate(runner_for(folder, manifest, runtime="openvino"), own))  # int8
-        if own == "fp32":
-            try:
-                found.append(Candidate(runner_for(folder, manifest, runtime="openvino",
-                                                  precision="bf16"), "bf16"))
-            except BackendUnavailable:  # no native BF16 here: not judged, never emulated
-                pass
-    return found
-
-
-def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
-         ) -> tuple[dict[str, Any], list[Verdict]]:
-    """Run the gate for every candidate runtime; print a table for each."""
-    spec = ModelSpec.from_dict(manifest["model"])
-    batch = BatchRange.from_dict(manifest["batch_range"])
-    dataset = source.dataset
-    recorded = (manifest.get("parity") or {}).get("inputs", {}).get("real", {})
-    if recorded.get("dataset") is not None:
-        dataset = recorded["dataset"]
-    inputs, described = parity_inputs(spec, batch, dataset)
-    notes = [described["real"]["note"]] if described["real"]["note"] else []
-    labelled = None
-    if TOLERANCES[manifest["precision"]].max_accuracy_drop is not None:
-        int8 = manifest.get("int8") or {}
-        labelled, described["accuracy"] = accuracy_set(
-            spec, dataset, batch.max, int8.get("calibration"))
-    if not TOLERANCES[manifest["precision"]].judge_random:
-        notes.append(f"random inputs are not judged at {manifest['precision']}: they lie "
-                     "outside the ranges it was calibrated for")
-    reference = TorchRunner(source.model, device="cpu")
-    verdicts = []
-    for found in candidate_runners(folder, manifest):
-        candidate = found.runner
-        started = time.perf_counter()
-        echo(table_header(found.contract, candidate.label, reference.label,
-                          candidate.arithmetic))
-        try:
-            verdict = run_gate(reference, candidate, inputs, found.contract, notes,
-                               on_comparison=lambda c: echo(table_row(c)),
-                               labelled=labelled if found.contract == manifest["precision"]
-                               else None)
-        except (UserError, BackendUnavailable, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # an artifact its runtime cannot run fails the gate
-            raise ParityFailed(f"{candidate.label} could not run the artifact: "
-                               f"{first_line(exc)}") from None
-        echo(table_footer(verdict) + f"  ({time.perf_counter() - started:.1f}s)")
-        if found.contract != manifest["precision"] and not verdict.passed:
-            echo(f"note: the {found.contract} contract failed on {candidate.label}; the "
-                 f"artifact keeps its {manifest['precision']} verdict and will not be run at "
-                 f"{found.contract}")
-        verdicts.append(verdict)
-    contracts: dict[str, bool] = {}
-    for verdict in verdicts:
-        contracts[verdict.precision] = contracts.get(verdict.precision, True) and verdict.passed
-    # the artifact passes on its own contract; others (bf16 execution) are recorded beside it
-    parity = {"passed": contracts[manifest["precision"]], "contracts": contracts,
-              "inputs": described, "runs": [v.to_dict() for v in verdicts]}
-    return parity, verdicts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,112 +82,11 @@ def gate(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
 # ---------------------------------------------------------------------------------------------
 
 
-def check_limits(spec: ModelSpec, batch: BatchRange, fresh: bool) -> None:
-    """Refuse an export the machine cannot hold, before the expensive steps.
-
-    The bounds (MAX_INPUT_SIZE, MAX_BATCH) hold for every artifact; the memory estimate
-    (:func:`inference_bytes`) is for the largest forward the export runs: the parity gate's
-    largest batch, and for fresh weights the BatchNorm calibration's batches of 8.
-    """
-    if spec.input_size > MAX_INPUT_SIZE:
-        raise UserError(f"input size {spec.input_size} is above the limit of {MAX_INPUT_SIZE}")
-    if batch.max > MAX_BATCH:
-        raise UserError(f"batch {batch.max} is above the limit of {MAX_BATCH}")
-    images = max(batch.max, CALIBRATION_BATCH_SIZE if fresh else 0)
-    need = inference_bytes(images, spec.in_chans, spec.input_size)
-    have = available_memory()
-    if have is not None and need > have:
-        what = (f"the parity gate at batch {batch.max}" if images == batch.max else
-                f"the BatchNorm calibration of fresh weights (batches of {images})")
-        raise UserError(f"exporting {spec.name} at {spec.input_size}x{spec.input_size} needs about "
-                        f"{need / 2**30:.1f} GiB for {what}; {have / 2**30:.1f} GiB is available: "
-                        "lower --input-size or --batch-range")
-
-
-def weights_identity(source: dict[str, Any], model: dict[str, Any]) -> tuple[Any, ...]:
-    """What makes two artifacts "from the same weights": the file's sha256, or the seed and the
-    model description that seeded weights follow from."""
-    if source.get("kind") == "seed":
-        return ("seed", source.get("seed"), model.get("name"), model.get("num_classes"),
-                model.get("in_chans"), model.get("shortcut", "A"))
-    return ("file", source.get("sha256"))
-
-
-def describe_weights(source: dict[str, Any], model: dict[str, Any]) -> str:
-    if source.get("kind") == "seed":
-        return f"UNTRAINED seeded weights (seed {source.get('seed')}, {model.get('name')})"
-    what = "checkpoint" if source.get("kind") == "checkpoint" else "state dict"
-    return f"the {what} {source.get('path')} (sha256 {str(source.get('sha256'))[:12]})"
-
-
 @dataclass
-class _Target:
-    """An output folder of one format and what was found there."""
-
+class ExportResult:
     out: Path
-    previous: dict[str, Any] | None = None  # the artifact at ``out`` that this export replaces
-
-
-def _blocker(out: Path) -> None:
-    if out.name in ("", ".", ".."):
-        raise UserError(f"--out {out} must name a folder (not . or ..)")
-    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise UserError(f"cannot write {out}: {blocker} is a file, not a folder")
-    if out.is_symlink():
-        raise UserError(f"--out {out} is a symbolic link (to {os.readlink(out)}); give the "
-                        "folder itself or another name")
-    enclosing = enclosing_artifact(out)
-    if enclosing is not None:
-        raise UserError(f"--out {out} is inside the artifact folder {enclosing}; an artifact "
-                        "cannot hold another: choose a folder outside it")
-
-
-def _replaceable(out: Path, refusal: Callable[[str], str]) -> dict[str, Any] | None:
-    """The manifest of the artifact at ``out`` if it may be replaced (None: nothing there)."""
-    if not out.is_dir() or not any(out.iterdir()):
-        return None
-    try:
-        return owned_artifact(out)
-    except UserError as exc:
-        raise UserError(refusal(str(exc))) from None
-
-
-def check_out(out: Path, source: dict[str, Any], model: dict[str, Any], overwrite: bool,
-              echo: Echo = print) -> dict[str, Any] | None:
-    """May this export write ``out``? Returns the artifact it would replace, if any.
-
-    Refused, in one line: a file on the way, a symbolic link, a folder inside another artifact,
-    a non-empty folder that is not provably one of our artifacts, and - without ``overwrite`` -
-    an artifact of other source weights. Leftovers of a killed export are put right first.
-    """
-    out = Path(out)
-    _blocker(out)
-    for note in recover_interrupted(out):
-        echo(f"note: {note}")
-    previous = _replaceable(out, lambda why: (
-        f"--out {out} exists and is not an artifact folder ({why}); nothing was changed: "
-        "choose another --out or empty it"))
-    if previous is not None and not overwrite and \
-            weights_identity(previous["source"], previous["model"]) != \
-            weights_identity(source, model):
-        raise UserError(
-            f"--out {out} holds a {previous['model']['name']} {previous['format']} artifact "
-            f"exported from {describe_weights(previous['source'], previous['model'])}; this "
-            f"export is from {describe_weights(source, model)}: pass --overwrite to replace "
-            "it, or choose another --out")
-    return previous
-
-
-def check_failed_slot(out: Path, echo: Echo = print) -> dict[str, Any] | None:
-    """``--keep-failed`` writes ``<out>.FAILED``: only over a failed artifact of ours."""
-    failed = out.with_name(out.name + FAILED_SUFFIX)
-    _blocker(failed)
-    for note in recover_interrupted(failed):
-        echo(f"note: {note}")
-    return _replaceable(failed, lambda why: (
-        f"--keep-failed would replace {failed}, which is not an artifact folder ({why}); "
-        "nothing was changed: move it away or leave out --keep-failed"))
+    manifest: dict[str, Any]
+    verdicts: list[Verdict] = field(default_factory=list)
 
 
 def export_artifact(req: ExportRequest, echo: Echo = print, warn: Echo = print) -> ExportResult:
@@ -398,7 +111,7 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
         raise UserError("--out names one folder; leave it out when exporting several formats")
     trt_version, gpu = None, None
     if "trt" in formats:  # before anything is read or created
-        from .tensorrt_build import require_tensorrt
+        from .convert.tensorrt_build import require_tensorrt
 
         trt, gpu = require_tensorrt()
         trt_version = str(trt.__version__)
@@ -416,7 +129,7 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
     targets = []
     for r in requests:
         out = Path(r.out) if r.out is not None else default_out(spec, r)
-        target = _Target(out, check_out(out, new_source, spec.to_dict(), req.overwrite, warn))
+        target = Target(out, check_out(out, new_source, spec.to_dict(), req.overwrite, warn))
         if req.keep_failed:  # refused now, not after the export, if the slot is not ours
             check_failed_slot(out, warn)
         targets.append(target)
@@ -446,7 +159,7 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
 
 
 def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelProto,
-                batch: BatchRange, target: _Target, trt_version: str | None, gpu: Any,
+                batch: BatchRange, target: Target, trt_version: str | None, gpu: Any,
                 echo: Echo, warn: Echo) -> ExportResult:
     """One format: staging folder -> files -> gate -> manifest -> into place (or clean up)."""
     spec = source.spec
@@ -465,14 +178,14 @@ def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelP
             if req.keep_failed:
                 failed = out.with_name(out.name + FAILED_SUFFIX)
                 previous = check_failed_slot(out, warn)  # again: it may have changed meanwhile
-                _announce(failed, previous, warn)
+                _announce_replacement(failed, previous, warn)
                 replace_folder(staging, failed)
                 failed_note = f"kept for inspection in {failed}"
             raise ParityFailed(f"parity gate FAILED for {spec.name} {req.fmt}: "
                                f"{_first_failure(verdicts)}; {failed_note}")
         # again, right before: the folder may have changed while the export ran
         previous = check_out(out, manifest["source"], manifest["model"], req.overwrite, warn)
-        _announce(out, previous, warn)
+        _announce_replacement(out, previous, warn)
         replace_folder(staging, out)
         promoted = True
         files = ", ".join(f"{f['path']} ({f['bytes'] / 1e6:.1f} MB)" for f in manifest["files"])
@@ -485,7 +198,7 @@ def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelP
             remove_dirs(created)
 
 
-def _announce(out: Path, previous: dict[str, Any] | None, warn: Echo) -> None:
+def _announce_replacement(out: Path, previous: dict[str, Any] | None, warn: Echo) -> None:
     if previous is not None:
         warn(f"replacing {out} (previous {previous['format']} artifact from "
              f"{previous['created']})")
@@ -534,7 +247,11 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
     files = [file_entry(staging, onnx_name, "artifact" if req.fmt != "trt" else "source-onnx")]
     artifact, tensorrt = onnx_name, None
     if req.fmt == "trt":
-        from .tensorrt_build import DEFAULT_WORKSPACE, build_engine, timing_cache_reusable
+        from .convert.tensorrt_build import (
+            DEFAULT_WORKSPACE,
+            build_engine,
+            timing_cache_reusable,
+        )
 
         engine_name, cache_name = f"{spec.name}.engine", "timing.cache"
         reuse = timing_cache_reusable(previous, trt_version, gpu)
@@ -561,7 +278,7 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
         tensorrt=tensorrt, gpu=gpu.to_dict() if gpu is not None and req.fmt == "trt" else None,
         versions=library_versions(trt_version), parity={"passed": False, "runs": []},
         int8=int8_report)
-    parity, verdicts = gate(staging, manifest, source, echo)
+    parity, verdicts = judge_artifact(staging, manifest, source, echo)
     manifest["parity"] = parity
     write_manifest(staging, manifest)
     return manifest, verdicts
@@ -602,15 +319,19 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
     verify_files(folder, manifest)
     echo(f"{folder}: {len(manifest['files'])} files match their sha256")
     if manifest["format"] == "trt":
-        from .tensorrt_build import check_engine_compatible, cuda_gpu, tensorrt_version
+        from .convert.tensorrt_build import (
+            check_engine_compatible,
+            cuda_gpu,
+            tensorrt_version,
+        )
 
         if tensorrt_version() is None or cuda_gpu() is None:
-            from .tensorrt_build import require_tensorrt
+            from .convert.tensorrt_build import require_tensorrt
 
             require_tensorrt("verifying a TensorRT engine")
         check_engine_compatible(manifest, tensorrt_version(), cuda_gpu())
     source = source_from_manifest(manifest, folder)
-    parity, verdicts = gate(folder, manifest, source, echo)
+    parity, verdicts = judge_artifact(folder, manifest, source, echo)
     if not parity["passed"]:
         raise ParityFailed(f"parity gate FAILED on {folder}: {_first_failure(verdicts)}")
     if not manifest["parity"].get("passed"):
@@ -618,6 +339,5 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
     return parity
 
 
-__all__ = ["ExportRequest", "ExportResult", "FORMATS", "ParityFailed", "check_limits",
-           "check_out", "export_artifact", "export_artifacts", "verify_artifact",
-           "resolve_source", "parity_inputs", "gate"]
+__all__ = ["ExportRequest", "ExportResult", "export_artifact", "export_artifacts",
+           "verify_artifact"]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_digits
 
-from export.train.layouts import LayoutDataset, load_layout
+from export.data.layouts import LayoutDataset, load_layout
 
 
 def digits(size: int, count: int) -> tuple[np.ndarray, np.ndarray]:

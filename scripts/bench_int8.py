@@ -6,7 +6,7 @@ of INT8 on trained digits models per calibration method and count.
     PYTHONPATH=. python scripts/bench_int8.py accuracy --checkpoint /tmp/int8-r20/best.pt \
         [--checkpoint /tmp/int8-r18/best.pt] [--counts 32,64,256,512] [--nncf]
 
-speed: ResNet-50 at 224x224 with fresh weights (export.weights.fresh_source), exported once to
+speed: ResNet-50 at 224x224 with fresh weights (export.core.weights.fresh_source), exported once to
 FP32 ONNX, quantized into each INT8 variant (minmax on 64 seeded N(0,1) images: the method
 changes ranges, not speed). All sessions are created first, warmed up, then timed round-robin,
 one inference of each variant in turn, so machine noise hits every variant alike. 2 threads
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export import int8
-from export.onnx_export import export_onnx, save_onnx
+from export.convert import int8, qdq
+from export.convert.onnx_export import export_onnx, save_onnx
 
 THREADS = 2
 
@@ -118,7 +118,7 @@ def nncf_quantize(fp32: Path, out: Path, calibration: np.ndarray, batch: int = 1
     onnx.save(quantized, str(out))
     return {"quantizer": "nncf.quantize", "version": nncf.__version__,
             "seconds": round(time.perf_counter() - started, 1),
-            **{k: v for k, v in int8.describe_qdq(quantized).items()
+            **{k: v for k, v in qdq.describe_qdq(quantized).items()
                if k in ("qdq_nodes", "activation_dtypes", "zero_points_all_zero")}}
 
 
@@ -164,7 +164,7 @@ def summarise(times: list[float]) -> dict:
 
 def run_speed(args) -> dict:
     from export.core.models import ModelSpec
-    from export.weights import fresh_source
+    from export.core.weights import fresh_source
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -243,7 +243,7 @@ def judge(ref: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict:
 
 def run_accuracy(args) -> dict:
     from export.core.checkpoint import load_checkpoint, model_from_checkpoint
-    from export.train.data import load_training_data, normalise, to_channels
+    from export.data import load_training_data, normalise, to_channels
 
     counts = [int(c) for c in args.counts.split(",")]
     out = {"cpu": cpu_description(), "versions": versions(), "models": []}

@@ -94,7 +94,7 @@ def write_standin(root: Path, train: int, test: int) -> Path:
 
 def loader_rate(data, spec, config, workers: int, batches: int) -> float:
     """Augmented training batches per second, as the training loop gets them (images/s)."""
-    from export.train.data import Augment, ImageDataset
+    from export.train.datasets import Augment, ImageDataset
     from export.train.loop import train_batching
 
     train_set = ImageDataset(data.images["train"], data.labels["train"], spec.mean, spec.std,
@@ -150,7 +150,7 @@ def main(n_train: int, n_test: int, model: str, threads: int, loader_batches: in
          train_batches: int, do_run: bool, workdir: Path | None, extra: tuple[str, ...]) -> None:
     """Stand-in MNIST in torchvision's layout: load, pipeline and training throughput."""
     from export.train.config import TrainConfig
-    from export.train.data import channel_stats, describe_source, load_training_data, scan, \
+    from export.data import channel_stats, describe_source, load_training_data, scan, \
         split_of
     from export.core.models import ModelSpec
 

@@ -34,10 +34,10 @@ import numpy as np
 
 from export.core import cpu_features
 from export.core.models import ModelSpec
-from export.onnx_export import export_onnx, save_onnx
+from export.convert.onnx_export import export_onnx, save_onnx
 from export.runtime.openvino_runner import INFERENCE_PRECISION, OpenVINORunner
 from export.core.errors import BackendUnavailable
-from export.weights import fresh_source
+from export.core.weights import fresh_source
 
 SHAPE = (1, 3, 224, 224)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import bench.plan as backends
+import bench.cases as backends
 from bench import report
 from bench.cli import main
 
@@ -125,8 +125,9 @@ def test_default_backends_on_cpu_list_the_rest_as_skipped(monkeypatch):
     calls = []
     monkeypatch.setattr(backends.Planner, "_plan_model_backend",
                         lambda self, b, spec: calls.append(b))
-    candidates, skipped, _ = backends.plan(backends.Request(
+    cases = backends.plan(backends.Request(
         backends.ModelSpec.create("resnet18"), "cpu"))
+    skipped = cases.skipped
     assert calls == ["torch", "onnxruntime", "openvino"]
     reasons = {s.backend: s.reason for s in skipped}
     assert set(reasons) == {"torch-compile", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"}
@@ -224,7 +225,7 @@ def test_a_backend_failing_at_one_batch_size_is_skipped_and_the_run_goes_on(tmp_
 
 def _write_artifact(folder, onnx_path, batch_range, passed=True):
     """A real artifact folder (the manifest schema) around an ONNX file from the cache."""
-    from export.manifest import build_manifest, file_entry, write_manifest
+    from export.core.manifest import build_manifest, file_entry, write_manifest
 
     folder.mkdir()
     shutil.copy(onnx_path, folder / "model.onnx")

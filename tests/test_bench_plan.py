@@ -8,7 +8,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-import bench.plan as plan
+import bench.cases as plan
 from bench import report
 from bench.cli import main
 from bench.onnx_cache import cached_onnx
@@ -20,10 +20,17 @@ FAST = ["--warmup", "1", "--no-steady-warmup", "--min-iters", "2", "--min-time",
 SPEC = ModelSpec.create("resnet18", input_size=32)
 
 
+def _openvino(reason):
+    """The registry's probes, with OpenVINO's answer replaced by ``reason``."""
+    real = plan._unavailable
+    return lambda backend: reason if backend == "openvino" else real(backend)
+
+
 def _plan(monkeypatch, backends, precisions, device="cpu", **patches):
     for name, value in patches.items():
         monkeypatch.setattr(plan, name, value)
-    candidates, skipped, _ = plan.plan(plan.Request(SPEC, device, backends, precisions))
+    cases = plan.plan(plan.Request(SPEC, device, backends, precisions))
+    candidates, skipped = cases.candidates, cases.skipped
     got = {(c.backend, c.precision) for c in candidates}
     reasons = {(s.backend, s.precision): s.reason for s in skipped}
     return candidates, got, reasons
@@ -33,7 +40,7 @@ def test_openvino_rows_with_an_explicit_precision_and_the_reason_for_each_skip(m
     monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: True)
     candidates, got, reasons = _plan(
         monkeypatch, ["torch", "onnxruntime", "openvino"], ["fp32", "bf16", "int8", "fp16"],
-        _openvino_unavailable=lambda: None,
+        _unavailable=_openvino(None),
         int8_quantizer_unavailable=lambda: "INT8 quantizer not available (test)")
     assert got == {("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"),
                    ("openvino", "fp32"), ("openvino", "bf16")}
@@ -50,7 +57,7 @@ def test_openvino_rows_with_an_explicit_precision_and_the_reason_for_each_skip(m
     # a CPU without native BF16: no bf16 row anywhere, and the reason names the CPU
     monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: False)
     _, got, reasons = _plan(monkeypatch, ["torch", "openvino"], ["bf16"],
-                            _openvino_unavailable=lambda: None)
+                            _unavailable=_openvino(None))
     assert not got
     assert "no native BF16" in reasons[("openvino", "bf16")]
     assert "no native BF16" in reasons[("torch", "bf16")]
@@ -58,7 +65,7 @@ def test_openvino_rows_with_an_explicit_precision_and_the_reason_for_each_skip(m
 
 def test_int8_rows_on_both_onnx_runtimes_when_the_quantizer_is_there(monkeypatch):
     candidates, got, reasons = _plan(monkeypatch, ["onnxruntime", "openvino"], ["fp32", "int8"],
-                                     _openvino_unavailable=lambda: None,
+                                     _unavailable=_openvino(None),
                                      int8_quantizer_unavailable=lambda: None)
     assert got == {(b, p) for b in ("onnxruntime", "openvino") for p in ("fp32", "int8")}
     for c in candidates:
@@ -67,7 +74,7 @@ def test_int8_rows_on_both_onnx_runtimes_when_the_quantizer_is_there(monkeypatch
 
 def test_openvino_missing_or_on_cuda_is_skipped_with_the_reason(monkeypatch):
     _, got, reasons = _plan(monkeypatch, None, None,
-                            _openvino_unavailable=lambda: "openvino is not installed (test)")
+                            _unavailable=_openvino("openvino is not installed (test)"))
     assert ("openvino", "fp32") not in got and ("torch", "fp32") in got
     assert reasons[("openvino", "fp32")] == "openvino is not installed (test)"
     _, got, reasons = _plan(monkeypatch, ["openvino"], ["fp32"], device="cuda")
@@ -76,7 +83,7 @@ def test_openvino_missing_or_on_cuda_is_skipped_with_the_reason(monkeypatch):
 
 def _artifact(root, spec, cache):
     """A real artifact folder around the cached on-the-fly ONNX of ``spec``."""
-    from export.manifest import build_manifest, file_entry, write_manifest
+    from export.core.manifest import build_manifest, file_entry, write_manifest
 
     onnx_path, _ = cached_onnx(spec.build().eval(), spec, 0, cache)
     folder = root / f"{spec.name}-onnx"
@@ -107,10 +114,10 @@ def two_models(tmp_path_factory):
 
 def test_artifacts_of_two_models_get_one_eager_baseline_each(two_models, monkeypatch):
     root, small = two_models
-    monkeypatch.setattr(plan, "_openvino_unavailable", lambda: None)
-    request = plan.Request(SPEC, "cpu", artifacts=root)
-    candidates, skipped, _ = plan.plan(request)
-    assert request.specs == [SPEC, small]  # resnet18-onnx, then resnet20-onnx
+    monkeypatch.setattr(plan, "_unavailable", _openvino(None))
+    cases = plan.plan(plan.Request(SPEC, "cpu", artifacts=root))
+    candidates = cases.candidates
+    assert cases.specs == [SPEC, small]  # resnet18-onnx, then resnet20-onnx
     baselines = [c for c in candidates if c.backend == "torch"]
     assert [(c.spec, c.precision) for c in baselines] == [(SPEC, "fp32"), (small, "fp32")]
     assert all(c.baseline for c in baselines)  # measured only beside a loaded artifact
@@ -178,14 +185,16 @@ def test_int8_rows_beside_fp32_on_onnx_runtime_and_openvino(tmp_path):
 
 def test_an_fp32_artifact_also_runs_at_bf16_on_openvino_when_asked(two_models, monkeypatch):
     root, _ = two_models
-    monkeypatch.setattr(plan, "_openvino_unavailable", lambda: None)
+    monkeypatch.setattr(plan, "_unavailable", _openvino(None))
     monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: True)
-    candidates, skipped, _ = plan.plan(plan.Request(SPEC, "cpu", ["openvino"], ["fp32", "bf16"],
+    cases = plan.plan(plan.Request(SPEC, "cpu", ["openvino"], ["fp32", "bf16"],
                                                     artifacts=root))
+    candidates, skipped = cases.candidates, cases.skipped
     assert sorted((c.precision, c.spec.name) for c in candidates) == [
         ("bf16", "resnet18"), ("bf16", "resnet20"), ("fp32", "resnet18"), ("fp32", "resnet20")]
     monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: False)
-    candidates, skipped, _ = plan.plan(plan.Request(SPEC, "cpu", ["openvino"], ["fp32", "bf16"],
+    cases = plan.plan(plan.Request(SPEC, "cpu", ["openvino"], ["fp32", "bf16"],
                                                     artifacts=root))
+    candidates, skipped = cases.candidates, cases.skipped
     assert {c.precision for c in candidates} == {"fp32"}
     assert all("no native BF16" in s.reason for s in skipped if s.precision == "bf16")

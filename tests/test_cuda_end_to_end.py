@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from export.core.checkpoint import load_checkpoint, model_from_checkpoint
-from export.train.data import reference_images
+from export.data import reference_images
 from export.train import TrainConfig, run_training
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

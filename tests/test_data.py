@@ -5,8 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from export.train.data import (Augment, ImageDataset, channel_stats, describe_source,
-                         load_training_data, normalise, reference_images, split_indices)
+from export.data import (channel_stats, describe_source, load_training_data, normalise,
+                         reference_images, split_indices)
+from export.train.datasets import Augment, ImageDataset
 from export.core.errors import UserError
 from export.core.models import ModelSpec
 

@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from built_artifacts import copy_project
-from export.core.artifact import FORMATS
+from export.core.manifest import FORMATS
 from export.core.models import model_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ BLOCK = re.compile(r"(?:<!--\s*setup:(?P<setup>[^>]*?)-->\n)?```python\n(?P<code
 
 
 def write_digit_pngs(cwd: Path, _base: Path) -> None:
-    from export.train.data import describe_source, scan, split_indices
+    from export.data import describe_source, scan, split_indices
 
     dataset = describe_source(None)
     scanned = scan(dataset)

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 import bench.cli as bench_cli
-import bench.plan as plan
+import bench.cases as plan
 from bench import report
 from bench.cli import main
 
@@ -219,7 +219,7 @@ def onnx_file(tmp_path_factory):
 
 
 def _artifact(folder, onnx_path, edit=None):
-    from export.manifest import build_manifest, file_entry, write_manifest
+    from export.core.manifest import build_manifest, file_entry, write_manifest
 
     folder.mkdir(parents=True)
     shutil.copy(onnx_path, folder / "model.onnx")

@@ -26,10 +26,12 @@ import pytest
 from click.testing import CliRunner
 
 import export.core.artifact as artifact_mod
+import export.core.folders as folders_mod
 import export.pipeline as pipeline
 from export.cli import main as export_cli
 from export.core.artifact import (check_onnx_file, owned_artifact, read_manifest,
-                                  recover_interrupted, verify_files)
+                                  verify_files)
+from export.core.folders import recover_interrupted
 from export.core.checkpoint import save_checkpoint
 from export.core.errors import UserError
 from export.core.fileio import sha256_file
@@ -37,7 +39,7 @@ from export.core.models import ModelSpec
 from export.core.shapes import BatchRange
 from export.pipeline import ExportRequest, export_artifact
 from export.runtime import load_artifact
-from export.weights import state_digest
+from export.core.weights import state_digest
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--depth", "20", "--input-size", "16", "--batch-range", "1:1:2"]
@@ -352,7 +354,7 @@ def test_replacement_swaps_the_folders_in_one_step(cwd, art, monkeypatch):
     out = cwd / "out"
     shutil.copytree(art, out)
     swaps, renames = [], []
-    real_exchange, real_replace = artifact_mod.exchange_paths, os.replace
+    real_exchange, real_replace = folders_mod.exchange_paths, os.replace
 
     def exchange(a, b):
         ok = real_exchange(a, b)
@@ -363,7 +365,7 @@ def test_replacement_swaps_the_folders_in_one_step(cwd, art, monkeypatch):
         renames.append((Path(a).name, Path(b).name))
         return real_replace(a, b)
 
-    monkeypatch.setattr(artifact_mod, "exchange_paths", exchange)
+    monkeypatch.setattr(folders_mod, "exchange_paths", exchange)
     monkeypatch.setattr(os, "replace", replace)
     result = run(*SMALL, "--out", "out")
     assert result.exit_code == 0, result.output
@@ -380,7 +382,7 @@ def test_a_failure_between_the_two_renames_puts_the_old_artifact_back(cwd, art, 
     out = cwd / "out"
     shutil.copytree(art, out)
     before = snapshot(out)
-    monkeypatch.setattr(artifact_mod, "exchange_paths", lambda a, b: False)
+    monkeypatch.setattr(folders_mod, "exchange_paths", lambda a, b: False)
     real_replace = os.replace
 
     def replace(a, b):
@@ -398,7 +400,7 @@ def test_a_failure_between_the_two_renames_puts_the_old_artifact_back(cwd, art, 
 KILL_AT_SECOND_RENAME = """
 import os, sys
 from pathlib import Path
-import export.core.artifact as artifact
+import export.core.folders as artifact
 artifact.exchange_paths = lambda a, b: False  # the two-rename path
 real = os.replace
 def replace(a, b):
@@ -414,7 +416,7 @@ main()
 
 KILL_AFTER_SWAP = """
 import os, sys
-import export.core.artifact as artifact
+import export.core.folders as artifact
 real = artifact.exchange_paths
 def exchange(a, b):
     ok = real(a, b)
@@ -492,7 +494,7 @@ def test_verify_recovers_an_interrupted_replacement_first(cwd, art):
 
 
 def test_bench_never_measures_staging_folders_or_leftovers(tmp_path, art):
-    from bench.plan import find_manifests
+    from bench.cases import find_manifests
 
     shutil.copytree(art, tmp_path / "resnet20-onnx")
     shutil.copytree(art, tmp_path / f".resnet20-onnx.{dead_pid()}-abc.partial")
@@ -840,12 +842,12 @@ def test_the_python_api_keeps_the_same_bounds(tmp_path):
 WAIT_IN_THE_GATE = """
 import sys, time
 import export.pipeline as pipeline
-real = pipeline.gate
+real = pipeline.judge_artifact
 def gate(folder, *args, **kwargs):
     print("STAGED", folder, flush=True)
     time.sleep(120)
     return real(folder, *args, **kwargs)
-pipeline.gate = gate
+pipeline.judge_artifact = gate
 from export.cli import main
 sys.argv = ["resnet-export", "--depth", "20", "--input-size", "16", "--batch-range", "1:1:2",
             "--out", "out/model"]

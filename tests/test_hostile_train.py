@@ -311,7 +311,7 @@ def test_a_bad_saved_configuration_is_the_files_fault(tmp_path):
 
 
 def test_16_bit_grayscale_keeps_its_high_byte(tmp_path):
-    from export.train.data import read_image
+    from export.data import read_image
 
     values = np.arange(256, dtype=np.uint16).reshape(16, 16)
     Image.fromarray(values.astype(np.uint8), "L").save(tmp_path / "8.png")
@@ -325,7 +325,7 @@ def test_16_bit_grayscale_keeps_its_high_byte(tmp_path):
 
 
 def test_training_on_16_bit_pngs_sees_grey_levels(tmp_path):
-    from export.train.data import describe_source, load_training_data
+    from export.data import describe_source, load_training_data
 
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
@@ -339,7 +339,7 @@ def test_training_on_16_bit_pngs_sees_grey_levels(tmp_path):
 
 
 def test_a_32_bit_integer_image_out_of_16_bit_range_is_refused(tmp_path, monkeypatch):
-    from export.train.data import read_image
+    from export.data import read_image
 
     Image.fromarray(np.full((8, 8), 70000, dtype=np.int32), "I").save(tmp_path / "i.tif")
     image = Image.open(tmp_path / "i.tif")
@@ -366,7 +366,7 @@ def test_the_scan_says_how_many_files_it_skipped(tmp_path, monkeypatch, no_hang)
 
 
 def _load(path, size=16):
-    from export.train.data import describe_source, load_training_data
+    from export.data import describe_source, load_training_data
 
     return load_training_data(describe_source(path), size)
 
@@ -468,7 +468,7 @@ def test_an_unreadable_image_is_named(tmp_path, monkeypatch, images):
 @pytest.mark.parametrize("name", ["data.npz", "data", "data.png"])
 def test_a_fifo_given_as_data_is_refused_without_opening_it(tmp_path, monkeypatch, no_hang,
                                                            name):
-    from export.train.data import scan
+    from export.data import scan
 
     fifo = tmp_path / name
     os.mkfifo(fifo)
@@ -516,7 +516,7 @@ def test_an_npz_too_big_for_memory_is_refused_from_its_header(tmp_path):
 
 
 def test_decoding_more_than_memory_holds_is_refused_first(tmp_path, monkeypatch, images):
-    monkeypatch.setattr("export.train.data.available_memory", lambda: 4096)
+    monkeypatch.setattr("export.core.hardware.available_memory", lambda: 4096)
     monkeypatch.chdir(tmp_path)
     line = error_line(invoke(train_cli, "--data", images, *TINY), 1)
     assert "decoding 12 images at 1 x 16 x 16 needs 6.0 KiB of memory, but only 4.0 KiB" in line

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import layout_writers
-from export.train.layouts import (EMNIST_CLASSES, FASHION_MNIST_CLASSES, KMNIST_CLASSES,
+from export.data.layouts import (EMNIST_CLASSES, FASHION_MNIST_CLASSES, KMNIST_CLASSES,
                                     LayoutDataset, detect_layout, load_layout)
 from export.core.errors import UserError
 from layout_writers import (CIFAR10_NAMES, binary_records, cifar_records, dump, fine,

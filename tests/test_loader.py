@@ -34,7 +34,7 @@ def test_default_runtime_is_onnx_runtime_with_the_artifacts_contract(fp32_artifa
 
 
 def test_a_runtime_that_cannot_run_the_format_is_one_line(fp32_artifact):
-    with pytest.raises(UserError, match="runs on onnxruntime, openvino, not tensorrt"):
+    with pytest.raises(UserError, match="runs on onnxruntime, .*openvino, not tensorrt"):
         load_artifact(fp32_artifact, runtime="tensorrt")
     with pytest.raises(UserError, match="at fp16: its gate did not judge that precision"):
         load_artifact(fp32_artifact, precision="fp16")

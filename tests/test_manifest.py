@@ -8,7 +8,8 @@ import pytest
 
 from export import __version__
 from export.core.errors import UserError
-from export.core.artifact import REQUIRED_KEYS, SCHEMA_VERSION, read_manifest, verify_files
+from export.core.artifact import read_manifest, verify_files
+from export.core.manifest import REQUIRED_KEYS, SCHEMA_VERSION
 from export.runtime import load_artifact
 from export.runtime.ort_runner import OnnxRuntimeRunner
 from export.core.models import ModelSpec

@@ -15,9 +15,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.fp16 import FP16_MAX, Fp16ConversionError, convert_to_fp16
+from export.convert.fp16 import FP16_MAX, Fp16ConversionError, convert_to_fp16
 from export.core.artifact import read_manifest
-from export.onnx_export import (BATCH_DIM, INPUT_NAME, OUTPUT_NAME, check_onnx_file, io_signature,
+from export.convert.onnx_export import (BATCH_DIM, INPUT_NAME, OUTPUT_NAME, check_onnx_file, io_signature,
                                 read_metadata)
 from export.pipeline import ExportRequest, export_artifacts
 from export.core.shapes import BatchRange

@@ -11,11 +11,11 @@ pytest.importorskip("openvino", reason="openvino is not installed (pip install o
 
 from export.core import cpu_features
 from export.core.models import ModelSpec
-from export.onnx_export import export_onnx, save_onnx
+from export.convert.onnx_export import export_onnx, save_onnx
 from export.runtime.openvino_runner import OpenVINORunner
-from export.parity import TOLERANCES, compare
+from export.gate.parity import TOLERANCES, compare
 from export.core.errors import BackendUnavailable
-from export.weights import fresh_source
+from export.core.weights import fresh_source
 
 SPEC = ModelSpec.create("resnet20", num_classes=10, in_chans=1)
 
@@ -95,7 +95,7 @@ def test_dynamic_batch_sizes_1_and_3(source, onnx_file, static_shapes):
 def test_fp16_io_file_gets_its_input_cast(source, onnx_file, tmp_path):
     import onnx
 
-    from export.fp16 import convert_to_fp16
+    from export.convert.fp16 import convert_to_fp16
 
     proto, _ = convert_to_fp16(onnx.load(str(onnx_file)), io_fp16=True)
     path = save_onnx(proto, tmp_path / "fp16io.onnx")

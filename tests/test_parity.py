@@ -14,7 +14,7 @@ from export.cli import main as export_cli
 from export.core.fileio import sha256_file
 from export.core.models import ModelSpec
 from export.core.shapes import BatchRange
-from export.parity import (TOLERANCES, Tolerance, compare, format_table, random_inputs, real_inputs,
+from export.gate.parity import (TOLERANCES, Tolerance, compare, format_table, random_inputs, real_inputs,
                            run_gate)
 from export.runtime.torch_runner import TorchRunner
 
@@ -229,7 +229,7 @@ def test_an_artifact_its_runtime_cannot_run_fails_the_gate(tmp_path, monkeypatch
 def test_the_gate_prints_each_row_as_it_is_judged(tmp_path, monkeypatch):
     """Progress: the header (with the effective tolerance) comes before the first row is judged,
     and every row is printed as soon as its comparison is done, not all at the end."""
-    import export.parity as parity
+    import export.gate.parity as parity
 
     lines, judged = [], []
     real_compare = parity.compare

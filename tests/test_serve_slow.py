@@ -76,6 +76,10 @@ async def load(url, bodies, want, seconds, concurrency, kill_at, kill):
     return log
 
 
+def per_s(log, start, end):
+    return sum(1 for t, o in log if o == "ok" and start <= t < end) / (end - start)
+
+
 def test_killing_one_of_two_replicas_gives_no_wrong_answer_and_recovers(artifact, tmp_path):
     sig = ModelSignature.from_manifest(MODEL, json.loads((artifact / "manifest.json").read_text()))
     rng = np.random.default_rng(1)
@@ -99,6 +103,11 @@ def test_killing_one_of_two_replicas_gives_no_wrong_answer_and_recovers(artifact
         assert sum(1 for t, o in log if o == "ok" and t > 12) > 20  # answering again
         new = replica_pids(url, 2, timeout=60)
         assert victim not in new and len(new) == 2  # Ray Serve replaced it
+        kinds = sorted({o for o in outcomes if o != "ok"})
+        print(f"\nkill at 6.0s: {len(log)} requests, {outcomes.count('ok')} right, 0 wrong, "
+              f"{len(errors)} errors {kinds} between {min(errors, default=0):.1f}s and "
+              f"{max(errors, default=0):.1f}s; answers/s before {per_s(log, 1, 6):.1f}, "
+              f"6-9s {per_s(log, 6, 9):.1f}, 9-20s {per_s(log, 9, 20):.1f}")
     finally:
         stop_server(proc)
 

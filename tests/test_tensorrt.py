@@ -23,7 +23,7 @@ from export.core.errors import EngineIncompatible
 from export.runtime.tensorrt_runner import (GpuInfo, TensorRTRunner, check_engine_compatible,
                                             cuda_gpu, missing_prerequisites, require_tensorrt,
                                             tensorrt_version)
-from export.tensorrt_build import network_flags, parse_size, timing_cache_reusable
+from export.convert.tensorrt_build import network_flags, parse_size, timing_cache_reusable
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
 BUILT = {"artifact": "resnet50.engine", "versions": {"tensorrt": "10.9.0.34"},

@@ -12,7 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from export.core.checkpoint import load_checkpoint, model_from_checkpoint
-from export.train.data import ImageDataset, describe_source, load_training_data, reference_images
+from export.data import describe_source, load_training_data, reference_images
+from export.train.datasets import ImageDataset
 from export.core.errors import UserError
 from export.core.models import build_model
 from export.train import TrainConfig, run_training

@@ -153,7 +153,7 @@ def _checked_class_names(path: Path, names: Any, spec: ModelSpec) -> list[str] |
     return names
 
 
-#: the dataset dict's keys (``export.train.data.describe_source``): required ones, then optional
+#: the dataset dict's keys (``export.data.describe_source``): required ones, then optional
 _DATASET_KEYS = {"kind": (str,), "seed": (int,), "val_fraction": (float, int),
                  "test_fraction": (float, int)}
 _DATASET_OPTIONAL = {"path": (str, type(None)), "num_images": (int,)}

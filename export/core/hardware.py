@@ -92,3 +92,12 @@ def inference_bytes(batch: int, in_chans: int, input_size: int, *, activations: 
     the runtime's copy) and, with ``activations``, the eager activations (above)."""
     per_pixel = 2 * in_chans + (ACTIVATION_VALUES_PER_PIXEL if activations else 0)
     return 4 * batch * input_size * input_size * per_pixel
+
+
+def check_memory(need: int, what: str, advice: str = "") -> None:
+    """Refuse, before allocating it, more memory than this machine has available."""
+    available = available_memory()
+    if available is not None and need > available:
+        raise UserError(f"{what} needs {format_bytes(need)} of memory, but only "
+                        f"{format_bytes(available)} is available" + (f": {advice}" if advice
+                                                                      else ""))

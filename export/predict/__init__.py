@@ -12,6 +12,6 @@ Stands on the runtime (``load_artifact``) and training's data functions (``read_
 """
 
 from .predictor import FileResult, Prediction, Predictor
-from .runtimes import RUNTIMES
+from .runtimes import RUNTIME_CHOICES
 
-__all__ = ["FileResult", "Prediction", "Predictor", "RUNTIMES"]
+__all__ = ["FileResult", "Prediction", "Predictor", "RUNTIME_CHOICES"]

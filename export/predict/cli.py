@@ -13,7 +13,7 @@ import click
 from ..core.cli import OneLineCommand, OneLineUsageError, one_line_errors
 from ..core.errors import BackendUnavailable, UserError, first_line
 from .predictor import FileResult, Predictor
-from .runtimes import RUNTIMES
+from .runtimes import RUNTIME_CHOICES
 
 SCHEMA = "resnet-predict"
 SCHEMA_VERSION = 1
@@ -62,7 +62,7 @@ def document(artifact: Path, predictor: Predictor, top: int, results: list[FileR
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document (schema resnet-predict, version 1) instead of the "
                    "table.")
-@click.option("--runtime", type=click.Choice(list(RUNTIMES)), default="auto", show_default=True,
+@click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="auto", show_default=True,
               help="What runs the artifact: auto = its own runtime (ONNX Runtime on the CPU for "
                    "ONNX files, TensorRT for engines); onnxruntime, onnxruntime-cuda, openvino "
                    "(the openvino extra), tensorrt (engines).")

@@ -1,7 +1,7 @@
 """Classify images with an exported artifact, through exactly the preprocessing training used.
 
-Files are read by :func:`export.train.data.read_image` and turned into model input by
-:func:`export.train.data.preprocess` (resize, channels, normalisation with the manifest's
+Files are read by :func:`export.data.read_image` and turned into model input by
+:func:`export.data.preprocess` (resize, channels, normalisation with the manifest's
 mean/std): the functions training and the parity gate use, not a copy of them. Batches are cut
 to fit the artifact's batch range (a short last batch is padded up to the range's minimum and
 the padding's logits dropped), and every call goes through the artifact's runner.
@@ -21,7 +21,7 @@ from ..core.errors import UserError
 from ..core.models import ModelSpec
 from ..core.shapes import BatchRange
 from ..runtime import Runner
-from ..train.data import IMAGE_SUFFIXES, preprocess, read_image
+from ..data import IMAGE_SUFFIXES, preprocess, read_image
 from .runtimes import open_runner
 
 CHANNEL_NAMES = {1: "grayscale", 3: "RGB"}
@@ -144,7 +144,7 @@ class Predictor:
     def load(cls, folder: str | os.PathLike, runtime: str = "auto", threads: int | None = None,
              verify: bool = True) -> "Predictor":
         """The artifact in ``folder`` (any format ``resnet-export`` writes) on ``runtime``
-        (:data:`export.predict.RUNTIMES`); checked as :func:`export.runtime.load_artifact`
+        (:data:`export.predict.RUNTIME_CHOICES`); checked as :func:`export.runtime.load_artifact`
         checks it."""
         folder = Path(folder)
         manifest = read_manifest(folder)

@@ -6,10 +6,8 @@ benchmark and ``resnet-export verify``:
 
     auto               the artifact's own runtime, as load_artifact picks it (ONNX Runtime on the
                        CPU for ONNX files, TensorRT for engines)
-    onnxruntime        ONNX Runtime, CPU provider; for an engine, the ONNX file it was built from
-    onnxruntime-cuda   ONNX Runtime, CUDA provider (CPU fallback for unsupported nodes)
-    openvino           OpenVINO's CPU plugin (the ``openvino`` extra), on the ONNX file
-    tensorrt           TensorRT (engine artifacts only)
+    any registry name  that runtime (:mod:`export.runtime.registry`); for an engine artifact, an
+                       ONNX runtime runs the ONNX file the engine was built from
 
 A runtime that cannot run here raises :class:`BackendUnavailable` with the reason; a runtime
 that cannot run this artifact (``tensorrt`` for an ONNX file) raises :class:`UserError`.
@@ -22,18 +20,10 @@ from typing import Any
 
 from ..core.errors import UserError
 from ..runtime import Runner, load_artifact
+from ..runtime.registry import RUNTIMES, get_runtime
 
-#: --runtime name -> what it is, for the help text and the docs
-RUNTIMES = {
-    "auto": "the artifact's own runtime: ONNX Runtime (CPU) for ONNX files, TensorRT for engines",
-    "onnxruntime": "ONNX Runtime, CPU (for an engine: the ONNX file it was built from)",
-    "onnxruntime-cuda": "ONNX Runtime, CUDA execution provider",
-    "openvino": "OpenVINO, CPU, on the artifact's ONNX file (the openvino extra)",
-    "tensorrt": "TensorRT (engine artifacts)",
-}
-_PROVIDERS = {"onnxruntime": ["CPUExecutionProvider"],
-              "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-              "openvino": None}
+#: what --runtime accepts: "auto" (the artifact's own runtime) and every runtime of the registry
+RUNTIME_CHOICES = ("auto", *RUNTIMES)
 
 
 def _onnx_file(manifest: dict[str, Any]) -> str | None:
@@ -47,26 +37,21 @@ def _onnx_file(manifest: dict[str, Any]) -> str | None:
 def open_runner(folder: str | Path, manifest: dict[str, Any], runtime: str = "auto",
                 threads: int | None = None, verify: bool = True) -> Runner:
     """A runner (not yet activated) for the artifact in ``folder`` on ``runtime``."""
-    if runtime not in RUNTIMES:
-        raise UserError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     fmt = manifest["format"]
-    kwargs: dict[str, Any] = {"threads": threads} if threads else {}
+    kwargs: dict[str, Any] = {"threads": threads} if threads and fmt != "trt" else {}
     if runtime == "auto":
-        return load_artifact(folder, verify=verify, **(kwargs if fmt != "trt" else {}))
-    if runtime == "tensorrt":
-        if fmt != "trt":
-            raise UserError(f"--runtime tensorrt runs TensorRT engines; {folder} is a {fmt} "
-                            "artifact (export one with resnet-export --fmt trt)")
-        return load_artifact(folder, verify=verify, runtime="tensorrt")
-    source = _onnx_file(manifest)
-    if fmt == "trt":
+        return load_artifact(folder, verify=verify, **kwargs)
+    info = get_runtime(runtime)
+    if runtime == "tensorrt" and fmt != "trt":
+        raise UserError(f"--runtime tensorrt runs TensorRT engines; {folder} is a {fmt} "
+                        "artifact (export one with resnet-export --fmt trt)")
+    if fmt == "trt" and info.onnx_of_engine:
+        source = _onnx_file(manifest)
         if source is None:
             raise UserError(f"{folder} holds no ONNX file beside its engine for --runtime "
                             f"{runtime}")
-        kwargs["file"] = source
-    return load_artifact(folder, _PROVIDERS[runtime], verify=verify,
-                         runtime="openvino" if runtime == "openvino" else "onnxruntime",
-                         **kwargs)
+        kwargs = {"file": source, **({"threads": threads} if threads else {})}
+    return load_artifact(folder, verify=verify, runtime=runtime, **kwargs)
 
 
-__all__ = ["RUNTIMES", "open_runner"]
+__all__ = ["RUNTIME_CHOICES", "open_runner"]

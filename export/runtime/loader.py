@@ -1,7 +1,7 @@
 """Loading an artifact: a folder with manifest.json -> a ready-to-activate runner.
 
 :func:`load_artifact` is the one way the benchmark, ``resnet-export verify`` and prediction open an
-exported artifact. It reads the manifest (schema checked in :mod:`export.core.artifact`), checks
+exported artifact. It reads the manifest (schema checked in :mod:`export.core.manifest`), checks
 every file's sha256, and returns the runner for the artifact's format, with the artifact's input
 contract, so a batch it does not promise (wrong C/H/W, or N outside the batch range) is one clear
 ``ValueError`` instead of a runtime's stack of shape errors.
@@ -16,17 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..core.artifact import (artifact_file, check_onnx_file, read_manifest, recover_interrupted,
-                             verify_files)
+from ..core.artifact import artifact_file, check_onnx_file, read_manifest, verify_files
 from ..core.errors import UserError
+from ..core.folders import recover_interrupted
 from .base import InputContract, Runner
-
-
-#: which runtimes can run each artifact format (the first is the default)
-RUNTIMES = {"onnx": ("onnxruntime", "openvino"), "onnx-fp16": ("onnxruntime", "openvino"),
-            "onnx-int8": ("onnxruntime", "openvino"), "trt": ("tensorrt",)}
-#: an artifact may also run at another precision where its manifest has judged that contract
-EXECUTION_PRECISIONS = {("openvino", "fp32"): ("fp32", "bf16")}
+from .registry import EXECUTION_PRECISIONS, default_runtime, get_runtime, runtimes_for
 
 
 def runner_for(folder: Path, manifest: dict[str, Any], providers: list[str] | None = None, *,
@@ -34,16 +28,21 @@ def runner_for(folder: Path, manifest: dict[str, Any], providers: list[str] | No
                file: str | None = None, **runner_kwargs: Any) -> Runner:
     """The runner for an already read (and verified) manifest.
 
-    ``runtime``: "onnxruntime", "openvino" or "tensorrt" [default: the format's first].
+    ``runtime``: a name of the runtime registry (:mod:`.registry`) [default: the format's own].
     ``precision``: run at another precision than the artifact's contract where the runtime can
     (an FP32 ONNX at bf16 on OpenVINO); ``file``: run another ONNX file of the folder (an
-    engine's source ONNX). ``runner_kwargs`` go to the runner (threads, ...).
+    engine's source ONNX). ``providers`` overrides an ONNX Runtime entry's execution providers;
+    ``runner_kwargs`` go to the runner (threads, ...).
     """
     fmt = manifest["format"]
-    runtime = runtime or ("onnxruntime" if file else RUNTIMES.get(fmt, ("onnxruntime",))[0])
-    allowed = ("onnxruntime", "openvino") if file else RUNTIMES.get(fmt, ())
+    flavour = (manifest.get("int8") or {}).get("flavour")
+    runtime = runtime or ("onnxruntime" if file else default_runtime(fmt))
+    info = get_runtime(runtime)
+    allowed = [r.name for r in runtimes_for(fmt, flavour, direct=file is None)
+               if file is None or r.onnx_of_engine]
     if runtime not in allowed:
-        raise UserError(f"a {fmt} artifact runs on {', '.join(allowed)}, not {runtime}")
+        what = f"{fmt} artifact" + (f" ({flavour} flavour)" if flavour else "")
+        raise UserError(f"a {what} runs on {', '.join(allowed) or 'no runtime'}, not {runtime}")
     own = manifest["precision"]
     precision = precision or own
     if precision != own and precision not in EXECUTION_PRECISIONS.get((runtime, own), ()):
@@ -62,8 +61,8 @@ def runner_for(folder: Path, manifest: dict[str, Any], providers: list[str] | No
                               contract=contract, **runner_kwargs)
     from .ort_runner import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(path, providers, precision=precision, contract=contract,
-                             **runner_kwargs)
+    return OnnxRuntimeRunner(path, providers or list(info.providers), precision=precision,
+                             contract=contract, **runner_kwargs)
 
 
 def load_artifact(folder: str | Path, providers: list[str] | None = None, verify: bool = True,

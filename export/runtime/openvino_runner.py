@@ -67,13 +67,6 @@ def _import_openvino():
     return openvino
 
 
-def openvino_usable() -> bool:
-    """OpenVINO is installed (its CPU plugin is always there with it)."""
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
-
-
 def _precision_name(value: Any) -> str:
     """An element type (``openvino.Type``) or its string as OpenVINO's short name: f32, bf16..."""
     name = getattr(value, "get_type_name", None)

@@ -29,15 +29,6 @@ def missing_provider(providers: list[str]) -> str | None:
     return f"{missing[0]} is not in this onnxruntime build (available: {', '.join(have)})"
 
 
-def cuda_provider_usable() -> bool:
-    """The CUDA provider is in this build and a GPU is visible (a build alone is not enough)."""
-    if missing_provider(["CUDAExecutionProvider"]) is not None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
 Session = Any  # onnxruntime.InferenceSession
 SessionSource = Union[str, Path, Session, Callable[[], Session]]
 

@@ -1,6 +1,6 @@
 """TensorRT as a runtime, kept thin: what this machine has, whether an engine fits it, and the
 runner that runs a serialized engine (building engines is the exporter's job:
-:mod:`export.tensorrt_build`).
+:mod:`export.convert.tensorrt_build`).
 
 Everything that does not need TensorRT itself (what is missing, whether a recorded engine fits
 this machine) is plain Python and unit-tested without a GPU.

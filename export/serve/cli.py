@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ..core.cli import DefaultCommand, DefaultGroup, OneLineCommand, one_line_errors
-from ..predict.runtimes import RUNTIMES
+from ..predict.runtimes import RUNTIME_CHOICES
 
 
 def _echo(text: str) -> None:
@@ -43,7 +43,7 @@ def main() -> None:
                 metavar="ARTIFACT...")
 @click.option("--name", "names", multiple=True,
               help="Model name for each artifact, in order [default: <model>-<format>].")
-@click.option("--runtime", type=click.Choice(list(RUNTIMES)), default="auto", show_default=True,
+@click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="auto", show_default=True,
               help="What runs each artifact, as resnet-predict --runtime.")
 @click.option("--replicas", type=click.IntRange(min=1, max=256), default=1, show_default=True,
               help="Replicas per model (Ray Serve replaces one that dies).")

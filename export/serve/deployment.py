@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 
 from ..core.errors import UserError
 from ..predict.predictor import Predictor, conversion, top_k
-from ..train.data import preprocess, read_image
+from ..data import preprocess, read_image
 from .protocol import (HEADER_LENGTH, ModelSignature, ProtocolError, decode_infer, decompress,
                        encode_infer)
 from .stats import Stats

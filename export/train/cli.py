@@ -12,7 +12,7 @@ from ..core.cli import (OneLineCommand, OneLineUsageError, model_options, one_li
 from .config import (BOUNDS, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, EPOCH_BUDGET_IMAGES,
                      FINE_TUNE_LR_FACTOR, MIN_DEFAULT_BATCH_SIZE, MIN_STEPS_PER_EPOCH,
                      RESUME_CHANGES, SMALL_STEM_MAX_INPUT, TrainConfig, bound_problem)
-from .layouts import detect_layout
+from ..data.layouts import detect_layout
 from .loop import run_training
 
 DEFAULTS = TrainConfig()

@@ -24,8 +24,8 @@ import onnx
 import torch
 from torch import nn
 
-from .core.errors import UserError
-from .core.models import ModelSpec
+from ..core.errors import UserError
+from ..core.models import ModelSpec
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -108,7 +108,7 @@ def stamp_metadata(proto: onnx.ModelProto, metadata: dict[str, Any], doc: str) -
         entry.value = json.dumps(value, sort_keys=True)
     proto.doc_string = doc
     proto.producer_name = "resnet-deploy"
-    from . import __version__
+    from .. import __version__
 
     proto.producer_version = __version__
 

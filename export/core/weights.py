@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .core.checkpoint import load_checkpoint, model_from_checkpoint
-from .core.errors import UserError
-from .core.fileio import sha256_file
-from .core.models import BasicBlock, Bottleneck, ModelSpec, get_architecture
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .errors import UserError
+from .fileio import sha256_file
+from .models import BasicBlock, Bottleneck, ModelSpec, get_architecture
 
 DEFAULT_SEED = 0
 CALIBRATION_BATCHES = 2

@@ -9,7 +9,6 @@ when the CLI prepares a candidate, so a skipped backend costs nothing.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -19,32 +18,31 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from export.core import cpu_features
 from export.core.artifact import read_manifest
-from export.core.errors import UserError
+from export.core.errors import BackendUnavailable, UserError
 from export.core.models import ModelSpec, count_macs
-from export.core.errors import BackendUnavailable
 from export.runtime.base import Runner
 from export.runtime.loader import load_artifact
 from export.runtime.openvino_runner import OpenVINORunner
-from export.runtime.ort_runner import OnnxRuntimeRunner, missing_provider
+from export.runtime.ort_runner import OnnxRuntimeRunner
+from export.runtime.registry import RUNTIMES, bf16_unavailable, get_runtime
 from export.runtime.torch_runner import TorchRunner
 
-from .onnx_cache import INT8_CALIBRATION_COUNT, INT8_NOTE, cached_int8_onnx, cached_onnx, \
-    int8_quantizer_unavailable
+from .onnx_cache import (
+    INT8_CALIBRATION_COUNT,
+    INT8_NOTE,
+    cached_int8_onnx,
+    cached_onnx,
+    int8_quantizer_unavailable,
+)
 
-ORT_PROVIDERS: dict[str, list[str]] = {
-    "onnxruntime": ["CPUExecutionProvider"],
-    "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "onnxruntime-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                        "CPUExecutionProvider"],
-}
+#: the ONNX Runtime entries of the runtime registry (one per execution provider list)
+ORT_BACKENDS = tuple(name for name, info in RUNTIMES.items() if info.providers)
 TORCH_BACKENDS = ("torch", "torch-compile")
 #: CPU runtimes of ONNX files: what on-the-fly INT8 and --artifacts' ONNX files run on
 ONNX_CPU_BACKENDS = ("onnxruntime", "openvino")
 #: every name --backends accepts; "null" does nothing and measures the harness itself
-BACKENDS = (*TORCH_BACKENDS, *ORT_PROVIDERS, "openvino", "tensorrt", "null")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+BACKENDS = (*TORCH_BACKENDS, *ORT_BACKENDS, "openvino", "tensorrt", "null")
 #: what a run without --backends measures, per device; the rest are listed as skipped
 DEFAULT_BACKENDS = {
     "cpu": ("torch", "onnxruntime", "openvino"),
@@ -173,8 +171,23 @@ class Request:
     cache_dir: Path | None = None
     artifacts: Path | None = None
     throughput: bool = True  # OpenVINO: also benchmark_app-style throughput rows
-    #: --artifacts: every distinct model the manifests describe (filled by the planner)
-    specs: list[ModelSpec] = field(default_factory=list)
+
+
+@dataclass
+class Cases:
+    """What :func:`plan` decided: the candidates to measure, the skips with their reasons, the
+    models (built once, MACs counted once) and every distinct model the run covers (the
+    request's, or with --artifacts those the manifests describe, first one first)."""
+
+    candidates: list[Candidate]
+    skipped: list[Skip]
+    models: _Models
+    specs: list[ModelSpec]
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The run's headline model: the request's, or the first artifact's."""
+        return self.specs[0]
 
 
 class _Models:
@@ -203,26 +216,9 @@ class _Models:
         return self._macs[key]
 
 
-def _ort_available(backend: str) -> str | None:
-    return missing_provider(ORT_PROVIDERS[backend])
-
-
-def _openvino_unavailable() -> str | None:
-    if importlib.util.find_spec("openvino") is None:
-        return "openvino is not installed (pip install 'resnet-deploy[openvino]')"
-    return None
-
-
-def _bf16_unavailable(runtime: str) -> str | None:
-    """Why BF16 would not be native on this CPU (None: it is)."""
-    native = cpu_features.native_bf16()
-    if native:
-        return None
-    isa = cpu_features.summary()
-    if native is None:
-        return f"cannot tell whether this CPU ({isa}) has native BF16; {runtime} bf16 not run"
-    return (f"this CPU ({isa}) has no native BF16 (neither AVX512-BF16 nor AMX-BF16); {runtime} "
-            "would emulate it, slower than FP32, so it is not run")
+def _unavailable(backend: str) -> str | None:
+    """Why a registry runtime cannot run here (None: it can); the registry's probe."""
+    return get_runtime(backend).unavailable()
 
 
 def _compile_unavailable(device: str) -> str | None:
@@ -246,6 +242,7 @@ class Planner:
         self.models = _Models(request.seed)
         self.candidates: list[Candidate] = []
         self.skipped: list[Skip] = []
+        self.specs: list[ModelSpec] = []  # --artifacts: the models the manifests describe
 
     def _skip(self, skip: Skip) -> None:
         if skip not in self.skipped:  # e.g. the same reason for the with/without-graphs variants
@@ -260,7 +257,7 @@ class Planner:
             model_backends = (["torch"] if req.backends is None else
                               [b for b in req.backends if b in TORCH_BACKENDS or b == "null"])
             planned = len(self.candidates)
-            for spec in req.specs:
+            for spec in self.specs:
                 for backend in model_backends:
                     self._plan_model_backend(backend, spec,
                                              ["fp32"] if req.backends is None else None)
@@ -303,8 +300,8 @@ class Planner:
                         self._skip(Skip(backend, reason, precision))
                     else:
                         self._add_torch(backend, spec, precision, graphs, compile_)
-        elif backend in ORT_PROVIDERS:
-            reason = _ort_available(backend)
+        elif backend in ORT_BACKENDS:
+            reason = _unavailable(backend)
             for precision in precisions:
                 reason_p = reason or self._onnx_precision_unavailable(backend, precision)
                 if reason_p:
@@ -313,7 +310,7 @@ class Planner:
                 self._add_ort(backend, spec, precision)
         elif backend == "openvino":
             reason = ("CPU backend: measured with --device cpu" if req.device != "cpu"
-                      else _openvino_unavailable())
+                      else _unavailable("openvino"))
             for precision in precisions:
                 reason_p = reason or self._onnx_precision_unavailable(backend, precision)
                 if reason_p:
@@ -360,7 +357,7 @@ class Planner:
                         "benchmark an INT8 artifact with --artifacts DIR")
             return int8_quantizer_unavailable()
         if backend == "openvino" and precision == "bf16":
-            return _bf16_unavailable("openvino")
+            return bf16_unavailable("openvino")
         if backend == "openvino":
             return ("the OpenVINO runner sets fp32, bf16 or int8 explicitly (FP16 inference "
                     "is not measured on the CPU)")
@@ -387,7 +384,7 @@ class Planner:
 
         def prepare() -> tuple[Runner, dict[str, Any]]:
             path, info = self._onnx_file(spec, precision)
-            runner = OnnxRuntimeRunner(path, ORT_PROVIDERS[backend], req.threads, precision,
+            runner = OnnxRuntimeRunner(path, list(get_runtime(backend).providers), req.threads, precision,
                                        optimization_level=req.ort_opt_level)
             return runner, info
 
@@ -427,8 +424,8 @@ class Planner:
             rng = manifest["batch_range"]
             batch_range = (rng["min"], rng["max"])
             first_spec = first_spec or spec
-            if spec not in self.req.specs:
-                self.req.specs.append(spec)
+            if spec not in self.specs:
+                self.specs.append(spec)
             formats.add(fmt)
             artifact = str(path.parent / manifest.get("artifact", ""))
             if (fmt == "onnx" and precision == "fp32" and "bf16" in (self.req.precisions or [])
@@ -440,7 +437,7 @@ class Planner:
                                               f"--precision", precision, artifact=artifact))
                 continue
             if fmt in ("onnx", "onnx-fp16", "onnx-int8"):  # every ONNX runtime present
-                wanted = ([b for b in self.req.backends if b in ORT_PROVIDERS or b == "openvino"]
+                wanted = ([b for b in self.req.backends if b in ORT_BACKENDS or b == "openvino"]
                           if self.req.backends is not None else
                           list(ONNX_CPU_BACKENDS) if self.req.device == "cpu"
                           else ["onnxruntime-cuda", "onnxruntime-trt"])
@@ -452,9 +449,7 @@ class Planner:
                                          artifact=artifact))
                 continue
             for backend in wanted:
-                reason = (_ort_available(backend) if backend in ORT_PROVIDERS
-                          else _openvino_unavailable() if backend == "openvino"
-                          else _tensorrt_unavailable())
+                reason = _unavailable(backend)
                 if reason:
                     self._skip(Skip(backend, reason, precision, artifact=artifact))
                     continue
@@ -465,14 +460,12 @@ class Planner:
         wanted_trt = "tensorrt" in (self.req.backends or DEFAULT_BACKENDS[self.req.device])
         if wanted_trt and "trt" not in formats:
             self._skip(Skip("tensorrt", f"no TensorRT engine (format trt) under {root}"))
-        if first_spec is not None:
-            self.req.spec = first_spec
 
     def _add_openvino_bf16_artifact(self, folder: Path, spec: ModelSpec,
                                     batch_range: tuple[int, int] | None, artifact: str) -> None:
         """An FP32 ONNX artifact at bf16 on OpenVINO, where the CPU has native BF16 (the loader
         then refuses it unless the artifact's gate judged the bf16 contract)."""
-        reason = _openvino_unavailable() or _bf16_unavailable("openvino")
+        reason = _unavailable("openvino") or bf16_unavailable("openvino")
         if reason:
             self._skip(Skip("openvino", reason, "bf16", artifact=artifact))
             return
@@ -484,8 +477,8 @@ class Planner:
     def _artifact_loader(self, folder: Path, backend: str, precision: str | None = None
                          ) -> Callable[[], tuple[Runner, dict[str, Any]]]:
         def prepare() -> tuple[Runner, dict[str, Any]]:
-            if backend in ORT_PROVIDERS:  # the same thread count and options as on-the-fly ONNX
-                return load_artifact(folder, providers=ORT_PROVIDERS[backend],
+            if backend in ORT_BACKENDS:  # the same thread count and options as on-the-fly ONNX
+                return load_artifact(folder, providers=list(get_runtime(backend).providers),
                                      threads=self.req.threads,
                                      optimization_level=self.req.ort_opt_level), {}
             if backend == "openvino":
@@ -497,14 +490,6 @@ class Planner:
             return load_artifact(folder), {}
 
         return prepare
-
-
-def _tensorrt_unavailable() -> str | None:
-    if importlib.util.find_spec("tensorrt") is None:
-        return "the tensorrt Python package is not installed"
-    if not torch.cuda.is_available():
-        return "TensorRT needs a CUDA device"
-    return None
 
 
 def find_manifests(root: Path) -> list[Path]:
@@ -520,7 +505,8 @@ def find_manifests(root: Path) -> list[Path]:
                   if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def plan(request: Request) -> tuple[list[Candidate], list[Skip], _Models]:
+def plan(request: Request) -> Cases:
+    """The candidates and skips for ``request``; ``request`` itself is left as it was."""
     planner = Planner(request)
     candidates, skipped = planner.plan()
-    return candidates, skipped, planner.models
+    return Cases(candidates, skipped, planner.models, planner.specs or [request.spec])

@@ -24,8 +24,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from .core.errors import EngineIncompatible, UserError
-from .runtime.tensorrt_runner import GpuInfo, check_engine_compatible, require_tensorrt
+from ..core.errors import EngineIncompatible, UserError
+from ..runtime.tensorrt_runner import GpuInfo, check_engine_compatible, require_tensorrt
 
 DEFAULT_WORKSPACE = 4 << 30  # 4 GiB: ResNet-152 tactics need far less; a cap, not an allocation
 

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .core.errors import UserError
+from ..core.errors import UserError
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .runtime.base import Runner
+from ..runtime.base import Runner
 
 
 @dataclass(frozen=True)

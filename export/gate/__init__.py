@@ -1,0 +1,1 @@
+"""The parity gate: the tolerance table, the comparator, and which runners judge an artifact."""

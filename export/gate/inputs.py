@@ -1,0 +1,66 @@
+"""The gate's inputs: real test-split images and seeded random inputs at each batch size it
+judges, and (INT8) the held-out labelled test split whose accuracy decides the contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import UserError, first_line
+from ..core.models import ModelSpec
+from ..core.shapes import BatchRange
+from ..data import describe_source, indices_digest, reference_images, split_images
+from .parity import LabelledInput, ParityInput, random_inputs, real_inputs
+
+RANDOM_SEED = 1234
+ACCURACY_LIMIT = 1000  # held-out images the accuracy check runs (all of a smaller test split)
+
+
+def parity_inputs(spec: ModelSpec, batch: BatchRange, dataset: dict[str, Any] | None
+                  ) -> tuple[list[ParityInput], dict[str, Any]]:
+    """Real test-split images (where available) and seeded random inputs at each batch size."""
+    sizes = batch.parity_sizes()
+    shape = (spec.in_chans, spec.input_size, spec.input_size)
+    items: list[ParityInput] = []
+    real: dict[str, Any] = {"available": False, "dataset": dataset, "count": 0, "note": None}
+    try:
+        images = reference_images(dataset, spec, limit=max(sizes))
+    except UserError as exc:
+        real["note"] = f"real images unavailable: {exc}"
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a damaged description
+        real["note"] = f"real images unavailable: the dataset description does not read " \
+                       f"({first_line(exc)})"
+    else:
+        if len(images):
+            items += real_inputs(images, sizes)
+            real.update(available=True, count=int(len(images)))
+        else:
+            real["note"] = "real images unavailable: the test split is empty"
+    items += random_inputs(shape, sizes, RANDOM_SEED)
+    described = {"batch_sizes": sizes, "real": real,
+                 "random": {"distribution": "N(0,1)", "seed": RANDOM_SEED}}
+    return items, described
+
+
+def accuracy_set(spec: ModelSpec, dataset: dict[str, Any] | None, batch_size: int,
+                 calibration: dict[str, Any] | None = None
+                 ) -> tuple[LabelledInput, dict[str, Any]]:
+    """The held-out labelled test split that judges an INT8 artifact; refuses to judge on any
+    image the calibration saw (compared by index within the same source)."""
+    source = dataset if dataset is not None else describe_source(None)
+    held_out = split_images(source, spec, "test", ACCURACY_LIMIT, 0)
+    if calibration is not None and _same_source(calibration.get("dataset"), source):
+        overlap = np.intersect1d(held_out.indices, np.asarray(calibration["indices"]))
+        if len(overlap):
+            raise UserError(f"{len(overlap)} calibration images are also in the test split "
+                            "that judges the INT8 artifact; calibrate on other data")
+    described = {"dataset": source, "part": "test", "count": int(len(held_out.labels)),
+                 "indices_sha256": indices_digest(held_out.indices)}
+    return LabelledInput(held_out.images, held_out.labels, batch_size), described
+
+
+def _same_source(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    if a is None:
+        return False
+    return (a.get("kind"), a.get("path")) == (b.get("kind"), b.get("path"))

@@ -1,0 +1,201 @@
+"""The runtime registry: which runtimes exist, whether each can run here (and why not), what it
+runs natively on this machine, and how to open an artifact on it.
+
+Every caller that needs to name or choose a runtime asks here: the parity gate (which runtimes
+judge an artifact), :func:`~.loader.load_artifact` (which runtimes may run a format),
+``resnet-predict --runtime``, ``resnet-bench --backends`` and the deployment planner (the
+candidate space and the reasons a candidate is pruned). Probes are cheap (imports and provider
+lists, no model is built) and cached per process.
+
+A precision is *native* on a runtime when the runtime computes it in that arithmetic on this
+machine. ONNX Runtime's CPU provider and OpenVINO's CPU plugin run an FP16-typed ONNX, but compute
+it in FP32 (casts around FP32 kernels): they can *judge* an FP16 artifact, not speed it up. BF16 is
+native on OpenVINO and torch only where the CPU has AVX512-BF16 or AMX-BF16; elsewhere it would be
+emulated, slower than FP32, and is refused rather than measured.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable
+
+from ..core import cpu_features
+from ..core.errors import UserError
+
+#: the precision contracts an artifact can carry (fp32, fp16, int8) or be run at (bf16)
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """One runtime: what it runs, on which device, and how to tell whether it can run here."""
+
+    name: str
+    description: str
+    device: str  # "cpu" or "cuda"
+    #: artifact formats it runs, directly or (``onnx_of_engine``) through an engine's source ONNX
+    formats: tuple[str, ...]
+    #: precisions it can run at all (native or not); an artifact's own precision is one of these
+    precisions: tuple[str, ...]
+    #: precisions it computes in their own arithmetic (before the machine's checks below)
+    native: tuple[str, ...]
+    #: INT8 QDQ flavours it compiles (``cpu``: u8 activations; ``tensorrt``: symmetric s8)
+    int8_flavours: tuple[str, ...] = ()
+    #: ONNX Runtime execution providers, in order (ONNX Runtime entries only)
+    providers: tuple[str, ...] = ()
+    #: runs the ONNX file an engine was built from (an engine folder keeps it beside the engine)
+    onnx_of_engine: bool = False
+    #: the parity gate judges artifacts on it (ONNX Runtime's TensorRT provider builds an engine
+    #: of its own: the engine artifact is judged on TensorRT itself)
+    judges: bool = True
+    _probe: Callable[[], str | None] = lambda: None
+
+    def unavailable(self) -> str | None:
+        """Why this runtime cannot run here (None: it can)."""
+        return _probe_cached(self.name)
+
+    @property
+    def available(self) -> bool:
+        return self.unavailable() is None
+
+    def not_native(self, precision: str) -> str | None:
+        """Why ``precision`` would not run natively here (None: it would)."""
+        if precision not in self.precisions:
+            return f"{self.name} does not run {precision}"
+        if precision not in self.native:
+            return (f"{self.name} computes {precision} in FP32 on this device (no {precision} "
+                    "kernels): it can judge such an artifact, not speed it up")
+        if precision == "bf16" and self.device == "cpu":
+            return bf16_unavailable(self.name)
+        return None
+
+    def arithmetic(self, precision: str) -> str:
+        """What the runtime computes in when it runs a ``precision`` artifact."""
+        if precision in self.native:
+            return precision
+        return "fp32"
+
+    def runs(self, fmt: str, int8_flavour: str | None = None) -> bool:
+        """Whether this runtime runs artifacts of format ``fmt`` (and INT8 flavour)."""
+        if fmt not in self.formats:
+            return False
+        return fmt != "onnx-int8" or int8_flavour is None or int8_flavour in self.int8_flavours
+
+
+def bf16_unavailable(runtime: str) -> str | None:
+    """Why BF16 would not be native on this CPU (None: it is)."""
+    native = cpu_features.native_bf16()
+    if native:
+        return None
+    isa = cpu_features.summary()
+    if native is None:
+        return f"cannot tell whether this CPU ({isa}) has native BF16; {runtime} bf16 not run"
+    return (f"this CPU ({isa}) has no native BF16 (neither AVX512-BF16 nor AMX-BF16); {runtime} "
+            "would emulate it, slower than FP32, so it is not run")
+
+
+def _module_missing(module: str, install: str) -> str | None:
+    if importlib.util.find_spec(module) is None:
+        return f"{module} is not installed ({install})"
+    return None
+
+
+def _cuda_missing() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to PyTorch"
+    return None
+
+
+def _ort_probe(providers: tuple[str, ...], cuda: bool) -> Callable[[], str | None]:
+    def probe() -> str | None:
+        from .ort_runner import missing_provider
+
+        return missing_provider(list(providers)) or (_cuda_missing() if cuda else None)
+    return probe
+
+
+def _tensorrt_probe() -> str | None:
+    return (_module_missing("tensorrt", "pip install 'resnet-deploy[gpu]'")
+            or _cuda_missing())
+
+
+_ONNX = ("onnx", "onnx-fp16", "onnx-int8")
+_CPU_ORT = ("CPUExecutionProvider",)
+_CUDA_ORT = ("CUDAExecutionProvider", "CPUExecutionProvider")
+_TRT_ORT = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+#: every runtime, in the order a format's default is chosen (the first that runs it)
+RUNTIMES: dict[str, RuntimeInfo] = {r.name: r for r in (
+    RuntimeInfo("onnxruntime", "ONNX Runtime, CPU execution provider", "cpu",
+                (*_ONNX, "trt"), ("fp32", "fp16", "int8"), ("fp32", "int8"),
+                int8_flavours=("cpu", "tensorrt"), providers=_CPU_ORT, onnx_of_engine=True,
+                _probe=_ort_probe(_CPU_ORT, cuda=False)),
+    RuntimeInfo("onnxruntime-cuda", "ONNX Runtime, CUDA execution provider", "cuda",
+                (*_ONNX, "trt"), ("fp32", "fp16", "int8"), ("fp32", "fp16", "int8"),
+                int8_flavours=("cpu", "tensorrt"), providers=_CUDA_ORT, onnx_of_engine=True,
+                _probe=_ort_probe(_CUDA_ORT, cuda=True)),
+    RuntimeInfo("onnxruntime-trt", "ONNX Runtime, TensorRT execution provider", "cuda",
+                _ONNX, ("fp32", "fp16", "int8"), ("fp32", "fp16", "int8"),
+                int8_flavours=("tensorrt",), providers=_TRT_ORT, judges=False,
+                _probe=_ort_probe(_TRT_ORT, cuda=True)),
+    RuntimeInfo("openvino", "OpenVINO, CPU plugin (the openvino extra)", "cpu",
+                (*_ONNX, "trt"), ("fp32", "fp16", "bf16", "int8"), ("fp32", "bf16", "int8"),
+                int8_flavours=("cpu",), onnx_of_engine=True,
+                _probe=lambda: _module_missing("openvino",
+                                               "pip install 'resnet-deploy[openvino]'")),
+    RuntimeInfo("tensorrt", "TensorRT, a serialized engine (the gpu extra)", "cuda",
+                ("trt",), ("fp32", "fp16", "int8"), ("fp32", "fp16", "int8"),
+                int8_flavours=("tensorrt",), _probe=_tensorrt_probe),
+)}
+
+#: an artifact may also run at another precision than its contract where its gate judged that
+#: contract: (runtime, artifact precision) -> the precisions it may run at
+EXECUTION_PRECISIONS = {("openvino", "fp32"): ("fp32", "bf16")}
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_cached(name: str) -> str | None:
+    return RUNTIMES[name]._probe()
+
+
+def get_runtime(name: str) -> RuntimeInfo:
+    """The registry entry for ``name``; an unknown name is one :class:`UserError` line."""
+    try:
+        return RUNTIMES[name]
+    except KeyError:
+        raise UserError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}") from None
+
+
+def runtimes_for(fmt: str, int8_flavour: str | None = None, *, device: str | None = None,
+                 direct: bool = False) -> list[RuntimeInfo]:
+    """Runtimes that run format ``fmt`` (an engine's source ONNX counts unless ``direct``), in
+    registry order, on ``device`` if given; available or not (ask each one)."""
+    found = []
+    for info in RUNTIMES.values():
+        if device is not None and info.device != device:
+            continue
+        if fmt == "trt" and info.onnx_of_engine:
+            if not direct:
+                found.append(info)
+            continue
+        if info.runs(fmt, int8_flavour):
+            found.append(info)
+    return found
+
+
+def default_runtime(fmt: str) -> str:
+    """The runtime an artifact of ``fmt`` runs on when none is named: the one built for it."""
+    return "tensorrt" if fmt == "trt" else "onnxruntime"
+
+
+def clear_probe_cache() -> None:
+    """Forget the probes' answers (tests that change what is installed)."""
+    _probe_cached.cache_clear()
+
+
+__all__ = ["EXECUTION_PRECISIONS", "PRECISIONS", "RUNTIMES", "RuntimeInfo", "bf16_unavailable",
+           "clear_probe_cache", "default_runtime", "get_runtime", "runtimes_for"]
