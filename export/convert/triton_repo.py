@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ..core.artifact import artifact_file, read_manifest, verify_files
 from ..core.errors import BadOption, UserError
@@ -30,7 +30,7 @@ TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64",
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
-def model_name(manifest: dict[str, Any]) -> str:
+def model_name(manifest: Mapping[str, Any]) -> str:
     """``<model>-<format>`` (resnet20-onnx, resnet50-trt): the name a served artifact gets."""
     return f"{manifest['model']['name']}-{manifest['format']}"
 
@@ -41,14 +41,14 @@ def check_name(name: str) -> str:
     return name
 
 
-def openvino_judged(manifest: dict[str, Any]) -> bool:
+def openvino_judged(manifest: Mapping[str, Any]) -> bool:
     """Whether the gate ran OpenVINO at the artifact's own precision and it passed."""
     return any(str(run.get("candidate", "")).startswith("openvino")
                and run.get("precision") == manifest["precision"] and run.get("passed")
                for run in manifest["parity"].get("runs") or [])
 
 
-def choose_backend(manifest: dict[str, Any], backend: str) -> str:
+def choose_backend(manifest: Mapping[str, Any], backend: str) -> str:
     fmt = manifest["format"]
     if backend == "auto":
         return "tensorrt" if fmt == "trt" else "onnxruntime"
@@ -68,7 +68,7 @@ class RepoOptions:
     max_queue_delay_us: int = 2000
 
 
-def model_config(manifest: dict[str, Any], name: str, opts: RepoOptions) -> dict[str, Any]:
+def model_config(manifest: Mapping[str, Any], name: str, opts: RepoOptions) -> dict[str, Any]:
     """Triton's model configuration (its JSON form) for the artifact."""
     backend = choose_backend(manifest, opts.backend)
     rng = manifest["batch_range"]
@@ -125,7 +125,7 @@ def _render(data: dict[str, Any], indent: int = 0) -> list[str]:
     return lines
 
 
-def config_text(config: dict[str, Any], manifest: dict[str, Any]) -> str:
+def config_text(config: dict[str, Any], manifest: Mapping[str, Any]) -> str:
     """``config.pbtxt``: the configuration in protobuf text format, with where it came from."""
     rng = manifest["batch_range"]
     head = [MARKER, (f"# {manifest['model']['name']} {manifest['format']} "
@@ -158,7 +158,7 @@ def write_model(folder: Path, out: Path, opts: RepoOptions, name: str | None = N
     manifest = read_manifest(folder)
     if not manifest["parity"].get("passed"):
         raise UserError(f"refusing {folder}: its parity gate failed at export")
-    verify_files(folder, manifest)
+    verify_files(folder, dict(manifest))
     name = check_name(name or model_name(manifest))
     config = model_config(manifest, name, opts)
     target = out / name

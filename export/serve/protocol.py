@@ -19,7 +19,7 @@ import json
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -71,7 +71,7 @@ class ModelSignature:
     class_names: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_manifest(cls, name: str, manifest: dict[str, Any]) -> "ModelSignature":
+    def from_manifest(cls, name: str, manifest: Mapping[str, Any]) -> "ModelSignature":
         spec = ModelSpec.from_dict(manifest["model"])
         batch = BatchRange.from_dict(manifest["batch_range"])
         (inp,), (out,) = manifest["inputs"], manifest["outputs"]

@@ -17,7 +17,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from ..core.artifact import read_manifest
 from ..core.errors import BadOption, UserError, first_line
@@ -50,7 +50,7 @@ class Planned:
 
     folder: Path
     name: str
-    manifest: dict[str, Any]
+    manifest: Mapping[str, Any]
     max_batch: int
 
 
