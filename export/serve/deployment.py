@@ -11,8 +11,8 @@ metadata, an unknown model) reaches the small root application. Dynamic batching
 
 
 import asyncio
-import io
 import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -103,15 +103,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return decompress(b"".join(chunks), request.headers.get("content-encoding"), limit)
 
 
-class _NamedBytes(io.BytesIO):
-    """An uploaded file for :func:`read_image`, named in its error messages by its file name."""
-
-    def __init__(self, data: bytes, name: str):
-        super().__init__(data)
-        self.label = name
-
-    def __str__(self) -> str:
-        return self.label
+def read_upload(data: bytes, name: str) -> np.ndarray:
+    """An uploaded image -> uint8 C x H x W through ``resnet-predict``'s own reader (EXIF
+    orientation, 8-bit conversion, decompression bombs refused), which reads regular files
+    only: the bytes go through a private temporary file, and errors name the upload."""
+    with tempfile.TemporaryDirectory(prefix="resnet-serve-") as tmp:
+        path = Path(tmp) / "upload"
+        path.write_bytes(data)
+        try:
+            return read_image(path)
+        except UserError as exc:
+            raise ProtocolError(400, str(exc).replace(str(path), name)) from None
 
 
 def _rows(items: list[np.ndarray]) -> int:
@@ -219,15 +221,14 @@ class ModelServer:
             files = await self._uploads(request)
             pixels = []
             for name, data in files:
-                try:
-                    pixels.append((name, read_image(_NamedBytes(data, name))))  # type: ignore[arg-type]
-                except UserError as exc:
-                    raise ProtocolError(400, str(exc)) from None
+                pixels.append((name, await asyncio.to_thread(read_upload, data, name)))
             x = np.concatenate([preprocess(p[None], self.predictor.spec) for _, p in pixels])
             logits = np.concatenate([(await self.logits(x[i:i + self.sig.max_batch]))[0]
                                      for i in range(0, len(x), self.sig.max_batch)])
         except ProtocolError as exc:
             return _error(exc)
+        except Exception as exc:  # the runtime's own failure: an error, never a dead replica
+            return _error(ProtocolError(500, f"inference failed: {type(exc).__name__}: {exc}"))
         tops = top_k(logits, self.sig.class_names, k)
         return JSONResponse({"model_name": self.sig.name, "results": [
             {"file": name, "top": [p.to_dict() for p in top],
