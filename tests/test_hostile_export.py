@@ -799,7 +799,7 @@ def test_out_of_range_options_are_one_line_exit_2_and_create_nothing(cwd, args, 
 
 
 def test_an_export_that_cannot_fit_in_memory_is_refused_before_it_starts(cwd, monkeypatch):
-    monkeypatch.setattr(pipeline, "available_memory", lambda: 64 << 20)
+    monkeypatch.setattr("export.request.available_memory", lambda: 64 << 20)
     monkeypatch.setattr(pipeline, "export_onnx", lambda *a: pytest.fail("export started"))
     line = error_line(run("--depth", "20", "--input-size", "1024", "--batch-range", "1:1:64"))
     assert "needs about" in line and "for the parity gate at batch 64" in line
