@@ -18,27 +18,33 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import torch
 
 from export.core.artifact import enclosing_artifact
-
-from export.core.manifest import MAX_INPUT_SIZE
-from export.core.cli import (DefaultCommand, DefaultGroup, OneLineCommand, model_options,
-                             one_line_errors, print_family_table, resolve_model_name)
+from export.core.cli import (
+    DefaultCommand,
+    DefaultGroup,
+    OneLineCommand,
+    model_options,
+    one_line_errors,
+    print_family_table,
+    resolve_model_name,
+)
 from export.core.errors import UserError, first_line
 from export.core.fileio import make_dirs, remove_dirs
 from export.core.hardware import available_memory, inference_bytes, resolve_device, usable_cores
+from export.core.manifest import MAX_INPUT_SIZE
 from export.core.models import default_spec
 from export.runtime.ort_runner import ORT_OPTIMIZATION_LEVELS
-
-from . import environment, report
 from export.runtime.registry import PRECISIONS
 
+from . import environment, report
 from .cases import BACKENDS, Candidate, Request, Skip, plan
 from .load import others_cores
 from .load import snapshot as load_snapshot

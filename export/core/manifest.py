@@ -41,7 +41,7 @@ import datetime as _dt
 import platform
 import string
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeGuard, cast
 
 from .errors import UnknownModelError, UserError
 from .fileio import sha256_file, write_json
@@ -80,7 +80,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -144,7 +144,7 @@ def check_manifest(data: Any, where: Path) -> Manifest:
         raise _fail(where, "created", f"must be an ISO 8601 string, got {_short(data['created'])}")
     if not isinstance(data["tool"], dict):
         raise _fail(where, "tool", f"must be an object, got {_short(data['tool'])}")
-    return data
+    return cast(Manifest, data)  # every key a reader uses was checked above
 
 
 def _check_files(data: dict[str, Any], where: Path) -> None:
@@ -352,7 +352,7 @@ def library_versions(tensorrt_version: str | None) -> dict[str, str | None]:
             "tensorrt": tensorrt_version}
 
 
-def file_entry(folder: Path, name: str, role: str) -> dict[str, Any]:
+def file_entry(folder: Path, name: str, role: str) -> FileEntry:
     path = folder / name
     return {"path": name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "role": role}
 
@@ -361,13 +361,13 @@ def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def build_manifest(*, fmt: str, precision: str, artifact: str, files: list[dict[str, Any]],
+def build_manifest(*, fmt: str, precision: str, artifact: str, files: list[FileEntry],
                    model: dict[str, Any], class_names: list[str] | None,
                    normalization: dict[str, Any], source: dict[str, Any],
                    inputs: list[dict], outputs: list[dict], batch_range: dict[str, int],
                    opset: int, fp16: dict | None, tensorrt: dict | None, gpu: dict | None,
                    versions: dict[str, Any], parity: dict[str, Any],
-                   int8: dict | None = None) -> dict[str, Any]:
+                   int8: dict | None = None) -> Manifest:
     """Assemble a manifest in the documented key order."""
     from .. import __version__
 
@@ -384,7 +384,7 @@ def build_manifest(*, fmt: str, precision: str, artifact: str, files: list[dict[
     }
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
     path = Path(folder) / MANIFEST_NAME
     write_json(path, manifest)
     return path

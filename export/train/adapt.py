@@ -57,6 +57,8 @@ def adapt_init_weights(model: nn.Module, state: dict[str, torch.Tensor],
 
 def load_init_weights(model: nn.Module, config: TrainConfig) -> list[str]:
     """``--init-weights``: a file, or ``imagenet`` for torchvision's published weights."""
+    if config.init_weights is None:
+        return []
     notes = []
     path = config.init_weights
     if path == IMAGENET:
