@@ -26,12 +26,12 @@ from export.serve.protocol import HEADER_LENGTH
 from built_artifacts import BATCH, trained_project
 
 CLIENT = Path(__file__).with_name("serve_client.py")
-MODEL = "resnet20-onnx"
+MODEL = "resnet20-digits-onnx"
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-onnx"
+    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-digits-onnx"
 
 
 @pytest.fixture(scope="module")

@@ -160,12 +160,12 @@ def test_threads_never_oversubscribe_by_default(cpus, models, replicas, threads,
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-onnx"
+    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-digits-onnx"
 
 
 def test_plan_checks_artifacts_before_ray(artifact, tmp_path):
     (planned,) = plan_models(ServeConfig([artifact]))
-    assert planned.name == "resnet20-onnx" and planned.max_batch == 8
+    assert planned.name == "resnet20-digits-onnx" and planned.max_batch == 8
     with pytest.raises(BadOption, match="above"):
         plan_models(ServeConfig([artifact], max_batch=9))
     with pytest.raises(BadOption, match="--name for each"):
