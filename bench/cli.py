@@ -287,8 +287,6 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
     threads_note = None
     if threads is None:
         threads, threads_note = free_threads()
-        if threads_note:
-            click.echo(f"note: {threads_note}", err=True)
     if progress is None:
         progress = sys.stderr.isatty()
     batches = batch_sizes or DEFAULT_BATCHES[dev]
@@ -339,6 +337,8 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
         measured, too_big = memory_skips(candidates, batches, dev)
         if not measured:
             raise UserError("nothing to measure: " + too_big[0].reason)
+        if threads_note:  # once the run goes ahead
+            click.echo(f"note: {threads_note}", err=True)
         prepare_out(out)  # creatable and writable, before the first measurement
         doc = report.new_document(environment.collect(threads), config)
         doc["skipped"] = [s.to_dict() for s in [*skipped, *too_big]]

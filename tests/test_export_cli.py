@@ -152,7 +152,7 @@ def test_checkpoint_export_records_its_source_and_verify_rechecks_it(cwd):
     result = run("--checkpoint", "ckpt.pt", "--fmt", "onnx-fp16", *FAST)
     assert result.exit_code == 0, result.output
     assert "UNTRAINED" not in result.output
-    folder = cwd / "artifacts" / "resnet20-onnx-fp16"
+    folder = cwd / "artifacts" / "resnet20-ckpt-onnx-fp16"  # named after the weights file
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["source"]["kind"] == "checkpoint"
     assert manifest["source"]["path"] == str((cwd / "ckpt.pt").resolve())
@@ -189,7 +189,7 @@ def test_plain_state_dict_needs_the_model_named_and_takes_classes_from_it(cwd):
     assert wrong.exit_code == 1 and "does not fit the model" in one_line_error(wrong)
     result = run("--checkpoint", "tv.pth", "--depth", "18", "--input-size", "32", *FAST)
     assert result.exit_code == 0, result.output
-    manifest = json.loads((cwd / "artifacts/resnet18-onnx/manifest.json").read_text())
+    manifest = json.loads((cwd / "artifacts/resnet18-tv-onnx/manifest.json").read_text())
     assert manifest["model"]["num_classes"] == 7 and manifest["model"]["input_size"] == 32
     assert manifest["source"]["kind"] == "state_dict"
 
