@@ -142,11 +142,12 @@ class Plan:
                          self.opts.objective, self.cores, self.echo):
             raise KeyboardInterrupt
         leaders = self._leaders(todo)
-        self.echo(f"confirming {len(leaders)} leaders: {confirm.rounds} interleaved rounds, "
-                  f"{confirm.seconds:.2g} s each")
-        if not run_phase(leaders, [], self.spec, self.opts.batch_size, confirm,
-                         self.opts.objective, self.cores, self.echo):
-            raise KeyboardInterrupt
+        if leaders:
+            self.echo(f"confirming {len(leaders)} leaders: {confirm.rounds} interleaved rounds, "
+                      f"{confirm.seconds:.2g} s each")
+            if not run_phase(leaders, [], self.spec, self.opts.batch_size, confirm,
+                             self.opts.objective, self.cores, self.echo):
+                raise KeyboardInterrupt
         self._decide(todo, leaders)
 
     def _timing(self, c: PlanCandidate, phase: str) -> Any:
@@ -163,7 +164,9 @@ class Plan:
     def _decide(self, todo: list[PlanCandidate], leaders: list[PlanCandidate]) -> None:
         opts = self.opts
         confirmed = [t for c in leaders if (t := self._timing(c, "confirm")) is not None]
-        self.choice = choose(confirmed, opts.objective, opts.latency_budget_ms,
+        screened = [t for c in todo if (t := self._timing(c, "screen")) is not None]
+        # no leader: every screened candidate broke a constraint (choose says which)
+        self.choice = choose(confirmed or screened, opts.objective, opts.latency_budget_ms,
                              opts.max_accuracy_drop)
         best = {c.id: self._timing(c, "confirm") or self._timing(c, "screen") for c in todo}
         measured = [t for t in best.values() if t is not None]
