@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-import export.pipeline as pipeline
-from bench.cases import Request, plan as bench_plan
+from bench.cases import Request
+from bench.cases import plan as bench_plan
+from export import pipeline
 from export.core.artifact import read_manifest, verify_files
 from export.core.errors import UserError
 from export.core.fileio import sha256_file
@@ -219,3 +220,19 @@ def test_accuracy_missed_reads_the_int8_verdicts():
     assert not accuracy_missed(manifest(0.4, True), 1.0)
     assert accuracy_missed(manifest(0.4, True), 0.25)  # the plan's stricter limit
     assert not accuracy_missed({"precision": "fp32", "parity": {"runs": []}}, 0.0)
+
+
+@pytest.mark.slow
+def test_resnet50_cpu_plan_chooses_a_gated_artifact_within_its_time_box(tmp_path):
+    """The default ResNet-50 CPU plan (seeded weights): every timed candidate passed its gate,
+    the choice is confirmed in 7 rounds, and the whole plan keeps near its time box."""
+    out = tmp_path / "resnet50-cpu"
+    result = CliRunner().invoke(plan_cli, ["--depth", "50", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = _doc(out)
+    (chosen,) = [c for c in doc["candidates"] if c["status"] == "chosen"]
+    assert chosen["gate"]["passed"] and chosen["confirm"]["rounds"] == 7
+    timed = [c for c in doc["candidates"] if c.get("screen") and c["status"] != "baseline"]
+    assert all(c["gate"] is None or c["gate"]["passed"] for c in timed)
+    assert doc["elapsed_s"] < 2 * doc["time_budget_s"]
+    assert load_artifact(out / "chosen").backend == chosen["runtime"].split("-")[0]

@@ -16,8 +16,8 @@ tested on synthetic figures. The rule, in order:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 

@@ -13,16 +13,23 @@ from pathlib import Path
 
 import click
 
-from ..core.cli import (DefaultCommand, DefaultGroup, OneLineCommand, OneLineUsageError,
-                        model_options,
-                        one_line_errors, resolve_model_name, sigterm_as_interrupt)
+from ..core.cli import (
+    DefaultCommand,
+    DefaultGroup,
+    OneLineCommand,
+    OneLineUsageError,
+    model_options,
+    one_line_errors,
+    resolve_model_name,
+    sigterm_as_interrupt,
+)
 from ..core.errors import UserError
 from ..gate.parity import TOLERANCES
 from .choose import OBJECTIVES
 from .report import table
 from .run import DEFAULT_TIME_BUDGET_S, Plan, PlanOptions
 
-INT8_DROP = TOLERANCES["int8"].max_accuracy_drop
+INT8_DROP: float = TOLERANCES["int8"].max_accuracy_drop or 1.0
 
 
 @click.group(cls=DefaultGroup, default_command="run",

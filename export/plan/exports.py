@@ -13,9 +13,10 @@ re-quantizes with the most sensitive layers kept in float (ONNX Runtime's ``quan
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..core.artifact import read_manifest
 from ..core.errors import ParityFailed, UserError
@@ -118,5 +119,11 @@ def artifacts_in(root: Path) -> list[Gated]:
     return found
 
 
-__all__ = ["Gated", "RETRY_SUFFIX", "accuracy_missed", "artifacts_in", "export_plan_artifacts",
-           "read_gated"]
+__all__ = [
+    "RETRY_SUFFIX",
+    "Gated",
+    "accuracy_missed",
+    "artifacts_in",
+    "export_plan_artifacts",
+    "read_gated",
+]

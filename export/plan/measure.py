@@ -11,9 +11,10 @@ per-round ratios decide whether the winner is ahead (:mod:`.choose`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -160,5 +161,14 @@ def run_phase(cands: list[PlanCandidate], extra: list[tuple[PlanCandidate, Candi
     return not doc.get("interrupted")
 
 
-__all__ = ["CONFIRM_ROUNDS", "LEADERS", "Phase", "SCREEN_ROUNDS", "baseline", "objective_value",
-           "phases", "run_phase", "timing_of"]
+__all__ = [
+    "CONFIRM_ROUNDS",
+    "LEADERS",
+    "SCREEN_ROUNDS",
+    "Phase",
+    "baseline",
+    "objective_value",
+    "phases",
+    "run_phase",
+    "timing_of",
+]

@@ -90,13 +90,13 @@ def write_chosen(into: Path, folder: Path, candidate: PlanCandidate,
 
     manifest.json is not among its own listed files, so every file's sha256 still matches (checked
     after the copy) and the gate verdict is carried over untouched."""
-    manifest = dict(read_manifest(folder))
+    manifest: dict[str, Any] = dict(read_manifest(folder))
     into.mkdir(parents=True)
     for entry in manifest["files"]:
         shutil.copy2(artifact_file(folder, entry["path"]), into / entry["path"])
     manifest["deploy"] = deploy
     write_manifest(into, manifest)
-    verify_files(into, read_manifest(into))
+    verify_files(into, dict(read_manifest(into)))
     return into
 
 
@@ -149,15 +149,21 @@ def table(doc: dict[str, Any]) -> str:
 def markdown(doc: dict[str, Any]) -> str:
     env = doc["environment"]["cpu"]
     choice = doc["choice"]
-    head = [f"# Deployment plan: {doc['model']['name']} on {doc['device']}"
-            + (" (PARTIAL: interrupted)" if doc["partial"] else ""), "",
-            f"- machine: {env['model']}, ISA {env['isa'].get('isa') if isinstance(env['isa'], dict) else env['isa']}, "
-            f"{env['usable_cores']} usable cores, load average {env['load_average_1_5_15']}",
-            f"- objective: {doc['objective']} at batch {doc['batch_size']}; constraints: "
-            f"latency budget {doc['constraints']['latency_budget_ms'] or 'none'} ms (p99), "
-            f"accuracy drop <= {doc['constraints']['max_accuracy_drop']} points",
-            f"- time box {doc['time_budget_s']:g} s, used {doc['elapsed_s']:.0f} s",
-            f"- chosen: **{choice['chosen'] or 'nothing'}** - {choice['reason']}", ""]
+    isa = env["isa"].get("isa") if isinstance(env["isa"], dict) else env["isa"]
+    budget = doc["constraints"]["latency_budget_ms"] or "none"
+    head = [
+        f"# Deployment plan: {doc['model']['name']} on {doc['device']}"
+        + (" (PARTIAL: interrupted)" if doc["partial"] else ""),
+        "",
+        f"- machine: {env['model']}, ISA {isa}, {env['usable_cores']} usable cores, load "
+        f"average {env['load_average_1_5_15']}",
+        f"- objective: {doc['objective']} at batch {doc['batch_size']}; constraints: latency "
+        f"budget {budget} ms (p99), accuracy drop <= "
+        f"{doc['constraints']['max_accuracy_drop']} points",
+        f"- time box {doc['time_budget_s']:g} s, used {doc['elapsed_s']:.0f} s",
+        f"- chosen: **{choice['chosen'] or 'nothing'}** - {choice['reason']}",
+        "",
+    ]
     if doc.get("chosen_folder"):
         head.append(f"The chosen artifact is `{doc['chosen_folder']}`: its manifest's `deploy` "
                     "section makes load_artifact, resnet-predict and resnet-bench run it this way.")

@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..runtime.registry import (EXECUTION_PRECISIONS, RUNTIMES, RuntimeInfo, runtimes_for,
-                                 setting_grid)
+from ..runtime.registry import (
+    EXECUTION_PRECISIONS,
+    RUNTIMES,
+    RuntimeInfo,
+    runtimes_for,
+    setting_grid,
+)
 
 #: what the pipeline can export: (format, precision contract, INT8 flavour, TensorRT precision)
 EXPORTABLE = (

@@ -9,9 +9,9 @@ ISA of both machines is named.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from bench.environment import collect
 

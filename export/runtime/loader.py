@@ -101,8 +101,8 @@ def load_artifact(folder: str | Path, providers: list[str] | None = None, verify
     if not manifest["parity"].get("passed") and not allow_failed:
         raise UserError(f"refusing {folder}: its parity gate failed at export")
     if deploy:
-        runtime, precision, runner_kwargs = deployed(manifest, runtime, precision, providers,
-                                                     runner_kwargs)
+        runtime, precision, runner_kwargs = deployed(dict(manifest), runtime, precision,
+                                                     providers, runner_kwargs)
     if precision is not None and precision != manifest["precision"]:
         judged = (manifest["parity"].get("contracts") or {}).get(precision)
         if judged is not True:
