@@ -155,11 +155,11 @@ def markdown(doc: dict[str, Any]) -> str:
         f"# Deployment plan: {doc['model']['name']} on {doc['device']}"
         + (" (PARTIAL: interrupted)" if doc["partial"] else ""),
         "",
-        f"- machine: {env['model']}, ISA {isa}, {env['usable_cores']} usable cores, load "
-        f"average {env['load_average_1_5_15']}",
-        f"- objective: {doc['objective']} at batch {doc['batch_size']}; constraints: latency "
-        f"budget {budget} ms (p99), accuracy drop <= "
-        f"{doc['constraints']['max_accuracy_drop']} points",
+        (f"- machine: {env['model']}, ISA {isa}, {env['usable_cores']} usable cores, load "
+         f"average {env['load_average_1_5_15']}"),
+        (f"- objective: {doc['objective']} at batch {doc['batch_size']}; constraints: latency "
+         f"budget {budget} ms (p99), accuracy drop <= "
+         f"{doc['constraints']['max_accuracy_drop']} points"),
         f"- time box {doc['time_budget_s']:g} s, used {doc['elapsed_s']:.0f} s",
         f"- chosen: **{choice['chosen'] or 'nothing'}** - {choice['reason']}",
         "",
