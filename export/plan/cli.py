@@ -27,7 +27,7 @@ from ..core.errors import UserError
 from ..gate.parity import TOLERANCES
 from .choose import OBJECTIVES
 from .report import table
-from .run import DEFAULT_TIME_BUDGET_S, Plan, PlanOptions
+from .run import DEFAULT_TIME_BUDGET_S, SMALL_MODEL_TIME_BUDGET_S, Plan, PlanOptions
 
 INT8_DROP: float = TOLERANCES["int8"].max_accuracy_drop or 1.0
 
@@ -59,15 +59,16 @@ def main() -> None:
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=INT8_DROP,
               show_default=True, help="Largest top-1 drop (points, held-out split) against "
                                       "eager FP32; the INT8 contract's limit by default.")
-@click.option("--time-budget", type=click.FloatRange(min=1), default=DEFAULT_TIME_BUDGET_S,
-              show_default=True, help="Seconds for the whole plan; exports take what they take, "
-                                      "the timing shares what is left.")
+@click.option("--time-budget", type=click.FloatRange(min=1), default=None,
+              help="Seconds for the whole plan; exports take what they take, the timing shares "
+                   f"what is left [default: {DEFAULT_TIME_BUDGET_S:g} for ImageNet-sized models, "
+                   f"{SMALL_MODEL_TIME_BUDGET_S:g} for small-image ones].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Plan folder [default: artifacts/plan/<model>-<device>].")
 @one_line_errors
 def run(depth: int | None, model: str | None, checkpoint: Path | None, input_size: int | None,
         seed: int, artifacts: Path | None, device: str | None, objective: str, batch_size: int,
-        latency_budget: float | None, max_accuracy_drop: float, time_budget: float,
+        latency_budget: float | None, max_accuracy_drop: float, time_budget: float | None,
         out: Path | None) -> None:
     """Export, gate, time and choose; write artifacts/plan/<model>-<device>/."""
     if artifacts is not None and (checkpoint or depth or model):

@@ -31,7 +31,15 @@ from .report import PLAN_KIND, PLAN_SCHEMA, check_plan_out, write_chosen, write_
 from .space import PlanCandidate, candidates_for, export_space
 
 Echo = Callable[[str], None]
+#: the default time box: ImageNet-sized models (a ResNet-50 CPU plan on 2 cores in about 15
+#: minutes), and the small-image ones (tiny per image: about 3 minutes)
 DEFAULT_TIME_BUDGET_S = 900.0
+SMALL_MODEL_TIME_BUDGET_S = 150.0
+
+
+def default_time_budget(spec: ModelSpec) -> float:
+    return SMALL_MODEL_TIME_BUDGET_S if spec.architecture.kind == "cifar" \
+        else DEFAULT_TIME_BUDGET_S
 
 
 @dataclass
@@ -46,7 +54,7 @@ class PlanOptions:
     batch_size: int = 1
     latency_budget_ms: float | None = None
     max_accuracy_drop: float = 1.0
-    time_budget_s: float = DEFAULT_TIME_BUDGET_S
+    time_budget_s: float | None = None  # None: default_time_budget(the model)
     out: Path | None = None
 
 
@@ -80,6 +88,8 @@ class Plan:
         self.started = time.perf_counter()
         self.device = opts.device or default_device()
         self.spec, self.given = plan_spec(opts)
+        if opts.time_budget_s is None:
+            opts.time_budget_s = default_time_budget(self.spec)
         self.out = Path(opts.out) if opts.out else default_out(self.spec, self.device)
         self.cores = usable_cores()
         self.environment = collect(self.cores)
@@ -135,7 +145,7 @@ class Plan:
             base, cand = baseline(Path(str(fp32.artifact)), self.spec)
             self.candidates.append(base)
             extra.append((base, cand))
-        left = self.opts.time_budget_s - (time.perf_counter() - self.started)
+        left = float(self.opts.time_budget_s or 0) - (time.perf_counter() - self.started)
         screen, confirm = phases(left, len(todo) + len(extra))
         self.echo(f"screening: {screen.rounds} interleaved rounds, {screen.seconds:.2g} s each "
                   f"candidate")
@@ -253,4 +263,5 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-__all__ = ["DEFAULT_TIME_BUDGET_S", "Plan", "PlanOptions", "default_device", "default_out"]
+__all__ = ["DEFAULT_TIME_BUDGET_S", "SMALL_MODEL_TIME_BUDGET_S", "Plan", "PlanOptions",
+           "default_device", "default_out", "default_time_budget"]
