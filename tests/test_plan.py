@@ -111,8 +111,8 @@ def test_deploy_is_what_load_artifact_predict_and_bench_run(planned):
     explicit = load_artifact(out / "chosen", runtime="onnxruntime", threads=1)
     assert explicit.backend == "onnxruntime" and explicit.threads == 1
     spec = default_spec("resnet20", None, None, 16)
-    candidates, _, _ = bench_plan(Request(spec, "cpu", artifacts=out / "chosen"))
-    (cand,) = [c for c in candidates if c.artifact]
+    cases = bench_plan(Request(spec, "cpu", artifacts=out / "chosen"))
+    (cand,) = [c for c in cases.candidates if c.artifact]
     assert (cand.backend, cand.precision, cand.extra["deploy"]) == (
         deploy["runtime"], deploy["precision"], deploy["settings"])
     with cand.prepare()[0] as bench_runner:
