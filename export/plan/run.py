@@ -131,10 +131,21 @@ class Plan:
         self.staging = Path(tempfile.mkdtemp(prefix=staging_prefix(self.out),
                                              suffix=STAGING_SUFFIX, dir=self.out.parent))
         self.staging.chmod(0o777 & ~current_umask())
-        for g in self._gated(self.staging):
+        try:
+            gated = self._gated(self.staging)
+        except KeyboardInterrupt:  # keep the artifacts already gated in the partial plan
+            exported = self.staging / "artifacts"
+            gated = artifacts_in(exported) if exported.is_dir() and any(exported.iterdir()) \
+                else []
+            self._add(gated)
+            raise
+        self._add(gated)
+        self._measure()
+
+    def _add(self, gated: list[Gated]) -> None:
+        for g in gated:
             self.candidates += candidates_for(g.folder, g.manifest, g.sha256, self.device,
                                               self.cores, self.opts.objective)
-        self._measure()
 
     def _measure(self) -> None:
         todo = [c for c in self.candidates if c.status == "unmeasured"]
