@@ -180,3 +180,32 @@ def verify(folder: Path) -> None:
     with sigterm_as_interrupt():
         verify_artifact(folder, echo=click.echo)
     click.echo(f"verified {folder}: PASS")
+
+
+@main.command("triton-repo", cls=OneLineCommand)
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path),
+                metavar="ARTIFACT...")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("model_repository"),
+              show_default=True, help="The model repository folder.")
+@click.option("--name", "names", multiple=True,
+              help="Model name for each artifact, in order [default: <model>-<format>].")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt"]),
+              default="auto", show_default=True,
+              help="Triton backend (auto: tensorrt for engines, onnxruntime for ONNX; openvino "
+                   "only where the gate judged OpenVINO at the artifact's precision).")
+@click.option("--kind", type=click.Choice(["auto", "gpu", "cpu"]), default="auto",
+              show_default=True, help="instance_group kind (auto: GPU, CPU for openvino).")
+@click.option("--instances", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="Model instances per device.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a model folder this command wrote before.")
+@one_line_errors
+def triton_repo(artifacts: tuple[Path, ...], out: Path, names: tuple[str, ...], backend: str,
+                kind: str, instances: int, overwrite: bool) -> None:
+    """Write a Triton model repository: <name>/config.pbtxt and <name>/1/model.onnx|plan."""
+    from .convert.triton_repo import RepoOptions, write_repository
+
+    written = write_repository(list(artifacts), out, RepoOptions(backend, kind, instances),
+                               list(names), overwrite)
+    for folder in written:
+        click.echo(f"wrote {folder}/config.pbtxt")
