@@ -130,7 +130,8 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
     new_source = source.source if source is not None else {"kind": "seed", "seed": req.seed}
     targets = []
     for r in requests:
-        out = Path(r.out) if r.out is not None else default_out(spec, r)
+        out = Path(r.out) if r.out is not None else \
+            Path(req.outs[r.fmt]) if req.outs and r.fmt in req.outs else default_out(spec, r)
         target = Target(out, check_out(out, new_source, spec.to_dict(), req.overwrite, warn))
         if req.keep_failed:  # refused now, not after the export, if the slot is not ours
             check_failed_slot(out, warn)
@@ -301,11 +302,20 @@ def _quantize(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelPro
         save_onnx(fp32_proto, fp32_path)
         assert req.flavour is not None  # an INT8 format always has a flavour
         report = quantize_qdq(fp32_path, int8_path, calibration.images, flavour=req.flavour,
-                              method=req.calib_method)
+                              method=req.calib_method, keep_float=req.int8_keep_float)
         proto = onnx.load(str(int8_path))
     report.pop("calibration", None)  # the calibration section below says more
-    return proto, {"flavour": req.flavour, "quantizer": report,
-                   "calibration": calibration.description}
+    section = {"flavour": req.flavour, "quantizer": report,
+               "calibration": calibration.description}
+    if req.int8_keep_float:
+        section["accuracy_retry"] = {
+            "how": "onnxruntime quantize_static nodes_to_exclude",
+            "kept_float": report.get("kept_float", []),
+            "why": "the first INT8 export missed its accuracy contract; the most sensitive "
+                   "layers (first convolution, classifier) stay in float"}
+        echo(f"[{req.fmt}] accuracy-controlled retry: keeping "
+             f"{', '.join(report.get('kept_float', [])) or 'no layer'} in float")
+    return proto, section
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,10 @@ class ExportRequest:
     calib_count: int = DEFAULT_CALIBRATION_COUNT
     calib_method: str = DEFAULT_METHOD
     overwrite: bool = False  # replace an artifact of other source weights at ``out``
+    #: INT8: keep the most sensitive layers in float (the accuracy-controlled retry)
+    int8_keep_float: bool = False
+    #: export_artifacts of several formats: the folder of each (format -> folder)
+    outs: dict[str, Path] | None = None
 
     @property
     def precision(self) -> str:

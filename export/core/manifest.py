@@ -24,6 +24,8 @@ documented in docs/export.md:
     gpu             {"name", "compute_capability"} for engines, else null
     versions        {"python", "torch", "onnx", "onnxruntime", "tensorrt" (null if absent)}
     parity          {"passed", "runs": [verdict per candidate runtime], "inputs": {...}}
+    deploy          optional, written by resnet-plan: {"runtime", "precision", "settings",
+                     "plan"}: how the artifact runs by default (load_artifact honours it)
     created         ISO 8601 UTC
     tool            {"name": "resnet-deploy", "version": export.__version__}
 
@@ -139,11 +141,36 @@ def check_manifest(data: Any, where: Path) -> Manifest:
         raise _fail(where, "gpu", "values must be strings or null")
     _check_tensorrt(data, where)
     _check_parity(data["parity"], where)
+    _check_deploy(data.get("deploy"), where)
     if not isinstance(data["created"], str):
         raise _fail(where, "created", f"must be an ISO 8601 string, got {_short(data['created'])}")
     if not isinstance(data["tool"], dict):
         raise _fail(where, "tool", f"must be an object, got {_short(data['tool'])}")
     return cast(Manifest, data)  # every key a reader uses was checked above
+
+
+#: what a deploy section may name as its precision (an FP32 artifact may deploy at bf16)
+DEPLOY_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def _check_deploy(deploy: Any, where: Path) -> None:
+    """``deploy`` (optional, written by the deployment planner): how the artifact is to run."""
+    if deploy is None:
+        return
+    if not isinstance(deploy, dict):
+        raise _fail(where, "deploy", f"must be an object or null, got {_short(deploy)}")
+    if not isinstance(deploy.get("runtime"), str) or not deploy["runtime"]:
+        raise _fail(where, "deploy.runtime", f"must be a runtime name, got "
+                                             f"{_short(deploy.get('runtime'))}")
+    if deploy.get("precision") not in DEPLOY_PRECISIONS:
+        raise _fail(where, "deploy.precision", f"must be one of {', '.join(DEPLOY_PRECISIONS)}, "
+                                               f"got {_short(deploy.get('precision'))}")
+    settings = deploy.get("settings", {})
+    if not isinstance(settings, dict) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, (str, int, float)))
+            for k, v in settings.items()):
+        raise _fail(where, "deploy.settings", "must be an object of option names to numbers, "
+                                              "strings or null")
 
 
 def _check_files(data: dict[str, Any], where: Path) -> None:

@@ -64,7 +64,8 @@ def document(artifact: Path, predictor: Predictor, top: int, results: list[FileR
                    "table.")
 @click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="auto",
               show_default=True,
-              help="What runs the artifact: auto = its own runtime (ONNX Runtime on the CPU for "
+              help="What runs the artifact: auto = as its manifest's deploy section says "
+                   "(resnet-plan's choice), else its own runtime (ONNX Runtime on the CPU for "
                    "ONNX files, TensorRT for engines); onnxruntime, onnxruntime-cuda, openvino "
                    "(the openvino extra), tensorrt (engines).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,

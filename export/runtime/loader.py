@@ -66,9 +66,23 @@ def runner_for(folder: Path, manifest: Manifest, providers: list[str] | None = N
                              contract=contract, **runner_kwargs)
 
 
+def deployed(manifest: dict[str, Any], runtime: str | None, precision: str | None,
+             providers: list[str] | None, runner_kwargs: dict[str, Any]
+             ) -> tuple[str | None, str | None, dict[str, Any]]:
+    """The runtime, precision and runner options a manifest's ``deploy`` section names (written
+    by the deployment planner), where the caller named no runtime, precision or providers;
+    options the caller gives (not None) win over the section's settings."""
+    deploy = manifest.get("deploy")
+    if not deploy or runtime is not None or precision is not None or providers is not None:
+        return runtime, precision, runner_kwargs
+    given = {k: v for k, v in runner_kwargs.items() if v is not None}
+    return deploy["runtime"], deploy["precision"], {**deploy.get("settings", {}), **given}
+
+
 def load_artifact(folder: str | Path, providers: list[str] | None = None, verify: bool = True,
                   allow_failed: bool = False, runtime: str | None = None,
-                  precision: str | None = None, **runner_kwargs: Any) -> Runner:
+                  precision: str | None = None, deploy: bool = True,
+                  **runner_kwargs: Any) -> Runner:
     """Artifact folder -> runner (not yet activated).
 
     ``providers``: ONNX Runtime execution providers for ONNX artifacts (default CPU).
@@ -76,6 +90,8 @@ def load_artifact(folder: str | Path, providers: list[str] | None = None, verify
     judge (``parity.contracts``) is refused.
     ``verify``: check every file's sha256 against the manifest first (default on).
     ``allow_failed``: also load an artifact whose parity gate failed.
+    ``deploy``: with no runtime, precision or providers named, run the artifact the way its
+    manifest's ``deploy`` section says (runtime, precision, settings), if it has one.
     Raises :class:`UserError` for a bad folder, a tampered file or an incompatible engine, and
     :class:`BackendUnavailable` when the runtime is missing.
     """
@@ -84,6 +100,9 @@ def load_artifact(folder: str | Path, providers: list[str] | None = None, verify
     manifest = read_manifest(folder)
     if not manifest["parity"].get("passed") and not allow_failed:
         raise UserError(f"refusing {folder}: its parity gate failed at export")
+    if deploy:
+        runtime, precision, runner_kwargs = deployed(dict(manifest), runtime, precision,
+                                                     providers, runner_kwargs)
     if precision is not None and precision != manifest["precision"]:
         judged = (manifest["parity"].get("contracts") or {}).get(precision)
         if judged is not True:
