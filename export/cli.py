@@ -11,7 +11,7 @@ import click
 from .core.manifest import MAX_BATCH, MAX_INPUT_SIZE
 from .core.cli import (DefaultCommand, DefaultGroup, OneLineCommand, OneLineUsageError,
                        model_options, one_line_errors, print_family_table, resolve_model_name,
-                       sigterm_as_interrupt)
+                       signals_as_interrupt)
 from .core.errors import UserError
 from .convert.onnx_export import DEFAULT_OPSET
 from .core.manifest import FORMATS
@@ -161,7 +161,7 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
                                 "take FP32 input)")
     if out is not None and len(set(formats)) > 1:
         raise OneLineUsageError("--out names one folder; leave it out when giving several --fmt")
-    with sigterm_as_interrupt():  # `kill`/`timeout`: clean up like Ctrl-C does
+    with signals_as_interrupt():  # `kill`/`timeout`/hang-up: clean up like Ctrl-C
         export_artifacts(request, list(formats), echo=click.echo,
                          warn=lambda line: click.echo(line, err=True))
 
@@ -177,6 +177,6 @@ def verify(folder: Path) -> None:
     """
     from .pipeline import verify_artifact
 
-    with sigterm_as_interrupt():
+    with signals_as_interrupt():
         verify_artifact(folder, echo=click.echo)
     click.echo(f"verified {folder}: PASS")

@@ -399,7 +399,7 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
         proto, report = convert_to_fp16(fp32_proto, io_fp16=req.io_fp16)
         fp16_report = report.to_dict()
     elif req.precision == "int8":
-        proto, int8_report = _quantize(req, source, fp32_proto, echo)
+        proto, int8_report = _quantize(req, source, fp32_proto, staging, echo)
     else:
         proto = onnx.ModelProto()
         proto.CopyFrom(fp32_proto)
@@ -445,7 +445,7 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
 
 
 def _quantize(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelProto,
-              echo: Echo) -> tuple[onnx.ModelProto, dict[str, Any]]:
+              staging: Path, echo: Echo) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """FP32 graph -> INT8 QDQ graph, calibrated on training data (never the judging data)."""
     calibration = calibration_set(source.spec, source.dataset, req.calib_data, req.calib_count,
                                   req.calib_method)
@@ -454,7 +454,8 @@ def _quantize(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelPro
     echo(f"[{req.fmt}] calibrating INT8 ({req.flavour} flavour, {req.calib_method}) on "
          f"{calibration.description['count']} images of the "
          f"{calibration.description['source']}")
-    with tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp:
+    # inside the staging folder: a killed export leaves it where the next run's cleanup looks
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=staging) as tmp:
         fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         save_onnx(fp32_proto, fp32_path)
         report = quantize_qdq(fp32_path, int8_path, calibration.images, flavour=req.flavour,

@@ -84,12 +84,11 @@ def test_a_read_only_full_or_unwritable_out_is_one_line_before_measuring(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_an_existing_out_folder_is_probed_without_leaving_a_trace(tmp_path):
-    (tmp_path / "notes.txt").write_text("mine")
+def test_an_existing_empty_out_folder_is_probed_without_leaving_a_trace(tmp_path):
     result = invoke([*NULL, "--batch-sizes", "1", "--out", tmp_path])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.csv", "bench.json", "bench.md",
-                                                          "bench.png", "notes.txt"]
+                                                          "bench.png"]
 
 
 def test_a_disk_that_fills_up_during_the_run_keeps_the_results(tmp_path, monkeypatch):

@@ -354,7 +354,9 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
     extra_options = _extra_options(recipe, method)
     started = time.perf_counter()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="int8-") as tmp, _quiet():
+    # beside the output (an export's staging folder), not in the system temp folder: a killed
+    # run leaves it where the next export's cleanup finds it
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=out_path.parent) as tmp, _quiet():
         prepared = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=False,
                           skip_onnx_shape=False, skip_symbolic_shape=False)
