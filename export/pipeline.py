@@ -38,6 +38,7 @@ from .core.folders import recover_interrupted, replace_folder, staging_prefix
 
 from .core.manifest import (FAILED_SUFFIX, FORMATS, MANIFEST_NAME, MAX_BATCH, MAX_INPUT_SIZE,
                             STAGING_SUFFIX)
+from .core.agreement import check_digest
 from .core.errors import ParityFailed, UserError
 from .core.fileio import current_umask, make_dirs, remove_dirs
 from .core.hardware import available_memory, inference_bytes
@@ -479,6 +480,11 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
     echo(f"{folder}: {len(manifest['files'])} files match their sha256")
+    if check_digest(folder, manifest):
+        echo(f"{folder}: {MANIFEST_NAME} matches its digest (not edited since export)")
+    else:
+        echo(f"note: {MANIFEST_NAME} records no digest (written by an older release); its "
+             "content is checked against the ONNX file only")
     if manifest["format"] == "trt":
         from .convert.tensorrt_build import check_engine_compatible, cuda_gpu, tensorrt_version
 

@@ -14,6 +14,7 @@ from .config import (BOUNDS, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, EPOCH_BUDGET_IM
                      RESUME_CHANGES, SMALL_STEM_MAX_INPUT, TrainConfig, bound_problem)
 from ..data.layouts import detect_layout
 from .loop import run_training
+from ..core.hardware import thread_problem
 
 DEFAULTS = TrainConfig()
 
@@ -31,6 +32,8 @@ def bounded(option: str) -> click.ParamType:
                     ctx: click.Context | None) -> Any:
             number = plain.convert(value, param, ctx)
             problem = bound_problem(option, number)
+            if problem is None and option in ("threads", "workers"):  # tied to this machine
+                problem = thread_problem(f"--{option}", number)
             if problem:
                 self.fail(problem, param, ctx)
             return number
