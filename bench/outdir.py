@@ -52,8 +52,10 @@ def earlier_run(folder: Path) -> str | None:
     if not names:
         return None
     ours = set(report.FILES.values())
+    json_name = report.FILES["json"]
     for name, entry in sorted(names.items()):
-        if name not in ours or entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+        foreign = name not in ours or json_name not in names  # no run of ours without its JSON
+        if foreign or entry.is_symlink() or not entry.is_file(follow_symlinks=False):
             raise UserError(f"--out {folder} holds {name!r}, which resnet-bench did not write; "
                             "it writes only into a new or empty folder or one of its own "
                             "earlier runs: choose another folder")

@@ -835,7 +835,7 @@ def test_the_python_api_keeps_the_same_bounds(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# 14. SIGTERM cleans up like Ctrl-C
+# 14. SIGTERM and SIGHUP clean up like Ctrl-C
 # ---------------------------------------------------------------------------------------------
 
 
@@ -855,7 +855,8 @@ main()
 """
 
 
-def test_sigterm_mid_export_removes_the_staging_folder(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_sigterm_mid_export_removes_the_staging_folder(tmp_path, signum):
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WAIT_IN_THE_GATE)],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -867,7 +868,7 @@ def test_sigterm_mid_export_removes_the_staging_folder(tmp_path):
         else:
             pytest.fail(proc.stderr.read())
         assert (tmp_path / staging).is_dir() or staging.is_dir()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
