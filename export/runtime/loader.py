@@ -99,6 +99,8 @@ def load_artifact(folder: str | Path, providers: list[str] | None = None, verify
                             f"{'failed' if judged is False else 'did not judge'} that precision")
     if verify:
         verify_files(folder, manifest)
-        check_digest(folder, manifest)
-    return runner_for(folder, manifest, providers, runtime=runtime, precision=precision,
-                      **runner_kwargs)
+    runner = runner_for(folder, manifest, providers, runtime=runtime, precision=precision,
+                        **runner_kwargs)  # checks the manifest against the file: says what differs
+    if verify:
+        check_digest(folder, manifest)  # any other edit
+    return runner
