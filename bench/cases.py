@@ -19,9 +19,8 @@ import numpy as np
 import torch
 
 from export.core.artifact import read_manifest
-from export.core.errors import UserError
+from export.core.errors import BackendUnavailable, UserError
 from export.core.models import ModelSpec, count_macs
-from export.core.errors import BackendUnavailable
 from export.runtime.base import Runner
 from export.runtime.loader import load_artifact
 from export.runtime.openvino_runner import OpenVINORunner
@@ -29,8 +28,13 @@ from export.runtime.ort_runner import OnnxRuntimeRunner
 from export.runtime.registry import RUNTIMES, bf16_unavailable, get_runtime
 from export.runtime.torch_runner import TorchRunner
 
-from .onnx_cache import INT8_CALIBRATION_COUNT, INT8_NOTE, cached_int8_onnx, cached_onnx, \
-    int8_quantizer_unavailable
+from .onnx_cache import (
+    INT8_CALIBRATION_COUNT,
+    INT8_NOTE,
+    cached_int8_onnx,
+    cached_onnx,
+    int8_quantizer_unavailable,
+)
 
 #: the ONNX Runtime entries of the runtime registry (one per execution provider list)
 ORT_BACKENDS = tuple(name for name, info in RUNTIMES.items() if info.providers)
@@ -39,7 +43,6 @@ TORCH_BACKENDS = ("torch", "torch-compile")
 ONNX_CPU_BACKENDS = ("onnxruntime", "openvino")
 #: every name --backends accepts; "null" does nothing and measures the harness itself
 BACKENDS = (*TORCH_BACKENDS, *ORT_BACKENDS, "openvino", "tensorrt", "null")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 #: what a run without --backends measures, per device; the rest are listed as skipped
 DEFAULT_BACKENDS = {
     "cpu": ("torch", "onnxruntime", "openvino"),
@@ -168,8 +171,23 @@ class Request:
     cache_dir: Path | None = None
     artifacts: Path | None = None
     throughput: bool = True  # OpenVINO: also benchmark_app-style throughput rows
-    #: --artifacts: every distinct model the manifests describe (filled by the planner)
-    specs: list[ModelSpec] = field(default_factory=list)
+
+
+@dataclass
+class Cases:
+    """What :func:`plan` decided: the candidates to measure, the skips with their reasons, the
+    models (built once, MACs counted once) and every distinct model the run covers (the
+    request's, or with --artifacts those the manifests describe, first one first)."""
+
+    candidates: list[Candidate]
+    skipped: list[Skip]
+    models: _Models
+    specs: list[ModelSpec]
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The run's headline model: the request's, or the first artifact's."""
+        return self.specs[0]
 
 
 class _Models:
@@ -224,6 +242,7 @@ class Planner:
         self.models = _Models(request.seed)
         self.candidates: list[Candidate] = []
         self.skipped: list[Skip] = []
+        self.specs: list[ModelSpec] = []  # --artifacts: the models the manifests describe
 
     def _skip(self, skip: Skip) -> None:
         if skip not in self.skipped:  # e.g. the same reason for the with/without-graphs variants
@@ -238,7 +257,7 @@ class Planner:
             model_backends = (["torch"] if req.backends is None else
                               [b for b in req.backends if b in TORCH_BACKENDS or b == "null"])
             planned = len(self.candidates)
-            for spec in req.specs:
+            for spec in self.specs:
                 for backend in model_backends:
                     self._plan_model_backend(backend, spec,
                                              ["fp32"] if req.backends is None else None)
@@ -405,8 +424,8 @@ class Planner:
             rng = manifest["batch_range"]
             batch_range = (rng["min"], rng["max"])
             first_spec = first_spec or spec
-            if spec not in self.req.specs:
-                self.req.specs.append(spec)
+            if spec not in self.specs:
+                self.specs.append(spec)
             formats.add(fmt)
             artifact = str(path.parent / manifest.get("artifact", ""))
             if (fmt == "onnx" and precision == "fp32" and "bf16" in (self.req.precisions or [])
@@ -441,8 +460,6 @@ class Planner:
         wanted_trt = "tensorrt" in (self.req.backends or DEFAULT_BACKENDS[self.req.device])
         if wanted_trt and "trt" not in formats:
             self._skip(Skip("tensorrt", f"no TensorRT engine (format trt) under {root}"))
-        if first_spec is not None:
-            self.req.spec = first_spec
 
     def _add_openvino_bf16_artifact(self, folder: Path, spec: ModelSpec,
                                     batch_range: tuple[int, int] | None, artifact: str) -> None:
@@ -488,7 +505,8 @@ def find_manifests(root: Path) -> list[Path]:
                   if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def plan(request: Request) -> tuple[list[Candidate], list[Skip], _Models]:
+def plan(request: Request) -> Cases:
+    """The candidates and skips for ``request``; ``request`` itself is left as it was."""
     planner = Planner(request)
     candidates, skipped = planner.plan()
-    return candidates, skipped, planner.models
+    return Cases(candidates, skipped, planner.models, planner.specs or [request.spec])

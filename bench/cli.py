@@ -36,7 +36,9 @@ from export.runtime.ort_runner import ORT_OPTIMIZATION_LEVELS
 
 from . import environment, report
 from .outdir import check_not_in_artifact, claim_out, earlier_run, probe_folder
-from .cases import BACKENDS, PRECISIONS, Candidate, Request, Skip, plan
+from export.runtime.registry import PRECISIONS
+
+from .cases import BACKENDS, Candidate, Request, Skip, plan
 from .stats import NoiseRule
 from .sweep import sweep
 from .timing import TimingConfig
@@ -130,36 +132,6 @@ def memory_skips(candidates: list[Candidate], batches: list[int], device: str
                   f"{have / 2**30:.1f} GiB is available")
         skips += [Skip(c.backend, reason, c.precision, b, c.artifact) for c in candidates]
     return keep, skips
-
-
-class _Unallocated:
-    """The input of a batch size that could not be allocated: every use raises the original
-    MemoryError, which the sweep turns into a skip of that batch size."""
-
-    def __init__(self, batch_size: int, exc: MemoryError):
-        self._message = f"no memory for the batch-{batch_size} input ({first_line(exc)})"
-
-    def _raise(self, *_args: Any, **_kwargs: Any) -> Any:
-        raise MemoryError(self._message)
-
-    shape = property(_raise)
-    __array__ = __len__ = __getitem__ = _raise
-
-    def __getattr__(self, name: str) -> Any:
-        raise MemoryError(self._message)
-
-
-def guard_batches(candidates: list[Candidate]) -> None:
-    """A MemoryError while making one batch size's input is a skip of that size, not the end
-    of the run."""
-    for cand in candidates:
-        def make(batch_size: int, seed: int, _make: Callable[..., Any] = cand.make_batch) -> Any:
-            try:
-                return _make(batch_size, seed)
-            except MemoryError as exc:
-                return _Unallocated(batch_size, exc)
-
-        cand.make_batch = make  # type: ignore[method-assign]
 
 
 def write_report(doc: dict[str, Any], out: Path) -> dict[str, Path]:
@@ -297,14 +269,15 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
     try:
         request = Request(spec, dev, backends, precisions, channels_last, graphs, threads, seed,
                           ort_opt_level, cache_dir, artifacts, throughput)
-        candidates, skipped, models = plan(request)
+        cases = plan(request)
+        candidates, skipped, models = cases.candidates, cases.skipped, cases.models
         if not candidates:  # one line, and no report that holds nothing
             reasons = list(dict.fromkeys(s.reason for s in skipped))
             raise UserError("nothing to measure: " + "; ".join(reasons))
-        spec = request.spec  # --artifacts: the first manifest's model (all: "models")
+        spec = cases.spec  # --artifacts: the first manifest's model (all: "models")
         config = {
             "model": spec.to_dict(), "input_size": spec.input_size,
-            "models": [s.to_dict() for s in request.specs] or [spec.to_dict()], "device": dev,
+            "models": [s.to_dict() for s in cases.specs], "device": dev,
             "backends": backends or "default", "batch_sizes": batches,
             "precisions": precisions or "default", "channels_last": channels_last,
             "cuda_graphs": cuda_graphs, "threads": threads, "seed": seed,
@@ -329,7 +302,6 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
         out, _created = claim_out(out, overwrite)
         doc = report.new_document(environment.collect(threads), config)
         doc["skipped"] = [s.to_dict() for s in [*skipped, *too_big]]
-        guard_batches(candidates)
         failure = None
         try:
             sweep(doc, candidates, timing, measured, seed, threads, models.macs, rule, progress)

@@ -2,7 +2,7 @@
 
 The benchmark does not need trained weights, only the architecture, so the model is built from a
 seed and the file is cached under a key of (model description, seed, torch version): the second
-run skips the export. :func:`export_onnx` is the one place that calls an exporter.
+run skips the export. :func:`export_cached_model` is the one place that calls an exporter.
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "resnet-deploy" / "bench-onnx"
 
 
-def export_onnx(model: nn.Module, spec: ModelSpec, path: Path) -> None:
+def export_cached_model(model: nn.Module, spec: ModelSpec, path: Path) -> None:
     """FP32 ONNX with a dynamic batch, written atomically, by the export package's exporter.
 
     The same graph the parity gate checks (``export.convert.onnx_export``: torch.onnx dynamo exporter,
     BatchNorm folded, one self-contained file). Swap it here to benchmark another exporter.
     """
-    from export.convert.onnx_export import export_onnx as package_export, save_onnx
+    from export.convert.onnx_export import export_onnx, save_onnx
 
     with atomic_path(path) as tmp, contextlib.redirect_stdout(sys.stderr):
-        save_onnx(package_export(model, spec), tmp)
+        save_onnx(export_onnx(model, spec), tmp)
 
 
 def cached_onnx(model: nn.Module, spec: ModelSpec, seed: int,
@@ -50,7 +50,7 @@ def cached_onnx(model: nn.Module, spec: ModelSpec, seed: int,
     if path.exists():
         return path, {"onnx": str(path), "onnx_cached": True, "export_s": 0.0}
     t0 = time.perf_counter()
-    export_onnx(model, spec, path)
+    export_cached_model(model, spec, path)
     return path, {"onnx": str(path), "onnx_cached": False, "export_s": time.perf_counter() - t0}
 
 

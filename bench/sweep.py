@@ -172,8 +172,8 @@ class Sweep:
             try:
                 batch = cand.make_batch(b, self.seed)
                 np.shape(batch)  # an input that could not be allocated says so here
-            except MemoryError as exc:
-                self.skip(cand, f"e2e failed: {first_line(exc)}", b)
+            except MemoryError as exc:  # a batch size too large for memory is a skip of that size
+                self.skip(cand, f"no memory for the batch-{b} input ({first_line(exc)})", b)
                 continue
             timer = make_timer(runner)
             progress = self._progress(f"{cand.label} b{b}")

@@ -21,7 +21,6 @@ Verify never modifies the artifact.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import tempfile
 import time
@@ -31,114 +30,52 @@ from typing import Any, Callable
 
 import onnx
 
-from .core.artifact import (artifact_file, enclosing_artifact, owned_artifact, read_manifest,
-                            verify_files)
-
-from .core.folders import recover_interrupted, replace_folder, staging_prefix
-
-from .core.manifest import (FAILED_SUFFIX, FORMATS, MANIFEST_NAME, MAX_BATCH, MAX_INPUT_SIZE,
-                            STAGING_SUFFIX)
-from .core.agreement import check_digest
-from .core.errors import ParityFailed, UserError
-from .core.fileio import current_umask, make_dirs, remove_dirs
-from .core.hardware import available_memory, inference_bytes
-from .core.models import ModelSpec, default_spec
-from .convert.calibration import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
 from .convert.calibration import calibration_set
 from .convert.fp16 import convert_to_fp16
-from .convert.int8 import DEFAULT_METHOD, quantize_qdq
-from .core.manifest import build_manifest, file_entry, library_versions, write_manifest
-from .convert.onnx_export import (DEFAULT_OPSET, export_onnx, io_signature, save_onnx, stamp_metadata)
+from .convert.int8 import quantize_qdq
+from .convert.onnx_export import export_onnx, io_signature, save_onnx, stamp_metadata
+from .core.agreement import check_digest
+from .core.artifact import artifact_file, read_manifest, verify_files
+from .core.errors import ParityFailed, UserError
+from .core.fileio import current_umask, make_dirs, remove_dirs
+from .core.folders import (
+    Target,
+    check_failed_slot,
+    check_out,
+    recover_interrupted,
+    replace_folder,
+    staging_prefix,
+)
+from .core.manifest import (
+    FAILED_SUFFIX,
+    FORMATS,
+    MANIFEST_NAME,
+    STAGING_SUFFIX,
+    build_manifest,
+    file_entry,
+    library_versions,
+    write_manifest,
+)
+from .core.models import default_spec
+from .core.shapes import BatchRange
+from .core.weights import (
+    SourceModel,
+    fresh_source,
+    source_from_manifest,
+    with_relative_path,
+)
 from .gate.judge import judge_artifact
 from .gate.parity import Verdict
-from .core.shapes import BatchRange
-from .core.weights import CALIBRATION_BATCH_SIZE, DEFAULT_SEED, SourceModel, checkpoint_source, \
-    fresh_source, source_from_manifest, with_relative_path
+from .request import (
+    ExportRequest,
+    check_limits,
+    default_out,
+    merge_batch,
+    normalization_of,
+    resolve_source,
+)
 
 Echo = Callable[[str], None]
-
-
-@dataclass
-class ExportRequest:
-    """What the user asked for; None means "the default that suits the model"."""
-
-    fmt: str = "onnx"
-    model: str | None = None  # resolved family name (None: from the checkpoint, or resnet50)
-    checkpoint: Path | None = None
-    num_classes: int | None = None
-    in_chans: int | None = None
-    input_size: int | None = None
-    batch: BatchRange | None = None
-    batch_parts: tuple[int | None, int | None, int | None] = (None, None, None)  # --min/opt/max
-    opset: int = DEFAULT_OPSET
-    out: Path | None = None
-    io_fp16: bool = False
-    trt_precision: str = "fp16"
-    workspace: int | None = None
-    seed: int = DEFAULT_SEED
-    keep_failed: bool = False
-    int8_flavour: str = "cpu"  # onnx-int8: "cpu" (ORT/OpenVINO) or "tensorrt" (symmetric)
-    calib_data: Path | None = None  # None: the checkpoint's training split (digits if fresh)
-    calib_count: int = DEFAULT_CALIBRATION_COUNT
-    calib_method: str = DEFAULT_METHOD
-    overwrite: bool = False  # replace an artifact of other source weights at ``out``
-
-    @property
-    def precision(self) -> str:
-        return {"onnx": "fp32", "onnx-fp16": "fp16", "onnx-int8": "int8"}.get(
-            self.fmt, self.trt_precision)
-
-    @property
-    def flavour(self) -> str | None:
-        """The INT8 flavour this format needs: an engine needs TensorRT's (zero points 0)."""
-        if self.precision != "int8":
-            return None
-        return "tensorrt" if self.fmt == "trt" else self.int8_flavour
-
-
-@dataclass
-class ExportResult:
-    out: Path
-    manifest: dict[str, Any]
-    verdicts: list[Verdict] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------------
-# The eager reference
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_source(req: ExportRequest) -> SourceModel:
-    """Checkpoint / plain state dict / fresh weights, with defaults that suit the model."""
-    if req.checkpoint is not None:
-        return checkpoint_source(req.checkpoint, req.model, req.num_classes, req.in_chans,
-                                 req.input_size)
-    spec = default_spec(req.model or "resnet50", req.num_classes, req.in_chans, req.input_size)
-    return fresh_source(spec, req.seed)
-
-
-def merge_batch(default: BatchRange, lo: int | None, opt: int | None, hi: int | None
-                ) -> BatchRange:
-    """--min/--opt/--max-batch over the model's default; unnamed ends move to fit the named."""
-    lo_ = lo if lo is not None else min([default.min] + [v for v in (opt, hi) if v is not None])
-    hi_ = hi if hi is not None else max([default.max] + [v for v in (lo, opt) if v is not None])
-    opt_ = opt if opt is not None else min(max(default.opt, lo_), hi_)
-    return BatchRange(lo_, opt_, hi_)
-
-
-def default_out(spec: ModelSpec, req: ExportRequest) -> Path:
-    suffix = req.fmt
-    if req.fmt == "trt" and req.trt_precision != "fp16":
-        suffix = f"trt-{req.trt_precision}"
-    elif req.fmt == "onnx-int8" and req.int8_flavour != "cpu":
-        suffix = f"onnx-int8-{req.int8_flavour}"
-    return Path("artifacts") / f"{spec.name}-{suffix}"
-
-
-def normalization_of(spec: ModelSpec) -> dict[str, Any]:
-    return {"mean": list(spec.mean), "std": list(spec.std), "layout": "NCHW",
-            "pixel_scale": "pixels / 255, then (x - mean) / std per channel",
-            "color": "RGB" if spec.in_chans == 3 else f"{spec.in_chans}-channel (grayscale)"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,112 +83,11 @@ def normalization_of(spec: ModelSpec) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_limits(spec: ModelSpec, batch: BatchRange, fresh: bool) -> None:
-    """Refuse an export the machine cannot hold, before the expensive steps.
-
-    The bounds (MAX_INPUT_SIZE, MAX_BATCH) hold for every artifact; the memory estimate
-    (:func:`inference_bytes`) is for the largest forward the export runs: the parity gate's
-    largest batch, and for fresh weights the BatchNorm calibration's batches of 8.
-    """
-    if spec.input_size > MAX_INPUT_SIZE:
-        raise UserError(f"input size {spec.input_size} is above the limit of {MAX_INPUT_SIZE}")
-    if batch.max > MAX_BATCH:
-        raise UserError(f"batch {batch.max} is above the limit of {MAX_BATCH}")
-    images = max(batch.max, CALIBRATION_BATCH_SIZE if fresh else 0)
-    need = inference_bytes(images, spec.in_chans, spec.input_size)
-    have = available_memory()
-    if have is not None and need > have:
-        what = (f"the parity gate at batch {batch.max}" if images == batch.max else
-                f"the BatchNorm calibration of fresh weights (batches of {images})")
-        raise UserError(f"exporting {spec.name} at {spec.input_size}x{spec.input_size} needs about "
-                        f"{need / 2**30:.1f} GiB for {what}; {have / 2**30:.1f} GiB is available: "
-                        "lower --input-size or --batch-range")
-
-
-def weights_identity(source: dict[str, Any], model: dict[str, Any]) -> tuple[Any, ...]:
-    """What makes two artifacts "from the same weights": the file's sha256, or the seed and the
-    model description that seeded weights follow from."""
-    if source.get("kind") == "seed":
-        return ("seed", source.get("seed"), model.get("name"), model.get("num_classes"),
-                model.get("in_chans"), model.get("shortcut", "A"))
-    return ("file", source.get("sha256"))
-
-
-def describe_weights(source: dict[str, Any], model: dict[str, Any]) -> str:
-    if source.get("kind") == "seed":
-        return f"UNTRAINED seeded weights (seed {source.get('seed')}, {model.get('name')})"
-    what = "checkpoint" if source.get("kind") == "checkpoint" else "state dict"
-    return f"the {what} {source.get('path')} (sha256 {str(source.get('sha256'))[:12]})"
-
-
 @dataclass
-class _Target:
-    """An output folder of one format and what was found there."""
-
+class ExportResult:
     out: Path
-    previous: dict[str, Any] | None = None  # the artifact at ``out`` that this export replaces
-
-
-def _blocker(out: Path) -> None:
-    if out.name in ("", ".", ".."):
-        raise UserError(f"--out {out} must name a folder (not . or ..)")
-    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise UserError(f"cannot write {out}: {blocker} is a file, not a folder")
-    if out.is_symlink():
-        raise UserError(f"--out {out} is a symbolic link (to {os.readlink(out)}); give the "
-                        "folder itself or another name")
-    enclosing = enclosing_artifact(out)
-    if enclosing is not None:
-        raise UserError(f"--out {out} is inside the artifact folder {enclosing}; an artifact "
-                        "cannot hold another: choose a folder outside it")
-
-
-def _replaceable(out: Path, refusal: Callable[[str], str]) -> dict[str, Any] | None:
-    """The manifest of the artifact at ``out`` if it may be replaced (None: nothing there)."""
-    if not out.is_dir() or not any(out.iterdir()):
-        return None
-    try:
-        return owned_artifact(out)
-    except UserError as exc:
-        raise UserError(refusal(str(exc))) from None
-
-
-def check_out(out: Path, source: dict[str, Any], model: dict[str, Any], overwrite: bool,
-              echo: Echo = print) -> dict[str, Any] | None:
-    """May this export write ``out``? Returns the artifact it would replace, if any.
-
-    Refused, in one line: a file on the way, a symbolic link, a folder inside another artifact,
-    a non-empty folder that is not provably one of our artifacts, and - without ``overwrite`` -
-    an artifact of other source weights. Leftovers of a killed export are put right first.
-    """
-    out = Path(out)
-    _blocker(out)
-    for note in recover_interrupted(out):
-        echo(f"note: {note}")
-    previous = _replaceable(out, lambda why: (
-        f"--out {out} exists and is not an artifact folder ({why}); nothing was changed: "
-        "choose another --out or empty it"))
-    if previous is not None and not overwrite and \
-            weights_identity(previous["source"], previous["model"]) != \
-            weights_identity(source, model):
-        raise UserError(
-            f"--out {out} holds a {previous['model']['name']} {previous['format']} artifact "
-            f"exported from {describe_weights(previous['source'], previous['model'])}; this "
-            f"export is from {describe_weights(source, model)}: pass --overwrite to replace "
-            "it, or choose another --out")
-    return previous
-
-
-def check_failed_slot(out: Path, echo: Echo = print) -> dict[str, Any] | None:
-    """``--keep-failed`` writes ``<out>.FAILED``: only over a failed artifact of ours."""
-    failed = out.with_name(out.name + FAILED_SUFFIX)
-    _blocker(failed)
-    for note in recover_interrupted(failed):
-        echo(f"note: {note}")
-    return _replaceable(failed, lambda why: (
-        f"--keep-failed would replace {failed}, which is not an artifact folder ({why}); "
-        "nothing was changed: move it away or leave out --keep-failed"))
+    manifest: dict[str, Any]
+    verdicts: list[Verdict] = field(default_factory=list)
 
 
 def export_artifact(req: ExportRequest, echo: Echo = print, warn: Echo = print) -> ExportResult:
@@ -294,7 +130,7 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
     targets = []
     for r in requests:
         out = Path(r.out) if r.out is not None else default_out(spec, r)
-        target = _Target(out, check_out(out, new_source, spec.to_dict(), req.overwrite, warn))
+        target = Target(out, check_out(out, new_source, spec.to_dict(), req.overwrite, warn))
         if req.keep_failed:  # refused now, not after the export, if the slot is not ours
             check_failed_slot(out, warn)
         targets.append(target)
@@ -324,7 +160,7 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
 
 
 def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelProto,
-                batch: BatchRange, target: _Target, trt_version: str | None, gpu: Any,
+                batch: BatchRange, target: Target, trt_version: str | None, gpu: Any,
                 echo: Echo, warn: Echo) -> ExportResult:
     """One format: staging folder -> files -> gate -> manifest -> into place (or clean up)."""
     spec = source.spec
@@ -343,14 +179,14 @@ def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelP
             if req.keep_failed:
                 failed = out.with_name(out.name + FAILED_SUFFIX)
                 previous = check_failed_slot(out, warn)  # again: it may have changed meanwhile
-                _announce(failed, previous, warn)
+                _announce_replacement(failed, previous, warn)
                 replace_folder(staging, failed)
                 failed_note = f"kept for inspection in {failed}"
             raise ParityFailed(f"parity gate FAILED for {spec.name} {req.fmt}: "
                                f"{_first_failure(verdicts)}; {failed_note}")
         # again, right before: the folder may have changed while the export ran
         previous = check_out(out, manifest["source"], manifest["model"], req.overwrite, warn)
-        _announce(out, previous, warn)
+        _announce_replacement(out, previous, warn)
         replace_folder(staging, out)
         promoted = True
         files = ", ".join(f"{f['path']} ({f['bytes'] / 1e6:.1f} MB)" for f in manifest["files"])
@@ -363,7 +199,7 @@ def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelP
             remove_dirs(created)
 
 
-def _announce(out: Path, previous: dict[str, Any] | None, warn: Echo) -> None:
+def _announce_replacement(out: Path, previous: dict[str, Any] | None, warn: Echo) -> None:
     if previous is not None:
         warn(f"replacing {out} (previous {previous['format']} artifact from "
              f"{previous['created']})")
@@ -412,7 +248,11 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
     files = [file_entry(staging, onnx_name, "artifact" if req.fmt != "trt" else "source-onnx")]
     artifact, tensorrt = onnx_name, None
     if req.fmt == "trt":
-        from .convert.tensorrt_build import DEFAULT_WORKSPACE, build_engine, timing_cache_reusable
+        from .convert.tensorrt_build import (
+            DEFAULT_WORKSPACE,
+            build_engine,
+            timing_cache_reusable,
+        )
 
         engine_name, cache_name = f"{spec.name}.engine", "timing.cache"
         reuse = timing_cache_reusable(previous, trt_version, gpu)
@@ -486,7 +326,11 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
         echo(f"note: {MANIFEST_NAME} records no digest (written by an older release); its "
              "content is checked against the ONNX file only")
     if manifest["format"] == "trt":
-        from .convert.tensorrt_build import check_engine_compatible, cuda_gpu, tensorrt_version
+        from .convert.tensorrt_build import (
+            check_engine_compatible,
+            cuda_gpu,
+            tensorrt_version,
+        )
 
         if tensorrt_version() is None or cuda_gpu() is None:
             from .convert.tensorrt_build import require_tensorrt
@@ -502,6 +346,5 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
     return parity
 
 
-__all__ = ["ExportRequest", "ExportResult", "FORMATS", "ParityFailed", "check_limits",
-           "check_out", "export_artifact", "export_artifacts", "verify_artifact",
-           "resolve_source"]
+__all__ = ["ExportRequest", "ExportResult", "export_artifact", "export_artifacts",
+           "verify_artifact"]

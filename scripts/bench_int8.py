@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export import int8
+from export.convert import int8, qdq
 from export.convert.onnx_export import export_onnx, save_onnx
 
 THREADS = 2
@@ -118,7 +118,7 @@ def nncf_quantize(fp32: Path, out: Path, calibration: np.ndarray, batch: int = 1
     onnx.save(quantized, str(out))
     return {"quantizer": "nncf.quantize", "version": nncf.__version__,
             "seconds": round(time.perf_counter() - started, 1),
-            **{k: v for k, v in int8.describe_qdq(quantized).items()
+            **{k: v for k, v in qdq.describe_qdq(quantized).items()
                if k in ("qdq_nodes", "activation_dtypes", "zero_points_all_zero")}}
 
 

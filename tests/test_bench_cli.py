@@ -125,8 +125,9 @@ def test_default_backends_on_cpu_list_the_rest_as_skipped(monkeypatch):
     calls = []
     monkeypatch.setattr(backends.Planner, "_plan_model_backend",
                         lambda self, b, spec: calls.append(b))
-    candidates, skipped, _ = backends.plan(backends.Request(
+    cases = backends.plan(backends.Request(
         backends.ModelSpec.create("resnet18"), "cpu"))
+    skipped = cases.skipped
     assert calls == ["torch", "onnxruntime", "openvino"]
     reasons = {s.backend: s.reason for s in skipped}
     assert set(reasons) == {"torch-compile", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"}

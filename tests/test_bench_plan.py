@@ -29,7 +29,8 @@ def _openvino(reason):
 def _plan(monkeypatch, backends, precisions, device="cpu", **patches):
     for name, value in patches.items():
         monkeypatch.setattr(plan, name, value)
-    candidates, skipped, _ = plan.plan(plan.Request(SPEC, device, backends, precisions))
+    cases = plan.plan(plan.Request(SPEC, device, backends, precisions))
+    candidates, skipped = cases.candidates, cases.skipped
     got = {(c.backend, c.precision) for c in candidates}
     reasons = {(s.backend, s.precision): s.reason for s in skipped}
     return candidates, got, reasons
@@ -114,9 +115,9 @@ def two_models(tmp_path_factory):
 def test_artifacts_of_two_models_get_one_eager_baseline_each(two_models, monkeypatch):
     root, small = two_models
     monkeypatch.setattr(plan, "_unavailable", _openvino(None))
-    request = plan.Request(SPEC, "cpu", artifacts=root)
-    candidates, skipped, _ = plan.plan(request)
-    assert request.specs == [SPEC, small]  # resnet18-onnx, then resnet20-onnx
+    cases = plan.plan(plan.Request(SPEC, "cpu", artifacts=root))
+    candidates = cases.candidates
+    assert cases.specs == [SPEC, small]  # resnet18-onnx, then resnet20-onnx
     baselines = [c for c in candidates if c.backend == "torch"]
     assert [(c.spec, c.precision) for c in baselines] == [(SPEC, "fp32"), (small, "fp32")]
     assert all(c.baseline for c in baselines)  # measured only beside a loaded artifact
@@ -186,12 +187,14 @@ def test_an_fp32_artifact_also_runs_at_bf16_on_openvino_when_asked(two_models, m
     root, _ = two_models
     monkeypatch.setattr(plan, "_unavailable", _openvino(None))
     monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: True)
-    candidates, skipped, _ = plan.plan(plan.Request(SPEC, "cpu", ["openvino"], ["fp32", "bf16"],
+    cases = plan.plan(plan.Request(SPEC, "cpu", ["openvino"], ["fp32", "bf16"],
                                                     artifacts=root))
+    candidates, skipped = cases.candidates, cases.skipped
     assert sorted((c.precision, c.spec.name) for c in candidates) == [
         ("bf16", "resnet18"), ("bf16", "resnet20"), ("fp32", "resnet18"), ("fp32", "resnet20")]
     monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: False)
-    candidates, skipped, _ = plan.plan(plan.Request(SPEC, "cpu", ["openvino"], ["fp32", "bf16"],
+    cases = plan.plan(plan.Request(SPEC, "cpu", ["openvino"], ["fp32", "bf16"],
                                                     artifacts=root))
+    candidates, skipped = cases.candidates, cases.skipped
     assert {c.precision for c in candidates} == {"fp32"}
     assert all("no native BF16" in s.reason for s in skipped if s.precision == "bf16")

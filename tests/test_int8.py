@@ -18,7 +18,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from export import int8
+from export.convert import int8, qdq
 from export.data import describe_source, load_training_data, normalise, to_channels
 from export.core.errors import UserError
 from export.core.models import ModelSpec
@@ -135,7 +135,7 @@ def test_every_convolution_reads_dequantized_input_and_per_channel_weights(quant
         out_channels = stored.shape[0]
         assert scale.shape == (out_channels,), f"{node.name}: weight scale is not per-channel"
         assert next(a.i for a in weight.attribute if a.name == "axis") == 0
-    assert int8.zero_points(proto).size > 0
+    assert qdq.zero_points(proto).size > 0
 
 
 def test_the_report_says_what_the_file_holds(quantized):
@@ -162,18 +162,18 @@ def test_the_report_says_what_the_file_holds(quantized):
 
 def test_cpu_flavour_has_uint8_activations_int8_weights_and_int32_biases(quantized):
     path, report = quantized["cpu"]
-    summary = int8.describe_qdq(path)
+    summary = qdq.describe_qdq(path)
     assert summary["activation_dtypes"] == ["uint8"]
     assert summary["weight_dtypes"] == ["int32", "int8"]  # biases are quantized for QLinearConv
-    assert int8.zero_points(path).any()  # asymmetric activations
+    assert qdq.zero_points(path).any()  # asymmetric activations
     assert not report["zero_points_all_zero"]
 
 
 def test_tensorrt_flavour_is_symmetric_int8_with_zero_zero_points(quantized):
     path, report = quantized["tensorrt"]
-    zps = int8.zero_points(path)
+    zps = qdq.zero_points(path)
     assert zps.size > 40 and not zps.any()
-    summary = int8.describe_qdq(path)
+    summary = qdq.describe_qdq(path)
     assert summary["activation_dtypes"] == ["int8"]
     assert summary["weight_dtypes"] == ["int8"]  # no int32 bias: TensorRT refuses those DQs
     assert report["zero_points_all_zero"] and report["bias"].startswith("float32")

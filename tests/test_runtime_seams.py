@@ -21,7 +21,8 @@ from bench.cli import main as bench_cli
 from export.core.errors import UserError
 from export.core.models import count_parameters, default_spec, family_table
 from export.core.shapes import BatchRange
-from export.pipeline import ExportRequest, export_artifact, resolve_source
+from export.pipeline import ExportRequest, export_artifact
+from export.request import resolve_source
 from export.runtime.base import Runner
 from export.runtime.tensorrt_runner import cuda_gpu
 from export.convert.tensorrt_build import check_parse

@@ -20,7 +20,7 @@ import layout_writers as lw
 from export.core.checkpoint import load_checkpoint
 from export.core.errors import UserError
 from export.core.models import ModelSpec
-from export.train import data as data_module
+from export.data import pixels
 from export.train.cli import main as train_cli
 from export.data import (describe_source, load_training_data, normalise, reference_images,
                                resize_array, scan, split_of, to_channels)
@@ -205,7 +205,7 @@ def test_sixty_thousand_images_load_in_seconds_and_stay_uint8(tmp_path, gray28):
 def test_resizing_works_in_chunks_with_the_same_result(monkeypatch, gray28):
     images = nchw(gray28[0][:50])
     whole = resize_array(images, 32)
-    monkeypatch.setattr(data_module, "RESIZE_CHUNK", 7)
+    monkeypatch.setattr(pixels, "RESIZE_CHUNK", 7)
     np.testing.assert_array_equal(resize_array(images, 32), whole)
     assert to_channels(whole, 3).shape == (50, 3, 32, 32)
 

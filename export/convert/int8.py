@@ -75,9 +75,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..core.errors import UserError
+from ..core.fileio import sha256_file
+from .qdq import describe_qdq, load_onnx, unquantize_residual_branch
 
 FLAVOURS = ("cpu", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")
@@ -106,7 +107,6 @@ HISTOGRAM_BINS = 2048
 ENTROPY_BINS = 2048
 ENTROPY_QUANTIZED_BINS = 128
 
-_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class Recipe:
     #: op types whose outputs get no Q/DQ
     no_output_quantization: tuple[str, ...] = ()
     #: drop the Q/DQ on the convolution-side input of each residual Add (see
-    #: :func:`_unquantize_residual_branch`)
+    #: :func:`.qdq.unquantize_residual_branch`)
     residual_add_fusion: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,18 +164,6 @@ def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
         raise UserError(f"unknown INT8 {what} {value!r}: choose one of {', '.join(choices)}")
     return value
-
-
-def _load(onnx_path_or_proto: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    if isinstance(onnx_path_or_proto, onnx.ModelProto):
-        return onnx_path_or_proto
-    path = Path(onnx_path_or_proto)
-    if not path.is_file():
-        raise UserError(f"ONNX model not found: {path}")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise UserError(f"{path.name} is not a readable ONNX model: {exc}") from None
 
 
 def _input_contract(proto: onnx.ModelProto) -> tuple[str, list[int | None]]:
@@ -355,7 +343,7 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
         raise UserError(f"calibration batch size must be at least 1, not {batch_size}")
     recipe = recipe or RECIPES[flavour]
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
-    proto = _load(fp32_onnx)
+    proto = load_onnx(fp32_onnx)
     calibration = check_calibration(calibration, proto)
     input_name, _ = _input_contract(proto)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -390,7 +378,7 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
             weight_type=_quant_type(recipe.weight_type),
             calibrate_method=_calibrate_method(method), extra_options=extra_options)
         quantized = onnx.load(str(partial))
-        fused_adds = _unquantize_residual_branch(quantized) if recipe.residual_add_fusion else 0
+        fused_adds = unquantize_residual_branch(quantized) if recipe.residual_add_fusion else 0
         try:
             onnx.checker.check_model(quantized, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -432,158 +420,6 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
         "per_channel_weights": summary["per_channel_weights"],
         "opset": summary["opset"],
         "residual_adds_left_for_fusion": fused_adds,
-        "source_sha256": _sha256_file(fp32_onnx),
+        "source_sha256": sha256_file(fp32_onnx),
         "seconds": round(seconds, 2),
     }
-
-
-def _unquantize_residual_branch(proto: onnx.ModelProto) -> int:
-    """Remove the Q/DQ pair on the convolution-side input of every residual ``Add``; returns how many.
-
-    TensorRT fuses a residual ``Add`` (and the ReLU after it) into the convolution that computes
-    one of its inputs, reading the other input, the skip connection, as INT8. For that the
-    convolution's own output must stay unquantized, while the skip input keeps its Q/DQ. ONNX
-    Runtime's quantizer puts Q/DQ on both inputs of an ``Add``; NVIDIA's TensorRT Model
-    Optimizer (``modelopt.onnx.quantization``) runs the same quantizer and then removes the pair
-    on the non-residual input, which is what this does. When both inputs come from convolutions
-    (a projection shortcut), the one produced later in the graph is the one fused, as it is the
-    only one that can read the other.
-
-    Graph surgery only (re-wiring one input and deleting its dedicated Q and DQ nodes); no scale
-    or zero point is computed or changed. Needs dedicated Q/DQ pairs (one consumer each).
-    """
-    nodes = list(proto.graph.node)
-    position = {out: i for i, node in enumerate(nodes) for out in node.output}
-    producer = {out: node for node in nodes for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in nodes:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    graph_outputs = {o.name for o in proto.graph.output}
-    doomed: list[onnx.NodeProto] = []
-    fused = 0
-    for add in nodes:
-        if add.op_type != "Add" or len(add.input) != 2:
-            continue
-        candidates = []  # (position of the weighted op, input index, q, dq, weighted output)
-        for index, name in enumerate(add.input):
-            dq = producer.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            q = producer.get(dq.input[0])
-            if q is None or q.op_type != "QuantizeLinear":
-                continue
-            source = q.input[0]
-            weighted = producer.get(source)
-            if weighted is None or weighted.op_type not in ("Conv", "Gemm", "MatMul"):
-                continue
-            if (len(consumers.get(name, [])) != 1 or len(consumers.get(q.output[0], [])) != 1
-                    or len(consumers.get(source, [])) != 1 or source in graph_outputs):
-                continue  # shared pairs or a conv output used elsewhere: leave it alone
-            candidates.append((position[source], index, q, dq, source))
-        initializers = {t.name for t in proto.graph.initializer}
-        if not candidates or any(name in initializers for name in add.input):
-            continue  # not a residual Add (an Add with a constant is a bias)
-        _, index, q, dq, source = max(candidates, key=lambda c: c[0])
-        add.input[index] = source
-        doomed.extend([q, dq])
-        fused += 1
-    for node in doomed:
-        proto.graph.node.remove(node)
-    used = {name for node in proto.graph.node for name in node.input}
-    unused = [t for t in proto.graph.initializer if t.name not in used]
-    for tensor in unused:
-        proto.graph.initializer.remove(tensor)
-    return fused
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a QDQ model back
-# ---------------------------------------------------------------------------------------------
-
-
-def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Initializers and Constant-node values by name (where Q/DQ scales and zero points live)."""
-    values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attr.t)
-    return values
-
-
-def zero_points(onnx_path_or_proto: str | os.PathLike | onnx.ModelProto) -> np.ndarray:
-    """Every QuantizeLinear/DequantizeLinear zero point in the graph, flattened (int64).
-
-    A Q/DQ node without a zero-point input counts as one zero (the ONNX default). For the
-    ``tensorrt`` flavour all of them must be 0.
-    """
-    proto = _load(onnx_path_or_proto)
-    values = _constants(proto)
-    found: list[np.ndarray] = []
-    for node in proto.graph.node:
-        if node.op_type not in _QDQ_OPS:
-            continue
-        if len(node.input) > 2 and node.input[2]:
-            found.append(np.asarray(values[node.input[2]]).astype(np.int64).ravel())
-        else:
-            found.append(np.zeros(1, dtype=np.int64))
-    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
-
-
-def describe_qdq(onnx_path_or_proto: str | os.PathLike | onnx.ModelProto) -> dict[str, Any]:
-    """What a QDQ graph holds, counted from the graph itself.
-
-    - ``qdq_nodes``: number of QuantizeLinear and DequantizeLinear nodes;
-    - ``op_types_quantized``: op types with at least one input coming from a DequantizeLinear;
-    - ``activation_dtypes`` / ``weight_dtypes``: quantized types of the DQ nodes fed by a
-      QuantizeLinear (activations) and by an initializer (weights; int32 = biases);
-    - ``per_channel_weights``: DQ nodes of weights whose scale is a vector (per-channel);
-    - ``zero_points_all_zero``.
-    """
-    proto = _load(onnx_path_or_proto)
-    values = _constants(proto)
-    producers = {out: node for node in proto.graph.node for out in node.output}
-    dq_outputs = {node.output[0] for node in proto.graph.node if node.op_type == "DequantizeLinear"}
-    counts = {op: sum(node.op_type == op for node in proto.graph.node) for op in _QDQ_OPS}
-    quantized_ops = sorted({node.op_type for node in proto.graph.node
-                            if node.op_type not in _QDQ_OPS
-                            and any(i in dq_outputs for i in node.input)})
-    activation_types: set[str] = set()
-    weight_types: set[str] = set()
-    per_channel = per_tensor = 0
-    for node in proto.graph.node:
-        if node.op_type != "DequantizeLinear":
-            continue
-        source = node.input[0]
-        if source in values:
-            array = values[source]
-            weight_types.add(str(array.dtype))
-            if array.dtype == np.int32:
-                continue  # a bias
-            scale = np.asarray(values.get(node.input[1], np.zeros(1)))
-            if scale.size > 1:
-                per_channel += 1
-            else:
-                per_tensor += 1
-        elif source in producers and producers[source].op_type == "QuantizeLinear":
-            q = producers[source]
-            if len(q.input) > 2 and q.input[2] in values:
-                activation_types.add(str(values[q.input[2]].dtype))
-            else:
-                activation_types.add("uint8")  # the ONNX default without a zero point
-    zps = zero_points(proto)
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    return {"qdq_nodes": counts, "op_types_quantized": quantized_ops,
-            "activation_dtypes": sorted(activation_types), "weight_dtypes": sorted(weight_types),
-            "per_channel_weights": {"per_channel": per_channel, "per_tensor": per_tensor},
-            "zero_points_all_zero": bool(zps.size and not zps.any()), "opset": opset}

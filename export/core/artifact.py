@@ -16,8 +16,14 @@ from typing import Any
 
 from .errors import UserError
 from .fileio import sha256_file
-from .manifest import KIND, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, check_manifest, \
-    relative_name
+from .manifest import (
+    KIND,
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    check_manifest,
+    relative_name,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Reading

@@ -1,4 +1,6 @@
-"""Replacing an artifact folder atomically, and putting right what a killed replacement left.
+"""Output folders: whether an export may write one (only over an artifact that is provably ours,
+and of the same weights unless told to overwrite), replacing it atomically, and putting right what
+a killed replacement left.
 
 Replacing an artifact folder (the exporter's last step) is :func:`replace_folder`; what a killed
 replacement leaves behind is put right by :func:`recover_interrupted`, which every export, verify
@@ -10,12 +12,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
+from .artifact import enclosing_artifact, owned_artifact
 from .errors import UserError
 from .fileio import exchange_paths, process_alive
-from .artifact import owned_artifact
-from .manifest import STAGING_SUFFIX
+from .manifest import FAILED_SUFFIX, STAGING_SUFFIX
+
+Echo = Callable[[str], None]
 
 # ---------------------------------------------------------------------------------------------
 # Replacing a folder, and putting right what a killed replacement left
@@ -113,3 +119,94 @@ def replace_folder(staging: Path, out: Path) -> None:
         os.replace(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# May an export write this folder?
+# ---------------------------------------------------------------------------------------------
+
+
+def weights_identity(source: dict[str, Any], model: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two artifacts "from the same weights": the file's sha256, or the seed and the
+    model description that seeded weights follow from."""
+    if source.get("kind") == "seed":
+        return ("seed", source.get("seed"), model.get("name"), model.get("num_classes"),
+                model.get("in_chans"), model.get("shortcut", "A"))
+    return ("file", source.get("sha256"))
+
+
+def describe_weights(source: dict[str, Any], model: dict[str, Any]) -> str:
+    if source.get("kind") == "seed":
+        return f"UNTRAINED seeded weights (seed {source.get('seed')}, {model.get('name')})"
+    what = "checkpoint" if source.get("kind") == "checkpoint" else "state dict"
+    return f"the {what} {source.get('path')} (sha256 {str(source.get('sha256'))[:12]})"
+
+
+@dataclass
+class Target:
+    """An output folder of one format and what was found there."""
+
+    out: Path
+    previous: dict[str, Any] | None = None  # the artifact at ``out`` that this export replaces
+
+
+def _blocker(out: Path) -> None:
+    if out.name in ("", ".", ".."):
+        raise UserError(f"--out {out} must name a folder (not . or ..)")
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"cannot write {out}: {blocker} is a file, not a folder")
+    if out.is_symlink():
+        raise UserError(f"--out {out} is a symbolic link (to {os.readlink(out)}); give the "
+                        "folder itself or another name")
+    enclosing = enclosing_artifact(out)
+    if enclosing is not None:
+        raise UserError(f"--out {out} is inside the artifact folder {enclosing}; an artifact "
+                        "cannot hold another: choose a folder outside it")
+
+
+def _replaceable(out: Path, refusal: Callable[[str], str]) -> dict[str, Any] | None:
+    """The manifest of the artifact at ``out`` if it may be replaced (None: nothing there)."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    try:
+        return owned_artifact(out)
+    except UserError as exc:
+        raise UserError(refusal(str(exc))) from None
+
+
+def check_out(out: Path, source: dict[str, Any], model: dict[str, Any], overwrite: bool,
+              echo: Echo = print) -> dict[str, Any] | None:
+    """May this export write ``out``? Returns the artifact it would replace, if any.
+
+    Refused, in one line: a file on the way, a symbolic link, a folder inside another artifact,
+    a non-empty folder that is not provably one of our artifacts, and - without ``overwrite`` -
+    an artifact of other source weights. Leftovers of a killed export are put right first.
+    """
+    out = Path(out)
+    _blocker(out)
+    for note in recover_interrupted(out):
+        echo(f"note: {note}")
+    previous = _replaceable(out, lambda why: (
+        f"--out {out} exists and is not an artifact folder ({why}); nothing was changed: "
+        "choose another --out or empty it"))
+    if previous is not None and not overwrite and \
+            weights_identity(previous["source"], previous["model"]) != \
+            weights_identity(source, model):
+        raise UserError(
+            f"--out {out} holds a {previous['model']['name']} {previous['format']} artifact "
+            f"exported from {describe_weights(previous['source'], previous['model'])}; this "
+            f"export is from {describe_weights(source, model)}: pass --overwrite to replace "
+            "it, or choose another --out")
+    return previous
+
+
+def check_failed_slot(out: Path, echo: Echo = print) -> dict[str, Any] | None:
+    """``--keep-failed`` writes ``<out>.FAILED``: only over a failed artifact of ours."""
+    failed = out.with_name(out.name + FAILED_SUFFIX)
+    _blocker(failed)
+    for note in recover_interrupted(failed):
+        echo(f"note: {note}")
+    return _replaceable(failed, lambda why: (
+        f"--keep-failed would replace {failed}, which is not an artifact folder ({why}); "
+        "nothing was changed: move it away or leave out --keep-failed"))

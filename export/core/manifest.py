@@ -7,7 +7,7 @@ documented in docs/export.md:
     schema_version  1
     kind            "resnet-deploy-artifact"
     format          one of FORMATS
-    precision       the precision contract, one of PRECISIONS
+    precision       the precision contract, one of CONTRACTS
     artifact        relative name of the main file (the .onnx or the .engine)
     files           [{"path", "sha256", "bytes", "role"}] - every file in the folder but this one
     model           ModelSpec.to_dict()
@@ -55,7 +55,8 @@ MANIFEST_NAME = "manifest.json"
 KIND = "resnet-deploy-artifact"
 #: every artifact format the exporter writes, and the precision contract each one carries
 FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "trt")
-PRECISIONS = ("fp32", "fp16", "int8")
+#: the precision contracts an artifact can carry (bf16 is an execution setting of an fp32 one)
+CONTRACTS = ("fp32", "fp16", "int8")
 SOURCE_KINDS = ("checkpoint", "state_dict", "seed")
 IO_DTYPES = ("float32", "float16")
 REQUIRED_KEYS = ("schema_version", "kind", "format", "precision", "artifact", "files", "model",
@@ -119,8 +120,8 @@ def check_manifest(data: Any, where: Path) -> Manifest:
         raise UserError(f"{where} lacks {', '.join(missing)}")
     if data["format"] not in FORMATS:
         raise UserError(f"{where}: unknown format {_short(data['format'])}")
-    if data["precision"] not in PRECISIONS:
-        raise _fail(where, "precision", f"must be one of {', '.join(PRECISIONS)}, got "
+    if data["precision"] not in CONTRACTS:
+        raise _fail(where, "precision", f"must be one of {', '.join(CONTRACTS)}, got "
                                         f"{_short(data['precision'])}")
     _check_files(data, where)
     _check_model(data, where)
@@ -187,7 +188,9 @@ def _check_files(data: dict[str, Any], where: Path) -> None:
 
 
 def _check_model(data: dict[str, Any], where: Path) -> None:
-    from .models import ModelSpec  # models imports torch; reading a manifest may not need it
+    from .models import (
+        ModelSpec,  # models imports torch; reading a manifest may not need it
+    )
 
     model = data["model"]
     if not isinstance(model, dict) or not model:

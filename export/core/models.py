@@ -23,111 +23,15 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .blocks import BasicBlock, Bottleneck, PadShortcut, conv1x1, conv3x3, init_weights
 from .errors import UnknownModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: stems of the ImageNet models; the small-image ResNets always have the "small" one
 STEMS = ("imagenet", "small")
-
-
-# ---------------------------------------------------------------------------------------------
-# Building blocks (torchvision's BasicBlock and Bottleneck: stride on the bottleneck's 3x3)
-# ---------------------------------------------------------------------------------------------
-
-
-def _conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=False)
-
-
-def _conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with an identity (or projected) shortcut."""
-
-    expansion = 1
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64):
-        super().__init__()
-        if groups != 1 or base_width != 64:
-            raise ValueError("BasicBlock only supports groups=1 and base_width=64")
-        self.conv1 = _conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = _conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-        self.stride = stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
-
-
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carries the stride, as in torchvision "ResNet v1.5"), 1x1 expand."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64):
-        super().__init__()
-        width = int(planes * (base_width / 64.0)) * groups
-        self.conv1 = _conv1x1(inplanes, width)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = _conv3x3(width, width, stride, groups)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = _conv1x1(width, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.stride = stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
-class PadShortcut(nn.Module):
-    """The paper's parameter-free shortcut (option A): subsample spatially, zero-pad channels."""
-
-    def __init__(self, out_planes: int, stride: int):
-        super().__init__()
-        self.out_planes = out_planes
-        self.stride = stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
-        extra = self.out_planes - x.shape[1]
-        return F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
-
-
-def _init_weights(model: nn.Module, zero_init_residual: bool) -> None:
-    """torchvision's initialisation: Kaiming (fan_out) convolutions, unit BatchNorm."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            nn.init.constant_(m.weight, 1)
-            nn.init.constant_(m.bias, 0)
-    if zero_init_residual:
-        # Each residual branch starts as zero, so every block starts as the identity.
-        for m in model.modules():
-            if isinstance(m, Bottleneck):
-                nn.init.constant_(m.bn3.weight, 0)
-            elif isinstance(m, BasicBlock):
-                nn.init.constant_(m.bn2.weight, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +53,7 @@ class _ResNet(nn.Module):
         self.base_width = width_per_group
         imagenet = stem == "imagenet"  # 7x7 stride 2, then max-pool stride 2: the input / 4
         self.conv1 = (nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-                      if imagenet else _conv3x3(in_chans, 64))  # small: full resolution
+                      if imagenet else conv3x3(in_chans, 64))  # small: full resolution
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if imagenet else \
@@ -160,13 +64,13 @@ class _ResNet(nn.Module):
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
-        _init_weights(self, zero_init_residual)
+        init_weights(self, zero_init_residual)
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
-                _conv1x1(self.inplanes, planes * block.expansion, stride),
+                conv1x1(self.inplanes, planes * block.expansion, stride),
                 nn.BatchNorm2d(planes * block.expansion),
             )
         layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
@@ -191,7 +95,7 @@ class _CifarResNet(nn.Module):
             raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (projection), got {shortcut!r}")
         self.inplanes = 16
         self.shortcut = shortcut
-        self.conv1 = _conv3x3(in_chans, 16)
+        self.conv1 = conv3x3(in_chans, 16)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
         self.layer1 = self._make_layer(16, n)
@@ -199,7 +103,7 @@ class _CifarResNet(nn.Module):
         self.layer3 = self._make_layer(64, n, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(64, num_classes)
-        _init_weights(self, zero_init_residual)
+        init_weights(self, zero_init_residual)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
@@ -207,7 +111,7 @@ class _CifarResNet(nn.Module):
             if self.shortcut == "A":
                 downsample = PadShortcut(planes, stride)
             else:
-                downsample = nn.Sequential(_conv1x1(self.inplanes, planes, stride),
+                downsample = nn.Sequential(conv1x1(self.inplanes, planes, stride),
                                            nn.BatchNorm2d(planes))
         layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes

@@ -6,12 +6,35 @@ splits   seeded, stratified train / validation / test parts, decoded
 pixels   one image file -> pixels, and the one ``preprocess`` (resize, channels, normalise)
 """
 
-from .pixels import (IMAGE_SUFFIXES, channel_stats, normalise, preprocess, read_image,
-                     resize_array, to_channels)
-from .sources import (DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, Scanned, describe_source, scan,
-                      source_name)
-from .splits import (Labelled, Split, TrainingData, describe_split, indices_digest,
-                     load_training_data, reference_images, split_images, split_indices, split_of)
+from .pixels import (
+                     IMAGE_SUFFIXES,
+                     channel_stats,
+                     normalise,
+                     preprocess,
+                     read_image,
+                     resize_array,
+                     to_channels,
+)
+from .sources import (
+                     DEFAULT_TEST_FRACTION,
+                     DEFAULT_VAL_FRACTION,
+                     Scanned,
+                     describe_source,
+                     scan,
+                     source_name,
+)
+from .splits import (
+                     Labelled,
+                     Split,
+                     TrainingData,
+                     describe_split,
+                     indices_digest,
+                     load_training_data,
+                     reference_images,
+                     split_images,
+                     split_indices,
+                     split_of,
+)
 
 __all__ = ["DEFAULT_TEST_FRACTION", "DEFAULT_VAL_FRACTION", "IMAGE_SUFFIXES", "Labelled",
            "Scanned", "Split", "TrainingData", "channel_stats", "describe_source",

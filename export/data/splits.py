@@ -3,8 +3,8 @@ the decoded parts that training, the gate and calibration read."""
 
 from __future__ import annotations
 
-import hashlib
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -15,8 +15,13 @@ from ..core.errors import UserError
 from ..core.hardware import check_memory
 from ..core.models import ModelSpec
 from .pixels import preprocess
-from .sources import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, Scanned, describe_source, scan
-
+from .sources import (
+    DEFAULT_TEST_FRACTION,
+    DEFAULT_VAL_FRACTION,
+    Scanned,
+    describe_source,
+    scan,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Step 2: split

@@ -22,9 +22,8 @@ from typing import Any
 
 from ..core.agreement import check_digest, check_onnx_agrees
 from ..core.artifact import artifact_file, check_onnx_file, read_manifest, verify_files
-
-from ..core.folders import recover_interrupted
 from ..core.errors import UserError
+from ..core.folders import recover_interrupted
 from .base import InputContract, Runner
 from .registry import EXECUTION_PRECISIONS, default_runtime, get_runtime, runtimes_for
 

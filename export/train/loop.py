@@ -110,8 +110,8 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
     with process_group(procs, device), cpu_threads(threads):
         if procs.distributed:
             dist.barrier()  # every rank has checked the run folder before rank 0 writes to it
-        return _fit(config, data, run_dir, resumed, procs, device, threads, started, echo,
-                    notes, show)
+        return _fit(_Fit(config, data, run_dir, resumed, procs, device, threads, started, echo,
+                         notes, show))
 
 
 def _summarised(run_dir: Path, meta: dict[str, Any]) -> bool:
@@ -277,9 +277,28 @@ def _loaders(data: TrainingData, spec: ModelSpec, config: TrainConfig, procs: Pr
     return train, evals
 
 
-def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs: Processes,
-         device: torch.device, threads: int, started: float, echo,
-         notes: list[tuple[str, str]], show_progress: bool) -> TrainResult:
+@dataclass
+class _Fit:
+    """Everything one training run needs once its data and run folder are settled."""
+
+    config: TrainConfig
+    data: TrainingData
+    run_dir: Path
+    resumed: Any  # the checkpoint being resumed, or None
+    procs: Processes
+    device: torch.device
+    threads: int
+    started: float  # perf_counter() when the command started
+    echo: Callable[[str], None]
+    notes: list[tuple[str, str]]  # the defaults chosen for this data: (phrase, option)
+    show_progress: bool
+
+
+def _fit(run: _Fit) -> TrainResult:
+    config, data, run_dir, resumed, procs = run.config, run.data, run.run_dir, run.resumed, \
+        run.procs
+    device, threads, started, echo = run.device, run.threads, run.started, run.echo
+    notes, show_progress = run.notes, run.show_progress
     main = procs.is_main
     # Everything shown is escaped line by line: class names, data and folder names come from
     # the user's files and may hold terminal control characters.
@@ -320,7 +339,7 @@ def _fit(config: TrainConfig, data: TrainingData, run_dir: Path, resumed, procs:
         say(f"finishing {run_dir}: training ended at epoch {progress.epoch}; testing best.pt "
             "and writing the curves and summary")
     else:
-        _announce(spec, data, config, progress, device, procs, threads, run_dir, resumed, say)
+        _announce_run(spec, data, config, progress, device, procs, threads, run_dir, resumed, say)
     counts = data.counts()
     if data.dataset.get("kind") == "layout":
         say(f"test split: {data.splits['test']['from']} ({counts['test']} images); validation: "
@@ -449,7 +468,7 @@ class Monitor:
         return self.warnings[-1]
 
 
-def _announce(spec: ModelSpec, data: TrainingData, config: TrainConfig, progress: Progress,
+def _announce_run(spec: ModelSpec, data: TrainingData, config: TrainConfig, progress: Progress,
               device: torch.device, procs: Processes, threads: int, run_dir: Path, resumed,
               say: Callable[[str], Any]) -> None:
     counts = data.counts()

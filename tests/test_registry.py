@@ -1,0 +1,103 @@
+"""The runtime registry: one answer to "which runtimes exist here, what do they run natively, and
+why not", asked by the loader, the gate, resnet-predict and resnet-bench alike."""
+
+import dataclasses
+import importlib.util
+import json
+
+import pytest
+
+import export.runtime.registry as registry
+from export.core import cpu_features
+from export.core.errors import UserError
+from export.core.shapes import BatchRange
+from export.gate.judge import gate_candidates
+from export.pipeline import ExportRequest, export_artifact
+from export.runtime.registry import RUNTIMES, get_runtime, runtimes_for
+
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture(autouse=True)
+def fresh_probes():
+    registry.clear_probe_cache()
+    yield
+    registry.clear_probe_cache()
+
+
+def test_every_runtime_says_whether_it_runs_here_and_why_not():
+    assert get_runtime("onnxruntime").unavailable() is None  # a core dependency
+    assert (get_runtime("openvino").unavailable() is None) == HAS_OPENVINO
+    reason = get_runtime("tensorrt").unavailable()
+    if not HAS_TENSORRT:
+        assert "tensorrt is not installed" in reason and "[gpu]" in reason
+    for info in RUNTIMES.values():  # a reason is one line, never an exception
+        why = info.unavailable()
+        assert why is None or (isinstance(why, str) and "\n" not in why)
+
+
+def test_an_unknown_runtime_is_one_line_naming_the_choices():
+    with pytest.raises(UserError, match="unknown runtime 'tvm'; choose from onnxruntime, "):
+        get_runtime("tvm")
+
+
+def test_formats_and_flavours_decide_which_runtimes_run_an_artifact():
+    names = lambda *a, **k: [r.name for r in runtimes_for(*a, **k)]  # noqa: E731
+    assert names("onnx", device="cpu") == ["onnxruntime", "openvino"]
+    # OpenVINO does not compile signed INT8 activations: the tensorrt flavour is not its
+    assert "openvino" not in names("onnx-int8", "tensorrt")
+    assert "openvino" in names("onnx-int8", "cpu")
+    assert names("trt", direct=True) == ["tensorrt"]
+    # an engine folder keeps its source ONNX, which the ONNX runtimes can run
+    assert set(names("trt")) == {"onnxruntime", "onnxruntime-cuda", "openvino", "tensorrt"}
+
+
+def test_native_precisions_follow_the_device_and_the_cpu(monkeypatch):
+    ort, ov = get_runtime("onnxruntime"), get_runtime("openvino")
+    assert ort.not_native("fp32") is None and ort.not_native("int8") is None
+    assert "computes fp16 in FP32" in ort.not_native("fp16")
+    assert ort.arithmetic("fp16") == "fp32" and get_runtime("tensorrt").arithmetic("fp16") == "fp16"
+    assert "does not run bf16" in ort.not_native("bf16")
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: False)
+    assert "no native BF16" in ov.not_native("bf16")
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: True)
+    assert ov.not_native("bf16") is None
+
+
+def test_probes_are_asked_once_per_process(monkeypatch):
+    calls = []
+    real = RUNTIMES["openvino"]._probe
+
+    def counting():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setitem(RUNTIMES, "openvino", dataclasses.replace(RUNTIMES["openvino"],
+                                                                    _probe=counting))
+    for _ in range(3):
+        get_runtime("openvino").unavailable()
+    assert len(calls) == 1
+
+
+@pytest.fixture(scope="module")
+def small_artifact(tmp_path_factory):
+    out = tmp_path_factory.mktemp("registry") / "resnet20-onnx"
+    export_artifact(ExportRequest(fmt="onnx", model="resnet20", input_size=16,
+                                  batch=BatchRange(1, 1, 2), out=out),
+                    echo=lambda _: None, warn=lambda _: None)
+    return out
+
+
+def test_the_gate_judges_on_what_the_registry_says_is_here(small_artifact, monkeypatch):
+    manifest = json.loads((small_artifact / "manifest.json").read_text())
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: False)
+    found = [(c.runner.backend, c.contract) for c in gate_candidates(small_artifact, manifest)]
+    assert found[0] == ("onnxruntime", "fp32")
+    assert (("openvino", "fp32") in found) == HAS_OPENVINO
+    assert ("openvino", "bf16") not in found  # not native here: never judged, never emulated
+    monkeypatch.setitem(RUNTIMES, "openvino", dataclasses.replace(
+        RUNTIMES["openvino"], _probe=lambda: "openvino is not installed (test)"))
+    registry.clear_probe_cache()
+    found = [c.runner.backend for c in gate_candidates(small_artifact, manifest)]
+    assert found == ["onnxruntime"]
