@@ -131,7 +131,7 @@ def file_system_type(path: Path) -> str | None:
         while not resolved.exists() and resolved != resolved.parent:
             resolved = resolved.parent
         resolved = resolved.resolve()
-        best, fs = "", None
+        best, fs = "", None  # type: tuple[str, str | None]
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 left, _, right = line.partition(" - ")
@@ -140,7 +140,8 @@ def file_system_type(path: Path) -> str | None:
                 inside = str(resolved) == mount or str(resolved).startswith(mount.rstrip("/")
                                                                              + "/")
                 if mount and inside and len(mount) >= len(best):
-                    best, fs = mount, (right.split() or [None])[0]
+                    words = right.split()
+                    best, fs = mount, (words[0] if words else None)
         return fs
     except OSError:
         return None

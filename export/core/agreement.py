@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import UserError
@@ -31,7 +32,7 @@ META_PREFIX = "resnet_deploy."
 STAMPED = ("model", "normalization", "class_names", "batch_range")
 
 
-def check_digest(folder: Path, manifest: dict[str, Any]) -> bool:
+def check_digest(folder: Path, manifest: Mapping[str, Any]) -> bool:
     """Refuse a manifest whose content no longer matches its recorded digest; False for a
     manifest that records none (written before digests), True when it matches."""
     recorded = manifest.get(DIGEST_KEY)
@@ -47,8 +48,9 @@ def check_digest(folder: Path, manifest: dict[str, Any]) -> bool:
 def _dtype(elem_type: int) -> str:
     import onnx
 
-    return {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}.get(
-        elem_type, onnx.TensorProto.DataType.Name(elem_type).lower())
+    names: dict[int, str] = {onnx.TensorProto.FLOAT: "float32",
+                             onnx.TensorProto.FLOAT16: "float16"}
+    return names.get(elem_type) or str(onnx.TensorProto.DataType.Name(elem_type)).lower()
 
 
 def graph_signature(proto: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -69,7 +71,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_onnx_agrees(path: Path, proto: Any, manifest: dict[str, Any]) -> None:
+def check_onnx_agrees(path: Path, proto: Any, manifest: Mapping[str, Any]) -> None:
     """Refuse a manifest that says something else than the ONNX file ``path`` (``proto``)."""
     where = f"{MANIFEST_NAME} does not match {path.name}"
     inputs, outputs = graph_signature(proto)
@@ -98,7 +100,7 @@ def check_onnx_agrees(path: Path, proto: Any, manifest: dict[str, Any]) -> None:
     _check_metadata(where, proto, manifest)
 
 
-def _check_metadata(where: str, proto: Any, manifest: dict[str, Any]) -> None:
+def _check_metadata(where: str, proto: Any, manifest: Mapping[str, Any]) -> None:
     """The exporter's stamp in the ONNX file: what it holds must be what the manifest says."""
     stamped: dict[str, Any] = {}
     for prop in proto.metadata_props:

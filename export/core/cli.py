@@ -8,11 +8,18 @@ import math
 import signal
 import sys
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import click
 
-from .errors import BackendUnavailable, BadOption, UnknownModelError, UserError, printable
+from .errors import (
+    BackendUnavailable,
+    BadOption,
+    UnknownModelError,
+    UserError,
+    printable,
+)
 from .hardware import thread_problem
 from .models import family_table, get_architecture, model_names
 
@@ -218,7 +225,19 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-__all__ = ["DefaultCommand", "bounded", "DefaultGroup", "OneLineCommand", "OneLineUsageError",
-           "format_family_table", "model_names", "model_options", "one_line_errors",
-           "print_family_table", "resolve_model_name", "signals_as_interrupt", "sigterm_as_interrupt",
-           "thread_option"]
+__all__ = [
+    "DefaultCommand",
+    "DefaultGroup",
+    "OneLineCommand",
+    "OneLineUsageError",
+    "bounded",
+    "format_family_table",
+    "model_names",
+    "model_options",
+    "one_line_errors",
+    "print_family_table",
+    "resolve_model_name",
+    "signals_as_interrupt",
+    "sigterm_as_interrupt",
+    "thread_option",
+]

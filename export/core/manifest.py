@@ -44,6 +44,7 @@ import hashlib
 import json
 import platform
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -395,7 +396,7 @@ def build_manifest(*, fmt: str, precision: str, artifact: str, files: list[dict[
     }
 
 
-def manifest_digest(manifest: dict[str, Any]) -> str:
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
     """sha256 of the manifest's canonical JSON (sorted keys, no spaces), without
     :data:`UNSEALED_KEYS`: what ``verify`` compares to tell an edited manifest from one we wrote."""
     content = {k: v for k, v in manifest.items() if k not in UNSEALED_KEYS}

@@ -15,8 +15,9 @@ it (device and inode, once every link is resolved), and by its record within tha
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +41,8 @@ def image_identities(dataset: dict[str, Any], indices: Any) -> set[Hashable]:
         if kind == "digits":
             return {("digits", i) for i in idx}
         if kind == "layout":
-            files = tuple(sorted(_file_id(f) for f in _layout(str(path)).files))
-            return {("layout", files, i) for i in idx}
+            ids = tuple(sorted(_file_id(f) for f in _layout(str(path)).files))
+            return {("layout", ids, i) for i in idx}
         if kind == "npz":
             return {("npz", _file_id(str(path)), i) for i in idx}
         if kind == "folder":
