@@ -3,10 +3,22 @@
 Never destroy what the user has; after any crash the old artifact or the new one is under the
 name; every bad input is one ``Error: ...`` line with the documented exit code, no traceback.
 
-One class of defect per section: the output folder (whose is it?), replacing it atomically
-(failures and kills), links out of an artifact folder, artifacts inside artifacts, malformed
-manifests, option bounds and memory, SIGTERM. Small models throughout (resnet20 at 16x16,
-batch 1:1:2); in-process exports reuse one dynamo export per set of weights.
+One class of defect per section (count = collected cases). Small models throughout (resnet20 at
+16x16, batch 1:1:2); in-process exports reuse one dynamo export per set of weights.
+
+| class | what it covers | count |
+|---|---|---|
+| 1. output folder | only a provably-ours artifact is replaced; foreign, linked, newer-schema folders kept | 19 |
+| 2. replacing | one-step swap, failures and kills between renames, leftovers cleaned | 8 |
+| 3. links | listed files, the manifest and ONNX external data never lead out of the folder | 11 |
+| 4. nesting | no artifact inside another (also through a link) | 3 |
+| 8. malformed manifests | one line naming the key, in verify and the loaders | 64 |
+| 10. bounds and memory | out-of-range options exit 2; memory checked before the work | 12 |
+| 14. signals | SIGTERM and SIGHUP mid-export remove the staging folder | 2 |
+| 15. manifest vs artifact | num_classes, input size, I/O names and dtypes, mean/std, normalisation and class names edited against the ONNX graph and its own metadata; the digest tells an edit (not `deploy`) from a re-export; bench skips an edited artifact | 17 |
+| 16. calibration leaks | raw folder, the t10k file, the dataset folder, a link: the same images, refused; a copy and the training split judged | 7 |
+| 17. INT8 calibration | memory estimated before decoding; temporary files inside the staging folder | 2 |
+| 18. resnet-predict | a FIFO never opened, --threads bounded by the cores, names escaped (JSON exact) | 4 |
 """
 
 from __future__ import annotations
