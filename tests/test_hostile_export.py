@@ -644,7 +644,7 @@ def test_onnx_external_data_listed_in_the_folder_loads(art):
         m["files"][0].update(sha256=digest, bytes=path.stat().st_size)
         m["files"].append({"path": "weights.bin", "sha256": sha256_file(art / "weights.bin"),
                            "bytes": (art / "weights.bin").stat().st_size, "role": "weights"})
-    edit_manifest(art, edit)
+    edit_manifest(art, edit, seal=True)  # as an exporter writing external data would
     import numpy as np
 
     with load_artifact(art) as runner:
@@ -832,7 +832,9 @@ def test_out_of_range_options_are_one_line_exit_2_and_create_nothing(cwd, args, 
 
 
 def test_an_export_that_cannot_fit_in_memory_is_refused_before_it_starts(cwd, monkeypatch):
-    monkeypatch.setattr(pipeline, "available_memory", lambda: 64 << 20)
+    import export.request as request_mod
+
+    monkeypatch.setattr(request_mod, "available_memory", lambda: 64 << 20)
     monkeypatch.setattr(pipeline, "export_onnx", lambda *a: pytest.fail("export started"))
     line = error_line(run("--depth", "20", "--input-size", "1024", "--batch-range", "1:1:64"))
     assert "needs about" in line and "for the parity gate at batch 64" in line
