@@ -25,20 +25,32 @@ from typing import Any, Callable
 import click
 import torch
 
-from export.core.manifest import MAX_INPUT_SIZE
-from export.core.cli import (DefaultCommand, DefaultGroup, OneLineCommand, bounded,
-                             model_options, one_line_errors, print_family_table,
-                             resolve_model_name, thread_option)
+from export.core.cli import (
+    DefaultCommand,
+    DefaultGroup,
+    OneLineCommand,
+    bounded,
+    model_options,
+    one_line_errors,
+    print_family_table,
+    resolve_model_name,
+    thread_option,
+)
 from export.core.errors import UserError, first_line
-from export.core.hardware import available_memory, inference_bytes, resolve_device, usable_cores
+from export.core.hardware import (
+    available_memory,
+    inference_bytes,
+    resolve_device,
+    usable_cores,
+)
+from export.core.manifest import MAX_INPUT_SIZE
 from export.core.models import default_spec
 from export.runtime.ort_runner import ORT_OPTIMIZATION_LEVELS
-
-from . import environment, report
-from .outdir import check_not_in_artifact, claim_out, earlier_run, probe_folder
 from export.runtime.registry import PRECISIONS
 
+from . import environment, report
 from .cases import BACKENDS, Candidate, Request, Skip, plan
+from .outdir import check_claimable, check_not_in_artifact, claim_out, probe_folder
 from .stats import NoiseRule
 from .sweep import sweep
 from .timing import TimingConfig
@@ -254,9 +266,8 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
                           warmup_max_time=warmup_max_time, rounds=rounds)
     rule = NoiseRule()
     graphs = {"off": (False,), "on": (True,), "both": (False, True)}[cuda_graphs]
-    if out is not None:
-        check_out_folder(out)
-        earlier_run(out)  # a folder holding someone else's files: refused before any work
+    if out is not None:  # someone else's files, or our earlier run without --overwrite
+        check_claimable(out, overwrite)
     if cache_dir is not None:
         check_out_folder(cache_dir, "--cache-dir")
         probe_folder(cache_dir, "--cache-dir", "nothing was measured")

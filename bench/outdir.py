@@ -72,11 +72,18 @@ def claim_out(out: Path | None, overwrite: bool, prefix: str = "") -> tuple[Path
     this call created (removed again if the run ends with nothing to write)."""
     if out is None:
         return _claim_default(prefix)
+    check_claimable(out, overwrite)
+    return out, probe_folder(out, "--out", "nothing was measured")
+
+
+def check_claimable(out: Path, overwrite: bool) -> None:
+    """Refuse ``out`` unless it is new, empty, or an earlier run of ours and ``overwrite``
+    (called again right before writing: the first check saves the work of a run that could
+    not be written)."""
     check_not_in_artifact(out)
     if earlier_run(out) == "run" and not overwrite:
         raise UserError(f"--out {out} holds an earlier resnet-bench run; give --overwrite to "
                         "replace it, or choose another folder")
-    return out, probe_folder(out, "--out", "nothing was measured")
 
 
 def _claim_default(prefix: str) -> tuple[Path, list[Path]]:
