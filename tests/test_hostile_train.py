@@ -1,8 +1,35 @@
-"""Hostile inputs to training: crafted files, bad numbers, kills, full disks.
+"""Hostile inputs to training: crafted files, bad numbers, kills, full disks, runs at once.
 
 Every case ends in one ``Error: ...`` line and exit status 2 (a bad option) or 1 (anything
-else), never a traceback, and never destroys what the user already has. The data is tiny (a
-few generated images per class) and the runs are one or two steps, so the suite stays fast.
+else), never a traceback, never a hang, and never destroys what the user already has. The data
+is tiny (a few generated images per class), the runs are one or two steps, and every bomb is
+bounded (a few hundred KB on disk at most), so the suite stays fast.
+
+The cases are grouped by class, one banner each below (``item N``: the first hostile-input
+issue; ``20.N``: issue 20), so that the next variant of a class lands beside its kin. Cases
+count parametrised variants one each:
+
+| class | what it covers | cases |
+|---|---|---|
+| weights files that are not weights (8) | text, empty, random, zips, FIFOs as --init-weights / checkpoints | 18 |
+| checkpoint metadata (7) | every field of a checkpoint checked on load, by every command | 35 |
+| numbers out of range (10, 13) | NaN, inf, huge and negative options: exit 2 with the reason | 41 |
+| 16-bit images, skipped files (6) | high byte kept, 32-bit refused, what a scan skips | 4 |
+| hostile data (11) | decompression bombs, broken .npz, odd arrays, FIFO as --data, memory | 20 |
+| run folder cannot be written (12) | a file in the way, read-only, full disk (simulated) | 6 |
+| failed runs leave folders usable (15) | divergence, best without last, --overwrite | 6 |
+| kills while finishing (16) | --resume redoes only the finishing steps | 3 |
+| control characters (17) | folder and .npz names escaped in output and errors | 3 |
+| siblings | damaged resume state, torchrun environment, foreign files kept | 12 |
+| two trainings at once (20.1b) | a run started in another's first epoch, held --out, double --resume, stale lock | 4 |
+| pickles that expand (20.4) | billion laughs (labels, meta), shared rows, deep nesting, arrays without bytes, 3 GB asks, 2^60 length fields | 9 |
+| class names that are not names (20.4b, 20.13) | repeated names, names decoding alike, int / None / empty label_names, CIFAR binary | 8 |
+| FIFOs inside datasets (20.5) | idx plain and .gz, CIFAR python and binary batches and names, an image | 6 |
+| a really full disk (20.11) | torch's writer failing under a file size limit, before and after best.pt | 2 |
+| degenerate arrays and archives (20.13) | zero height (idx, Keras), 10^12-image headers, zip bomb, not .npy, objects, 1,400-deep folders | 8 |
+| forged lines (20.14) | newlines, ESC and bidi marks in class folders, idx folders, CIFAR meta, .npz labels | 4 |
+| messages (20.15) | NaN / inf named, one-class calibration data, JPEG EXIF orientation | 4 |
+| total | | 193 |
 """
 
 import dataclasses
@@ -23,7 +50,6 @@ from export.core.checkpoint import load_checkpoint, save_checkpoint
 from export.core.errors import UserError
 from export.core.models import ModelSpec
 from export.train.cli import main as train_cli
-
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -66,14 +92,20 @@ def images(tmp_path):
     return write_pngs(tmp_path / "imgs")
 
 
+class Blocked(BaseException):
+    """Raised by :func:`no_hang`; not an OSError, so no reader's error handling can take it
+    for a read error and pass the test."""
+
+
 @pytest.fixture
 def no_hang():
-    """Turn a blocking open() (a FIFO without a writer) into a test failure after 20 s."""
+    """Turn a blocking open() (a FIFO without a writer) into a test failure after 90 s (a
+    tiny training run included, on a busy machine)."""
     def expire(_signum, _frame):
-        raise TimeoutError("blocked: something opened a FIFO")
+        raise Blocked("blocked: something opened a FIFO or hung")
 
     before = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(20)
+    signal.alarm(90)
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, before)
@@ -345,7 +377,7 @@ def test_a_32_bit_integer_image_out_of_16_bit_range_is_refused(tmp_path, monkeyp
     image = Image.open(tmp_path / "i.tif")
     monkeypatch.setattr("PIL.Image.open", lambda *_a, **_k: image)  # as if a PNG said "I"
     with pytest.raises(UserError, match="outside 0..65535"):
-        read_image(tmp_path / "i.png", 8)
+        read_image(tmp_path / "i.tif", 8)
 
 
 def test_the_scan_says_how_many_files_it_skipped(tmp_path, monkeypatch, no_hang):
@@ -456,7 +488,7 @@ def test_an_unreadable_image_is_named(tmp_path, monkeypatch, images):
     real = Image.open
 
     def refuse(path, *args, **kwargs):
-        if str(path).endswith("3.png"):
+        if str(getattr(path, "name", path)).endswith("3.png"):  # a path or an open file
             raise PermissionError(13, "Permission denied", str(path))
         return real(path, *args, **kwargs)
 
@@ -500,8 +532,9 @@ def test_a_data_path_too_long_to_exist_is_not_found(tmp_path, monkeypatch):
     assert "not found" in line
 
 
-def test_an_npz_too_big_for_memory_is_refused_from_its_header(tmp_path):
-    """x.npy claims 10^9 images of 1000 x 1000: refused before numpy tries to allocate it."""
+def test_an_npz_too_big_for_memory_is_refused_from_its_header(tmp_path, monkeypatch):
+    """x.npy claims 10^9 images of 1000 x 1000: refused from its header (the archive holds 64
+    bytes of it); a real x larger than the memory there is: refused before it is read."""
     import io
 
     header = io.BytesIO()
@@ -510,9 +543,14 @@ def test_an_npz_too_big_for_memory_is_refused_from_its_header(tmp_path):
     with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
         z.writestr("x.npy", header.getvalue() + b"\0" * 64)
         z.writestr("y.npy", b"")
-    with pytest.raises(UserError, match=r"x \(1000000000 x 1000 x 1000 float32\) needs .* of "
-                                        r"memory, but only .* is available"):
+    with pytest.raises(UserError, match=r"x declares 1000000000 x 1000 x 1000 float32 "
+                                        r"\(4000000000000000 bytes\) but the archive holds 64"):
         _load(tmp_path / "huge.npz")
+    np.savez(tmp_path / "big.npz", x=np.zeros((1000, 8, 8), np.float32), y=np.arange(1000) % 2)
+    monkeypatch.setattr("export.core.hardware.available_memory", lambda: 400_000)
+    with pytest.raises(UserError, match=r"x \(1000 x 8 x 8 float32\) needs 500.0 KiB of "
+                                        r"memory, but only 390.6 KiB is available"):
+        _load(tmp_path / "big.npz")  # floats count twice: they are scaled into a copy
 
 
 def test_decoding_more_than_memory_holds_is_refused_first(tmp_path, monkeypatch, images):
@@ -899,3 +937,507 @@ def test_files_in_a_folder_that_holds_no_run_are_left_alone(tmp_path, monkeypatc
     line = error_line(invoke(train_cli, "--data", images, "--out", other, *TINY), 1)
     assert "already holds a training run" in line
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+# --- two trainings at once: the run folder is claimed when the run starts (20.1b) -------------
+
+
+def test_a_run_started_during_anothers_first_epoch_gets_its_own_folder(tmp_path, monkeypatch,
+                                                                       images):
+    """The second run starts while the first is inside its first epoch (nothing saved yet)."""
+    from export.train import loop
+
+    real, second = loop.train_one_epoch, []
+
+    def epoch_with_a_second_run(*args, **kwargs):
+        if not second:
+            second.append(None)  # the second run's own epochs go straight on
+            second[0] = invoke(train_cli, "--data", images, *TINY, "--seed", "1")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_one_epoch", epoch_with_a_second_run)
+    monkeypatch.chdir(tmp_path)
+    first = invoke(train_cli, "--data", images, *TINY)
+    assert first.exit_code == 0 and second[0].exit_code == 0, first.output + second[0].output
+    runs = tmp_path / "artifacts" / "train"
+    assert sorted(p.name for p in runs.iterdir()) == ["resnet20-imgs", "resnet20-imgs-2"]
+    for folder, seed in (("resnet20-imgs", 0), ("resnet20-imgs-2", 1)):
+        summary = json.loads((runs / folder / "summary.json").read_text())
+        assert summary["train_config"]["seed"] == seed
+        assert load_checkpoint(runs / folder / "best.pt").meta["train_config"]["seed"] == seed
+        log = (runs / folder / "metrics.jsonl").read_text().splitlines()
+        assert len(log) == 1  # one epoch each, not interleaved
+        assert not list((runs / folder).glob(".*lock"))  # the claim is let go at the end
+
+
+def test_an_out_folder_held_by_a_running_training_is_refused(tmp_path, monkeypatch, images):
+    from export.train.rundir import RunClaim
+
+    monkeypatch.chdir(tmp_path)
+    held = RunClaim.take(tmp_path / "run")  # as a run in its first epoch holds it
+    try:
+        for extra in ((), ("--overwrite",)):
+            line = error_line(invoke(train_cli, "--data", images, "--out", tmp_path / "run",
+                                     *TINY, *extra), 1)
+            assert "in use by another training run" in line and f"process {os.getpid()}" in line
+    finally:
+        held.release()
+    assert not (tmp_path / "run").exists()  # the claim made it, and took it back empty
+    assert invoke(train_cli, "--data", images, "--out", tmp_path / "run", *TINY).exit_code == 0
+
+
+def test_a_run_being_resumed_cannot_be_resumed_twice(tmp_path, monkeypatch, images):
+    from export.train.rundir import RunClaim
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    assert invoke(train_cli, "--data", images, "--out", out, "--epochs", "2", "--max-steps",
+                  "1", "--input-size", "16", "--batch-size", "4", "--threads", "1"
+                  ).exit_code == 0
+    held = RunClaim.take(out)
+    try:
+        line = error_line(invoke(train_cli, "--resume", out), 1)
+        assert "being trained by another run" in line
+    finally:
+        held.release()
+    assert (out / "last.pt").exists() and not (out / ".resnet-train.lock").exists()
+
+
+def test_a_claim_left_by_a_killed_run_does_not_block(tmp_path, monkeypatch, images):
+    """kill -9 leaves the lock file; the kernel has let go of its lock, so the folder is free."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".resnet-train.lock").write_text("99999999\n")
+    assert invoke(train_cli, "--data", images, "--out", out, *TINY).exit_code == 0
+
+
+# --- pickles that expand, or build arrays without their bytes (20.4) ---------------------------
+
+
+def _cifar_tiny(root, n_train=20, n_test=10):
+    """cifar-10-batches-py with a few random 32 x 32 images (the layout's own writer)."""
+    import layout_writers
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n_train + n_test, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(n_train + n_test) % 10
+    return layout_writers.write_cifar10_python(
+        root, (x[:n_train], y[:n_train], x[n_train:], y[n_train:]), protocol=2)
+
+
+def _shared_list(levels):
+    """A list whose every level holds the level below twice: 2^levels leaves, ``levels`` lists
+    in memory, and a pickle of a few bytes per level (the memo shares them)."""
+    tree = [0, 1]
+    for _ in range(levels):
+        tree = [tree, tree]
+    return tree
+
+
+class _Bare:
+    """Pickles as ``numpy.ndarray(shape, dtype)``: an array with no bytes of its own."""
+
+    def __init__(self, shape, via_reconstruct=False):
+        self.shape, self.via_reconstruct = shape, via_reconstruct
+
+    def __reduce__(self):
+        if self.via_reconstruct:
+            reconstruct = np.zeros(0).__reduce__()[0]  # numpy's own, wherever it lives
+            return (reconstruct, (np.ndarray, self.shape, b"B"))
+        return (np.ndarray, (self.shape, "u1"))
+
+
+def _rewrite(path, **changes):
+    import pickle
+
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    batch.update({k.encode(): v for k, v in changes.items()})
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    return path
+
+
+_ROW = list(range(1000))
+
+HOSTILE_PICKLES = {
+    # name: (file, changes, expected words)
+    "labels-billion-laughs": ("data_batch_2", {"labels": _shared_list(41)}, "nested more than"),
+    "meta-billion-laughs": ("batches.meta", {"label_names": _shared_list(41)},
+                            "nested more than"),
+    "labels-shared-rows": ("data_batch_2", {"labels": [_ROW] * 10_000}, "pickle bomb"),
+    "meta-shared-rows": ("batches.meta", {"label_names": [[b"cat"] * 1000] * 10_000},
+                         "pickle bomb"),
+    "labels-nested-deep": ("data_batch_1", {"labels": [[[[[[[[[[[0]]]]]]]]]]] * 4},
+                           "nested more than"),
+    "data-without-bytes": ("data_batch_3", {"data": _Bare((40, 3072))}, "no pixel bytes"),
+    "data-asks-for-3gb": ("test_batch", {"data": _Bare((10**6, 3072), True)}, "no pixel bytes"),
+    "data-reconstructed-bare": ("data_batch_1", {"data": _Bare((4, 3072), True)},
+                                "no pixel bytes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_PICKLES))
+def test_a_hostile_cifar_pickle_is_one_line_at_once(tmp_path, monkeypatch, no_hang, case):
+    file, changes, words = HOSTILE_PICKLES[case]
+    folder = _cifar_tiny(tmp_path)
+    size = _rewrite(folder / file, **changes).stat().st_size
+    assert size < 200_000  # the bombs stay small on disk
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", folder, *TINY), 1)
+    assert words in line and file in line
+
+
+def test_a_pickle_length_field_claiming_exabytes_reads_what_is_there(tmp_path, no_hang):
+    import struct
+
+    from export.data.layouts import load_layout
+
+    folder = _cifar_tiny(tmp_path)
+    # BINUNICODE8 (protocol 4) with a length of 2^60: a file object would be asked for it.
+    (folder / "batches.meta").write_bytes(b"\x80\x04\x8d" + struct.pack("<Q", 2**60) + b"cat.")
+    with pytest.raises(UserError, match="batches.meta: not a readable CIFAR batch"):
+        load_layout(folder)
+
+
+# --- class names that are not names: repeated, not text (20.4b, 20.13) -------------------------
+
+
+@pytest.mark.parametrize("names, words", [
+    ([b"cat"] * 10, "'cat' appears 10 times"),
+    ([b"\xff", b"\xfe"] + [f"n{i}".encode() for i in range(8)], "'\ufffd' appears 2 times"),
+    ([str(i) for i in range(9)] + ["0"], "'0' appears 2 times"),
+    (list(range(10)), "must be a list of class names (text), got a list holding int"),
+    (None, "must be a list of class names (text), got NoneType"),
+    (7, "got int"),
+    ([], "got an empty list"),
+])
+def test_cifar_class_names_must_be_distinct_text(tmp_path, monkeypatch, names, words):
+    folder = _cifar_tiny(tmp_path)
+    _rewrite(folder / "batches.meta", label_names=names)
+    monkeypatch.chdir(tmp_path)
+    result = invoke(train_cli, "--data", folder, *TINY)
+    line = error_line(result, 1)
+    assert words in line and "batches.meta" in line
+    assert not _epoch_lines(result.output) and not (tmp_path / "artifacts").exists()
+
+
+def test_cifar_binary_class_names_must_be_distinct(tmp_path):
+    import layout_writers
+
+    from export.data.layouts import load_layout
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(30) % 10
+    folder = layout_writers.write_cifar10_binary(tmp_path, (x[:20], y[:20], x[20:], y[20:]))
+    (folder / "batches.meta.txt").write_text("dog\n" * 10)
+    with pytest.raises(UserError, match="batches.meta.txt: the class name 'dog' appears 10 "):
+        load_layout(folder)
+
+
+# --- FIFOs and other non-regular files inside datasets (20.5) ----------------------------------
+
+
+def _mnist_like(root, name="MNIST", n_train=20, n_test=10, size=8, gz=False):
+    import layout_writers
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n_train + n_test, size, size), dtype=np.uint8)
+    y = (np.arange(n_train + n_test) % 2).astype(np.uint8)
+    return layout_writers.write_torchvision(
+        root, (x[:n_train], y[:n_train], x[n_train:], y[n_train:]), name=name, gz=gz)
+
+
+def _fifo_in_place_of(path):
+    path.unlink()
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["idx", "idx-gz", "cifar-python", "cifar-binary",
+                                  "cifar-binary-names"])
+def test_a_fifo_inside_a_dataset_is_refused_unopened(tmp_path, monkeypatch, no_hang, case):
+    import layout_writers
+
+    if case.startswith("idx"):
+        raw = _mnist_like(tmp_path / "data", gz=case == "idx-gz")
+        target = raw / ("t10k-images-idx3-ubyte" + (".gz" if case == "idx-gz" else ""))
+    elif case == "cifar-python":
+        target = _cifar_tiny(tmp_path / "data") / "data_batch_3"
+    else:
+        rng = np.random.default_rng(0)
+        x, y = rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8), np.arange(30) % 10
+        folder = layout_writers.write_cifar10_binary(tmp_path / "data",
+                                                     (x[:20], y[:20], x[20:], y[20:]))
+        target = folder / ("batches.meta.txt" if case.endswith("names") else "test_batch.bin")
+    _fifo_in_place_of(target)
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", tmp_path / "data", *TINY), 1)
+    assert target.name in line and ("FIFO" in line or "not a regular file" in line)
+
+
+def test_an_image_that_is_a_fifo_is_refused_by_the_one_reader(tmp_path, no_hang):
+    """read_image is what training, the parity gate and resnet-predict all read images with."""
+    from export.data import read_image
+
+    os.mkfifo(tmp_path / "photo.png")
+    with pytest.raises(UserError, match="photo.png is a FIFO, not a regular file"):
+        read_image(tmp_path / "photo.png")
+
+
+# --- a really full disk: the checkpoint writer's own error (20.11) -----------------------------
+
+
+_FSIZE_RUN = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from export.train.cli import main
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("limit, kept", [
+    (300_000, "no epoch was saved"),  # best.pt (about 1.1 MB) cannot be written
+    (1_600_000, "only best.pt (epoch 1) was saved"),  # best.pt fits, last.pt (2.2 MB) not
+])
+def test_a_file_the_disk_cannot_hold_is_one_line_naming_what_is_intact(tmp_path, images, limit,
+                                                                      kept):
+    """A real failed write inside torch.save (a file size limit stands in for a full disk:
+    torch reports both as a RuntimeError about stream positions)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-c", _FSIZE_RUN, str(limit), "--data", str(images), "--out", str(out),
+         *TINY], capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+             os.environ.get("PYTHONPATH", "")])})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("Error: cannot write") and "File too large" in lines[0]
+    assert kept in lines[0]
+    assert not list(out.glob(".*partial"))
+    if "best.pt" in kept:
+        assert load_checkpoint(out / "best.pt").meta["epoch"] == 1
+
+
+# --- degenerate arrays and archives: zero height, lying headers, bombs, not .npy (20.13) -------
+
+
+def _keras_npz(path, **members):
+    """A Keras-style mnist.npz of small random arrays; ``members`` replace some of them with
+    raw member bytes (or leave them out, for None)."""
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
+              "y_train": (np.arange(20) % 2).astype(np.uint8),
+              "x_test": rng.integers(0, 256, (10, 8, 8), dtype=np.uint8),
+              "y_test": (np.arange(10) % 2).astype(np.uint8)}
+    np.savez(path, **{k: v for k, v in arrays.items() if k not in members})
+    with zipfile.ZipFile(path, "a") as z:
+        for name, data in members.items():
+            if data is not None:
+                z.writestr(f"{name}.npy", data)
+    return path
+
+
+def _npy_header(shape, descr="|u1"):
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False,
+                                                  "shape": shape})
+    return header.getvalue()
+
+
+def test_idx_images_of_zero_height_are_one_line(tmp_path, monkeypatch):
+    import layout_writers
+
+    raw = _mnist_like(tmp_path / "data")
+    layout_writers.write_idx(raw / "train-images-idx3-ubyte", np.zeros((20, 0, 8), np.uint8))
+    layout_writers.write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((10, 0, 8), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", tmp_path / "data", *TINY), 1)
+    assert "0 x 8 pixels; an image needs at least 1 x 1" in line
+
+
+@pytest.mark.parametrize("case, words", [
+    ("zero-height", "0 x 8 pixels; an image needs at least 1 x 1"),
+    ("declares-1e12-images", ("declares 1000000000000 x 28 x 28 uint8 (784000000000000 bytes) "
+                              "but the archive holds 0 bytes")),
+    ("not-npy-random", "cannot read"),
+    ("not-npy-pickle", "cannot read"),
+    ("object-array", "holds Python objects"),
+])
+def test_a_hostile_keras_npz_is_one_line(tmp_path, monkeypatch, case, words):
+    path = tmp_path / "mnist.npz"
+    if case == "zero-height":
+        np.savez(path, x_train=np.zeros((20, 0, 8), np.uint8), y_train=np.arange(20) % 2,
+                 x_test=np.zeros((10, 0, 8), np.uint8), y_test=np.arange(10) % 2)
+    elif case == "declares-1e12-images":
+        _keras_npz(path, x_train=_npy_header((10**12, 28, 28)))
+    elif case == "not-npy-random":
+        _keras_npz(path, x_train=np.random.default_rng(1).bytes(512))
+    elif case == "not-npy-pickle":
+        import pickle
+
+        _keras_npz(path, x_train=pickle.dumps(np.zeros((20, 8, 8), np.uint8)))
+    else:
+        _keras_npz(path, x_train=_npy_header((20, 8, 8), "|O") + b"\0" * 64)
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", path, *TINY), 1)
+    assert words in line and "mnist.npz" in line
+
+
+def test_a_keras_zip_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    """The 6 GB bomb of the report, scaled down: 32 MB of zeros (32 KB on disk) against a
+    limit of 8 MB; the refusal comes from the header, before anything is decompressed."""
+    n = 32 * 2**20 // (28 * 28)
+    path = _keras_npz(tmp_path / "mnist.npz", x_train=None)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as z, \
+            z.open("x_train.npy", "w", force_zip64=True) as member:
+        member.write(_npy_header((n, 28, 28)))
+        zeros = bytes(2**20)
+        for _ in range(n * 28 * 28 // len(zeros)):
+            member.write(zeros)
+        member.write(bytes(n * 28 * 28 % len(zeros)))
+    assert path.stat().st_size < 200_000
+    monkeypatch.setattr("export.data.layouts.MAX_ARRAY_BYTES", 8 * 2**20)
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", path, *TINY), 1)
+    assert f"x_train ({n} x 28 x 28 uint8) is {n * 784} bytes, over the 8388608-byte" in line
+
+
+def test_a_prediction_folder_nested_1400_deep_is_searched(tmp_path):
+    """resnet-predict searches folders with the data layer's image_files (no recursion)."""
+    from export.predict.predictor import find_images
+
+    deep = tmp_path / "top"
+    levels = [str(deep)]
+    for _ in range(1400):  # os.makedirs itself recurses
+        levels.append(os.path.join(levels[-1], "d"))
+    for level in levels:
+        os.mkdir(level)
+    try:
+        Image.fromarray(np.zeros((4, 4), np.uint8), "L").save(os.path.join(levels[-1], "x.png"))
+        os.symlink(deep, os.path.join(levels[-1], "loop"))  # a link back to the top ends too
+        found = find_images([deep])
+        assert len(found) == 1 and found[0][1] is None and found[0][0].name == "x.png"
+    finally:  # so does shutil.rmtree, which cleans tmp_path
+        os.unlink(os.path.join(levels[-1], "x.png"))
+        os.unlink(os.path.join(levels[-1], "loop"))
+        for level in reversed(levels):
+            os.rmdir(level)
+
+
+# --- names from the user's data cannot forge lines or drive the terminal (20.14) ---------------
+
+
+FORGER = "two\nFAKE test top-1 100.00%"
+
+
+def _forged(output):
+    return [line for line in output.splitlines() if line.startswith("FAKE")]
+
+
+def test_a_class_folder_name_cannot_forge_a_result_line(tmp_path, monkeypatch):
+    root = write_pngs(tmp_path / "imgs", classes=["one", FORGER], per_class=6)
+    monkeypatch.chdir(tmp_path)
+    result = invoke(train_cli, "--data", root, "--out", tmp_path / "run", *TINY)
+    assert result.exit_code == 0, result.output
+    assert not _forged(result.output)
+    assert "two\\nFAKE test top-1 100.00% " in result.stdout  # in the per-class line, escaped
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["class_names"] == [
+        "one", FORGER]
+
+
+def test_an_idx_dataset_folder_name_is_escaped(tmp_path, monkeypatch):
+    raw = _mnist_like(tmp_path / "data", name="my\x1b[2J\u202edata\nFAKE line")
+    monkeypatch.chdir(tmp_path)
+    result = invoke(train_cli, "--data", raw.parent, "--out", tmp_path / "run", *TINY)
+    assert result.exit_code == 0, result.output
+    assert not _forged(result.output) and "\x1b" not in result.output
+    assert "\u202e" not in result.output
+    assert "my\\x1b[2J\\u202edata\\nFAKE line" in result.stdout
+
+
+def test_cifar_meta_names_are_escaped_and_kept_exactly_in_json(tmp_path, monkeypatch):
+    folder = _cifar_tiny(tmp_path / "data")
+    names = [f"c{i}" for i in range(8)] + ["\x1b[31mred", FORGER]
+    _rewrite(folder / "batches.meta", label_names=[n.encode() for n in names])
+    monkeypatch.chdir(tmp_path)
+    result = invoke(train_cli, "--data", folder, "--out", tmp_path / "run", *TINY)
+    assert result.exit_code == 0, result.output
+    assert not _forged(result.output) and "\x1b" not in result.output
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["class_names"] == names
+
+
+def test_npz_label_names_cannot_forge_lines(tmp_path, monkeypatch):
+    x = np.random.default_rng(0).integers(0, 256, (16, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array(["one", FORGER] * 8))
+    monkeypatch.chdir(tmp_path)
+    result = invoke(train_cli, "--data", tmp_path / "d.npz", *TINY, "--test-fraction", "0.3")
+    assert result.exit_code == 0, result.output
+    assert not _forged(result.output)
+
+
+# --- messages that say what is wrong; photos read upright (20.15) ------------------------------
+
+
+@pytest.mark.parametrize("bad, words", [(np.nan, "x holds NaN (first in image 3)"),
+                                        (np.inf, "x holds infinite values (first in image 3)")])
+def test_a_non_finite_float_image_is_named_as_such(tmp_path, monkeypatch, bad, words):
+    x = np.random.default_rng(0).random((12, 8, 8)).astype(np.float32)
+    x[3, 2, 2] = bad
+    np.savez(tmp_path / "f.npz", x=x, y=np.arange(12) % 2)
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke(train_cli, "--data", tmp_path / "f.npz", *TINY), 1)
+    assert words in line and "0..1 (got" not in line
+
+
+def test_one_class_calibration_data_is_refused_in_calibration_words(tmp_path):
+    from export.convert.calibration import calibration_set
+
+    root = write_pngs(tmp_path / "calib", classes=("only",), per_class=4)
+    spec = ModelSpec.create("resnet20", 2, 1, 16)
+    with pytest.raises(UserError) as caught:
+        calibration_set(spec, None, root, 4, "minmax")
+    assert "holds a single class (only): INT8 calibration needs images of every class" in str(
+        caught.value)
+    assert "training" not in str(caught.value)
+
+
+def _turned_jpeg(path, orientation=6):
+    """A 6 x 10 JPEG whose EXIF says: turn me (6: 90 degrees clockwise) before showing."""
+    pixels = np.zeros((6, 10), np.uint8)
+    pixels[:, :3] = 255  # a white band on the left of the stored image
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels, "L").save(path, exif=exif, quality=95)
+    return path
+
+
+def test_jpeg_exif_orientation_is_honoured_in_training_and_prediction(tmp_path):
+    from export.data import read_image, scan
+
+    photo = _turned_jpeg(tmp_path / "photo.jpg")
+    with Image.open(photo) as img:
+        stored = np.asarray(img.convert("L"))
+    assert stored.shape == (6, 10)
+    upright = read_image(photo)  # what resnet-predict reads
+    assert upright.shape == (1, 10, 6)
+    assert np.array_equal(upright[0], np.rot90(stored, k=-1))  # turned clockwise
+    root = tmp_path / "folder"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        _turned_jpeg(root / name / "p.jpg")
+    scanned = scan({"kind": "folder", "path": str(root), "seed": 0, "val_fraction": 0.1,
+                    "test_fraction": 0.2})
+    assert np.array_equal(scanned.decode(np.arange(1), 10)[0],  # what training decodes
+                          read_image(root / "a" / "p.jpg", 10))
+    assert scanned.decode(np.arange(1), 10)[0, 0, 0, 0] > 200  # the band is at the top now

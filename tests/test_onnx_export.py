@@ -199,6 +199,172 @@ def test_converter_refuses_control_flow():
         convert_to_fp16(model)
 
 
+def _run_plain(model, x):
+    """ONNX Runtime with its graph optimisations off: it must not repair a wrong graph (it
+    folds Cast pairs away, for one)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+    feed = x.astype(np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32)
+    return sess.run(None, {sess.get_inputs()[0].name: feed})[0]
+
+
+def _value_types(model):
+    """Element type of every tensor of a (checked) model, by name."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    return types
+
+
+def test_fp32_chain_stays_fp32_without_a_round_trip_through_fp16():
+    """exp(x) -> sum: both on the keep list. The converter would cast exp's output to FP16 and
+    back between them (inf beyond 65504) and again before the FP32 output."""
+    model = _graph([helper.make_node("Exp", ["x"], ["e"], name="exp"),
+                    helper.make_node("ReduceSum", ["e", "axes"], ["y"], keepdims=1, name="sum")],
+                   {}, out_shape=(2, 1))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
+    half, report = convert_to_fp16(model)
+    onnx.checker.check_model(half, full_check=True)
+    assert [n.op_type for n in half.graph.node if n.op_type not in ("Exp", "ReduceSum")] \
+        == ["Identity"] and report.casts_inserted == 1  # nothing but the output's name
+    x = np.array([[12.0, 11.0, 0.0, -1.0], [1.0, 2.0, 3.0, 4.0]], np.float32)  # e^12 > 65504
+    y = _run_plain(half, x)
+    np.testing.assert_allclose(y, np.exp(x).sum(1, keepdims=True), rtol=1e-6)
+
+
+def test_block_list_by_name_keeps_only_the_policy_node_when_names_clash():
+    """The converter blocks nodes by name: an unnamed or same-named FP16 node must not follow
+    a kept one into FP32."""
+    model = _graph([helper.make_node("Softmax", ["x"], ["s"], axis=1, name="n"),
+                    helper.make_node("Add", ["s", "b"], ["a"], name="n"),
+                    helper.make_node("Mul", ["a", "b"], ["y"])],
+                   {"b": np.ones(4, np.float32)})
+    half, report = convert_to_fp16(model)
+    onnx.checker.check_model(half, full_check=True)
+    assert [e.split(":")[0] for e in report.nodes_fp32] == ["n (Softmax)"]
+    assert report.nodes_fp16 == 2
+    types = _value_types(half)
+    add, mul = (next(n for n in half.graph.node if n.op_type == op) for op in ("Add", "Mul"))
+    assert {types[i] for i in (*add.input, *mul.input)} == {TensorProto.FLOAT16}
+    x = np.random.default_rng(6).standard_normal((3, 4)).astype(np.float32)
+    expected = (np.exp(x) / np.exp(x).sum(1, keepdims=True) + 1)
+    np.testing.assert_allclose(_run_plain(half, x), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_resize_with_computed_scales_type_checks_and_runs():
+    """Resize's scales must stay float32 even when a Constant node inside the FP16 region
+    makes them (the converter casts them back)."""
+    scales = numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "s")
+    model = _graph([helper.make_node("Constant", [], ["scales"], value=scales, name="c"),
+                    helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")],
+                   {}, out_shape=(2, 8))
+    half, _ = convert_to_fp16(model)
+    onnx.checker.check_model(half, full_check=True)
+    types = _value_types(half)
+    resize = next(n for n in half.graph.node if n.op_type == "Resize")
+    assert types[resize.input[0]] == TensorProto.FLOAT16
+    assert types[resize.input[2]] == TensorProto.FLOAT
+    x = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_allclose(_run_plain(half, x), np.repeat(x, 2, axis=1), rtol=1e-3,
+                               atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The FP16 converter on real exported ResNets
+# ---------------------------------------------------------------------------------------------
+
+
+def _fp32_resnet(export_dir, name):
+    result, _ = exported(export_dir, name, "onnx")
+    return onnx.load(str(export_dir / result.out / result.manifest["artifact"]))
+
+
+def _ort_fp32(model, x):
+    return _run_plain(model, x)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("io_fp16", [False, True])
+def test_resnet_is_fp16_everywhere_but_the_io_the_option_asks(export_dir, name, io_fp16):
+    fp32 = _fp32_resnet(export_dir, name)
+    half, report = convert_to_fp16(fp32, io_fp16=io_fp16)
+    onnx.checker.check_model(half, full_check=True)
+    types = _value_types(half)
+    floats = {n for n, t in types.items() if t in (TensorProto.FLOAT, TensorProto.FLOAT16)}
+    fp32_left = {n for n in floats if types[n] == TensorProto.FLOAT}
+    io = {INPUT_NAME, OUTPUT_NAME}
+    assert fp32_left == (set() if io_fp16 else io)
+    io_type = TensorProto.FLOAT16 if io_fp16 else TensorProto.FLOAT
+    assert [v.type.tensor_type.elem_type for v in (*half.graph.input, *half.graph.output)] \
+        == [io_type, io_type]
+    casts = [n for n in half.graph.node if n.op_type == "Cast"]
+    assert len(casts) == report.casts_inserted == (0 if io_fp16 else 2)
+    # every node of the FP32 graph is there, in FP16, and the report says so
+    assert report.nodes_fp32 == [] and report.nodes_fp16 == len(fp32.graph.node)
+    assert report.initializers_fp32 == []
+    assert report.initializers_fp16 == sum(t.data_type == TensorProto.FLOAT
+                                           for t in fp32.graph.initializer)
+    x = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    expected = _ort_fp32(fp32, x)
+    got = _run_plain(half, x).astype(np.float32)
+    assert got.dtype == np.float32
+    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected,
+                                                                                     axis=1)
+    assert cosine.min() > 0.999 and (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_resnet_node_reading_a_constant_beyond_fp16_keeps_fp32_up_to_the_output(export_dir):
+    """A logit bias of 1e5: the classifier must stay FP32 and its output reach ``logits``
+    without passing through FP16 (where it would be inf)."""
+    fp32 = _fp32_resnet(export_dir, "resnet18")
+    gemm = next(n for n in fp32.graph.node if n.op_type == "Gemm")
+    bias = next(t for t in fp32.graph.initializer if t.name == gemm.input[2])
+    b = numpy_helper.to_array(bias).copy()
+    b[3] = 1e5
+    bias.CopyFrom(numpy_helper.from_array(b, bias.name))
+    half, report = convert_to_fp16(fp32)
+    onnx.checker.check_model(half, full_check=True)
+    assert report.nodes_fp32 == [f"{gemm.name} (Gemm): reads a constant beyond FP16 range"]
+    assert sorted(report.initializers_fp32) == sorted(gemm.input[1:])
+    types = _value_types(half)
+    kept = next(n for n in half.graph.node if n.name == gemm.name)
+    assert all(types[i] == TensorProto.FLOAT for i in (*kept.input, *kept.output))
+    # FP32: images, the classifier's inputs and output, logits (nothing else)
+    assert sum(t == TensorProto.FLOAT for t in types.values()) == len(kept.input) + 3
+    assert [n.op_type for n in half.graph.node][-3:] == ["Cast", "Gemm", "Identity"]
+    x = np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    got, expected = _run_plain(half, x), _ort_fp32(fp32, x)
+    assert np.isfinite(got).all() and (got.argmax(1) == 3).all()
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=0.05)
+
+
+def test_fp16_report_in_the_manifest_names_the_converter_and_what_it_did(export_dir):
+    import onnxruntime
+
+    result, _ = exported(export_dir, "resnet18", "onnx-fp16")
+    fp16 = result.manifest["fp16"]
+    assert fp16["converter"] == "onnxruntime.transformers.float16.convert_float_to_float16"
+    assert fp16["converter_version"] == onnxruntime.__version__
+    assert fp16["io_fp16"] is False and fp16["nodes_fp32"] == []
+    assert fp16["casts_inserted"] == 2 and fp16["initializers_fp32"] == []
+    assert "Exp" in fp16["keep_fp32_ops"] and "Softmax" in fp16["keep_fp32_ops"]
+    assert fp16["values_flushed_to_zero"] == 0
+    proto = onnx.load(str(export_dir / result.out / result.manifest["artifact"]))
+    assert fp16["nodes_fp16"] == len(proto.graph.node) - 2
+    assert fp16["initializers_fp16"] == len(proto.graph.initializer) - sum(
+        t.data_type != TensorProto.FLOAT16 for t in proto.graph.initializer)
+    runtimes = {run["candidate"].split("[")[0] for run in result.manifest["parity"]["runs"]}
+    assert "onnxruntime" in runtimes
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return
+    assert "openvino" in runtimes  # the gate ran the FP16 file on OpenVINO too, and it passed
+
+
 def test_metadata_props_are_json(export_dir):
     result, _ = exported(export_dir, "resnet20", "onnx", 32, 10, 1)
     proto = onnx.load(str(export_dir / result.out / "resnet20.onnx"), load_external_data=False)

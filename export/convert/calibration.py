@@ -60,7 +60,7 @@ def calibration_set(spec: ModelSpec, dataset: dict[str, Any] | None, calib_data:
     warning = None
     if calib_data is not None:
         source = describe_source(calib_data)
-        channels = int(scan(source).decode(np.arange(1), 8).shape[1])
+        channels = int(scan(source, "calibration").decode(np.arange(1), 8).shape[1])
         if channels != spec.in_chans:
             raise BadOption(f"--calib-data {calib_data}: its images have {channels} channel(s), "
                             f"the model takes {spec.in_chans}")

@@ -237,10 +237,34 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec,
                "class_names": list(class_names) if class_names is not None else None, **extra}
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        # Through a file object: a full disk is then OSError(ENOSPC), where torch.save given a
-        # file name reports it as a RuntimeError about stream positions.
-        torch.save(payload, fh)
+        writer = _WriteErrors(fh)
+        try:
+            torch.save(payload, writer)  # type: ignore[arg-type]  # write and flush suffice
+        except RuntimeError:
+            # torch's writer reports a failed write (a full disk, a file size limit) as a
+            # RuntimeError about stream positions: give the OSError that caused it instead.
+            if writer.error is not None:
+                raise writer.error from None
+            raise
     return path
+
+
+class _WriteErrors:
+    """A binary file that remembers the OSError its last write raised (see save_checkpoint)."""
+
+    def __init__(self, fh: Any):
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._fh.flush()
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

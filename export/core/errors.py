@@ -22,6 +22,11 @@ class EngineIncompatible(UserError):
     """A serialized engine built for another TensorRT version or GPU."""
 
 
+class NotRegularFile(UserError):
+    """A data path that is a FIFO, socket, device or folder where a file was expected: refused
+    before it is read, since reading a FIFO blocks until someone writes to it."""
+
+
 class ParityFailed(UserError):
     """The artifact does not give the eager model's logits: nothing good-looking is left."""
 

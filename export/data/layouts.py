@@ -15,35 +15,41 @@ and reads them into memory, so they can be used without converting them first:
 
 Images come back as ``uint8`` arrays, ``N x H x W`` (grayscale) or ``N x H x W x 3`` (colour),
 labels as ``int64``. The dataset's own test split is returned as the test split. Every file is
-untrusted input: the parsers check sizes against headers before allocating, and CIFAR's pickles
-are read with an unpickler that admits only the few numpy globals those files contain. Anything
-wrong is one :class:`UserError` line that names the file.
+untrusted input: the parsers (:mod:`.formats`, :mod:`.npz`) check sizes against headers before
+allocating, only regular files are opened, and CIFAR's pickles are read with an unpickler that
+admits only the few numpy constructors those files need and bounds what it built
+(:mod:`.pickles`). Anything wrong is one :class:`UserError` line that names the file.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
-import pickle
 import re
 import string
-import struct
-import zipfile
-import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..core.errors import UserError
+from ..core.errors import UserError, printable
+from ..core.fileio import open_regular
+from .formats import (
+    MAX_ARRAY_BYTES,
+    MAX_UNNAMED_CLASSES,
+    cifar_binary_batch,
+    cifar_python_batch,
+    entry,
+    label_names,
+    read_idx,
+    unpickle,
+)
+from .npz import npz_member_names, open_npz
 
-# No dataset in these layouts comes near this; a header that claims more is corrupt or hostile,
-# and refusing it before allocating keeps a 100-byte file from asking for terabytes.
-MAX_ARRAY_BYTES = 2 ** 31
+# CIFAR binary's class-name files are a few hundred bytes; read no more than this of one.
+MAX_NAMES_BYTES = 1 << 20
 
-# Datasets without known class names get "0".."K-1" from their largest label.
-MAX_UNNAMED_CLASSES = 100_000
 
 LAYOUTS = ("torchvision-idx", "cifar-python", "cifar-binary", "keras-npz")
 
@@ -78,7 +84,7 @@ _IDX_NAME = re.compile(r"^(?:emnist-(?P<split>[a-z]+)-)?(?P<part>train|t10k|test
                        r"(?P<kind>images|labels)[-.]idx[13]-ubyte(?P<gz>\.gz)?$")
 _IDX_NDIM = {"images": 3, "labels": 1}
 
-_CIFAR_IMAGE_BYTES = 3 * 32 * 32
+CIFAR_IMAGE_BYTES = 3 * 32 * 32
 _CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 
 
@@ -171,19 +177,15 @@ def _file_candidate(path: Path) -> _Candidate | None:
 
 def _npz_has_split_keys(path: Path) -> bool:
     """Whether the archive's member names are the four Keras arrays (reads the zip directory)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        return False
+    names = npz_member_names(path)
     return all(f"{key}.npy" in names for key in _NPZ_KEYS)
 
 
 def _folder_candidate(folder: Path) -> _Candidate | None:
     names = set(os.listdir(folder))
 
-    def has(*files: str) -> bool:
-        return all(f in names and (folder / f).is_file() for f in files)
+    def has(*files: str) -> bool:  # a FIFO of such a name counts, and is refused on loading
+        return all(f in names and not (folder / f).is_dir() for f in files)
 
     if any(_IDX_NAME.match(n) for n in names):
         return _Candidate("torchvision-idx", folder)
@@ -224,11 +226,14 @@ def load_layout(path: str | os.PathLike) -> LayoutDataset:
 
 def _finish(name: str, layout: str, root: Path, train: tuple[np.ndarray, np.ndarray, Path],
             test: tuple[np.ndarray, np.ndarray, Path], class_names: list[str] | None,
-            files: list[Path]) -> LayoutDataset:
+            files: list[Path], names_from: Path | None = None) -> LayoutDataset:
     """Checks every layout shares, then the dataset; ``class_names`` None means "0".."K-1"."""
     for (x, y, where), split in ((train, "training"), (test, "test")):
         if len(x) == 0:
             raise UserError(f"{where}: holds no {split} images")
+        if min(x.shape[1:3]) < 1:
+            raise UserError(f"{where}: its {split} images are {_shape(x)} pixels; an image "
+                            "needs at least 1 x 1")
         if len(x) != len(y):
             raise UserError(f"{where}: {len(x)} {split} images but {len(y)} labels")
     if train[0].shape[1:] != test[0].shape[1:]:
@@ -240,6 +245,7 @@ def _finish(name: str, layout: str, root: Path, train: tuple[np.ndarray, np.ndar
             raise UserError(f"{train[2]}: labels go up to {top}; expected class indices "
                             f"0..K-1 with K under {MAX_UNNAMED_CLASSES}")
         class_names = [str(i) for i in range(top + 1)]
+    _require_distinct(class_names, names_from or root)
     for _, y, where in (train, test):
         low, high = int(y.min()), int(y.max())
         if low < 0 or high >= len(class_names):
@@ -248,6 +254,27 @@ def _finish(name: str, layout: str, root: Path, train: tuple[np.ndarray, np.ndar
                             f"{len(class_names)} classes")
     return LayoutDataset(name, layout, root.resolve(), train[0], train[1], test[0], test[1],
                          list(class_names), [f.resolve() for f in files])
+
+
+def _require_distinct(class_names: list[str], where: Path) -> None:
+    """Two classes with one name cannot be told apart in any result, and a checkpoint refuses
+    them: refuse them before training (names that decode to the same text included)."""
+    name, times = Counter(class_names).most_common(1)[0]
+    if times > 1:
+        raise UserError(f"{where}: the class name '{printable(name)}' appears {times} times; "
+                        "each class needs a name of its own")
+
+
+def _require_files(folder: Path, wanted: list[str], what: str) -> None:
+    """Every file in ``wanted`` is in ``folder`` and regular (a FIFO would block the reader)."""
+    for f in wanted:
+        if os.path.lexists(folder / f) and not os.path.isfile(folder / f):
+            kind = "a folder" if os.path.isdir(folder / f) else "not a regular file"
+            raise UserError(f"{folder / f} is {kind}: refusing to read it")
+    missing = [f for f in wanted if not (folder / f).is_file()]
+    if missing:
+        raise UserError(f"{folder}: missing {', '.join(missing)} (a {what} folder holds "
+                        f"{', '.join(wanted)})")
 
 
 def _shape(x: np.ndarray) -> str:
@@ -285,7 +312,7 @@ def _load_idx(found: _Candidate) -> LayoutDataset:
     if missing:
         raise UserError(f"{folder}: missing {', '.join(missing)} (plain or .gz)")
 
-    arrays = {key: _read_idx(files[key], _IDX_NDIM[key[1]]) for key in wanted}
+    arrays = {key: read_idx(files[key], _IDX_NDIM[key[1]]) for key in wanted}
     if chosen:
         name, class_names = f"EMNIST-{chosen}", EMNIST_CLASSES.get(chosen)
         # EMNIST stores each image column by column: transpose to get it upright.
@@ -316,201 +343,31 @@ def _idx_file_name(idx_set: str, part: str, kind: str) -> str:
     return f"{'train' if part == 'train' else 't10k'}-{kind}-{dims}-ubyte"
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """One idx file as a uint8 array, its header checked against its length before reading on."""
-    compressed = path.name.endswith(".gz")
-    try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
-            return _read_idx_stream(f, path, ndim, None if compressed else path.stat().st_size)
-    except UserError:
-        raise
-    except (OSError, EOFError, zlib.error) as exc:
-        what = "decompress" if compressed else "read"
-        raise UserError(f"{path}: cannot {what} it ({exc})") from None
-
-
-def _read_idx_stream(f, path: Path, ndim: int, file_size: int | None) -> np.ndarray:
-    head = f.read(4)
-    if len(head) < 4:
-        raise UserError(f"{path}: {len(head)} bytes, too short for an idx header")
-    magic = struct.unpack(">I", head)[0]
-    expected = 0x800 + ndim
-    what = "images" if ndim == 3 else "labels"
-    if magic >> 16 != 0:
-        raise UserError(f"{path}: not an idx file (magic number 0x{magic:08X}, expected "
-                        f"0x{expected:08X} for {what})")
-    if head[2] != 0x08:
-        raise UserError(f"{path}: idx data type 0x{head[2]:02X}, only unsigned bytes (0x08) "
-                        "are supported")
-    if head[3] != ndim:
-        raise UserError(f"{path}: magic number 0x{magic:08X} ({head[3]}-dimensional data), "
-                        f"expected 0x{expected:08X} for {what}")
-    raw_dims = f.read(4 * ndim)
-    if len(raw_dims) < 4 * ndim:
-        raise UserError(f"{path}: truncated idx header")
-    dims = struct.unpack(f">{ndim}I", raw_dims)
-    header = 4 + 4 * ndim
-    payload = 1
-    for d in dims:
-        payload *= d
-    declared = " x ".join(map(str, dims))
-    if payload > MAX_ARRAY_BYTES:
-        raise UserError(f"{path}: header declares {declared} ({payload} bytes), over the "
-                        f"{MAX_ARRAY_BYTES}-byte limit; the file is corrupt")
-    if file_size is not None and file_size != header + payload:
-        raise UserError(f"{path}: {file_size} bytes, but its header declares {declared} "
-                        f"({header + payload} bytes): truncated or corrupt")
-    buf = bytearray(payload)
-    view, got = memoryview(buf), 0
-    while got < payload:
-        n = f.readinto(view[got:])
-        if not n:
-            break
-        got += n
-    if got < payload:
-        raise UserError(f"{path}: holds {header + got} bytes of data, but its header declares "
-                        f"{declared} ({header + payload} bytes): truncated")
-    if f.read(1):
-        raise UserError(f"{path}: more data than its header declares ({declared}): corrupt")
-    return np.frombuffer(buf, dtype=np.uint8).reshape(dims)
-
-
 # -- CIFAR, python pickles --------------------------------------------------------------------
-
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    """What CIFAR's pickles (Python 2 originals, or re-saved by Python 3) may name, and nothing
-    else: numpy array, scalar and dtype reconstruction, and latin-1 bytes for protocol-2
-    re-saves. None of them runs code that the file chooses."""
-    try:
-        from numpy._core import multiarray, numeric
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
-    objects = {"multiarray._reconstruct": multiarray._reconstruct, "ndarray": np.ndarray,
-               "dtype": np.dtype,
-               # numpy integers in place of ints, in batches re-saved from numpy arrays
-               "multiarray.scalar": multiarray.scalar}
-    if hasattr(numeric, "_frombuffer"):  # protocol-5 pickles of arrays
-        objects["numeric._frombuffer"] = numeric._frombuffer
-    allowed: dict[tuple[str, str], Any] = {("_codecs", "encode"): _latin1_encode}
-    for qualified, obj in objects.items():
-        module, _, name = qualified.rpartition(".")
-        for prefix in ("numpy.core", "numpy._core") if module else ("numpy",):
-            allowed[(f"{prefix}.{module}" if module else prefix, name)] = obj
-    return allowed
-
-
-def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """``_codecs.encode`` as protocol-2 pickles use it (bytes stored as latin-1 text); only that."""
-    if encoding.replace("_", "-").lower() not in ("latin1", "latin-1"):
-        raise ValueError(f"unexpected codec {encoding!r}")
-    return text.encode("latin-1", errors)
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only :func:`_allowed_globals` and refuses everything else.
-
-    Refusing in ``find_class`` means a hostile file's callable is never even imported, let alone
-    called: pickle looks up a global before it can reduce with it.
-    """
-
-    def __init__(self, file, path: Path):
-        super().__init__(file, encoding="bytes")
-        self._path = path
-        self._allowed = _allowed_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise UserError(f"{self._path}: refusing to unpickle global {module}.{name} (a CIFAR "
-                            "batch holds only arrays, lists and numbers)") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UserError(f"{self._path}: refusing a persistent reference (not a CIFAR batch)")
-
-
-def _unpickle(path: Path) -> dict:
-    size = path.stat().st_size
-    if size > MAX_ARRAY_BYTES:
-        raise UserError(f"{path}: {size} bytes, over the {MAX_ARRAY_BYTES}-byte limit for a "
-                        "CIFAR batch")
-    try:
-        with open(path, "rb") as f:
-            obj = _CifarUnpickler(f, path).load()
-    except UserError:
-        raise
-    except Exception as exc:  # a corrupt pickle raises anything from EOFError to TypeError
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise UserError(f"{path}: not a readable CIFAR batch ({type(exc).__name__}"
-                        f"{': ' + first if first else ''})") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: holds a {type(obj).__name__}, a CIFAR batch is a dict")
-    return obj
-
-
-def _entry(batch: dict, key: str, path: Path) -> Any:
-    """``batch[key]`` whether the keys are bytes (the Python 2 originals) or str (re-saved)."""
-    for k in (key.encode(), key):
-        if k in batch:
-            return batch[k]
-    keys = ", ".join(k.decode(errors="replace") if isinstance(k, bytes) else str(k)
-                     for k in batch)
-    raise UserError(f"{path}: no '{key}' entry (found: {keys or 'none'})")
 
 
 def _load_cifar_python(found: _Candidate) -> LayoutDataset:
     folder = found.path
-    if (folder / "data_batch_1").is_file():
+    if os.path.lexists(folder / "data_batch_1"):
         name, train, test, meta = "CIFAR10", _CIFAR10_TRAIN, ["test_batch"], "batches.meta"
         label_key, names_key = "labels", "label_names"
     else:
         name, train, test, meta = "CIFAR100", ["train"], ["test"], "meta"
         label_key, names_key = "fine_labels", "fine_label_names"
     wanted = train + test + [meta]
-    missing = [f for f in wanted if not (folder / f).is_file()]
-    if missing:
-        raise UserError(f"{folder}: missing {', '.join(missing)} (a {name} python folder holds "
-                        f"{', '.join(wanted)})")
-    names = [_text(n) for n in _entry(_unpickle(folder / meta), names_key, folder / meta)]
+    _require_files(folder, wanted, f"{name} python")
+    names = label_names(entry(unpickle(folder / meta), names_key, folder / meta),
+                         folder / meta, names_key)
     parts = []
     for files in (train, test):
         xs, ys = [], []
         for f in files:
-            x, y = _cifar_python_batch(folder / f, label_key)
+            x, y = cifar_python_batch(folder / f, label_key)
             xs.append(x)
             ys.append(y)
         parts.append((np.concatenate(xs), np.concatenate(ys), folder / files[-1]))
     return _finish(name, "cifar-python", folder, parts[0], parts[1], names,
-                   [folder / f for f in wanted])
-
-
-def _cifar_python_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    batch = _unpickle(path)
-    data, labels = _entry(batch, "data", path), _entry(batch, label_key, path)
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-            and data.shape[1] == _CIFAR_IMAGE_BYTES):
-        what = (f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
-                else type(data).__name__)
-        raise UserError(f"{path}: 'data' must be a uint8 array of N x {_CIFAR_IMAGE_BYTES} "
-                        f"pixels, got a {what}")
-    try:
-        y = np.asarray(labels)
-    except (ValueError, TypeError):
-        y = np.asarray([None])
-    if y.ndim != 1 or len(y) != len(data) or not np.issubdtype(y.dtype, np.integer):
-        raise UserError(f"{path}: '{label_key}' must be {len(data)} integer labels, one per "
-                        f"image, got {y.dtype} of shape {y.shape}")
-    return _cifar_hwc(data), y.astype(np.int64)
-
-
-def _cifar_hwc(records: np.ndarray) -> np.ndarray:
-    """CIFAR's 3072 bytes per image (all red, then green, then blue) as N x 32 x 32 x 3."""
-    return records.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+                   [folder / f for f in wanted], folder / meta)
 
 
 # -- CIFAR, binary records --------------------------------------------------------------------
@@ -518,21 +375,23 @@ def _text(value: Any) -> str:
 
 def _load_cifar_binary(found: _Candidate) -> LayoutDataset:
     folder = found.path
-    if (folder / "data_batch_1.bin").is_file():
+    if os.path.lexists(folder / "data_batch_1.bin"):
         name, names_file, label_bytes = "CIFAR10", "batches.meta.txt", 1
         train, test = [f"{b}.bin" for b in _CIFAR10_TRAIN], ["test_batch.bin"]
     else:  # each CIFAR-100 record starts with its coarse label, then its fine label
         name, names_file, label_bytes = "CIFAR100", "fine_label_names.txt", 2
         train, test = ["train.bin"], ["test.bin"]
     wanted = train + test + [names_file]
-    missing = [f for f in wanted if not (folder / f).is_file()]
-    if missing:
-        raise UserError(f"{folder}: missing {', '.join(missing)} (a {name} binary folder holds "
-                        f"{', '.join(wanted)})")
+    _require_files(folder, wanted, f"{name} binary")
     try:
-        text = (folder / names_file).read_text(encoding="utf-8", errors="replace")
+        with open_regular(folder / names_file) as fh:
+            raw = fh.read(MAX_NAMES_BYTES + 1)
     except OSError as exc:
         raise UserError(f"{folder / names_file}: cannot read it ({exc})") from None
+    if len(raw) > MAX_NAMES_BYTES:
+        raise UserError(f"{folder / names_file}: over {MAX_NAMES_BYTES} bytes; a list of class "
+                        "names is a few hundred")
+    text = raw.decode("utf-8", errors="replace")
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise UserError(f"{folder / names_file}: holds no class names")
@@ -540,32 +399,12 @@ def _load_cifar_binary(found: _Candidate) -> LayoutDataset:
     for files in (train, test):
         xs, ys = [], []
         for f in files:
-            x, y = _cifar_binary_batch(folder / f, label_bytes)
+            x, y = cifar_binary_batch(folder / f, label_bytes)
             xs.append(x)
             ys.append(y)
         parts.append((np.concatenate(xs), np.concatenate(ys), folder / files[-1]))
     return _finish(name, "cifar-binary", folder, parts[0], parts[1], names,
-                   [folder / f for f in wanted])
-
-
-def _cifar_binary_batch(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    record = label_bytes + _CIFAR_IMAGE_BYTES
-    size = path.stat().st_size
-    if size == 0 or size % record or size > MAX_ARRAY_BYTES:
-        raise UserError(f"{path}: {size} bytes is not a whole number of {record}-byte CIFAR "
-                        f"records ({size // record} records and {size % record} bytes over)"
-                        if size <= MAX_ARRAY_BYTES else
-                        f"{path}: {size} bytes, over the {MAX_ARRAY_BYTES}-byte limit")
-    try:
-        with open(path, "rb") as f:
-            raw = np.fromfile(f, dtype=np.uint8, count=size)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read it ({exc})") from None
-    if raw.size != size:
-        raise UserError(f"{path}: read {raw.size} of {size} bytes")
-    rows = raw.reshape(-1, record)
-    labels = rows[:, label_bytes - 1].astype(np.int64)
-    return _cifar_hwc(rows[:, label_bytes:]), labels
+                   [folder / f for f in wanted], folder / names_file)
 
 
 # -- Keras .npz -------------------------------------------------------------------------------
@@ -573,12 +412,8 @@ def _cifar_binary_batch(path: Path, label_bytes: int) -> tuple[np.ndarray, np.nd
 
 def _load_keras_npz(found: _Candidate) -> LayoutDataset:
     path = found.path
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in _NPZ_KEYS}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: cannot read it as an .npz file ({first})") from None
+    with open_npz(path) as npz:
+        arrays = {key: npz.array(key, limit=MAX_ARRAY_BYTES) for key in _NPZ_KEYS}
     stem = _norm(path.stem)
     name = _KNOWN_NAMES.get(stem, path.stem)
     x_train = _npz_images(arrays["x_train"], path, "x_train")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import UserError
+from ..core.fileio import open_regular
 from ..core.models import ModelSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -25,28 +27,65 @@ def read_image(path: Path, size: int | None = None) -> np.ndarray:
     """One image file as ``uint8`` ``C x H x W`` (C = 1 for grayscale files, 3 otherwise).
 
     With ``size``, resized to ``size x size`` by :func:`resize_array`, the resize every source
-    gets (arrays, files, training and prediction alike).
+    gets (arrays, files, training and prediction alike). A JPEG's EXIF orientation is applied,
+    as image viewers do, so a photo taken with the camera turned is read upright. Only a
+    regular file is opened: a FIFO named ``x.png`` is refused, never read.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
+            with open_regular(path) as fh, Image.open(fh) as opened:
+                opened.load()
+                img: Any = ImageOps.exif_transpose(opened)
                 img = _eight_bit(img, path)
                 gray = img.mode in ("1", "L", "LA")
                 img = img.convert("L" if gray else "RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0]} (a "
                         "decompression bomb to Pillow; shrink the image)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise UserError(f"cannot read image {path}: cannot identify image file {str(path)!r}"
+                        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else exc}"
                         ) from None
     arr = np.array(img, dtype=np.uint8)  # a writable copy
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return arr if size is None else resize_array(arr[None], size)[0]
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The PNG/JPEG regular files under ``folder`` at any depth, sorted, hidden files and
+    folders left out.
+
+    Walked with a stack rather than recursion (``Path.rglob`` recurses, and a folder nested
+    1,400 deep ends it in a RecursionError); a folder reached twice through symbolic links is
+    read once, so a link loop ends.
+    """
+    found: list[Path] = []
+    stack, seen = [folder], set()
+    while stack:
+        current = stack.pop()
+        try:
+            info = os.stat(current)
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir():
+                        stack.append(Path(entry.path))
+                    elif entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                        found.append(Path(entry.path))
+        except OSError as exc:
+            raise UserError(f"cannot read {exc.filename or current}: {exc.strerror or exc}"
+                            ) from None
+    return sorted(found)
 
 
 def _eight_bit(img: Any, path: Path) -> Any:

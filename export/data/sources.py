@@ -26,9 +26,7 @@ also records ``"layout"`` (e.g. ``"torchvision-idx"``) and ``"name"`` (e.g. ``"M
 from __future__ import annotations
 
 import functools
-import math
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -36,9 +34,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..core.errors import UserError
-from ..core.hardware import check_memory
+from ..core.fileio import open_regular
 from .layouts import LayoutDataset, detect_layout, load_layout
+from .npz import NpzArchive, open_npz
 from .pixels import IMAGE_SUFFIXES, read_image, resize_array, to_channels
+
+# Why a source needs two classes, by what it is read for (scan's ``purpose``).
+PURPOSES = {
+    "training": "training needs at least two",
+    "calibration": ("INT8 calibration needs images of every class the model tells apart (its "
+                    "ranges are set from them), not of one"),
+}
 
 DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_TEST_FRACTION = 0.2
@@ -128,8 +134,11 @@ class Scanned:
         return len(self.class_names)
 
 
-def scan(dataset: dict[str, Any]) -> Scanned:
-    """Read what the ``dataset`` dict points at, as far as labels; fail early on bad data."""
+def scan(dataset: dict[str, Any], purpose: str = "training") -> Scanned:
+    """Read what the ``dataset`` dict points at, as far as labels; fail early on bad data.
+
+    ``purpose`` ("training", "calibration") words the refusal of a single-class source.
+    """
     kind, path = dataset.get("kind"), dataset.get("path")
     if kind == "digits":
         return _scan_digits()
@@ -146,7 +155,8 @@ def scan(dataset: dict[str, Any]) -> Scanned:
                         "its images")
     else:
         _require_file_or_folder(Path(path))
-        scanned = _scan_folder(Path(path)) if kind == "folder" else _scan_npz(Path(path))
+        scanned = (_scan_folder(Path(path), purpose) if kind == "folder"
+                   else _scan_npz(Path(path), purpose))
     expected = dataset.get("num_images")
     if expected is not None and expected != len(scanned.labels):
         raise UserError(f"the dataset at {path} has changed since training: it holds "
@@ -192,7 +202,7 @@ def _class_folders(root: Path) -> tuple[list[tuple[str, list[Path]]], list[Path]
     return classes, skipped
 
 
-def _scan_folder(root: Path) -> Scanned:
+def _scan_folder(root: Path, purpose: str = "training") -> Scanned:
     try:
         classes, skipped = _class_folders(root)
     except OSError as exc:  # a folder we may not list (permissions), or that went away
@@ -201,7 +211,7 @@ def _scan_folder(root: Path) -> Scanned:
     if not classes:
         raise UserError(f"no images found in {root}: expected one sub-folder per class holding "
                         f"{'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} files")
-    _require_two_classes([name for name, _ in classes], root)
+    _require_two_classes([name for name, _ in classes], root, purpose)
     files = [f for _, fs in classes for f in fs]
     labels = np.concatenate([np.full(len(fs), i, dtype=np.int64)
                              for i, (_, fs) in enumerate(classes)])
@@ -225,7 +235,7 @@ def _typical_size(files: Sequence[Path]) -> int | None:
     sides = []
     for i in picks:
         try:
-            with Image.open(files[i]) as img:
+            with open_regular(files[i]) as fh, Image.open(fh) as img:
                 sides.append(max(img.size))
         except Exception:  # an unreadable file is named when it is decoded
             continue
@@ -240,60 +250,32 @@ def _stack_images(images: list[np.ndarray], size: int) -> np.ndarray:
     return np.stack([to_channels(img[None], in_chans)[0] for img in images])
 
 
-def _scan_npz(path: Path) -> Scanned:
-    try:
-        # np.load would read a lone .npy array or a pickle whole before saying what it is.
-        with open(path, "rb") as fh:
-            magic = fh.read(6)
-        if magic == b"\x93NUMPY":
-            raise UserError(f"{path} is not an .npz archive (it holds a single array): save x "
-                            "and y together with numpy.savez")
-        if not zipfile.is_zipfile(path):
-            raise UserError(f"cannot read {path} as an .npz file (not a zip archive: cut "
-                            "short, or another kind of file)")
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("x", "y") if k not in npz.files]
-            if missing:
-                raise UserError(f"{path} must hold arrays 'x' (images) and 'y' (labels); "
-                                f"found {npz.files or 'none'}")
-            x, y = _npz_member(npz, "x", path), _npz_member(npz, "y", path)
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a broken archive raises zipfile, zlib, numpy...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read {path} as an .npz file ({first})") from None
+def _scan_npz(path: Path, purpose: str = "training") -> Scanned:
+    with open_npz(path) as npz:
+        missing = [k for k in ("x", "y") if k not in npz.names and f"{k}.npy" not in npz.names]
+        if missing:
+            raise UserError(f"{path} must hold arrays 'x' (images) and 'y' (labels); "
+                            f"found {npz.keys() or 'none'}")
+        # floats are scaled into a second array before they become uint8
+        x = npz.array("x", copies=2 if _member_kind(npz, "x") == "f" else 1)
+        y = npz.array("y")
     images = _npz_images(x, path)
     labels, class_names = _npz_labels(y, path)
     if len(images) != len(labels):
         raise UserError(f"{path}: x holds {len(images)} images but y holds {len(labels)} labels")
     if len(labels) == 0:
         raise UserError(f"{path} holds no images")
-    _require_two_classes(class_names, path)
+    _require_two_classes(class_names, path, purpose)
     return Scanned(labels, class_names, lambda idx, size: resize_array(images[idx], size),
                    min_channels=images.shape[1], image_size=int(max(images.shape[-2:])))
 
 
-def _npz_member(npz: Any, key: str, path: Path) -> np.ndarray:
-    """One array of an open .npz, checked from its header before it is read: a NumPy array
-    (not raw bytes), not pickled objects, and small enough for the memory there is."""
-    name = f"{key}.npy"
-    if name not in npz.zip.namelist():
-        raise UserError(f"{path}: {key} is not a NumPy array (the archive member has no .npy "
-                        "name); save the arrays with numpy.savez")
-    with npz.zip.open(name) as fh:
-        version = np.lib.format.read_magic(fh)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, _fortran, dtype = read_header(fh)
-    if dtype.hasobject:
-        raise UserError(f"{path}: {key} holds Python objects (an object array), which are never "
-                        "unpickled; store numbers or strings")
-    need = math.prod(shape) * dtype.itemsize
-    if key == "x" and dtype.kind == "f":
-        need *= 2  # floats are scaled into a second array before they become uint8
-    check_memory(need, f"{path}: {key} ({' x '.join(map(str, shape))} {dtype})")
-    return npz[key]
-
+def _member_kind(npz: NpzArchive, key: str) -> str:
+    """The dtype kind of a member, from its header alone ("" if it has none)."""
+    try:
+        return npz.dtype(key).kind
+    except UserError:
+        return ""
 
 
 def _npz_images(x: np.ndarray, path: Path) -> np.ndarray:
@@ -311,9 +293,15 @@ def _npz_images(x: np.ndarray, path: Path) -> np.ndarray:
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
     if np.issubdtype(x.dtype, np.floating):
-        if x.size and (not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0):
+        finite = np.isfinite(x)
+        if not finite.all():
+            bad = int(np.argmin(finite.reshape(len(x), -1).all(axis=1)))
+            what = "NaN" if np.isnan(x[bad]).any() else "infinite values"
+            raise UserError(f"{path}: x holds {what} (first in image {bad}); float images must "
+                            "hold values in 0..1, or store them as uint8 0..255")
+        if x.size and (x.min() < 0.0 or x.max() > 1.0):
             raise UserError(f"{path}: float images must hold values in 0..1 "
-                            f"(got {np.nanmin(x):.3g}..{np.nanmax(x):.3g}); "
+                            f"(got {x.min():.3g}..{x.max():.3g}); "
                             "or store them as uint8 0..255")
         return np.rint(x * 255.0).astype(np.uint8)
     raise UserError(f"{path}: x must be uint8 (0..255) or float (0..1) images, got {x.dtype}")
@@ -329,10 +317,12 @@ def _npz_labels(y: np.ndarray, path: Path) -> tuple[np.ndarray, list[str]]:
     return labels.astype(np.int64).reshape(-1), [str(v) for v in values]
 
 
-def _require_two_classes(class_names: Sequence[str], where: Path) -> None:
+def _require_two_classes(class_names: Sequence[str], where: Path,
+                         purpose: str = "training") -> None:
     if len(class_names) < 2:
         found = f" ({class_names[0]})" if class_names else ""
-        raise UserError(f"{where} holds a single class{found}: training needs at least two")
+        need = (PURPOSES.get(purpose) or f"{purpose} needs images of at least two classes")
+        raise UserError(f"{where} holds a single class{found}: {need}")
 
 
 _LAYOUT_CACHE: dict[str, tuple[LayoutDataset, list[tuple[int, int]]]] = {}

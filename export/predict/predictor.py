@@ -21,7 +21,7 @@ from ..core.errors import UserError
 from ..core.models import ModelSpec
 from ..core.shapes import BatchRange
 from ..runtime import Runner
-from ..data import IMAGE_SUFFIXES, preprocess, read_image
+from ..data import IMAGE_SUFFIXES, image_files, preprocess, read_image
 from .runtimes import open_runner
 
 CHANNEL_NAMES = {1: "grayscale", 3: "RGB"}
@@ -98,10 +98,7 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str | No
         if not path.exists():
             found.append((path, f"no such file or folder: {path}"))
         elif path.is_dir():
-            inside = sorted(p for p in path.rglob("*")
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                            and not any(part.startswith(".")
-                                        for part in p.relative_to(path).parts))
+            inside = image_files(path)
             kinds = "/".join(s[1:].upper() for s in IMAGE_SUFFIXES)
             found += [(p, None) for p in inside] or [(path, f"no {kinds} images in {path}")]
         elif not path.is_file():  # opening a FIFO would wait for a writer forever

@@ -38,7 +38,8 @@ from .datasets import Augment, ImageDataset
 from .config import RESUME_CHANGES, TrainConfig, default_notes
 from .devices import Processes, cpu_thread_count, cpu_threads, pick_device, process_group
 from .plots import format_confusion, plot_curves
-from .rundir import holds_run, resolve_run_dir, resume_checkpoint_path
+from .rundir import (claim_resumed, claim_run_dir, holds_run, resolve_run_dir,
+                     resume_checkpoint_path)
 from .steps import activation_bytes, build_optimizer, evaluate, train_one_epoch, warmup_cosine
 
 
@@ -96,8 +97,27 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
     dataset = (resumed.meta["dataset"] if resumed is not None else
                describe_source(config.data, config.seed, config.val_fraction,
                                config.test_fraction))
-    if resumed is None:
-        run_dir = resolve_run_dir(out, checked, overwrite, source_name(dataset))
+    claim = None  # rank 0 holds the run folder from here to the end (see rundir.RunClaim)
+    if resumed is None and procs.is_main:
+        claim = claim_run_dir(out, checked, overwrite, source_name(dataset))
+        run_dir = claim.path
+    elif resumed is None:
+        run_dir = resolve_run_dir(out, checked, overwrite, source_name(dataset),
+                                  ignore_claims=True)
+    elif procs.is_main:
+        claim = claim_resumed(run_dir)
+    try:
+        return _prepare_and_fit(config, asked, dataset, run_dir, resumed, procs, started, echo,
+                                progress)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _prepare_and_fit(config: TrainConfig, asked: TrainConfig, dataset: dict[str, Any],
+                     run_dir: Path, resumed, procs: Processes, started: float, echo,
+                     progress: bool | None) -> TrainResult:
+    """Read the data, then train: everything a run does while it holds its folder."""
     device = pick_device(config.device, procs)
     threads = cpu_thread_count(procs, config.threads)
     scanned = scan(dataset)
@@ -300,10 +320,10 @@ def _fit(run: _Fit) -> TrainResult:
     device, threads, started, echo = run.device, run.threads, run.started, run.echo
     notes, show_progress = run.notes, run.show_progress
     main = procs.is_main
-    # Everything shown is escaped line by line: class names, data and folder names come from
-    # the user's files and may hold terminal control characters.
-    say = (lambda text: echo("\n".join(printable(line) for line in str(text).split("\n")))
-           ) if main else (lambda *a, **k: None)
+    # Everything shown is escaped, newlines included: class names, data and folder names come
+    # from the user's files and may hold terminal control characters, or a newline that would
+    # forge a line of results. (Text of several lines is said one line at a time.)
+    say = (lambda text: echo(printable(text))) if main else (lambda *a, **k: None)
     spec = _model_spec(config, data, resumed)
     torch.manual_seed(config.seed)
     model = spec.build()
@@ -547,7 +567,8 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
         f"{progress.best_epoch}); per class: "
         + ", ".join(f"{n} {v:.1%}" for n, v in zip(data.class_names, test.per_class_top1)))
     if data.num_classes <= 20:
-        say(format_confusion(test.confusion, data.class_names))
+        for line in format_confusion(test.confusion, data.class_names).split("\n"):
+            say(line)
     if warnings and warnings[-1] not in monitor.warnings:
         say(f"warning: {warnings[-1]}")
     say(f"wrote {best_path}, {last_path}, {run_dir / 'summary.json'} in "
