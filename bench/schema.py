@@ -114,8 +114,8 @@ def check_document(doc: Any) -> None:
     if not isinstance(doc, dict):
         raise ValueError(f"not a {SCHEMA} document (a JSON {type(doc).__name__}, not an object)")
     if doc.get("schema") == SCHEMA and doc.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{SCHEMA} schema_version {doc.get('schema_version')!r}; this release "
-                         f"reads {SCHEMA_VERSION}")
+        raise ValueError(f"not a {SCHEMA} v{SCHEMA_VERSION} document (schema_version "
+                         f"{doc.get('schema_version')!r}); this release reads {SCHEMA_VERSION}")
     errors = sorted(Draft202012Validator(DOCUMENT).iter_errors(doc),
                     key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
