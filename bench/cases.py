@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -384,8 +385,8 @@ class Planner:
 
         def prepare() -> tuple[Runner, dict[str, Any]]:
             path, info = self._onnx_file(spec, precision)
-            runner = OnnxRuntimeRunner(path, list(get_runtime(backend).providers), req.threads, precision,
-                                       optimization_level=req.ort_opt_level)
+            runner = OnnxRuntimeRunner(path, list(get_runtime(backend).providers), req.threads,
+                                       precision, optimization_level=req.ort_opt_level)
             return runner, info
 
         self.candidates.append(Candidate(

@@ -31,8 +31,9 @@ def default_cache_dir() -> Path:
 def export_cached_model(model: nn.Module, spec: ModelSpec, path: Path) -> None:
     """FP32 ONNX with a dynamic batch, written atomically, by the export package's exporter.
 
-    The same graph the parity gate checks (``export.convert.onnx_export``: torch.onnx dynamo exporter,
-    BatchNorm folded, one self-contained file). Swap it here to benchmark another exporter.
+    The same graph the parity gate checks (``export.convert.onnx_export``: torch.onnx dynamo
+    exporter, BatchNorm folded, one self-contained file). Swap it here to benchmark another
+    exporter.
     """
     from export.convert.onnx_export import export_onnx, save_onnx
 
@@ -74,8 +75,8 @@ def int8_quantizer_unavailable() -> str | None:
 
 def cached_int8_onnx(fp32_path: Path, calibration: Any, cache_dir: Path | None = None) \
         -> tuple[Path, dict[str, Any]]:
-    """An INT8 QDQ file quantized from ``fp32_path`` by ``export.convert.int8.quantize_qdq`` (flavour
-    "cpu"), cached beside it under a key of (FP32 file, calibration inputs, method)."""
+    """An INT8 QDQ file quantized from ``fp32_path`` by ``export.convert.int8.quantize_qdq``
+    (flavour "cpu"), cached beside it under a key of (FP32 file, calibration inputs, method)."""
     import numpy as np
 
     from export.convert.int8 import quantize_qdq

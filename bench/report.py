@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,7 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         ref = base.get((model_key(row), row["device"], row["batch_size"], row["timing"]))
         ok = ref is not None and row["p50_ms"] > 0 and row["backend"] != "null"
+        ref = ref or {}  # (only read when ok)
         row["speedup_vs_torch"] = ref["p50_ms"] / row["p50_ms"] if ok else None
         same_rounds = ok and row.get("round_group") and \
             ref.get("round_group") == row.get("round_group")
@@ -193,13 +195,13 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
             (" graphs" if graphs and "graphs" not in label else "")
         cells = [name, precision, first.get("effective_precision") or "-", timing]
         for b in batches:
-            r = by_batch.get(b)
-            if r is None:
+            at = by_batch.get(b)
+            if at is None:
                 cells.append("-")
             elif timing == "throughput":
-                cells.append(f"{_fmt(r['throughput_ips'], 1)} img/s")
+                cells.append(f"{_fmt(at['throughput_ips'], 1)} img/s")
             else:
-                cells.append(f"{_fmt(r['p50_ms'])} ms ({_speedup(r)})")
+                cells.append(f"{_fmt(at['p50_ms'])} ms ({_speedup(at)})")
         flags = sorted({f for r in by_batch.values()
                         for f in (r.get("flags") or (["NOISY"] if r.get("noisy") else []))})
         cells.append(" ".join(flags) or "-")

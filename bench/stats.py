@@ -8,8 +8,9 @@ cost is measured and reported separately (scripts/bench_overhead.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class NoiseRule:
                 "busy_others": self.busy_others}
 
 
-def summarize(latencies_s: Sequence[float], batch_size: int, wall_s: float,
+def summarize(latencies_s: Sequence[float] | np.ndarray, batch_size: int, wall_s: float,
               rule: NoiseRule = NoiseRule()) -> dict[str, Any]:
     """Milliseconds for min/mean/percentiles/max, CV, images/s and the noise verdict."""
     if len(latencies_s) == 0:
@@ -77,12 +78,12 @@ def summarize(latencies_s: Sequence[float], batch_size: int, wall_s: float,
     return out
 
 
-def round_medians_ms(rounds: Sequence[Sequence[float]]) -> list[float]:
+def round_medians_ms(rounds: Sequence[Sequence[float] | np.ndarray]) -> list[float]:
     """Each (non-empty) round's median latency in milliseconds."""
     return [float(np.median(r)) * 1e3 for r in rounds if len(r)]
 
 
-def round_summary(rounds: Sequence[Sequence[float]], rule: NoiseRule = NoiseRule()) \
+def round_summary(rounds: Sequence[Sequence[float] | np.ndarray], rule: NoiseRule = NoiseRule()) \
         -> dict[str, Any]:
     """Per-round medians, their spread (largest / smallest) and the ROUNDS-DISAGREE verdict."""
     medians = round_medians_ms(rounds)

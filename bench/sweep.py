@@ -10,11 +10,13 @@ round, and each row says whether it was BUSY and whether its rounds disagreed.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 import time
 from array import array
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +29,16 @@ from export.runtime.base import Runner
 from . import load
 from .cases import Candidate, Skip
 from .stats import NoiseRule, round_summary, summarize
-from .timing import (ClockTimer, Contender, CudaEventTimer, Samples, Timer, TimingConfig,
-                     measure_rounds, time_once)
+from .timing import (
+    ClockTimer,
+    Contender,
+    CudaEventTimer,
+    Samples,
+    Timer,
+    TimingConfig,
+    measure_rounds,
+    time_once,
+)
 
 _RUNS = itertools.count()
 
@@ -178,7 +188,7 @@ class Sweep:
             timer = make_timer(runner)
             progress = self._progress(f"{cand.label} b{b}")
             entries.append(_Entry(cand, runner, setup, "e2e", _Timed(
-                lambda runner=runner, batch=batch: runner.infer(batch), timer, progress)))
+                functools.partial(runner.infer, batch), timer, progress)))
             try:
                 compute = runner.compute_fn(batch)  # device-resident input, where allowed
             except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. graph capture

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -171,7 +172,8 @@ def _loop(fn: Callable[[], Any], timer: Timer, clock: Clock, min_iters: int, min
     n = 0
     t0 = clock()
     elapsed = 0.0
-    while n < min_iters or elapsed < min_time or (more is not None and more(samples, elapsed)):
+    while n < min_iters or elapsed < min_time or (
+            more is not None and samples is not None and more(samples, elapsed)):
         timer.start()
         fn()
         dt = timer.stop()

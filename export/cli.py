@@ -8,13 +8,20 @@ from typing import Any
 
 import click
 
-from .core.manifest import MAX_BATCH, MAX_INPUT_SIZE
-from .core.cli import (DefaultCommand, DefaultGroup, OneLineCommand, OneLineUsageError,
-                       model_options, one_line_errors, print_family_table, resolve_model_name,
-                       signals_as_interrupt)
-from .core.errors import UserError
 from .convert.onnx_export import DEFAULT_OPSET
-from .core.manifest import FORMATS
+from .core.cli import (
+    DefaultCommand,
+    DefaultGroup,
+    OneLineCommand,
+    OneLineUsageError,
+    model_options,
+    one_line_errors,
+    print_family_table,
+    resolve_model_name,
+    signals_as_interrupt,
+)
+from .core.errors import UserError
+from .core.manifest import FORMATS, MAX_BATCH, MAX_INPUT_SIZE
 from .core.shapes import BatchRange
 
 #: Bounds of the options that size the model (docs/export.md, "Limits"). Classes: the fc layer
@@ -180,3 +187,32 @@ def verify(folder: Path) -> None:
     with signals_as_interrupt():
         verify_artifact(folder, echo=click.echo)
     click.echo(f"verified {folder}: PASS")
+
+
+@main.command("triton-repo", cls=OneLineCommand)
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path),
+                metavar="ARTIFACT...")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("model_repository"),
+              show_default=True, help="The model repository folder.")
+@click.option("--name", "names", multiple=True,
+              help="Model name for each artifact, in order [default: <model>-<format>].")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt"]),
+              default="auto", show_default=True,
+              help="Triton backend (auto: tensorrt for engines, onnxruntime for ONNX; openvino "
+                   "only where the gate judged OpenVINO at the artifact's precision).")
+@click.option("--kind", type=click.Choice(["auto", "gpu", "cpu"]), default="auto",
+              show_default=True, help="instance_group kind (auto: GPU, CPU for openvino).")
+@click.option("--instances", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="Model instances per device.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a model folder this command wrote before.")
+@one_line_errors
+def triton_repo(artifacts: tuple[Path, ...], out: Path, names: tuple[str, ...], backend: str,
+                kind: str, instances: int, overwrite: bool) -> None:
+    """Write a Triton model repository: <name>/config.pbtxt and <name>/1/model.onnx|plan."""
+    from .convert.triton_repo import RepoOptions, write_repository
+
+    written = write_repository(list(artifacts), out, RepoOptions(backend, kind, instances),
+                               list(names), overwrite)
+    for folder in written:
+        click.echo(f"wrote {folder}/config.pbtxt")

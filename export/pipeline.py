@@ -24,9 +24,10 @@ import dataclasses
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import onnx
 
@@ -51,6 +52,7 @@ from .core.manifest import (
     FORMATS,
     MANIFEST_NAME,
     STAGING_SUFFIX,
+    Manifest,
     build_manifest,
     file_entry,
     library_versions,
@@ -86,7 +88,7 @@ Echo = Callable[[str], None]
 @dataclass
 class ExportResult:
     out: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     verdicts: list[Verdict] = field(default_factory=list)
 
 
@@ -199,7 +201,7 @@ def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelP
             remove_dirs(created)
 
 
-def _announce_replacement(out: Path, previous: dict[str, Any] | None, warn: Echo) -> None:
+def _announce_replacement(out: Path, previous: Manifest | None, warn: Echo) -> None:
     if previous is not None:
         warn(f"replacing {out} (previous {previous['format']} artifact from "
              f"{previous['created']})")
@@ -217,8 +219,8 @@ def _first_failure(verdicts: list[Verdict]) -> str:
 
 def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
               fp32_proto: onnx.ModelProto, batch: BatchRange, trt_version: str | None, gpu: Any,
-              previous: dict[str, Any] | None, out: Path, echo: Echo
-              ) -> tuple[dict[str, Any], list[Verdict]]:
+              previous: Manifest | None, out: Path, echo: Echo
+              ) -> tuple[Manifest, list[Verdict]]:
     """Write every file of one format into ``staging``, gate them, write the manifest there."""
     spec = source.spec
     started = time.perf_counter()
@@ -299,6 +301,7 @@ def _quantize(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelPro
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=staging) as tmp:
         fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         save_onnx(fp32_proto, fp32_path)
+        assert req.flavour is not None  # an INT8 format always has a flavour
         report = quantize_qdq(fp32_path, int8_path, calibration.images, flavour=req.flavour,
                               method=req.calib_method)
         proto = onnx.load(str(int8_path))
@@ -326,17 +329,10 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
         echo(f"note: {MANIFEST_NAME} records no digest (written by an older release); its "
              "content is checked against the ONNX file only")
     if manifest["format"] == "trt":
-        from .convert.tensorrt_build import (
-            check_engine_compatible,
-            cuda_gpu,
-            tensorrt_version,
-        )
+        from .runtime.tensorrt_runner import check_engine_compatible, require_tensorrt
 
-        if tensorrt_version() is None or cuda_gpu() is None:
-            from .convert.tensorrt_build import require_tensorrt
-
-            require_tensorrt("verifying a TensorRT engine")
-        check_engine_compatible(manifest, tensorrt_version(), cuda_gpu())
+        trt, gpu = require_tensorrt("verifying a TensorRT engine")
+        check_engine_compatible(manifest, str(trt.__version__), gpu)
     source = source_from_manifest(manifest, folder)
     parity, verdicts = judge_artifact(folder, manifest, source, echo)
     if not parity["passed"]:

@@ -216,7 +216,8 @@ def run_speed(args) -> dict:
 
 
 def speed_table(results: dict) -> str:
-    lines = ["| runtime | model | b=1 p50 | b=1 vs FP32 | b=8 p50 | b=8 vs FP32 | b=8 img/s | b=1 cv |",
+    lines = ["| runtime | model | b=1 p50 | b=1 vs FP32 | b=8 p50 | b=8 vs FP32 | b=8 img/s "
+             "| b=1 cv |",
              "|---|---|---|---|---|---|---|---|"]
     b1, b8 = results["batches"][1], results["batches"][8]
     for key in b1:
@@ -254,8 +255,9 @@ def run_accuracy(args) -> dict:
         work.mkdir(parents=True, exist_ok=True)
         fp32 = save_onnx(export_onnx(model_from_checkpoint(ckpt), spec), work / "fp32.onnx")
         data = load_training_data(ckpt.meta["dataset"], spec.input_size)
-        prepare = lambda part: normalise(to_channels(data.images[part], spec.in_chans),  # noqa
-                                         spec.mean, spec.std)
+        def prepare(part: str, spec=spec, data=data) -> np.ndarray:
+            return normalise(to_channels(data.images[part], spec.in_chans), spec.mean, spec.std)
+
         train, test, labels = prepare("train"), prepare("test"), data.labels["test"]
         ref = ort_session(fp32)(test)
         entry = {"checkpoint": str(ckpt_path), "model": spec.to_dict(),
@@ -298,7 +300,8 @@ def accuracy_table(results: dict) -> str:
                      "min cosine | mean cosine | quantize time |")
         parts.append("|---|---|---|---|---|---|---|---|")
         for r in sorted(entry["runs"], key=lambda r: (r["flavour"], r["method"], r["count"])):
-            parts.append(f"| {r['flavour']} | {r['method']} | {r['count']} | {r['top1'] * 100:.2f}% "
+            parts.append(f"| {r['flavour']} | {r['method']} | {r['count']} | "
+                         f"{r['top1'] * 100:.2f}% "
                          f"| {r['agreement'] * 100:.2f}% | {r['min_cos']:.4f} | "
                          f"{r['mean_cos']:.5f} | {r['quantize_s']:.1f} s |")
         parts.append("")

@@ -28,14 +28,14 @@ import numpy as np
 import torch
 
 from bench.environment import cpu_model
-from export.core import cpu_features
-from export.core.models import ModelSpec
 from export.convert.onnx_export import export_onnx, save_onnx
-from export.runtime.openvino_runner import OpenVINORunner, _precision_name
+from export.core import cpu_features
 from export.core.errors import BackendUnavailable
+from export.core.models import ModelSpec
+from export.core.weights import fresh_source
+from export.runtime.openvino_runner import OpenVINORunner, _precision_name
 from export.runtime.ort_runner import OnnxRuntimeRunner
 from export.runtime.torch_runner import TorchRunner
-from export.core.weights import fresh_source
 
 
 class _DefaultOpenVINO:

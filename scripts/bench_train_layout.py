@@ -149,10 +149,9 @@ def train_rate(spec, config, batches: int) -> float:
 def main(n_train: int, n_test: int, model: str, threads: int, loader_batches: int,
          train_batches: int, do_run: bool, workdir: Path | None, extra: tuple[str, ...]) -> None:
     """Stand-in MNIST in torchvision's layout: load, pipeline and training throughput."""
-    from export.train.config import TrainConfig
-    from export.data import channel_stats, describe_source, load_training_data, scan, \
-        split_of
     from export.core.models import ModelSpec
+    from export.data import channel_stats, describe_source, load_training_data, scan, split_of
+    from export.train.config import TrainConfig
 
     torch.set_num_threads(threads)
     tmp = None

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from export.core import cpu_features
-from export.core.models import ModelSpec
 from export.convert.onnx_export import export_onnx, save_onnx
-from export.runtime.openvino_runner import INFERENCE_PRECISION, OpenVINORunner
+from export.core import cpu_features
 from export.core.errors import BackendUnavailable
+from export.core.models import ModelSpec
 from export.core.weights import fresh_source
+from export.runtime.openvino_runner import INFERENCE_PRECISION, OpenVINORunner
 
 SHAPE = (1, 3, 224, 224)
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         for precision in precisions:
             ours_rounds, app_rounds = [], []
             try:
-                for r in range(args.rounds):  # ours, then benchmark_app right after, per round
+                for _ in range(args.rounds):  # ours, then benchmark_app right after, per round
                     ours_rounds.append(time_runner(path, precision, args.threads, args.min_time,
                                                    args.min_iters, args.warmup))
                     app_rounds.append(run_benchmark_app(path, precision, args.threads,

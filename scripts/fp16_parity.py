@@ -42,7 +42,7 @@ from export.runtime.torch_runner import TorchRunner
 def baseline_module(revision: str, folder: Path) -> ModuleType:
     """The FP16 converter module at ``revision`` (``export/convert/fp16.py``, or
     ``export/fp16.py`` before the regrouping), imported beside the current one."""
-    for where, package in (("export/convert/fp16.py", "export.convert"),
+    for where, package in (("export/convert/fp16.py", "export.convert"),  # noqa: B007 (read after)
                            ("export/fp16.py", "export")):
         found = subprocess.run(["git", "show", f"{revision}:{where}"], check=False,
                                capture_output=True,

@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import bench.cases as backends
 from bench import report
 from bench.cli import main
 
+from cli_helpers import command
+
 FAST = ["--depth", "18", "--input-size", "32", "--warmup", "1", "--no-steady-warmup",
         "--min-iters", "3", "--min-time", "0", "--no-progress"]
 
 
-def invoke(args):
-    return CliRunner().invoke(main, args, catch_exceptions=False)
+invoke = command(main)
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +360,6 @@ def test_a_real_ctrl_c_or_sigterm_writes_the_files_and_exits_130(tmp_path, signa
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_run_times_end_to_end_and_compute_only_with_and_without_graphs(tmp_path):
     result = invoke(["--depth", "18", "--input-size", "64", "--warmup", "3", "--min-iters", "5",
                      "--min-time", "0", "--no-progress", "--device", "cuda", "--backends",

@@ -7,16 +7,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from bench.cli import main as bench_cli
 from bench.onnx_cache import default_cache_dir
-from built_artifacts import copy_project
 from export.cli import main as export_cli
+
+from built_artifacts import copy_project
+from cli_helpers import invoke as run_cli
 
 
 def invoke(cli, args, name):
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name=name, terminal_width=200)
+    return run_cli(cli, args, catch_exceptions=True, prog_name=name, terminal_width=200)
 
 
 def test_export_help_is_the_tools_help_and_lists_verify():
@@ -70,8 +71,8 @@ def test_a_run_folder_as_checkpoint_suggests_its_best_pt(tmp_path):
         f"Error: {run} is a training run folder; did you mean {run / 'best.pt'}?"
 
 
-def test_a_project_copied_elsewhere_still_verifies(tmp_path, tmp_path_factory):
-    project = copy_project(tmp_path_factory.getbasetemp(), tmp_path / "copy")
+def test_a_project_copied_elsewhere_still_verifies(tmp_path, trained_project):
+    project = copy_project(trained_project, tmp_path / "copy")
     artifact = project / "artifacts/resnet20-onnx"
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["source"]["relative_path"] == "../train/resnet20-digits/best.pt"

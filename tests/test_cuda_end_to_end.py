@@ -15,11 +15,8 @@ from export.core.checkpoint import load_checkpoint, model_from_checkpoint
 from export.data import reference_images
 from export.train import TrainConfig, run_training
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-
 
 @pytest.mark.cuda
-@needs_cuda
 def test_training_on_cuda_with_amp_reaches_the_bar_and_reloads_on_cpu(tmp_path):
     config = TrainConfig(epochs=15, device="cuda", seed=0)  # the default run, on the GPU
     result = run_training(config, out=tmp_path / "run", echo=lambda *_: None)
@@ -42,7 +39,6 @@ def test_training_on_cuda_with_amp_reaches_the_bar_and_reloads_on_cpu(tmp_path):
 
 
 @pytest.mark.cuda
-@needs_cuda
 def test_export_of_a_cuda_trained_checkpoint_passes_the_gate(tmp_path):
     from click.testing import CliRunner
 

@@ -5,11 +5,17 @@ import pytest
 import torch
 from PIL import Image
 
-from export.data import (channel_stats, describe_source, load_training_data, normalise,
-                         reference_images, split_indices)
-from export.train.datasets import Augment, ImageDataset
 from export.core.errors import UserError
 from export.core.models import ModelSpec
+from export.data import (
+    channel_stats,
+    describe_source,
+    load_training_data,
+    normalise,
+    reference_images,
+    split_indices,
+)
+from export.train.datasets import Augment, ImageDataset
 
 
 def write_pngs(root, classes, per_class=4, size=12, mode="L", seed=0):

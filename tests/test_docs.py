@@ -25,9 +25,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from built_artifacts import copy_project
 from export.core.manifest import FORMATS
 from export.core.models import model_names
+
+from built_artifacts import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -35,7 +36,7 @@ BLOCK = re.compile(r"(?:<!--\s*setup:(?P<setup>[^>]*?)-->\n)?```python\n(?P<code
                    re.S | re.M)
 
 
-def write_digit_pngs(cwd: Path, _base: Path) -> None:
+def write_digit_pngs(cwd: Path, _request: object) -> None:
     from export.data import describe_source, scan, split_indices
 
     dataset = describe_source(None)
@@ -48,7 +49,8 @@ def write_digit_pngs(cwd: Path, _base: Path) -> None:
             cwd / "digits" / f"{digit}.png")
 
 
-SETUPS = {"trained-artifact": lambda cwd, base: copy_project(base, cwd),
+SETUPS = {"trained-artifact": lambda cwd, request: copy_project(
+              request.getfixturevalue("trained_project"), cwd),
           "digit-pngs": write_digit_pngs}
 
 
@@ -73,13 +75,13 @@ def test_the_blocks_are_found():
 
 
 @pytest.mark.parametrize("code,setups", BLOCKS)
-def test_python_block_runs(code, setups, tmp_path, tmp_path_factory):
+def test_python_block_runs(code, setups, tmp_path, request):
     unknown = [s for s in setups if s not in SETUPS]
     assert not unknown, f"unknown setup {unknown}; known: {sorted(SETUPS)}"
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     for name in setups:
-        SETUPS[name](cwd, tmp_path_factory.getbasetemp())
+        SETUPS[name](cwd, request)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)

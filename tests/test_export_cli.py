@@ -5,12 +5,13 @@ import os
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from export.core.checkpoint import save_checkpoint
 from export.cli import main as export_cli
+from export.core.checkpoint import save_checkpoint
 from export.core.models import ModelSpec
 from export.runtime.tensorrt_runner import cuda_gpu, tensorrt_version
+
+from cli_helpers import invoke
 
 FAST = ["--batch-range", "1:2:4"]  # small parity batches keep these tests quick
 
@@ -22,7 +23,7 @@ def cwd(tmp_path, monkeypatch):
 
 
 def run(*args):
-    return CliRunner().invoke(export_cli, [str(a) for a in args])
+    return invoke(export_cli, args, catch_exceptions=True)
 
 
 def one_line_error(result):

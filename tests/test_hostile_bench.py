@@ -31,28 +31,19 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import bench.cli as bench_cli
 import bench.cases as plan
+import bench.cli as bench_cli
 from bench import report
 from bench.cli import main
+
+from cli_helpers import command, error_line
 
 FAST = ["--depth", "18", "--input-size", "32", "--warmup", "1", "--no-steady-warmup",
         "--min-iters", "3", "--min-time", "0", "--no-progress", "--threads", "1"]
 NULL = [*FAST, "--backends", "null"]
 
 
-def invoke(args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def error_line(result, code=1):
-    assert "Traceback" not in result.output, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        repr(result.exception)
-    assert result.exit_code == code, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1, result.output
-    return errors[0]
+invoke = command(main, catch_exceptions=True)
 
 
 def never_measure(monkeypatch):
@@ -223,9 +214,10 @@ def test_an_input_size_beyond_the_limit_is_exit_2(args):
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
+    import torch
+
     from bench.onnx_cache import cached_onnx
     from export.core.models import ModelSpec
-    import torch
 
     spec = ModelSpec.create("resnet18", input_size=32)
     torch.manual_seed(0)

@@ -35,24 +35,24 @@ from pathlib import Path
 
 import onnx
 import pytest
-from click.testing import CliRunner
 
 import export.core.artifact as artifact_mod
 import export.core.folders as folders_mod
 import export.pipeline as pipeline
 from export.cli import main as export_cli
-from export.core.artifact import (check_onnx_file, owned_artifact, read_manifest,
-                                  verify_files)
-from export.core.folders import recover_interrupted
+from export.core.artifact import check_onnx_file, owned_artifact, read_manifest, verify_files
 from export.core.checkpoint import save_checkpoint
 from export.core.errors import UserError
 from export.core.fileio import sha256_file
+from export.core.folders import recover_interrupted
 from export.core.manifest import write_manifest
 from export.core.models import ModelSpec
 from export.core.shapes import BatchRange
+from export.core.weights import state_digest
 from export.pipeline import ExportRequest, export_artifact
 from export.runtime import load_artifact
-from export.core.weights import state_digest
+
+from cli_helpers import error_line, invoke, no_traceback
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--depth", "20", "--input-size", "16", "--batch-range", "1:1:2"]
@@ -90,22 +90,7 @@ def cwd(tmp_path, monkeypatch):
 
 
 def run(*args):
-    return CliRunner().invoke(export_cli, [str(a) for a in args])
-
-
-def no_traceback(result):
-    assert "Traceback" not in result.output, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        repr(result.exception)
-
-
-def error_line(result, code=1):
-    """The run failed with ``code`` and exactly one ``Error: ...`` line on stderr."""
-    no_traceback(result)
-    assert result.exit_code == code, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1, result.output
-    return errors[0]
+    return invoke(export_cli, args, catch_exceptions=True)
 
 
 def tree(folder):
@@ -832,9 +817,7 @@ def test_out_of_range_options_are_one_line_exit_2_and_create_nothing(cwd, args, 
 
 
 def test_an_export_that_cannot_fit_in_memory_is_refused_before_it_starts(cwd, monkeypatch):
-    import export.request as request_mod
-
-    monkeypatch.setattr(request_mod, "available_memory", lambda: 64 << 20)
+    monkeypatch.setattr("export.request.available_memory", lambda: 64 << 20)
     monkeypatch.setattr(pipeline, "export_onnx", lambda *a: pytest.fail("export started"))
     line = error_line(run("--depth", "20", "--input-size", "1024", "--batch-range", "1:1:64"))
     assert "needs about" in line and "for the parity gate at batch 64" in line

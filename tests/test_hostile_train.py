@@ -35,14 +35,12 @@ count parametrised variants one each:
 import dataclasses
 import json
 import os
-import re
 import signal
 import zipfile
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from export.cli import main as export_cli
@@ -50,6 +48,9 @@ from export.core.checkpoint import load_checkpoint, save_checkpoint
 from export.core.errors import UserError
 from export.core.models import ModelSpec
 from export.train.cli import main as train_cli
+
+from cli_helpers import invoke as run_cli
+from cli_helpers import only_error_line as error_line
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -67,20 +68,7 @@ def write_pngs(root, classes=("a", "b"), per_class=6, size=12, seed=0):
 
 def invoke(cli, *args):
     """Run a command in-process; an exception that escapes it fails the test."""
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def error_line(result, code):
-    """The single ``Error: ...`` line a failed command printed, after checking its exit status.
-
-    Progress bars (stderr, redrawn with carriage returns and cleared when an epoch ends) are
-    not lines a user is left with, so they are set aside.
-    """
-    assert result.exit_code == code, result.output
-    lines = [line.strip() for line in re.split(r"[\r\n]", result.stderr)
-             if line.strip() and not re.match(r"\s*epoch \d+/\d+:", line)]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
+    return run_cli(cli, args)
 
 
 TINY = ("--epochs", "1", "--max-steps", "2", "--input-size", "16", "--batch-size", "4",
@@ -1124,9 +1112,9 @@ def test_cifar_class_names_must_be_distinct_text(tmp_path, monkeypatch, names, w
 
 
 def test_cifar_binary_class_names_must_be_distinct(tmp_path):
-    import layout_writers
-
     from export.data.layouts import load_layout
+
+    import layout_writers
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)

@@ -1,5 +1,5 @@
-"""INT8 post-training quantization (export/convert/int8.py): structure of both flavours, closeness to FP32,
-a damaged artifact that a gate can catch, and every bad input as one UserError line.
+"""INT8 post-training quantization (export/convert/int8.py): structure of both flavours, closeness
+to FP32, a damaged artifact that a gate can catch, and every bad input as one UserError line.
 
 ResNet-20 at 16x16 on one channel (the digits' shape), calibrated on the digits' training split
 and judged on their test split, with fresh weights (seed 0). For the numeric checks the classifier
@@ -19,11 +19,11 @@ import torch
 from onnx import numpy_helper
 
 from export.convert import int8, qdq
-from export.data import describe_source, load_training_data, normalise, to_channels
+from export.convert.onnx_export import export_onnx, save_onnx
 from export.core.errors import UserError
 from export.core.models import ModelSpec
-from export.convert.onnx_export import export_onnx, save_onnx
 from export.core.weights import fresh_source
+from export.data import describe_source, load_training_data, normalise, to_channels
 
 SIZE = 16
 CALIBRATION = 64

@@ -9,9 +9,9 @@ from onnx import numpy_helper
 
 import export.pipeline as pipeline
 from export.cli import main as export_cli
+from export.convert.qdq import zero_points
 from export.core.artifact import read_manifest
 from export.core.models import default_spec
-from export.convert.qdq import zero_points
 from export.data import split_images
 
 FAST = ["--batch-range", "1:8:16"]

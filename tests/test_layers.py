@@ -30,7 +30,8 @@ LEAF_RANKS = (5, 6)
 #: edges that the ranks allow but the architecture does not: CLIs and orchestration are leaves
 FORBIDDEN = [("bench", "export.cli"), ("bench", "export.pipeline"), ("bench", "export.predict"),
              ("export.predict", "bench"), ("export.predict", "export.cli"),
-             ("export.predict", "export.pipeline")]
+             ("export.predict", "export.pipeline"), ("export.serve", "export.cli"),
+             ("export.serve", "export.pipeline"), ("export.serve", "bench")]
 
 
 def _module_name(path: Path) -> str:

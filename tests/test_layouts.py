@@ -14,15 +14,32 @@ import time
 import numpy as np
 import pytest
 
-import layout_writers
-from export.data.layouts import (EMNIST_CLASSES, FASHION_MNIST_CLASSES, KMNIST_CLASSES,
-                                    LayoutDataset, detect_layout, load_layout)
 from export.core.errors import UserError
-from layout_writers import (CIFAR10_NAMES, binary_records, cifar_records, dump, fine,
-                            write_cifar10_binary, write_cifar10_python, write_cifar100_binary,
-                            write_cifar100_python, write_emnist, write_idx, write_keras_npz,
-                            write_torchvision)
+from export.data.layouts import (
+    EMNIST_CLASSES,
+    FASHION_MNIST_CLASSES,
+    KMNIST_CLASSES,
+    LayoutDataset,
+    detect_layout,
+    load_layout,
+)
 
+import layout_writers
+from layout_writers import (
+    CIFAR10_NAMES,
+    binary_records,
+    cifar_records,
+    dump,
+    fine,
+    write_cifar10_binary,
+    write_cifar10_python,
+    write_cifar100_binary,
+    write_cifar100_python,
+    write_emnist,
+    write_idx,
+    write_keras_npz,
+    write_torchvision,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Fixture data

@@ -8,15 +8,14 @@ import pytest
 
 from export import __version__
 from export.core.manifest import write_manifest
-from export.core.errors import UserError
 from export.core.artifact import read_manifest, verify_files
+from export.core.errors import BackendUnavailable, UserError
 from export.core.manifest import REQUIRED_KEYS, SCHEMA_VERSION
+from export.core.models import ModelSpec
+from export.core.shapes import BatchRange
+from export.pipeline import ExportRequest, export_artifact
 from export.runtime import load_artifact
 from export.runtime.ort_runner import OnnxRuntimeRunner
-from export.core.models import ModelSpec
-from export.pipeline import ExportRequest, export_artifact
-from export.core.errors import BackendUnavailable
-from export.core.shapes import BatchRange
 from export.runtime.tensorrt_runner import cuda_gpu, tensorrt_version
 
 BATCH = BatchRange(1, 2, 4)

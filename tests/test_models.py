@@ -5,8 +5,15 @@ import torch
 from click.testing import CliRunner
 
 from export.cli import main as export_cli
-from export.core.models import (ModelSpec, UnknownModelError, build_model, count_macs, count_parameters,
-                           model_names, resnet50)
+from export.core.models import (
+    ModelSpec,
+    UnknownModelError,
+    build_model,
+    count_macs,
+    count_parameters,
+    model_names,
+    resnet50,
+)
 
 # torchvision's published parameter counts (1000 classes).
 IMAGENET_PARAMS = {

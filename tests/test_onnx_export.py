@@ -6,8 +6,8 @@ small input size so the whole set stays around two minutes on two cores.
 """
 
 import json
-from collections import defaultdict
 import os
+from collections import defaultdict
 
 import numpy as np
 import onnx
@@ -16,16 +16,26 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from export.convert.fp16 import FP16_MAX, Fp16ConversionError, convert_to_fp16
+from export.convert.onnx_export import (
+    BATCH_DIM,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    check_onnx_file,
+    io_signature,
+    read_metadata,
+)
 from export.core.artifact import read_manifest
-from export.convert.onnx_export import (BATCH_DIM, INPUT_NAME, OUTPUT_NAME, check_onnx_file, io_signature,
-                                read_metadata)
-from export.pipeline import ExportRequest, export_artifacts
 from export.core.shapes import BatchRange
+from export.pipeline import ExportRequest, export_artifacts
 
 # (model, input size, classes, input channels): every ImageNet depth small, and the default
 # small-image model exactly as the digits use it.
-CASES = [("resnet18", 32, 10, 3), ("resnet34", 32, 10, 3), ("resnet50", 32, 10, 3),
-         ("resnet101", 32, 10, 3), ("resnet152", 32, 10, 3), ("resnet20", 32, 10, 1)]
+#: the default run gates one model of each block (BasicBlock, Bottleneck, the paper's CIFAR net);
+#: the deeper variants repeat the same blocks and take minutes on 2 cores: -m slow runs them
+_DEEP = pytest.mark.slow
+CASES = [("resnet18", 32, 10, 3), pytest.param("resnet34", 32, 10, 3, marks=_DEEP),
+         ("resnet50", 32, 10, 3), pytest.param("resnet101", 32, 10, 3, marks=_DEEP),
+         pytest.param("resnet152", 32, 10, 3, marks=_DEEP), ("resnet20", 32, 10, 1)]
 FORMATS = ["onnx", "onnx-fp16"]
 BATCH = BatchRange(1, 2, 4)
 

@@ -9,13 +9,13 @@ import torch
 
 pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino)")
 
-from export.core import cpu_features
-from export.core.models import ModelSpec
 from export.convert.onnx_export import export_onnx, save_onnx
-from export.runtime.openvino_runner import OpenVINORunner
-from export.gate.parity import TOLERANCES, compare
+from export.core import cpu_features
 from export.core.errors import BackendUnavailable
+from export.core.models import ModelSpec
 from export.core.weights import fresh_source
+from export.gate.parity import TOLERANCES, compare
+from export.runtime.openvino_runner import OpenVINORunner
 
 SPEC = ModelSpec.create("resnet20", num_classes=10, in_chans=1)
 

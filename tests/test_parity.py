@@ -14,8 +14,15 @@ from export.cli import main as export_cli
 from export.core.fileio import sha256_file
 from export.core.models import ModelSpec
 from export.core.shapes import BatchRange
-from export.gate.parity import (TOLERANCES, Tolerance, compare, format_table, random_inputs, real_inputs,
-                           run_gate)
+from export.gate.parity import (
+    TOLERANCES,
+    Tolerance,
+    compare,
+    format_table,
+    random_inputs,
+    real_inputs,
+    run_gate,
+)
 from export.runtime.torch_runner import TorchRunner
 
 FP32, FP16 = TOLERANCES["fp32"], TOLERANCES["fp16"]

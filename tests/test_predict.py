@@ -8,25 +8,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from built_artifacts import BATCH, trained_project
 from export.core.errors import UserError
 from export.core.models import ModelSpec
-from export.predict import Predictor, RUNTIME_CHOICES
-from export.runtime.registry import RUNTIMES
+from export.data import describe_source, load_training_data, reference_images, scan, split_indices
+from export.predict import RUNTIME_CHOICES, Predictor
 from export.predict.cli import main
 from export.runtime import InputContract, Runner, load_artifact
-from export.data import (describe_source, load_training_data, reference_images, scan,
-                         split_indices)
+from export.runtime.registry import RUNTIMES
 from export.train.datasets import ImageDataset
+
+from built_artifacts import BATCH
+from cli_helpers import command
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def invoke(args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+invoke = command(main)
 
 
 def error_lines(result):
@@ -35,8 +34,8 @@ def error_lines(result):
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-onnx"
+def artifact(onnx_artifact):
+    return onnx_artifact
 
 
 @pytest.fixture(scope="module")
@@ -378,14 +377,11 @@ def test_int8_artifact(tmp_path, digits):
 
 @pytest.mark.tensorrt
 @pytest.mark.cuda
-def test_engine_artifact_on_tensorrt_and_on_its_source_onnx(tmp_path_factory, digits):
-    from export.runtime.tensorrt_runner import cuda_gpu, tensorrt_version
-
-    if tensorrt_version() is None or cuda_gpu() is None:
-        pytest.skip("needs TensorRT and a CUDA GPU")
+def test_engine_artifact_on_tensorrt_and_on_its_source_onnx(tmp_path_factory, digits,
+                                                            trained_project):
     from export.pipeline import ExportRequest, export_artifact
 
-    project = trained_project(tmp_path_factory.getbasetemp())
+    project = trained_project
     out = tmp_path_factory.mktemp("trt") / "resnet20-trt"
     export_artifact(ExportRequest(fmt="trt", checkpoint=project /
                                   "artifacts/train/resnet20-digits/best.pt", batch=BATCH,

@@ -4,12 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from export.core.models import ModelSpec
 from export.core.errors import BackendUnavailable
+from export.core.models import ModelSpec
 from export.runtime.ort_runner import OnnxRuntimeRunner
 from export.runtime.torch_runner import TorchRunner
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
 def _model(name="resnet20", seed=0):
@@ -78,7 +76,6 @@ def test_torch_runner_on_cuda_without_a_gpu_says_so():
         TorchRunner(_model(), device="cuda")
 
 
-@cuda
 @pytest.mark.cuda
 def test_torch_runner_rejects_a_compile_mode_that_contradicts_cuda_graphs():
     with pytest.raises(ValueError, match="reduce-overhead"):
@@ -126,14 +123,14 @@ def test_onnxruntime_runner_refusals(onnx_file):
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime build has the CUDA provider")
-    with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider is not in this onnxruntime build"):
+    with pytest.raises(BackendUnavailable,
+                       match="CUDAExecutionProvider is not in this onnxruntime build"):
         OnnxRuntimeRunner(onnx_file, ["CUDAExecutionProvider", "CPUExecutionProvider"])
 
 
 # -- CUDA (run with: python3 -m pytest -m cuda) ---------------------------------------------
 
 
-@cuda
 @pytest.mark.cuda
 def test_cuda_fp16_logits_are_close_to_fp32():
     torch.manual_seed(0)
@@ -149,7 +146,6 @@ def test_cuda_fp16_logits_are_close_to_fp32():
     np.testing.assert_allclose(out, ref, atol=0.05 * np.abs(ref).max())
 
 
-@cuda
 @pytest.mark.cuda
 def test_cuda_graph_replay_gives_the_eager_output():
     x1, x2 = _batch(2, seed=3), _batch(5, seed=4)
@@ -169,7 +165,6 @@ def test_cuda_graph_replay_gives_the_eager_output():
         np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
 
 
-@cuda
 @pytest.mark.cuda
 def test_cuda_compute_only_path_keeps_the_input_on_the_device():
     x = _batch(3)
@@ -181,7 +176,6 @@ def test_cuda_compute_only_path_keeps_the_input_on_the_device():
         np.testing.assert_allclose(out.float().cpu().numpy(), ref, rtol=1e-4, atol=1e-4)
 
 
-@cuda
 @pytest.mark.cuda
 def test_cuda_event_timer_times_inside_the_host_window():
     import time
@@ -199,7 +193,6 @@ def test_cuda_event_timer_times_inside_the_host_window():
     assert samples.latencies_s.sum() <= host_s
 
 
-@cuda
 @pytest.mark.cuda
 def test_cuda_compiled_reduce_overhead_gives_the_eager_output():
     x = _batch(2)
@@ -216,7 +209,6 @@ def test_cuda_compiled_reduce_overhead_gives_the_eager_output():
 
 
 @pytest.mark.cuda
-@cuda
 def test_cuda_compiled_end_to_end_and_compute_only_share_one_compilation():
     """Both timing paths must feed the compiled module the same kind of tensor, or dynamo
     recompiles on every switch, hits its limit and silently runs eager."""

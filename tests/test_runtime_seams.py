@@ -8,16 +8,17 @@ installs versions that work together.
 """
 
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from click.testing import CliRunner
 
 import bench.sweep as sweep
 from bench.cli import main as bench_cli
+from export.convert.tensorrt_build import check_parse
 from export.core.errors import UserError
 from export.core.models import count_parameters, default_spec, family_table
 from export.core.shapes import BatchRange
@@ -25,7 +26,6 @@ from export.pipeline import ExportRequest, export_artifact
 from export.request import resolve_source
 from export.runtime.base import Runner
 from export.runtime.tensorrt_runner import cuda_gpu
-from export.convert.tensorrt_build import check_parse
 
 REPO = Path(__file__).resolve().parents[1]
 

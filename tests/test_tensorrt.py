@@ -11,19 +11,25 @@ import types
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from export.cli import main as export_cli
-from export.core.errors import UserError
-from export.core.models import ModelSpec
-from export.core.errors import BackendUnavailable
-from export.core.shapes import BatchRange, check_batch
-from export.core.errors import EngineIncompatible
-from export.runtime.tensorrt_runner import (GpuInfo, TensorRTRunner, check_engine_compatible,
-                                            cuda_gpu, missing_prerequisites, require_tensorrt,
-                                            tensorrt_version)
 from export.convert.tensorrt_build import network_flags, parse_size, timing_cache_reusable
+from export.core.errors import BackendUnavailable, EngineIncompatible, UserError
+from export.core.models import ModelSpec
+from export.core.shapes import BatchRange, check_batch
+from export.runtime.tensorrt_runner import (
+    GpuInfo,
+    TensorRTRunner,
+    check_engine_compatible,
+    cuda_gpu,
+    missing_prerequisites,
+    require_tensorrt,
+    tensorrt_version,
+)
+
+from cli_helpers import error_line, invoke
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
 BUILT = {"artifact": "resnet50.engine", "versions": {"tensorrt": "10.9.0.34"},
@@ -31,10 +37,6 @@ BUILT = {"artifact": "resnet50.engine", "versions": {"tensorrt": "10.9.0.34"},
 
 HAVE_TRT = tensorrt_version() is not None
 HAVE_GPU = cuda_gpu() is not None
-needs_trt = pytest.mark.skipif(not (HAVE_TRT and HAVE_GPU),
-                               reason="needs the TensorRT Python package and a CUDA GPU "
-                                      f"(TensorRT: {tensorrt_version() or 'not installed'}, "
-                                      f"GPU: {cuda_gpu().name if HAVE_GPU else 'none'})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,11 +161,94 @@ def test_network_flags_ask_for_strong_typing_where_the_enum_has_it():
 
 
 # ---------------------------------------------------------------------------------------------
+# Each command on an engine, as far as it goes without TensorRT or a GPU
+# ---------------------------------------------------------------------------------------------
+# An engine artifact folder as --fmt trt writes it (every file matches its sha256; the engine's
+# bytes are not an engine): each path runs up to where it needs the hardware and stops there with
+# one line, exit 1, no traceback.
+
+no_trt_here = pytest.mark.skipif(HAVE_TRT and HAVE_GPU,
+                                 reason="this machine has TensorRT and a GPU: the engine would run")
+
+
+@no_trt_here
+def test_verify_of_an_engine_checks_its_files_then_asks_for_tensorrt(engine_artifact):
+    result = invoke(export_cli, ["verify", engine_artifact], catch_exceptions=True)
+    line = error_line(result, 1)
+    assert line.startswith("Error: verifying a TensorRT engine needs TensorRT and a CUDA GPU: ")
+    assert f"{engine_artifact}: 2 files match their sha256" in result.stdout
+
+
+@no_trt_here
+def test_verify_of_a_tampered_engine_stops_at_its_sha256(engine_artifact):
+    (engine_artifact / "resnet20.engine").write_bytes(b"another engine")
+    result = invoke(export_cli, ["verify", engine_artifact], catch_exceptions=True)
+    assert "sha256 mismatch" in error_line(result, 1)
+
+
+@no_trt_here
+def test_loading_an_engine_stops_at_the_tensorrt_runner(engine_artifact):
+    from export.runtime import load_artifact
+
+    with pytest.raises(BackendUnavailable) as info:
+        load_artifact(engine_artifact)
+    message = str(info.value)
+    assert message.startswith("running a TensorRT engine needs TensorRT and a CUDA GPU: ")
+    assert "\n" not in message
+
+
+@no_trt_here
+@pytest.mark.parametrize("runtime", [[], ["--runtime", "tensorrt"]])
+def test_predict_with_an_engine_is_one_line(engine_artifact, tmp_path, runtime):
+    from export.predict.cli import main as predict_cli
+
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(image)
+    line = error_line(invoke(predict_cli, [engine_artifact, image, *runtime]), 1)
+    assert line.startswith("Error: running a TensorRT engine needs TensorRT and a CUDA GPU: ")
+
+
+@no_trt_here
+def test_tensorrt_bench_row_on_an_engine_is_skipped_with_its_reason(engine_artifact, tmp_path):
+    from bench.cli import main as bench_cli
+    from export.runtime.registry import get_runtime
+
+    result = invoke(bench_cli, ["--artifacts", engine_artifact.parent, "--backends", "tensorrt",
+                                "--no-progress", "--out", tmp_path / "out"])
+    reason = get_runtime("tensorrt").unavailable()
+    assert reason and ("not installed" in reason or "GPU" in reason)
+    assert error_line(result, 1) == f"Error: nothing to measure: {reason}"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(HAVE_GPU, reason="this machine has a CUDA GPU")
+def test_tensorrt_bench_on_cuda_without_a_gpu_is_one_line(engine_artifact, tmp_path):
+    from bench.cli import main as bench_cli
+
+    result = invoke(bench_cli, ["--artifacts", engine_artifact.parent, "--backends", "tensorrt",
+                                "--device", "cuda", "--no-progress", "--out", tmp_path / "out"])
+    assert error_line(result, 1).startswith("Error: --device cuda: no CUDA GPU is visible to "
+                                            "PyTorch")
+    assert not (tmp_path / "out").exists()
+
+
+@no_trt_here
+def test_building_an_engine_from_a_trained_checkpoint_asks_for_tensorrt_first(trained_project,
+                                                                               tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    checkpoint = trained_project / "artifacts/train/resnet20-digits/best.pt"
+    result = invoke(export_cli, ["--checkpoint", checkpoint, "--fmt", "onnx", "--fmt", "trt"],
+                    catch_exceptions=True)
+    assert error_line(result, 1).startswith("Error: --fmt trt needs TensorRT and a CUDA GPU: ")
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
 # The real thing (TensorRT and a CUDA GPU)
 # ---------------------------------------------------------------------------------------------
 
 
-@needs_trt
 @pytest.mark.tensorrt
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
@@ -204,7 +289,6 @@ def test_engine_builds_passes_the_gate_and_verifies(tmp_path, monkeypatch, preci
     assert rebuilt["tensorrt"]["timing_cache_reused"] is True
 
 
-@needs_trt
 @pytest.mark.tensorrt
 @pytest.mark.cuda
 def test_engine_from_another_gpu_is_refused_by_the_loader(tmp_path, monkeypatch):
@@ -224,7 +308,6 @@ def test_engine_from_another_gpu_is_refused_by_the_loader(tmp_path, monkeypatch)
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_fp16_onnx_gate_also_runs_on_the_cuda_execution_provider(tmp_path, monkeypatch):
     import onnxruntime as ort
 

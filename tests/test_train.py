@@ -9,19 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from export.core.checkpoint import load_checkpoint, model_from_checkpoint
-from export.data import describe_source, load_training_data, reference_images
-from export.train.datasets import ImageDataset
 from export.core.errors import UserError
 from export.core.models import build_model
+from export.data import describe_source, load_training_data, reference_images
 from export.train import TrainConfig, run_training
 from export.train.adapt import adapt_init_weights
+from export.train.cli import main as train_cli
+from export.train.datasets import ImageDataset
 from export.train.devices import Processes, cpu_thread_count, cpu_threads, pick_device
 from export.train.rundir import resolve_run_dir
 from export.train.steps import build_optimizer, evaluate, train_one_epoch, warmup_cosine
-from export.train.cli import main as train_cli
+
+from cli_helpers import command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -274,8 +275,7 @@ def test_fine_tuning_from_a_torchvision_style_file(tmp_path, digits_npz):
 # --- the command line -------------------------------------------------------------------------
 
 
-def invoke(args):
-    return CliRunner().invoke(train_cli, [str(a) for a in args], catch_exceptions=False)
+invoke = command(train_cli)
 
 
 def test_cli_trains_and_resumes(tmp_path, digits_npz):

@@ -13,7 +13,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from export.core.errors import UserError
 from export.core.models import build_model
@@ -22,6 +21,8 @@ from export.train.adapt import adapt_init_weights
 from export.train.cli import main as train_cli
 from export.train.config import default_notes
 from export.train.loop import Monitor, train_batching
+
+from cli_helpers import command
 from small_images import CLASSES, write_shapes_folder
 
 
@@ -31,8 +32,7 @@ def shapes163(tmp_path_factory):
     return write_shapes_folder(tmp_path_factory.mktemp("data") / "my_images", 163)
 
 
-def invoke(args):
-    return CliRunner().invoke(train_cli, [str(a) for a in args], catch_exceptions=False)
+invoke = command(train_cli)
 
 
 # --- defaults that follow the data ------------------------------------------------------------

@@ -16,15 +16,24 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import layout_writers as lw
 from export.core.checkpoint import load_checkpoint
 from export.core.errors import UserError
 from export.core.models import ModelSpec
-from export.data import pixels
-from export.train.cli import main as train_cli
-from export.data import (describe_source, load_training_data, normalise, reference_images,
-                               resize_array, scan, split_of, to_channels)
+from export.data import (
+    describe_source,
+    load_training_data,
+    normalise,
+    pixels,
+    reference_images,
+    resize_array,
+    scan,
+    split_of,
+    to_channels,
+)
 from export.data.layouts import FASHION_MNIST_CLASSES
+from export.train.cli import main as train_cli
+
+import layout_writers as lw
 
 N_TRAIN, N_TEST = lw.N_TRAIN, 1797 - lw.N_TRAIN
 

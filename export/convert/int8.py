@@ -1,4 +1,4 @@
-"""FP32 ONNX -> INT8 QDQ ONNX by post-training static quantization, with ``onnxruntime.quantization``.
+"""FP32 ONNX -> INT8 QDQ ONNX by post-training static quantization (``onnxruntime.quantization``).
 
 This module is deliberately thin: every number (ranges, scales, zero points, quantized weights)
 comes from ONNX Runtime's quantizer (``quantize_static``, QDQ format); nothing here does
@@ -69,9 +69,10 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import onnx
@@ -180,7 +181,7 @@ def _input_contract(proto: onnx.ModelProto) -> tuple[str, list[int | None]]:
 
 def check_calibration(calibration: Any, proto: onnx.ModelProto,
                       minimum: int = MIN_CALIBRATION) -> np.ndarray:
-    """The calibration array as contiguous float32, or one :class:`UserError` line saying why not."""
+    """The calibration array as contiguous float32, or one :class:`UserError` line saying why."""
     name, dims = _input_contract(proto)
     expected = "x".join("N" if d is None else str(d) for d in ["N", *dims[1:]])
     if not isinstance(calibration, np.ndarray):
@@ -213,7 +214,7 @@ def check_calibration(calibration: Any, proto: onnx.ModelProto,
 # ---------------------------------------------------------------------------------------------
 
 
-def _data_reader(input_name: str, calibration: np.ndarray, batch_size: int):
+def _data_reader(input_name: str, calibration: np.ndarray, batch_size: int) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Batches(CalibrationDataReader):
@@ -248,13 +249,13 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _quant_type(name: str):
+def _quant_type(name: str) -> Any:
     from onnxruntime.quantization import QuantType
 
     return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
 
 
-def _calibrate_method(method: str):
+def _calibrate_method(method: str) -> Any:
     from onnxruntime.quantization import CalibrationMethod
 
     return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

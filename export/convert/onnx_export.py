@@ -17,8 +17,9 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import onnx
 import torch
@@ -74,6 +75,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, opset: int = DEFAULT_OPSET) -
                 model, (example,), dynamo=True, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
                 opset_version=opset, external_data=False, optimize=True, verbose=False)
+            assert program is not None  # dynamo=True always returns a program
             proto = program.model_proto
     except Exception as exc:  # the exporter raises many types; the user needs one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

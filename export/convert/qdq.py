@@ -32,7 +32,7 @@ def load_onnx(onnx_path_or_proto: str | os.PathLike | onnx.ModelProto) -> onnx.M
 
 
 def unquantize_residual_branch(proto: onnx.ModelProto) -> int:
-    """Remove the Q/DQ pair on the convolution-side input of every residual ``Add``; returns how many.
+    """Remove the Q/DQ pair on the convolution-side input of every residual ``Add``; how many.
 
     TensorRT fuses a residual ``Add`` (and the ReLU after it) into the convolution that computes
     one of its inputs, reading the other input, the skip connection, as INT8. For that the

@@ -21,10 +21,12 @@ is :mod:`export.runtime.tensorrt_runner`'s job.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..core.errors import EngineIncompatible, UserError
+from ..core.manifest import Manifest
 from ..runtime.tensorrt_runner import GpuInfo, check_engine_compatible, require_tensorrt
 
 DEFAULT_WORKSPACE = 4 << 30  # 4 GiB: ResNet-152 tactics need far less; a cap, not an allocation
@@ -59,8 +61,8 @@ def network_flags(trt: Any) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def timing_cache_reusable(previous_manifest: dict[str, Any] | None, trt_version: str,
-                          gpu: GpuInfo) -> bool:
+def timing_cache_reusable(previous_manifest: Manifest | None, trt_version: str | None,
+                          gpu: GpuInfo | None) -> bool:
     """A cache is only worth loading on the TensorRT version and GPU that wrote it."""
     if not previous_manifest:
         return False
@@ -90,7 +92,8 @@ def build_engine(onnx_path: Path, engine_path: Path, input_name: str,
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     parsed = parser.parse_from_file(str(onnx_path))
-    check_parse(parsed, [str(parser.get_error(i)) for i in range(parser.num_errors)], onnx_path.name)
+    errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    check_parse(parsed, errors, onnx_path.name)
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)

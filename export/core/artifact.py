@@ -89,7 +89,7 @@ def artifact_file(folder: str | Path, name: Any) -> Path:
     return resolved
 
 
-def verify_files(folder: str | Path, manifest: dict[str, Any]) -> None:
+def verify_files(folder: str | Path, manifest: Manifest) -> None:
     """Every listed file exists inside the folder and has the recorded sha256 (tampering,
     truncation or a link out of the folder -> error)."""
     folder = Path(folder)
@@ -123,7 +123,7 @@ def _node_tensors(nodes: Any) -> Any:
                 yield from _onnx_tensors(sub)
 
 
-def check_onnx_file(folder: str | Path, path: Path, manifest: dict[str, Any]) -> Any:
+def check_onnx_file(folder: str | Path, path: Path, manifest: Manifest) -> Any:
     """An ONNX file of the artifact whose external data (if any) is one of the artifact's own
     listed files: never an absolute path, never outside the folder, never unchecked.
 
@@ -161,7 +161,7 @@ def check_onnx_file(folder: str | Path, path: Path, manifest: dict[str, Any]) ->
 # ---------------------------------------------------------------------------------------------
 
 
-def owned_artifact(folder: str | Path) -> dict[str, Any]:
+def owned_artifact(folder: str | Path) -> Manifest:
     """The manifest of ``folder`` if the folder is provably an artifact this tool wrote.
 
     Provably ours: a valid manifest of our schema, and nothing in the folder but the files it

@@ -17,14 +17,13 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UnknownModelError, UserError
 from .fileio import atomic_path, sha256_file
-from .errors import UnknownModelError
 from .models import ModelSpec
 
 CHECKPOINT_FORMAT = "resnet-deploy-checkpoint"
@@ -87,7 +86,7 @@ def _unpickler_reason(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _is_tensor_dict(obj: Any) -> bool:
+def _is_tensor_dict(obj: Any) -> TypeGuard[dict[str, torch.Tensor]]:
     return isinstance(obj, dict) and bool(obj) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 

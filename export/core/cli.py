@@ -1,4 +1,4 @@
-"""Pieces every command line shares: one-line errors, model naming, a group with a default command."""
+"""What every command line shares: one-line errors, model naming, a group with a default command."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from .models import family_table, get_architecture, model_names
 
 
 class OneLineUsageError(click.UsageError):
-    """A usage error shown as a single ``Error: ...`` line (exit status 2), without the usage dump."""
+    """A usage error shown as one ``Error: ...`` line (exit status 2), without the usage dump."""
 
     def show(self, file: Any = None) -> None:
         click.echo(f"Error: {printable(self.format_message())}", err=True)
@@ -131,11 +131,14 @@ def bounded(kind: type, lo: float, hi: float, reason: str) -> click.ParamType:
 
 
 def resolve_model_name(depth: int | None, model: str | None) -> str:
-    """``--depth 50`` or ``--model resnet50`` -> "resnet50"; a bad name is a usage error (exit 2)."""
+    """``--depth 50`` or ``--model resnet50`` -> "resnet50"; a bad name: usage error (exit 2)."""
     if depth is not None and model is not None:
         raise OneLineUsageError("give --depth or --model, not both")
+    choice = model if model is not None else depth
+    if choice is None:
+        raise OneLineUsageError("give --depth or --model")
     try:
-        return get_architecture(model if model is not None else depth).name
+        return get_architecture(choice).name
     except UnknownModelError as exc:
         raise OneLineUsageError(str(exc)) from None
 

@@ -1,4 +1,4 @@
-"""Atomic writes and file hashes: a failed or interrupted step never leaves a file that looks good."""
+"""Atomic writes and file hashes: a failed or interrupted step never leaves a good-looking file."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from .errors import NotRegularFile
 
@@ -22,7 +22,7 @@ _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK,
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
-def open_regular(path: str | os.PathLike) -> BinaryIO:
+def open_regular(path: str | os.PathLike) -> io.BufferedReader:
     """``open(path, "rb")`` for a regular file only; anything else is :class:`NotRegularFile`.
 
     The file is opened without blocking and then checked through its own descriptor, so a FIFO
@@ -39,7 +39,7 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
         if nonblock:
             os.set_blocking(fd, True)
         raw = io.FileIO(fd, "rb")
-        raw.name = os.fspath(path)  # type: ignore[misc]  # messages name the file, not the fd
+        raw.name = os.fspath(path)  # messages name the file, not the fd
         return io.BufferedReader(raw)
     except BaseException:
         os.close(fd)
@@ -48,7 +48,7 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """A temporary path beside ``path``, renamed onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)

@@ -12,14 +12,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .artifact import enclosing_artifact, owned_artifact
 from .errors import UserError
 from .fileio import exchange_paths, process_alive
-from .manifest import FAILED_SUFFIX, STAGING_SUFFIX
+from .manifest import FAILED_SUFFIX, STAGING_SUFFIX, Manifest
 
 Echo = Callable[[str], None]
 
@@ -147,7 +148,7 @@ class Target:
     """An output folder of one format and what was found there."""
 
     out: Path
-    previous: dict[str, Any] | None = None  # the artifact at ``out`` that this export replaces
+    previous: Manifest | None = None  # the artifact at ``out`` that this export replaces
 
 
 def _blocker(out: Path) -> None:
@@ -165,7 +166,7 @@ def _blocker(out: Path) -> None:
                         "cannot hold another: choose a folder outside it")
 
 
-def _replaceable(out: Path, refusal: Callable[[str], str]) -> dict[str, Any] | None:
+def _replaceable(out: Path, refusal: Callable[[str], str]) -> Manifest | None:
     """The manifest of the artifact at ``out`` if it may be replaced (None: nothing there)."""
     if not out.is_dir() or not any(out.iterdir()):
         return None
@@ -176,7 +177,7 @@ def _replaceable(out: Path, refusal: Callable[[str], str]) -> dict[str, Any] | N
 
 
 def check_out(out: Path, source: dict[str, Any], model: dict[str, Any], overwrite: bool,
-              echo: Echo = print) -> dict[str, Any] | None:
+              echo: Echo = print) -> Manifest | None:
     """May this export write ``out``? Returns the artifact it would replace, if any.
 
     Refused, in one line: a file on the way, a symbolic link, a folder inside another artifact,
@@ -201,7 +202,7 @@ def check_out(out: Path, source: dict[str, Any], model: dict[str, Any], overwrit
     return previous
 
 
-def check_failed_slot(out: Path, echo: Echo = print) -> dict[str, Any] | None:
+def check_failed_slot(out: Path, echo: Echo = print) -> Manifest | None:
     """``--keep-failed`` writes ``<out>.FAILED``: only over a failed artifact of ours."""
     failed = out.with_name(out.name + FAILED_SUFFIX)
     _blocker(failed)

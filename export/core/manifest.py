@@ -46,7 +46,7 @@ import platform
 import string
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeGuard, cast
 
 from .errors import UnknownModelError, UserError
 from .fileio import sha256_file, write_json
@@ -89,7 +89,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -155,7 +155,7 @@ def check_manifest(data: Any, where: Path) -> Manifest:
         raise _fail(where, "tool", f"must be an object, got {_short(data['tool'])}")
     if DIGEST_KEY in data and not _is_sha256(data[DIGEST_KEY]):
         raise _fail(where, DIGEST_KEY, f"must be 64 hex digits, got {_short(data[DIGEST_KEY])}")
-    return data
+    return cast(Manifest, data)  # every key a reader uses was checked above
 
 
 def _check_files(data: dict[str, Any], where: Path) -> None:
@@ -364,7 +364,7 @@ def library_versions(tensorrt_version: str | None) -> dict[str, str | None]:
             "tensorrt": tensorrt_version}
 
 
-def file_entry(folder: Path, name: str, role: str) -> dict[str, Any]:
+def file_entry(folder: Path, name: str, role: str) -> FileEntry:
     path = folder / name
     return {"path": name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "role": role}
 
@@ -373,13 +373,13 @@ def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def build_manifest(*, fmt: str, precision: str, artifact: str, files: list[dict[str, Any]],
+def build_manifest(*, fmt: str, precision: str, artifact: str, files: list[FileEntry],
                    model: dict[str, Any], class_names: list[str] | None,
                    normalization: dict[str, Any], source: dict[str, Any],
                    inputs: list[dict], outputs: list[dict], batch_range: dict[str, int],
                    opset: int, fp16: dict | None, tensorrt: dict | None, gpu: dict | None,
                    versions: dict[str, Any], parity: dict[str, Any],
-                   int8: dict | None = None) -> dict[str, Any]:
+                   int8: dict | None = None) -> Manifest:
     """Assemble a manifest in the documented key order."""
     from .. import __version__
 
@@ -404,7 +404,7 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
     """Write the manifest with its digest (:data:`DIGEST_KEY`) recomputed: every writer of ours
     seals what it writes."""
     manifest[DIGEST_KEY] = manifest_digest(manifest)

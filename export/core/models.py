@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,8 +67,9 @@ class _ResNet(nn.Module):
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         init_weights(self, zero_init_residual)
 
-    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        downsample = None
+    def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
+                    stride: int = 1) -> nn.Sequential:
+        downsample: nn.Module | None = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 conv1x1(self.inplanes, planes * block.expansion, stride),
@@ -86,13 +88,14 @@ class _ResNet(nn.Module):
 
 
 class _CifarResNet(nn.Module):
-    """The paper's 6n+2-layer ResNet for 32x32 inputs: a 3x3 stem and stages of 16/32/64 channels."""
+    """The paper's 6n+2-layer ResNet for 32x32 inputs: a 3x3 stem, stages of 16/32/64 channels."""
 
     def __init__(self, n: int, num_classes: int = 10, in_chans: int = 3, shortcut: str = "A",
                  zero_init_residual: bool = False):
         super().__init__()
         if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (projection), got {shortcut!r}")
+            raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (projection), "
+                             f"got {shortcut!r}")
         self.inplanes = 16
         self.shortcut = shortcut
         self.conv1 = conv3x3(in_chans, 16)
@@ -106,7 +109,7 @@ class _CifarResNet(nn.Module):
         init_weights(self, zero_init_residual)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        downsample = None
+        downsample: nn.Module | None = None
         if stride != 1 or self.inplanes != planes:
             if self.shortcut == "A":
                 downsample = PadShortcut(planes, stride)
@@ -135,7 +138,7 @@ class Architecture:
 
     name: str
     kind: str  # "imagenet" or "cifar"
-    block: type[nn.Module]
+    block: type[BasicBlock] | type[Bottleneck]
     layers: tuple[int, ...]
     input_size: int  # the input side length the architecture was designed for
     groups: int = 1
@@ -193,7 +196,7 @@ def model_names() -> list[str]:
     return list(ARCHITECTURES)
 
 
-def get_architecture(name: str) -> Architecture:
+def get_architecture(name: str | int) -> Architecture:
     """Look a name up; ``"50"`` and ``50`` are accepted for ``"resnet50"``."""
     key = str(name).strip().lower()
     if key.isdigit():
@@ -245,7 +248,7 @@ class ModelSpec:
     def create(cls, name: str, num_classes: int = 1000, in_chans: int = 3,
                input_size: int | None = None, shortcut: str = "A",
                mean: tuple[float, ...] | None = None,
-               std: tuple[float, ...] | None = None, stem: str | None = None) -> "ModelSpec":
+               std: tuple[float, ...] | None = None, stem: str | None = None) -> ModelSpec:
         """A spec with defaults that suit the architecture (input size, normalisation, stem)."""
         arch = get_architecture(name)
         if mean is None or std is None:
@@ -266,7 +269,7 @@ class ModelSpec:
                 for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         """The inverse of :meth:`to_dict`, checking every field's type (the dict may come from
         a file anyone could have written); a bad one raises ValueError."""
         if not isinstance(data, dict):
@@ -288,7 +291,9 @@ class ModelSpec:
             if not isinstance(value, (list, tuple)) or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
                 raise ValueError(f"{key} must be a list of numbers, got {value!r}")
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()})
+        fields: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
+                                  for k, v in data.items()}
+        return cls(**fields)
 
 
 def default_normalisation(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

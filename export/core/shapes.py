@@ -26,7 +26,7 @@ class BatchRange:
                             f"{self.min}:{self.opt}:{self.max}")
 
     @classmethod
-    def parse(cls, text: str) -> "BatchRange":
+    def parse(cls, text: str) -> BatchRange:
         """``"1:8:32"`` (min:opt:max) or ``"1:32"`` (opt = max) or ``"8"`` (static 8)."""
         try:
             parts = [int(p) for p in text.split(":")]
@@ -41,7 +41,7 @@ class BatchRange:
         return cls(*parts)
 
     @classmethod
-    def default_for(cls, spec: ModelSpec) -> "BatchRange":
+    def default_for(cls, spec: ModelSpec) -> BatchRange:
         """1:8:32 for ImageNet-sized models; 1:64:256 for the small-image ones (tiny per image)."""
         if spec.architecture.kind == "cifar":
             return cls(1, 64, 256)
@@ -57,7 +57,7 @@ class BatchRange:
         return {"min": self.min, "opt": self.opt, "max": self.max}
 
     @classmethod
-    def from_dict(cls, data: dict[str, int]) -> "BatchRange":
+    def from_dict(cls, data: dict[str, int]) -> BatchRange:
         return cls(int(data["min"]), int(data["opt"]), int(data["max"]))
 
     def parity_sizes(self) -> list[int]:

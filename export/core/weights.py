@@ -35,6 +35,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import UserError
 from .fileio import sha256_file
+from .manifest import Manifest
 from .models import BasicBlock, Bottleneck, ModelSpec, get_architecture
 
 DEFAULT_SEED = 0
@@ -181,7 +182,7 @@ def with_relative_path(source: dict[str, Any], artifact_folder: Path) -> dict[st
     return {**source, "relative_path": relative}
 
 
-def source_from_manifest(manifest: dict[str, Any], folder: str | Path | None = None
+def source_from_manifest(manifest: Manifest, folder: str | Path | None = None
                          ) -> SourceModel:
     """Rebuild the reference a manifest describes, refusing weights that are not the same.
 

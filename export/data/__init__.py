@@ -42,6 +42,7 @@ from .splits import (
 
 __all__ = ["DEFAULT_TEST_FRACTION", "DEFAULT_VAL_FRACTION", "IMAGE_SUFFIXES", "Labelled",
            "Scanned", "Split", "TrainingData", "channel_stats", "describe_source",
-           "describe_split", "image_files", "indices_digest", "load_training_data", "normalise", "preprocess", "read_image",
+           "describe_split", "image_files", "indices_digest", "load_training_data", "normalise",
+           "preprocess", "read_image",
            "reference_images", "resize_array", "scan", "source_name", "split_images",
            "split_indices", "split_of", "to_channels"]

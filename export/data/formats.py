@@ -8,6 +8,7 @@ that names the file. :mod:`.layouts` finds the files and puts a dataset together
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import struct
 import zlib
@@ -49,7 +50,8 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         raise UserError(f"{path}: cannot {what} it ({exc})") from None
 
 
-def _read_idx_stream(f, path: Path, ndim: int, file_size: int | None) -> np.ndarray:
+def _read_idx_stream(f: gzip.GzipFile | io.BufferedReader, path: Path, ndim: int,
+                     file_size: int | None) -> np.ndarray:
     head = f.read(4)
     if len(head) < 4:
         raise UserError(f"{path}: {len(head)} bytes, too short for an idx header")
@@ -143,7 +145,9 @@ def label_names(value: Any, path: Path, key: str) -> list[str]:
     """CIFAR's class names: a list of text (bytes in the originals), nothing else."""
     if not (isinstance(value, (list, tuple)) and value
             and all(isinstance(v, (bytes, str)) for v in value)):
-        got = (f"a list holding {type(next(v for v in value if not isinstance(v, (bytes, str)))).__name__}"
+        odd = (next(v for v in value if not isinstance(v, (bytes, str)))
+               if isinstance(value, (list, tuple)) and value else None)
+        got = (f"a list holding {type(odd).__name__}"
                if isinstance(value, (list, tuple)) and value else
                "an empty list" if isinstance(value, (list, tuple)) else type(value).__name__)
         raise UserError(f"{path}: '{key}' must be a list of class names (text), got {got}")

@@ -151,7 +151,7 @@ def _candidates(path: Path) -> list[_Candidate]:
         own = _folder_candidate(path)
         if own:
             return [own]
-        found = []
+        candidates: list[_Candidate] = []
         for entry in sorted(os.scandir(path), key=lambda e: e.name):
             if entry.is_dir() and _norm(entry.name) in _ROOT_CHILDREN:
                 child = _folder_candidate(Path(entry.path))
@@ -160,8 +160,8 @@ def _candidates(path: Path) -> list[_Candidate]:
             else:
                 child = None
             if child:
-                found.append(child)
-        return found
+                candidates.append(child)
+        return candidates
     except OSError:
         return []
 
@@ -300,9 +300,9 @@ def _load_idx(found: _Candidate) -> LayoutDataset:
     chosen = found.idx_set
     if chosen is None:
         if len(sets) > 1:
-            labels = ", ".join(f"EMNIST {s}" if s else "MNIST-style" for s in sorted(sets))
+            kinds = ", ".join(f"EMNIST {s}" if s else "MNIST-style" for s in sorted(sets))
             example = folder / _idx_file_name(max(sets), "train", "images")
-            raise UserError(f"{folder} holds idx files of several datasets ({labels}): point at "
+            raise UserError(f"{folder} holds idx files of several datasets ({kinds}): point at "
                             f"one of that set's files, e.g. {example}")
         chosen = next(iter(sets))
     files = sets.get(chosen, {})

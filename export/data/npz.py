@@ -17,6 +17,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -84,7 +85,7 @@ class NpzArchive:
         return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
 
 
-def _header(fh, path: Path, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _header(fh: IO[bytes], path: Path, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     """The member's shape, order and dtype, refusing what is not a plain array."""
     version = np.lib.format.read_magic(fh)
     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -56,6 +57,8 @@ def split_indices(labels: np.ndarray, seed: int, val_fraction: float,
         name = (class_names or [str(i) for i in range(num_classes)])[int(counts.argmin())]
         raise UserError(f"class {name!r} has {counts.min()} image(s): each class needs at least "
                         "3 (one each for training, validation and test)")
+    if test_fraction is None:
+        raise ValueError("test_fraction is needed unless the dataset has its own test split")
     n = len(labels)
     n_test = max(num_classes, round(test_fraction * n))
     n_val = max(num_classes, round(val_fraction * n))

@@ -4,11 +4,13 @@ the contract it is held to (:mod:`.parity`'s tolerance table); one table per run
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..core.errors import BackendUnavailable, ParityFailed, UserError, first_line
+from ..core.manifest import Manifest
 from ..core.models import ModelSpec
 from ..core.shapes import BatchRange
 from ..core.weights import SourceModel
@@ -32,7 +34,7 @@ class GateCandidate:
     contract: str
 
 
-def gate_candidates(folder: Path, manifest: dict[str, Any]) -> list[GateCandidate]:
+def gate_candidates(folder: Path, manifest: Manifest) -> list[GateCandidate]:
     """The artifact in every runtime here that judges it (the registry's), each with the
     contract it is judged by.
 
@@ -45,7 +47,8 @@ def gate_candidates(folder: Path, manifest: dict[str, Any]) -> list[GateCandidat
     """
     own, fmt = manifest["precision"], manifest["format"]
     flavour = (manifest.get("int8") or {}).get("flavour")
-    built_from = manifest["tensorrt"]["built_from"] if fmt == "trt" else None
+    build = manifest.get("tensorrt")
+    built_from = build["built_from"] if fmt == "trt" and build else None
     found = []
     for info in runtimes_for(SOURCE_FORMAT[own] if built_from else fmt, flavour):
         if not info.judges or info.unavailable() is not None:
@@ -65,7 +68,7 @@ def gate_candidates(folder: Path, manifest: dict[str, Any]) -> list[GateCandidat
     return found
 
 
-def judge_artifact(folder: Path, manifest: dict[str, Any], source: SourceModel, echo: Echo
+def judge_artifact(folder: Path, manifest: Manifest, source: SourceModel, echo: Echo
          ) -> tuple[dict[str, Any], list[Verdict]]:
     """Run the gate for every candidate runtime; print a table for each."""
     spec = ModelSpec.from_dict(manifest["model"])

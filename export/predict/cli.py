@@ -66,7 +66,8 @@ def document(artifact: Path, predictor: Predictor, top: int, results: list[FileR
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document (schema resnet-predict, version 1) instead of the "
                    "table.")
-@click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="auto", show_default=True,
+@click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="auto",
+              show_default=True,
               help="What runs the artifact: auto = its own runtime (ONNX Runtime on the CPU for "
                    "ONNX files, TensorRT for engines); onnxruntime, onnxruntime-cuda, openvino "
                    "(the openvino extra), tensorrt (engines).")

@@ -10,18 +10,20 @@ the padding's logits dropped), and every call goes through the artifact's runner
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..core.artifact import read_manifest
 from ..core.errors import UserError
+from ..core.manifest import Manifest
 from ..core.models import ModelSpec
 from ..core.shapes import BatchRange
-from ..runtime import Runner
 from ..data import IMAGE_SUFFIXES, image_files, preprocess, read_image
+from ..runtime import Runner
 from .runtimes import open_runner
 
 CHANNEL_NAMES = {1: "grayscale", 3: "RGB"}
@@ -129,7 +131,7 @@ class Predictor:
     :meth:`close` (or at the end of a ``with`` block).
     """
 
-    def __init__(self, runner: Runner, manifest: dict[str, Any], folder: Path | None = None):
+    def __init__(self, runner: Runner, manifest: Manifest, folder: Path | None = None):
         self.runner = runner
         self.manifest = manifest
         self.folder = folder
@@ -142,7 +144,7 @@ class Predictor:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, runtime: str = "auto", threads: int | None = None,
-             verify: bool = True) -> "Predictor":
+             verify: bool = True) -> Predictor:
         """The artifact in ``folder`` (any format ``resnet-export`` writes) on ``runtime``
         (:data:`export.predict.RUNTIME_CHOICES`); checked as :func:`export.runtime.load_artifact`
         checks it."""
@@ -218,8 +220,8 @@ class Predictor:
         The first file that cannot be classified raises :class:`UserError`."""
         results = []
         for result in self.iter_files(paths, top, batch_size):
-            if result.error is not None:
-                raise UserError(result.error)
+            if result.error is not None or result.top is None:
+                raise UserError(result.error or f"{result.path}: not classified")
             results.append(result.top)
         return results
 
@@ -256,7 +258,7 @@ class Predictor:
     def close(self) -> None:
         self.runner.deactivate()
 
-    def __enter__(self) -> "Predictor":
+    def __enter__(self) -> Predictor:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
+from ..core.manifest import Manifest
 from ..runtime import Runner, load_artifact
 from ..runtime.registry import RUNTIMES, get_runtime
 
@@ -26,7 +27,7 @@ from ..runtime.registry import RUNTIMES, get_runtime
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
 
 
-def _onnx_file(manifest: dict[str, Any]) -> str | None:
+def _onnx_file(manifest: Manifest) -> str | None:
     """The ONNX file of the folder to run instead of the main artifact (an engine's source)."""
     if manifest["format"] == "trt":
         return (manifest.get("tensorrt") or {}).get("built_from") or next(
@@ -34,7 +35,7 @@ def _onnx_file(manifest: dict[str, Any]) -> str | None:
     return None
 
 
-def open_runner(folder: str | Path, manifest: dict[str, Any], runtime: str = "auto",
+def open_runner(folder: str | Path, manifest: Manifest, runtime: str = "auto",
                 threads: int | None = None, verify: bool = True) -> Runner:
     """A runner (not yet activated) for the artifact in ``folder`` on ``runtime``."""
     fmt = manifest["format"]

@@ -12,11 +12,13 @@ CUDA device needs CUDA events, host-synchronous work a host clock.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from ..core.manifest import Manifest
 from ..core.shapes import BatchRange, check_batch
 
 
@@ -32,7 +34,7 @@ class InputContract:
         check_batch(tuple(shape), self.chw, self.batch, self.name)
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> "InputContract":
+    def from_manifest(cls, manifest: Manifest) -> InputContract:
         spec = manifest["model"]
         return cls(manifest["inputs"][0]["name"],
                    (int(spec["in_chans"]), int(spec["input_size"]), int(spec["input_size"])),
@@ -106,7 +108,7 @@ class Runner(abc.ABC):
     def synchronize(self) -> None:
         """Wait for work the runner queued on its device (nothing to wait for on the host)."""
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         self.activate()
         return self
 

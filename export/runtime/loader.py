@@ -24,11 +24,12 @@ from ..core.agreement import check_digest, check_onnx_agrees
 from ..core.artifact import artifact_file, check_onnx_file, read_manifest, verify_files
 from ..core.errors import UserError
 from ..core.folders import recover_interrupted
+from ..core.manifest import Manifest
 from .base import InputContract, Runner
 from .registry import EXECUTION_PRECISIONS, default_runtime, get_runtime, runtimes_for
 
 
-def runner_for(folder: Path, manifest: dict[str, Any], providers: list[str] | None = None, *,
+def runner_for(folder: Path, manifest: Manifest, providers: list[str] | None = None, *,
                runtime: str | None = None, precision: str | None = None,
                file: str | None = None, **runner_kwargs: Any) -> Runner:
     """The runner for an already read (and verified) manifest.

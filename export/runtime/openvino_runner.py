@@ -132,7 +132,8 @@ class OpenVINORunner(Runner):
             self._check_native_bf16()
         self._model: Any = None
         self._dynamic: Any = None  # compiled model with the file's own (dynamic) shapes
-        self._compiled: dict[tuple[int, ...], tuple[Any, Any]] = {}  # shape -> (compiled, request)
+        # shape (None: the dynamic model) -> (compiled, request)
+        self._compiled: dict[tuple[int, ...] | None, tuple[Any, Any]] = {}
         self._throughput_compiled: dict[tuple[int, ...], Any] = {}  # shape -> THROUGHPUT model
         self._last: Any = None  # the compiled model used last (runtime_info reads it)
         self._input_type: Any = None
@@ -289,7 +290,7 @@ class OpenVINORunner(Runner):
             "precision": self.precision,
             "requested": {k: str(v) for k, v in self.compile_config().items()},
             "static_shapes": self.static_shapes,
-            "compiled_shapes": [list(s) for s in self._compiled] if self.static_shapes else [],
+            "compiled_shapes": [list(s) for s in self._compiled if s is not None],
         }
         if self._last is not None:
             c = self._last

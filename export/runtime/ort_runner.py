@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def missing_provider(providers: list[str]) -> str | None:
 
 
 Session = Any  # onnxruntime.InferenceSession
-SessionSource = Union[str, Path, Session, Callable[[], Session]]
+SessionSource = str | Path | Session | Callable[[], Session]
 
 
 class OnnxRuntimeRunner(Runner):

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..core import cpu_features
 from ..core.errors import UserError
@@ -157,7 +157,7 @@ RUNTIMES: dict[str, RuntimeInfo] = {r.name: r for r in (
 EXECUTION_PRECISIONS = {("openvino", "fp32"): ("fp32", "bf16")}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe_cached(name: str) -> str | None:
     return RUNTIMES[name]._probe()
 

@@ -9,14 +9,16 @@ this machine) is plain Python and unit-tested without a GPU.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..core.errors import BackendUnavailable, EngineIncompatible, UserError
+from ..core.manifest import Manifest
 from .base import InputContract, Runner
 
 MIN_TENSORRT_MAJOR = 10
@@ -85,7 +87,7 @@ def _major(version: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def check_engine_compatible(manifest: dict[str, Any], trt_version: str | None,
+def check_engine_compatible(manifest: Manifest, trt_version: str | None,
                             gpu: GpuInfo | None) -> None:
     """Refuse an engine unless this TensorRT version and GPU (name and compute capability) are
     the ones it was built with: serialized engines are not portable across either."""
@@ -125,15 +127,21 @@ class TensorRTRunner(Runner):
 
     backend = "tensorrt"
 
-    def __init__(self, engine: str | Path | Callable[[], bytes], manifest: dict[str, Any],
+    def __init__(self, engine: str | Path | Callable[[], bytes], manifest: Manifest,
                  check_compatibility: bool = True):
         self.trt, self.gpu = require_tensorrt("running a TensorRT engine")
         super().__init__(manifest["precision"], "cuda", InputContract.from_manifest(manifest))
         if check_compatibility:
             check_engine_compatible(manifest, str(self.trt.__version__), self.gpu)
-        self.engine_path = Path(engine) if isinstance(engine, (str, Path)) else None
-        self._read_engine = self.engine_path.read_bytes if self.engine_path else engine
-        self.name = self.engine_path.name if self.engine_path else manifest.get("artifact", "engine")
+        self.engine_path: Path | None = None
+        self._read_engine: Callable[[], bytes]
+        if isinstance(engine, (str, Path)):
+            self.engine_path = Path(engine)
+            self._read_engine = self.engine_path.read_bytes
+        else:
+            self._read_engine = engine
+        self.name = (self.engine_path.name if self.engine_path
+                     else manifest.get("artifact", "engine"))
         self.input_name = manifest["inputs"][0]["name"]
         self.output_name = manifest["outputs"][0]["name"]
         self._num_classes = manifest["model"].get("num_classes")

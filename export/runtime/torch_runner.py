@@ -4,7 +4,8 @@ a CPU with native BF16, CUDA graphs."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,15 +91,16 @@ class TorchRunner(Runner):
     def _activate(self) -> None:
         module = self.model.eval().to(self.device, self._dtype)
         if self.channels_last:
-            module = module.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format (documented); torch's type stubs do not list it
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._module = module
         if self.compile:
             options: dict[str, Any] = {}
             if self.compile_mode is not None:
                 options["mode"] = self.compile_mode
             if self.compile_dynamic is not None:
                 options["dynamic"] = self.compile_dynamic
-            module = torch.compile(module, **options)
-        self._module = module
+            self._module = torch.compile(module, **options)
         self._graphs = {}
 
     def _deactivate(self) -> None:
@@ -123,7 +125,7 @@ class TorchRunner(Runner):
         return x
 
     @torch.inference_mode()
-    def _graph_for(self, x: torch.Tensor) -> "_CapturedGraph":
+    def _graph_for(self, x: torch.Tensor) -> _CapturedGraph:
         graph = self._graphs.get(tuple(x.shape))
         if graph is None:
             graph = self._graphs[tuple(x.shape)] = _CapturedGraph(self._module, x)

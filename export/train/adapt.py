@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
@@ -53,6 +52,8 @@ def adapt_init_weights(model: nn.Module, state: dict[str, torch.Tensor],
 
 
 def load_init_weights(model: nn.Module, config: TrainConfig) -> list[str]:
+    if config.init_weights is None:
+        return []
     ckpt = load_checkpoint(config.init_weights)
     if ckpt.spec is not None and ckpt.spec.name != config.model:
         raise UserError(f"--init-weights {ckpt.path} holds a {ckpt.spec.name}, but this run "

@@ -7,12 +7,28 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from ..core.cli import (OneLineCommand, OneLineUsageError, model_options, one_line_errors,
-                         print_family_table, resolve_model_name)
-from .config import (BOUNDS, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, EPOCH_BUDGET_IMAGES,
-                     FINE_TUNE_LR_FACTOR, MIN_DEFAULT_BATCH_SIZE, MIN_STEPS_PER_EPOCH,
-                     RESUME_CHANGES, SMALL_STEM_MAX_INPUT, TrainConfig, bound_problem)
+from ..core.cli import (
+    OneLineCommand,
+    OneLineUsageError,
+    model_options,
+    one_line_errors,
+    print_family_table,
+    resolve_model_name,
+)
 from ..data.layouts import detect_layout
+from .config import (
+    BOUNDS,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    EPOCH_BUDGET_IMAGES,
+    FINE_TUNE_LR_FACTOR,
+    MIN_DEFAULT_BATCH_SIZE,
+    MIN_STEPS_PER_EPOCH,
+    RESUME_CHANGES,
+    SMALL_STEM_MAX_INPUT,
+    TrainConfig,
+    bound_problem,
+)
 from .loop import run_training
 from ..core.hardware import thread_problem
 

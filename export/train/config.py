@@ -70,8 +70,9 @@ class Bound:
 #: every numeric option of resnet-train, checked on the command line and by resolved()
 BOUNDS = {
     "epochs": Bound(int, 1, 100_000, optional=True),
-    "batch_size": Bound(int, 2, 65_536, optional=True, reason="BatchNorm needs at least 2 images per batch; "
-                        "a larger batch does not fit in memory at any ResNet input size"),
+    "batch_size": Bound(int, 2, 65_536, optional=True,
+                        reason="BatchNorm needs at least 2 images per batch; a larger batch "
+                               "does not fit in memory at any ResNet input size"),
     "lr": Bound(float, 0, None, lo_open=True, optional=True),
     "weight_decay": Bound(float, 0, None, optional=True),
     "warmup_epochs": Bound(float, 0, 100_000, optional=True),
@@ -142,7 +143,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop early after this many optimiser steps (smoke tests)
 
     def resolved(self, image_size: int | None = None, train_images: int | None = None,
-                 world_size: int = 1) -> "TrainConfig":
+                 world_size: int = 1) -> TrainConfig:
         """Check the numbers and fill every default.
 
         ``image_size`` is the side of the data's images (the digits' 8 when ``data`` is None)
@@ -192,7 +193,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

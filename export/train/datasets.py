@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def _jitter(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         a = self.augment
+        assert a is not None  # __getitem__ jitters only with an Augment
         angle = math.radians(rng.uniform(-a.max_rotate_deg, a.max_rotate_deg))
         scale = 1.0 + rng.uniform(-a.max_scale, a.max_scale)
         tx, ty = rng.uniform(-a.max_shift, a.max_shift, size=2) * 2.0  # grid units span 2

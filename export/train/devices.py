@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
 
 from ..core.errors import UserError
 from ..core.hardware import resolve_device, usable_cores
-
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class Processes:
         return self.world_size > 1
 
     @classmethod
-    def from_env(cls) -> "Processes":
+    def from_env(cls) -> Processes:
         """torchrun's RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE (one process without)."""
         values = []
         for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0),

@@ -15,9 +15,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,20 +27,26 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from ..core.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from ..core.checkpoint import Checkpoint, load_checkpoint, load_state_into, save_checkpoint
 from ..core.errors import UnknownModelError, UserError, first_line, printable
 from ..core.fileio import atomic_path, write_json
 from ..core.hardware import available_memory, format_bytes
 from ..core.models import ModelSpec
-from ..data import (TrainingData, channel_stats, describe_source, load_training_data, scan,
-                    source_name, split_of)
+from ..data import (
+    TrainingData,
+    channel_stats,
+    describe_source,
+    load_training_data,
+    scan,
+    source_name,
+    split_of,
+)
 from .adapt import load_init_weights
-from .datasets import Augment, ImageDataset
 from .config import RESUME_CHANGES, TrainConfig, default_notes
+from .datasets import Augment, ImageDataset
 from .devices import Processes, cpu_thread_count, cpu_threads, pick_device, process_group
 from .plots import format_confusion, plot_curves
-from .rundir import (claim_resumed, claim_run_dir, holds_run, resolve_run_dir,
-                     resume_checkpoint_path)
+from .rundir import claim_resumed, claim_run_dir, holds_run, resolve_run_dir, resume_checkpoint_path
 from .steps import activation_bytes, build_optimizer, evaluate, train_one_epoch, warmup_cosine
 
 
@@ -115,7 +122,8 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
 
 
 def _prepare_and_fit(config: TrainConfig, asked: TrainConfig, dataset: dict[str, Any],
-                     run_dir: Path, resumed, procs: Processes, started: float, echo,
+                     run_dir: Path, resumed: Checkpoint | None, procs: Processes,
+                     started: float, echo: Callable[..., Any],
                      progress: bool | None) -> TrainResult:
     """Read the data, then train: everything a run does while it holds its folder."""
     device = pick_device(config.device, procs)
@@ -177,13 +185,14 @@ class Progress:
                 "history": self.history}
 
     @classmethod
-    def from_saved(cls, meta: dict[str, Any]) -> "Progress":
+    def from_saved(cls, meta: dict[str, Any]) -> Progress:
         return cls(int(meta["epoch"]), int(meta.get("step", 0)),
                    (float(meta["best_val_top1"]), -float(meta["best_val_loss"])),
                    int(meta["best_epoch"]), list(meta.get("history", [])))
 
 
-def _model_spec(config: TrainConfig, data: TrainingData, resumed) -> ModelSpec:
+def _model_spec(config: TrainConfig, data: TrainingData, resumed: Checkpoint | None
+                ) -> ModelSpec:
     """The resumed run's spec, or a new one with the training split's mean and std."""
     if resumed is None:
         mean, std = channel_stats(data.images["train"])
@@ -196,7 +205,7 @@ def _model_spec(config: TrainConfig, data: TrainingData, resumed) -> ModelSpec:
     return spec
 
 
-def _restore(resumed, model: nn.Module, optimizer: torch.optim.Optimizer,
+def _restore(resumed: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer,
              scheduler: torch.optim.lr_scheduler.LRScheduler,
              scaler: torch.amp.GradScaler) -> Progress:
     """Load last.pt's weights and resume state, or say in one line that the state is damaged
@@ -248,7 +257,8 @@ def _place_model(model: nn.Module, procs: Processes,
     """(the model, what the training step calls): channels_last and DDP where they apply."""
     model.to(device)
     if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format (documented); torch's type stubs do not list it
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if procs.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if not procs.distributed:
@@ -285,9 +295,9 @@ def _loaders(data: TrainingData, spec: ModelSpec, config: TrainConfig, procs: Pr
                              Augment() if config.augment else None, config.seed)
     # DistributedSampler even for one process: its order depends only on (seed, epoch), so a
     # resumed run sees the batches an uninterrupted one would have.
-    sampler = DistributedSampler(train_set, num_replicas=procs.world_size, rank=procs.rank,
-                                 shuffle=True, seed=config.seed)
-    common = dict(num_workers=config.workers, pin_memory=device.type == "cuda")
+    sampler: DistributedSampler[int] = DistributedSampler(
+        train_set, num_replicas=procs.world_size, rank=procs.rank, shuffle=True, seed=config.seed)
+    common: dict[str, Any] = dict(num_workers=config.workers, pin_memory=device.type == "cuda")
     batch_size, drop_last = train_batching(len(train_set), config.batch_size, procs.world_size)
     train = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                        **common)
@@ -379,6 +389,8 @@ def _fit(run: _Fit) -> TrainResult:
         if steps_left is not None and steps_left <= 0:
             break
         epoch_started = time.perf_counter()
+        assert isinstance(train_loader.sampler, DistributedSampler)  # as _loaders made it
+        assert isinstance(train_loader.dataset, ImageDataset)
         train_loader.sampler.set_epoch(epoch)
         train_loader.dataset.set_epoch(epoch)
         stats = train_one_epoch(train_model, train_loader, optimizer, scheduler, criterion, device,
@@ -449,7 +461,7 @@ class Monitor:
     like any other; not a run cut short by ``--max-steps`` (a smoke test is not meant to learn).
     """
 
-    def __init__(self, num_classes: int, val_labels, config: TrainConfig):
+    def __init__(self, num_classes: int, val_labels: np.ndarray, config: TrainConfig):
         self.guess_loss = math.log(max(num_classes, 2))  # cross-entropy of a uniform guess
         counts = np.bincount(np.asarray(val_labels, dtype=np.int64), minlength=num_classes)
         self.chance = float(counts.max() / max(counts.sum(), 1))  # always the commonest class
@@ -489,7 +501,8 @@ class Monitor:
 
 
 def _announce_run(spec: ModelSpec, data: TrainingData, config: TrainConfig, progress: Progress,
-              device: torch.device, procs: Processes, threads: int, run_dir: Path, resumed,
+              device: torch.device, procs: Processes, threads: int, run_dir: Path,
+              resumed: Checkpoint | None,
               say: Callable[[str], Any]) -> None:
     counts = data.counts()
     say(f"{'resuming' if resumed else 'training'} {spec.name} on {source_name(data.dataset)} "
@@ -563,7 +576,7 @@ def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: P
     }
     with _writing(run_dir / "summary.json", kept):
         write_json(run_dir / "summary.json", summary)
-    say(f"test top-1 {test.top1:.2%} ({len(test_loader.dataset)} images, best epoch "
+    say(f"test top-1 {test.top1:.2%} ({len(data.labels['test'])} images, best epoch "
         f"{progress.best_epoch}); per class: "
         + ", ".join(f"{n} {v:.1%}" for n, v in zip(data.class_names, test.per_class_top1)))
     if data.num_classes <= 20:

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from ..core.errors import printable
 from ..core.fileio import atomic_path
-
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, train_label: str = "train") -> None:

@@ -1,0 +1,1 @@
+"""Serving: the Open Inference Protocol on Ray Serve (``resnet-serve``)."""

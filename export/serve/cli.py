@@ -1,0 +1,137 @@
+"""``resnet-serve``: serve artifacts over the Open Inference Protocol on Ray Serve, and
+``resnet-serve bench``: load a running server (or one it starts) at several concurrencies."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..core.cli import DefaultCommand, DefaultGroup, OneLineCommand, one_line_errors
+from ..predict.runtimes import RUNTIME_CHOICES
+
+
+def _echo(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _wait_for_signal() -> None:
+    """Sleep until Ctrl-C or SIGTERM (both raise KeyboardInterrupt here)."""
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    while not stop.wait(0.5):
+        pass
+
+
+@click.group(cls=DefaultGroup, default_command="start",
+             context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Serve exported artifacts over the Open Inference Protocol (KServe v2, Triton's URLs)."""
+
+
+@main.command("start", cls=DefaultCommand, hidden=True)
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path),
+                metavar="ARTIFACT...")
+@click.option("--name", "names", multiple=True,
+              help="Model name for each artifact, in order [default: <model>-<format>].")
+@click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="auto",
+              show_default=True,
+              help="What runs each artifact, as resnet-predict --runtime.")
+@click.option("--replicas", type=click.IntRange(min=1, max=256), default=1, show_default=True,
+              help="Replicas per model (Ray Serve replaces one that dies).")
+@click.option("--threads", type=click.IntRange(min=1, max=1024), default=None,
+              help="Runtime threads per replica [default: the cores shared equally among all "
+                   "replicas].")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Most images one batch may hold [default and limit: each artifact's batch "
+                   "range max].")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0, max=10_000), default=2.0,
+              show_default=True, help="How long a batch waits to fill after its first request.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=8000, show_default=True)
+@click.option("--address", default=None,
+              help="Join this Ray cluster (e.g. auto, or ray://head:10001) instead of starting "
+                   "Ray here; artifacts must be readable at the same path on every node.")
+@click.option("--metrics-port", type=click.IntRange(min=1, max=65535), default=None,
+              help="Serve Ray's Prometheus metrics (request counts, latencies, batch sizes) on "
+                   "this port (local Ray only).")
+@one_line_errors
+def start(artifacts: tuple[Path, ...], names: tuple[str, ...], runtime: str, replicas: int,
+          threads: int | None, max_batch: int | None, batch_wait_ms: float, host: str,
+          port: int, address: str | None, metrics_port: int | None) -> None:
+    """Serve ARTIFACT... over the Open Inference Protocol on Ray Serve.
+
+    Each artifact is checked as resnet-predict checks it (sha256 of its files, gate passed,
+    precision contract) and served at /v2/models/<name> with dynamic batching; /v2/health/live
+    and /v2/health/ready answer for the service. Ctrl-C or SIGTERM drains and exits 0.
+
+    \b
+    resnet-serve artifacts/resnet20-onnx
+    resnet-serve artifacts/resnet50-onnx --replicas 2 --runtime openvino
+    resnet-serve bench http://127.0.0.1:8000 --concurrency 1,4,16,64
+    """
+    from .server import ServeConfig, run
+
+    cfg = ServeConfig(list(artifacts), list(names), runtime, replicas, threads, max_batch,
+                      batch_wait_ms, host, port, address, metrics_port)
+    run(cfg, _echo, _wait_for_signal)
+
+
+def _concurrencies(_ctx: Any, _param: Any, value: str) -> list[int]:
+    try:
+        levels = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"wants numbers like 1,4,16,64, got {value!r}") from None
+    if not levels or min(levels) < 1 or max(levels) > 1024:
+        raise click.BadParameter(f"wants numbers in 1..1024, got {value!r}")
+    return levels
+
+
+@main.command("bench", cls=OneLineCommand)
+@click.argument("target", metavar="URL|ARTIFACT")
+@click.option("--model", default=None, help="Model to load [default: the only one served].")
+@click.option("--concurrency", default="1,4,16,64", show_default=True, callback=_concurrencies,
+              help="Requests in flight, one sweep step each.")
+@click.option("--requests", "count", type=click.IntRange(min=1, max=1_000_000), default=2000,
+              show_default=True, help="Most requests per step.")
+@click.option("--duration", type=click.FloatRange(min=0.5, max=3600), default=10.0,
+              show_default=True, help="Most seconds per step.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Images per request.")
+@click.option("--json-tensors", is_flag=True, help="Send JSON tensors instead of binary ones.")
+@click.option("--out", type=click.Path(path_type=Path),
+              default=Path("artifacts/bench/serve"), show_default=True,
+              help="Folder for serve-bench.json and serve-bench.png.")
+@click.option("--replicas", type=click.IntRange(min=1, max=256), default=1, show_default=True,
+              help="Replicas of the server it starts (ARTIFACT only).")
+@click.option("--serve-arg", "serve_args", multiple=True,
+              help="More options for the server it starts (ARTIFACT only), e.g. "
+                   "--serve-arg=--runtime=openvino.")
+@one_line_errors
+def bench(target: str, model: str | None, concurrency: list[int], count: int, duration: float,
+          batch: int, json_tensors: bool, out: Path, replicas: int,
+          serve_args: tuple[str, ...]) -> None:
+    """Load a server at each concurrency: p50/p99 latency, throughput, errors, batches formed.
+
+    URL: a running server (resnet-serve, Triton or any Open Inference Protocol server).
+    ARTIFACT: start resnet-serve on it (127.0.0.1, a free port), load it, stop it.
+    """
+    from .loadgen import BenchConfig, run_bench
+
+    cfg = BenchConfig(target, model, concurrency, count, duration, batch, not json_tensors,
+                      out, replicas, list(serve_args))
+    run_bench(cfg, _echo, click.echo)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
