@@ -35,6 +35,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from click.testing import CliRunner
 
 import export.core.artifact as artifact_mod
 import export.core.folders as folders_mod
