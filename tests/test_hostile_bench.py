@@ -7,14 +7,15 @@ One class of defect per section (count = collected cases):
 
 | class | what it covers | count |
 |---|---|---|
-| output folder checked first | uncreatable, read-only, full, inside an artifact: one line before measuring | 8 |
-| memory | batch sizes too large are skips; MemoryError while making a batch | 6 |
+| output folder checked first | uncreatable, read-only, full, inside an artifact | 8 |
+| memory | batch sizes too large are skips; MemoryError making a batch | 6 |
 | --artifacts | malformed manifests and links out of the folder are skips | 2 |
-| results never overwritten | the user's bench.md/csv/notes refused even with --overwrite; an earlier run only with --overwrite; report --out likewise; default names unique within one second | 7 |
-| damaged bench.json | 18 damaged shapes, NaN/Infinity, deep nesting, /dev/zero, a FIFO (never opened), every document a run writes passes | 25 |
-| numeric options | inf/nan/huge --min-time, --warmup, --warmup-max-time, --min-iters, --rounds, --seed, --threads: exit 2 with the reason | 15 |
-| --cache-dir | /proc and /sys refused by file-system type, a folder that cannot hold files | 5 |
-| signals | SIGHUP/SIGTERM mid-run keep the rows (exit 130); one helper restores the handlers | 3 |
+| results never overwritten | your files refused even with --overwrite; a run only with it; | 7 |
+|   | report --out likewise; default names unique within one second | |
+| damaged bench.json | 18 damaged shapes, NaN/Infinity, deep nesting, /dev/zero, a FIFO | 25 |
+| numeric options | inf/nan/huge timing options, --seed, --threads: exit 2, reason | 15 |
+| --cache-dir | /proc, /sys by file-system type; a folder that cannot hold files | 5 |
+| signals | SIGHUP/SIGTERM mid-run keep the rows; one helper, restored | 3 |
 """
 
 from __future__ import annotations

@@ -8,17 +8,18 @@ One class of defect per section (count = collected cases). Small models througho
 
 | class | what it covers | count |
 |---|---|---|
-| 1. output folder | only a provably-ours artifact is replaced; foreign, linked, newer-schema folders kept | 19 |
-| 2. replacing | one-step swap, failures and kills between renames, leftovers cleaned | 8 |
-| 3. links | listed files, the manifest and ONNX external data never lead out of the folder | 11 |
+| 1. output folder | only a provably-ours artifact is replaced | 19 |
+| 2. replacing | one-step swap, failures and kills between renames, leftovers | 8 |
+| 3. links | listed files, the manifest, external data never lead out | 11 |
 | 4. nesting | no artifact inside another (also through a link) | 3 |
 | 8. malformed manifests | one line naming the key, in verify and the loaders | 64 |
-| 10. bounds and memory | out-of-range options exit 2; memory checked before the work | 12 |
+| 10. bounds and memory | out-of-range options exit 2; memory checked first | 12 |
 | 14. signals | SIGTERM and SIGHUP mid-export remove the staging folder | 2 |
-| 15. manifest vs artifact | num_classes, input size, I/O names and dtypes, mean/std, normalisation and class names edited against the ONNX graph and its own metadata; the digest tells an edit (not `deploy`) from a re-export; bench skips an edited artifact | 17 |
-| 16. calibration leaks | raw folder, the t10k file, the dataset folder, a link: the same images, refused; a copy and the training split judged | 7 |
-| 17. INT8 calibration | memory estimated before decoding; temporary files inside the staging folder | 2 |
-| 18. resnet-predict | a FIFO never opened, --threads bounded by the cores, names escaped (JSON exact) | 4 |
+| 15. manifest vs artifact | classes, size, I/O, mean/std, class names vs the ONNX file | 17 |
+|   | and its metadata; the digest (not `deploy`); bench skips it | |
+| 16. calibration leaks | raw folder, t10k file, dataset folder, link: refused | 7 |
+| 17. INT8 calibration | memory estimated first; temporary files in the staging folder | 2 |
+| 18. resnet-predict | no FIFO opened, --threads bounded, names escaped (JSON exact) | 4 |
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ A TensorRT engine's bindings are checked against the same contract when the engi
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from .errors import UserError
