@@ -18,7 +18,7 @@ from .core.cli import (
     one_line_errors,
     print_family_table,
     resolve_model_name,
-    sigterm_as_interrupt,
+    signals_as_interrupt,
 )
 from .core.errors import UserError
 from .core.manifest import FORMATS, MAX_BATCH, MAX_INPUT_SIZE
@@ -168,7 +168,7 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
                                 "take FP32 input)")
     if out is not None and len(set(formats)) > 1:
         raise OneLineUsageError("--out names one folder; leave it out when giving several --fmt")
-    with sigterm_as_interrupt():  # `kill`/`timeout`: clean up like Ctrl-C does
+    with signals_as_interrupt():  # `kill`/`timeout`/hang-up: clean up like Ctrl-C
         export_artifacts(request, list(formats), echo=click.echo,
                          warn=lambda line: click.echo(line, err=True))
 
@@ -184,7 +184,7 @@ def verify(folder: Path) -> None:
     """
     from .pipeline import verify_artifact
 
-    with sigterm_as_interrupt():
+    with signals_as_interrupt():
         verify_artifact(folder, echo=click.echo)
     click.echo(f"verified {folder}: PASS")
 

@@ -318,6 +318,19 @@ def sensitive_layers(proto: onnx.ModelProto) -> list[str]:
     return [name for name in (first, last) if name]
 
 
+@contextlib.contextmanager
+def _temporary_files_in(folder: str) -> Iterator[None]:
+    """ONNX Runtime's quantizer makes its own temporary folders (``pre.quant.*``,
+    ``ort.quant.*``) in the system temp folder, where a killed export leaves them for good: for
+    the duration they go into ``folder`` (inside the export's staging folder) instead."""
+    previous = tempfile.tempdir
+    tempfile.tempdir = folder
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
 def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
                  calibration: np.ndarray, *, flavour: str = "cpu",
                  method: str = DEFAULT_METHOD, batch_size: int = 16,
@@ -356,7 +369,10 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
     extra_options = _extra_options(recipe, method)
     started = time.perf_counter()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="int8-") as tmp, _quiet():
+    # beside the output (an export's staging folder), not in the system temp folder: a killed
+    # run leaves it where the next export's cleanup finds it
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=out_path.parent) as tmp, _quiet(), \
+            _temporary_files_in(tmp):
         prepared = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=False,
                           skip_onnx_shape=False, skip_symbolic_shape=False)

@@ -28,6 +28,9 @@ documented in docs/export.md:
                      "plan"}: how the artifact runs by default (load_artifact honours it)
     created         ISO 8601 UTC
     tool            {"name": "resnet-deploy", "version": export.__version__}
+    deploy          (optional) how to run it, written by the planner after export
+    manifest_sha256 sha256 of the manifest's own canonical JSON without this key and without
+                    ``deploy`` (see :func:`manifest_digest`); absent in older manifests
 
 The typed shape is :class:`Manifest`, a ``TypedDict``: the JSON document itself, so nothing is
 converted on the way in or out, and the type checker sees every key a reader uses. Everything a
@@ -39,8 +42,11 @@ runner.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import platform
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypedDict, TypeGuard, cast
 
@@ -69,6 +75,10 @@ MAX_INPUT_SIZE = 4096
 MAX_MANIFEST_BYTES = 16 << 20
 #: Leftovers of a killed export beside ``<out>``: its staging folder and the previous artifact.
 STAGING_SUFFIX = ".partial"
+#: The manifest's digest of its own content. ``deploy`` is left out of it: the planner adds that
+#: section after export (and may replace it), which is not an edit of what the export recorded.
+DIGEST_KEY = "manifest_sha256"
+UNSEALED_KEYS = (DIGEST_KEY, "deploy")
 FAILED_SUFFIX = ".FAILED"
 
 
@@ -146,6 +156,8 @@ def check_manifest(data: Any, where: Path) -> Manifest:
         raise _fail(where, "created", f"must be an ISO 8601 string, got {_short(data['created'])}")
     if not isinstance(data["tool"], dict):
         raise _fail(where, "tool", f"must be an object, got {_short(data['tool'])}")
+    if DIGEST_KEY in data and not _is_sha256(data[DIGEST_KEY]):
+        raise _fail(where, DIGEST_KEY, f"must be 64 hex digits, got {_short(data[DIGEST_KEY])}")
     return cast(Manifest, data)  # every key a reader uses was checked above
 
 
@@ -361,6 +373,7 @@ class Manifest(TypedDict, total=False):
     deploy: dict[str, Any] | None
     created: str
     tool: dict[str, Any]
+    manifest_sha256: str
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,7 +423,18 @@ def build_manifest(*, fmt: str, precision: str, artifact: str, files: list[FileE
     }
 
 
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), without
+    :data:`UNSEALED_KEYS`: what ``verify`` compares to tell an edited manifest from one we wrote."""
+    content = {k: v for k, v in manifest.items() if k not in UNSEALED_KEYS}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    """Write the manifest with its digest (:data:`DIGEST_KEY`) recomputed: every writer of ours
+    seals what it writes."""
+    manifest[DIGEST_KEY] = manifest_digest(manifest)
     path = Path(folder) / MANIFEST_NAME
     write_json(path, manifest)
     return path

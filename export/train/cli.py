@@ -30,6 +30,7 @@ from .config import (
     bound_problem,
 )
 from .loop import run_training
+from ..core.hardware import thread_problem
 
 DEFAULTS = TrainConfig()
 
@@ -47,6 +48,8 @@ def bounded(option: str) -> click.ParamType:
                     ctx: click.Context | None) -> Any:
             number = plain.convert(value, param, ctx)
             problem = bound_problem(option, number)
+            if problem is None and option in ("threads", "workers"):  # tied to this machine
+                problem = thread_problem(f"--{option}", number)
             if problem:
                 self.fail(problem, param, ctx)
             return number
