@@ -205,11 +205,14 @@ def main() -> None:
 @click.option("--steady-warmup/--no-steady-warmup", default=True, show_default=True,
               help="Also warm up until the latency settles (median of the last 3 iterations "
                    "within 15% of the 3 before; at most --warmup-max-time).")
-@click.option("--warmup-max-time", type=bounded(float, 0, MAX_SECONDS, SECONDS_REASON), default=30.0, show_default=True,
+@click.option("--warmup-max-time", type=bounded(float, 0, MAX_SECONDS, SECONDS_REASON),
+              default=30.0, show_default=True,
               help="Seconds after which a warm-up that has not settled stops (the row says so).")
-@click.option("--min-iters", type=bounded(int, 1, MAX_ITERS, ITERS_REASON), default=10, show_default=True,
+@click.option("--min-iters", type=bounded(int, 1, MAX_ITERS, ITERS_REASON),
+              default=10, show_default=True,
               help="Timed loop: at least this many iterations...")
-@click.option("--min-time", type=bounded(float, 0, MAX_SECONDS, SECONDS_REASON), default=2.0, show_default=True,
+@click.option("--min-time", type=bounded(float, 0, MAX_SECONDS, SECONDS_REASON),
+              default=2.0, show_default=True,
               help="...and at least this many seconds.")
 @click.option("--rounds", type=bounded(int, 1, MAX_ROUNDS, "more rounds than this only "
                                                    "repeat what the rounds already say"),

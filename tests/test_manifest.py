@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 from export import __version__
-from export.core.manifest import write_manifest
 from export.core.artifact import read_manifest, verify_files
 from export.core.errors import BackendUnavailable, UserError
-from export.core.manifest import REQUIRED_KEYS, SCHEMA_VERSION
+from export.core.manifest import REQUIRED_KEYS, SCHEMA_VERSION, write_manifest
 from export.core.models import ModelSpec
 from export.core.shapes import BatchRange
 from export.pipeline import ExportRequest, export_artifact

@@ -98,8 +98,8 @@ def main(artifact: Path, images: tuple[Path, ...], top: int, as_json: bool, runt
                                 f"{predictor.batch.min}..{predictor.batch.max}")
     click.echo(f"{printable(artifact)}: {printable(predictor.describe())}", err=True)
     if not predictor.trained:
-        click.echo(f"warning: {printable(artifact)} was exported from UNTRAINED (seeded) weights; its "
-                   "predictions mean nothing", err=True)
+        click.echo(f"warning: {printable(artifact)} was exported from UNTRAINED (seeded) "
+                   "weights; its predictions mean nothing", err=True)
     started = time.perf_counter()
     try:
         predictor.runner.activate()

@@ -15,6 +15,7 @@ from ..core.cli import (
     print_family_table,
     resolve_model_name,
 )
+from ..core.hardware import thread_problem
 from ..data.layouts import detect_layout
 from .config import (
     BOUNDS,
@@ -30,7 +31,6 @@ from .config import (
     bound_problem,
 )
 from .loop import run_training
-from ..core.hardware import thread_problem
 
 DEFAULTS = TrainConfig()
 
