@@ -429,6 +429,9 @@ class Planner:
                 self.specs.append(spec)
             formats.add(fmt)
             artifact = str(path.parent / manifest.get("artifact", ""))
+            if manifest.get("deploy") and self.req.backends is None:
+                self._add_deployed(path.parent, manifest, spec, batch_range, artifact)
+                continue
             if (fmt == "onnx" and precision == "fp32" and "bf16" in (self.req.precisions or [])
                     and "openvino" in (self.req.backends or ONNX_CPU_BACKENDS)
                     and self.req.device == "cpu"):
@@ -461,6 +464,28 @@ class Planner:
         wanted_trt = "tensorrt" in (self.req.backends or DEFAULT_BACKENDS[self.req.device])
         if wanted_trt and "trt" not in formats:
             self._skip(Skip("tensorrt", f"no TensorRT engine (format trt) under {root}"))
+
+    def _add_deployed(self, folder: Path, manifest: dict[str, Any], spec: ModelSpec,
+                      batch_range: tuple[int, int], artifact: str) -> None:
+        """An artifact with a ``deploy`` section (a plan's choice) runs the way it says: its
+        runtime, precision and settings (--backends measures it on others instead)."""
+        deploy = manifest["deploy"]
+        backend, precision = deploy["runtime"], deploy["precision"]
+        if self.req.precisions is not None and precision not in self.req.precisions:
+            self._skip(Skip(backend, f"deployed precision {precision} is not in --precision",
+                            precision, artifact=artifact))
+            return
+        reason = _unavailable(backend) if backend in RUNTIMES else None
+        if reason:
+            self._skip(Skip(backend, reason, precision, artifact=artifact))
+            return
+        self.candidates.append(Candidate(
+            backend, precision, spec, lambda: (load_artifact(folder), {}),
+            batch_range=batch_range, artifact=artifact,
+            extra={"format": manifest["format"], "deploy": dict(deploy.get("settings", {}))},
+            throughput=backend == "openvino" and self.req.throughput,
+            note=f"as deployed: {backend} {precision} "
+                 + ", ".join(f"{k}={v}" for k, v in deploy.get("settings", {}).items())))
 
     def _add_openvino_bf16_artifact(self, folder: Path, spec: ModelSpec,
                                     batch_range: tuple[int, int] | None, artifact: str) -> None:

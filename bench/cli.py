@@ -14,6 +14,7 @@ disk), the table is printed and the JSON document saved in the system's temporar
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -26,19 +27,24 @@ from typing import Any
 import click
 import torch
 
-from export.core.artifact import enclosing_artifact
 from export.core.cli import (
     DefaultCommand,
     DefaultGroup,
     OneLineCommand,
+    bounded,
     model_options,
     one_line_errors,
     print_family_table,
     resolve_model_name,
+    thread_option,
 )
 from export.core.errors import UserError, first_line
-from export.core.fileio import make_dirs, remove_dirs
-from export.core.hardware import available_memory, inference_bytes, resolve_device, usable_cores
+from export.core.hardware import (
+    available_memory,
+    inference_bytes,
+    resolve_device,
+    usable_cores,
+)
 from export.core.manifest import MAX_INPUT_SIZE
 from export.core.models import default_spec
 from export.runtime.ort_runner import ORT_OPTIMIZATION_LEVELS
@@ -48,11 +54,20 @@ from . import environment, report
 from .cases import BACKENDS, Candidate, Request, Skip, plan
 from .load import others_cores
 from .load import snapshot as load_snapshot
+from .outdir import check_claimable, check_not_in_artifact, claim_out, probe_folder
 from .stats import NoiseRule, thread_collapse
 from .sweep import sweep
 from .timing import TimingConfig
 
 DEFAULT_BATCHES = {"cpu": [1, 8], "cuda": [1, 32]}
+#: Bounds of the timing options: far beyond any useful measurement, yet a run that keeps them
+#: all still ends (``inf`` seconds or 10^12 iterations would not).
+MAX_SECONDS = 3600
+SECONDS_REASON = "an hour per row is far beyond what settles any latency"
+MAX_ITERS = 1_000_000
+ITERS_REASON = "a million timed iterations per row already pin the median to < 0.1%"
+MAX_ROUNDS = 1000
+MAX_SEED = 2**32 - 1
 
 
 # -- option parsing --------------------------------------------------------------------------
@@ -97,8 +112,13 @@ def _parse_warmup(_ctx: Any, _param: Any, value: str) -> tuple[int, float]:
     except ValueError:
         raise click.BadParameter(f"{value!r}: give iterations and/or seconds, e.g. 5, 0.5s or "
                                  "5,0.5s") from None
+    if not math.isfinite(seconds):
+        raise click.BadParameter(f"{value!r}: warm-up seconds must be a finite number")
     if iters < 0 or seconds < 0:
         raise click.BadParameter(f"{value!r}: warm-up cannot be negative")
+    if iters > MAX_ITERS or seconds > MAX_SECONDS:
+        raise click.BadParameter(f"{value!r}: warm-up is at most {MAX_ITERS} iterations and "
+                                 f"{MAX_SECONDS} s ({SECONDS_REASON})")
     return iters, seconds
 
 
@@ -106,34 +126,8 @@ def _parse_warmup(_ctx: Any, _param: Any, value: str) -> tuple[int, float]:
 
 
 def check_out_folder(out: Path, option: str = "--out") -> None:
-    """A folder we write into may not be (or lie inside) an exported artifact: its files would
-    become part of the artifact, which would stop being one."""
-    enclosing = enclosing_artifact(out / "bench.json")
-    if enclosing is not None:
-        raise UserError(f"{option} {out} is inside the artifact folder {enclosing}; what "
-                        "resnet-bench writes there would become part of the artifact: choose a "
-                        "folder outside it")
-
-
-def prepare_out(out: Path) -> list[Path]:
-    """Create ``out`` and write (then remove) a probe file in it: a read-only, full or
-    unwritable folder is one line before anything is measured. Returns the folders created."""
-    check_out_folder(out)
-    created: list[Path] = []
-    try:
-        created = make_dirs(out)
-        fd, probe = tempfile.mkstemp(prefix=".resnet-bench-probe-", dir=out)
-        try:
-            os.write(fd, b"\0" * 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as exc:
-        remove_dirs(created)
-        raise UserError(f"cannot write to --out {out}: {exc.strerror or exc}; nothing was "
-                        "measured") from None
-    return created
+    """See :func:`.outdir.check_not_in_artifact` (kept here for callers of this module)."""
+    check_not_in_artifact(out, option)
 
 
 def memory_skips(candidates: list[Candidate], batches: list[int], device: str
@@ -162,7 +156,7 @@ def write_report(doc: dict[str, Any], out: Path) -> dict[str, Path]:
     report.add_speedups(doc["results"])
     try:
         return report.write_all(doc, out)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # a full disk, or a row the schema refuses
         click.echo(report.markdown(doc), nl=False)
         saved = None
         try:
@@ -173,8 +167,8 @@ def write_report(doc: dict[str, Any], out: Path) -> dict[str, Path]:
             saved = None
         kept = f"the {len(doc['results'])} result(s) are printed above" + (
             f" and saved in {saved}" if saved else "")
-        raise UserError(f"cannot write the report to {out}: {exc.strerror or exc}; {kept}"
-                        ) from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+        raise UserError(f"cannot write the report to {out}: {reason}; {kept}") from None
 
 
 @click.group(cls=DefaultGroup, default_command="run",
@@ -233,32 +227,41 @@ def free_threads(window_s: float = 1.0) -> tuple[int, str | None]:
 @click.option("--steady-warmup/--no-steady-warmup", default=True, show_default=True,
               help="Also warm up until the latency settles (median of the last 3 iterations "
                    "within 15% of the 3 before; at most --warmup-max-time).")
-@click.option("--warmup-max-time", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--warmup-max-time", type=bounded(float, 0, MAX_SECONDS, SECONDS_REASON),
+              default=30.0, show_default=True,
               help="Seconds after which a warm-up that has not settled stops (the row says so).")
-@click.option("--min-iters", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--min-iters", type=bounded(int, 1, MAX_ITERS, ITERS_REASON),
+              default=10, show_default=True,
               help="Timed loop: at least this many iterations...")
-@click.option("--min-time", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--min-time", type=bounded(float, 0, MAX_SECONDS, SECONDS_REASON),
+              default=2.0, show_default=True,
               help="...and at least this many seconds.")
-@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--rounds", type=bounded(int, 1, MAX_ROUNDS, "more rounds than this only "
+                                                   "repeat what the rounds already say"),
+              default=10, show_default=True,
               help="Interleave: at each batch size, time every backend in turn for 1/ROUNDS of "
                    "the timed loop, ROUNDS times, so load that comes and goes hits all alike "
                    "(1: each backend in one go).")
 @click.option("--throughput/--no-throughput", default=True, show_default=True,
               help="OpenVINO: also measure throughput the way benchmark_app does (several "
                    "asynchronous requests in flight), as separate rows with timing 'throughput'.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=thread_option("--threads"), default=None,
               help="CPU threads for torch and onnxruntime intra-op [default: the usable cores "
                    "that other processes leave free, at least 1].")
 @click.option("--ort-opt-level", type=click.Choice(list(ORT_OPTIMIZATION_LEVELS)),
               default="all", show_default=True, help="ONNX Runtime graph optimisation level.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=bounded(int, 0, MAX_SEED, "the seed generators take 32 bits"),
+              default=0, show_default=True,
               help="Seed for the inputs and the (untrained) weights.")
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where on-the-fly ONNX exports are kept [default: "
                    "$XDG_CACHE_HOME/resnet-deploy/bench-onnx, or "
                    "~/.cache/resnet-deploy/bench-onnx without XDG_CACHE_HOME].")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Output folder [default: artifacts/bench/<UTC time>].")
+              help="Output folder: new, empty, or an earlier run's (with --overwrite); never a "
+                   "folder holding other files [default: artifacts/bench/<UTC time>-<pid>].")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the earlier resnet-bench run in --out.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr. [default: only when stderr is a terminal]")
 @one_line_errors
@@ -267,7 +270,7 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
         device: str, channels_last: bool, cuda_graphs: str, warmup: tuple[int, float],
         steady_warmup: bool, warmup_max_time: float, min_iters: int, min_time: float,
         rounds: int, throughput: bool, threads: int | None, ort_opt_level: str, seed: int,
-        cache_dir: Path | None, out: Path | None, progress: bool) -> None:
+        cache_dir: Path | None, out: Path | None, overwrite: bool, progress: bool) -> None:
     """Measure latency and throughput; write bench.json, .csv, .md and .png.
 
     \b
@@ -294,10 +297,11 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
                           warmup_max_time=warmup_max_time, rounds=rounds)
     rule = NoiseRule()
     graphs = {"off": (False,), "on": (True,), "both": (False, True)}[cuda_graphs]
-    out = out or Path("artifacts/bench") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    check_out_folder(out)
+    if out is not None:  # someone else's files, or our earlier run without --overwrite
+        check_claimable(out, overwrite)
     if cache_dir is not None:
         check_out_folder(cache_dir, "--cache-dir")
+        probe_folder(cache_dir, "--cache-dir", "nothing was measured")
 
     previous_threads = torch.get_num_threads()
     previous_benchmark = torch.backends.cudnn.benchmark
@@ -339,7 +343,8 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
             raise UserError("nothing to measure: " + too_big[0].reason)
         if threads_note:  # once the run goes ahead
             click.echo(f"note: {threads_note}", err=True)
-        prepare_out(out)  # creatable and writable, before the first measurement
+        # new, empty or ours; creatable and writable: before the first measurement
+        out, _created = claim_out(out, overwrite)
         doc = report.new_document(environment.collect(threads), config)
         doc["skipped"] = [s.to_dict() for s in [*skipped, *too_big]]
         failure = None
@@ -374,12 +379,12 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder for the merged bench.json, .csv, .md and .png "
-                   "[default: artifacts/bench/report-<UTC time>].")
+                   "[default: artifacts/bench/report-<UTC time>-<pid>]; as for a run, never a "
+                   "folder holding other files.")
+@click.option("--overwrite", is_flag=True, help="Replace the earlier report or run in --out.")
 @one_line_errors
-def report_cmd(runs: tuple[Path, ...], out: Path | None) -> None:
+def report_cmd(runs: tuple[Path, ...], out: Path | None, overwrite: bool) -> None:
     """Rebuild CSV/Markdown/PNG from bench.json files (or run folders), merging several runs."""
-    out = out or Path("artifacts/bench") / datetime.now(timezone.utc).strftime(
-        "report-%Y%m%d-%H%M%S")
     docs, names = [], []
     for path in runs:
         path = path / report.FILES["json"] if path.is_dir() else path
@@ -389,7 +394,7 @@ def report_cmd(runs: tuple[Path, ...], out: Path | None) -> None:
             raise UserError(str(exc)) from None
         names.append(str(path))
     doc = docs[0] if len(docs) == 1 else report.merge(docs, names)
-    prepare_out(out)
+    out, _created = claim_out(out, overwrite, prefix="report-")
     paths = write_report(doc, out)
     click.echo(report.markdown(doc), nl=False)
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,10 @@ import numpy as np
 
 from export.core.fileio import atomic_path, write_json
 
+from .schema import SCHEMA, SCHEMA_VERSION, check_document, read_document
 from .stats import QUOTABLE_SPREAD, quotable, ratio_spread, round_ratios
 
-SCHEMA = "resnet-bench"
-SCHEMA_VERSION = 1
 FILES = {"json": "bench.json", "csv": "bench.csv", "md": "bench.md", "png": "bench.png"}
-
-#: required result keys and their JSON types (the rest of a row is documented in docs/benchmarks.md)
-REQUIRED_ROW = {"backend": str, "precision": str, "batch_size": int, "device": str,
-                "timing": str, "p50_ms": float, "throughput_ips": float}
-REQUIRED_TOP = {"schema": str, "schema_version": int, "environment": dict, "config": dict,
-                "results": list, "skipped": list, "interrupted": bool}
 
 #: CSV columns, in order (a row's lists are joined with "; ")
 COLUMNS = ["backend", "label", "precision", "device", "timing", "cuda_graphs", "channels_last",
@@ -50,20 +42,9 @@ def new_document(environment: dict[str, Any], config: dict[str, Any]) -> dict[st
 
 
 def validate(doc: dict[str, Any]) -> None:
-    """Raise ValueError if ``doc`` is not a resnet-bench document this code can read."""
-    for key, kind in REQUIRED_TOP.items():
-        if not isinstance(doc.get(key), kind):
-            raise ValueError(f"bench document: {key!r} missing or not {kind.__name__}")
-    if doc["schema"] != SCHEMA or doc["schema_version"] != SCHEMA_VERSION:
-        raise ValueError(f"not a {SCHEMA} v{SCHEMA_VERSION} document "
-                         f"({doc['schema']!r} v{doc['schema_version']!r})")
-    for i, row in enumerate(doc["results"]):
-        for key, kind in REQUIRED_ROW.items():
-            value = row.get(key)
-            ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
-            if not ok or isinstance(value, bool):
-                raise ValueError(f"bench document: results[{i}].{key} missing or not "
-                                 f"{kind.__name__}")
+    """Raise ValueError (one line naming the key) if ``doc`` is not a resnet-bench document
+    this code can read: the schema lives in :mod:`.schema` alone."""
+    check_document(doc)
 
 
 def model_key(row: dict[str, Any]) -> str:
@@ -484,12 +465,8 @@ def write_all(doc: dict[str, Any], out_dir: Path) -> dict[str, Path]:
 
 
 def load(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    validate(doc)
-    return doc
+    """Read one bench.json, checked against the schema before anything reads it."""
+    return read_document(Path(path))
 
 
 def merge(docs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-import signal
 import sys
-import threading
 import time
 from array import array
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from export.core.cli import signals_as_interrupt
 from export.core.errors import BackendUnavailable, UserError, first_line
 from export.core.hardware import usable_cores
 from export.core.models import ModelSpec
@@ -323,23 +322,18 @@ def sweep(doc: dict[str, Any], candidates: list[Candidate], timing: TimingConfig
     bar = tqdm(total=len(batches) * timing.rounds, file=sys.stderr, unit="round",
                disable=not progress, dynamic_ncols=True, leave=False)
     run = Sweep(doc, timing, batches, seed, threads, macs, rule, bar)
-    # SIGTERM (e.g. `timeout 120 resnet-bench ...`) stops the run like Ctrl-C: results are kept.
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    # SIGTERM/SIGHUP (`timeout 120 resnet-bench ...`, a closed terminal) stop the run like
+    # Ctrl-C: results are kept.
     try:
-        for cand in candidates:
-            run.prepare(cand)
-        run.drop_lonely_baselines()
-        for b in batches:
-            run.run_batch(b)
+        with signals_as_interrupt():
+            for cand in candidates:
+                run.prepare(cand)
+            run.drop_lonely_baselines()
+            for b in batches:
+                run.run_batch(b)
     except KeyboardInterrupt:
         doc["interrupted"] = True
     finally:
         run.close()
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
         bar.close()
 
-
-def _raise_interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt

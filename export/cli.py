@@ -18,7 +18,7 @@ from .core.cli import (
     one_line_errors,
     print_family_table,
     resolve_model_name,
-    sigterm_as_interrupt,
+    signals_as_interrupt,
 )
 from .core.errors import UserError
 from .core.manifest import FORMATS, MAX_BATCH, MAX_INPUT_SIZE
@@ -183,7 +183,7 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
     if max_accuracy_drop is not None and "onnx-int8" not in formats and trt_precision != "int8":
         raise OneLineUsageError("--max-accuracy-drop applies to INT8 artifacts (--fmt onnx-int8, "
                                 "or trt with --trt-precision int8)")
-    with sigterm_as_interrupt():  # `kill`/`timeout`: clean up like Ctrl-C does
+    with signals_as_interrupt():  # `kill`/`timeout`/hang-up: clean up like Ctrl-C
         export_artifacts(request, list(formats), echo=click.echo,
                          warn=lambda line: click.echo(line, err=True))
 
@@ -199,7 +199,7 @@ def verify(folder: Path) -> None:
     """
     from .pipeline import verify_artifact
 
-    with sigterm_as_interrupt():
+    with signals_as_interrupt():
         verify_artifact(folder, echo=click.echo)
     click.echo(f"verified {folder}: PASS")
 

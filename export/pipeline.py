@@ -35,6 +35,7 @@ from .convert.calibration import calibration_set
 from .convert.fp16 import convert_to_fp16
 from .convert.int8 import METHODS, quantize_qdq
 from .convert.onnx_export import export_onnx, io_signature, save_onnx, stamp_metadata
+from .core.agreement import check_digest
 from .core.artifact import artifact_file, read_manifest, verify_files
 from .core.errors import ParityFailed, UserError
 from .core.fileio import current_umask, make_dirs, remove_dirs
@@ -130,7 +131,8 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
     new_source = source.source if source is not None else {"kind": "seed", "seed": req.seed}
     targets = []
     for r in requests:
-        out = Path(r.out) if r.out is not None else default_out(spec, r)
+        out = Path(r.out) if r.out is not None else \
+            Path(req.outs[r.fmt]) if req.outs and r.fmt in req.outs else default_out(spec, r)
         target = Target(out, check_out(out, new_source, spec.to_dict(), req.overwrite, warn))
         if req.keep_failed:  # refused now, not after the export, if the slot is not ours
             check_failed_slot(out, warn)
@@ -248,7 +250,7 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
         proto, report = convert_to_fp16(fp32_proto, io_fp16=req.io_fp16)
         fp16_report = report.to_dict()
     elif req.precision == "int8":
-        proto, int8_report = _quantize(req, source, fp32_proto, echo)
+        proto, int8_report = _quantize(req, source, fp32_proto, staging, echo)
     else:
         proto = onnx.ModelProto()
         proto.CopyFrom(fp32_proto)
@@ -298,7 +300,7 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
 
 
 def _quantize(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelProto,
-              echo: Echo) -> tuple[onnx.ModelProto, dict[str, Any]]:
+              staging: Path, echo: Echo) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """FP32 graph -> INT8 QDQ graph, calibrated on training data (never the judging data)."""
     calibration = calibration_set(source.spec, source.dataset, req.calib_data, req.calib_count,
                                   req.calib_method)
@@ -307,18 +309,28 @@ def _quantize(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelPro
     echo(f"[{req.fmt}] calibrating INT8 ({req.flavour} flavour, {req.calib_method}) on "
          f"{calibration.description['count']} images of the "
          f"{calibration.description['source']}")
-    with tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp:
+    # inside the staging folder: a killed export leaves it where the next run's cleanup looks
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=staging) as tmp:
         fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         save_onnx(fp32_proto, fp32_path)
         assert req.flavour is not None  # an INT8 format always has a flavour
         report = quantize_qdq(fp32_path, int8_path, calibration.images, flavour=req.flavour,
-                              method=req.calib_method)
+                              method=req.calib_method, keep_float=req.int8_keep_float)
         proto = onnx.load(str(int8_path))
     report.pop("calibration", None)  # the calibration section below says more
-    limit = req.max_accuracy_drop if req.max_accuracy_drop is not None else \
-        TOLERANCES["int8"].max_accuracy_drop
-    return proto, {"flavour": req.flavour, "quantizer": report,
-                   "calibration": calibration.description, "max_accuracy_drop": limit}
+    section = {"flavour": req.flavour, "quantizer": report,
+               "calibration": calibration.description}
+    section["max_accuracy_drop"] = req.max_accuracy_drop if req.max_accuracy_drop is not None \
+        else TOLERANCES["int8"].max_accuracy_drop
+    if req.int8_keep_float:
+        section["accuracy_retry"] = {
+            "how": "onnxruntime quantize_static nodes_to_exclude",
+            "kept_float": report.get("kept_float", []),
+            "why": "the first INT8 export missed its accuracy contract; the most sensitive "
+                   "layers (first convolution, classifier) stay in float"}
+        echo(f"[{req.fmt}] accuracy-controlled retry: keeping "
+             f"{', '.join(report.get('kept_float', [])) or 'no layer'} in float")
+    return proto, section
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,6 +346,11 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
     echo(f"{folder}: {len(manifest['files'])} files match their sha256")
+    if check_digest(folder, manifest):
+        echo(f"{folder}: {MANIFEST_NAME} matches its digest (not edited since export)")
+    else:
+        echo(f"note: {MANIFEST_NAME} records no digest (written by an older release); its "
+             "content is checked against the ONNX file only")
     if manifest["format"] == "trt":
         from .runtime.tensorrt_runner import check_engine_compatible, require_tensorrt
 

@@ -55,6 +55,10 @@ class ExportRequest:
     max_accuracy_drop: float | None = None
     out_dir: Path | None = None  # the parent of default-named artifacts (None: artifacts/)
     overwrite: bool = False  # replace an artifact of other source weights at ``out``
+    #: INT8: keep the most sensitive layers in float (the accuracy-controlled retry)
+    int8_keep_float: bool = False
+    #: export_artifacts of several formats: the folder of each (format -> folder)
+    outs: dict[str, Path] | None = None
 
     @property
     def precision(self) -> str:

@@ -98,6 +98,7 @@ CREATED = [re.compile(p) for p in (
     rf"artifacts/(<model>|{MODEL})(-[\w.]+)?-(<fmt>|{FMT})(/.*)?$",
     rf"artifacts/train/(<model>|\*|{MODEL})-(<data>|[\w.]+)(-\d+)?(/.*)?$",
     r"artifacts/bench(/.*)?$",
+    rf"artifacts/plan(/(<model>|{MODEL})-(<device>|cpu|cuda)(/.*)?)?$",
 )]
 PATH = re.compile(r"artifacts/[\w./<>*-]*")
 
@@ -105,6 +106,7 @@ PATH = re.compile(r"artifacts/[\w./<>*-]*")
 def help_texts():
     from bench.cli import main as bench
     from export.cli import main as export
+    from export.plan.cli import main as plan
     from export.predict.cli import main as predict
     from export.train.cli import main as train
 
@@ -113,7 +115,9 @@ def help_texts():
                             ("resnet-bench", bench, ["--help"]),
                             ("resnet-bench", bench, ["report", "--help"]),
                             ("resnet-train", train, ["--help"]),
-                            ("resnet-predict", predict, ["--help"])):
+                            ("resnet-predict", predict, ["--help"]),
+                            ("resnet-plan", plan, ["--help"]),
+                            ("resnet-plan", plan, ["verify", "--help"])):
         result = CliRunner().invoke(cli, args, prog_name=name, terminal_width=200)
         assert result.exit_code == 0, result.output
         yield " ".join([name, *args]), result.output

@@ -3,10 +3,23 @@
 Never destroy what the user has; after any crash the old artifact or the new one is under the
 name; every bad input is one ``Error: ...`` line with the documented exit code, no traceback.
 
-One class of defect per section: the output folder (whose is it?), replacing it atomically
-(failures and kills), links out of an artifact folder, artifacts inside artifacts, malformed
-manifests, option bounds and memory, SIGTERM. Small models throughout (resnet20 at 16x16,
-batch 1:1:2); in-process exports reuse one dynamo export per set of weights.
+One class of defect per section (count = collected cases). Small models throughout (resnet20 at
+16x16, batch 1:1:2); in-process exports reuse one dynamo export per set of weights.
+
+| class | what it covers | count |
+|---|---|---|
+| 1. output folder | only a provably-ours artifact is replaced | 19 |
+| 2. replacing | one-step swap, failures and kills between renames, leftovers | 8 |
+| 3. links | listed files, the manifest, external data never lead out | 11 |
+| 4. nesting | no artifact inside another (also through a link) | 3 |
+| 8. malformed manifests | one line naming the key, in verify and the loaders | 64 |
+| 10. bounds and memory | out-of-range options exit 2; memory checked first | 12 |
+| 14. signals | SIGTERM and SIGHUP mid-export remove the staging folder | 2 |
+| 15. manifest vs artifact | classes, size, I/O, mean/std, class names vs the ONNX file | 17 |
+|   | and its metadata; the digest (not `deploy`); bench skips it | |
+| 16. calibration leaks | raw folder, t10k file, dataset folder, link: refused | 7 |
+| 17. INT8 calibration | memory estimated first; temporary files in the staging folder | 2 |
+| 18. resnet-predict | no FIFO opened, --threads bounded, names escaped (JSON exact) | 4 |
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from click.testing import CliRunner
 
 import export.core.artifact as artifact_mod
 import export.core.folders as folders_mod
@@ -33,6 +47,7 @@ from export.core.checkpoint import save_checkpoint
 from export.core.errors import UserError
 from export.core.fileio import sha256_file
 from export.core.folders import recover_interrupted
+from export.core.manifest import write_manifest
 from export.core.models import ModelSpec
 from export.core.shapes import BatchRange
 from export.core.weights import state_digest
@@ -115,11 +130,16 @@ def art(base, tmp_path_factory):
     return dst
 
 
-def edit_manifest(folder, edit):
+def edit_manifest(folder, edit, seal=False):
+    """Edit the manifest by hand; ``seal``: as a writer of ours would (its digest updated),
+    for tests of what such a manifest holds rather than of the edit itself."""
     path = Path(folder) / "manifest.json"
     data = json.loads(path.read_text())
     edit(data)
-    path.write_text(json.dumps(data))
+    if seal:
+        write_manifest(folder, data)
+    else:
+        path.write_text(json.dumps(data))
 
 
 def trained_checkpoint(path, seed=3):
@@ -571,7 +591,7 @@ def _with_external_data(art, location, listed=False):
         if listed:
             m["files"].append({"path": location, "sha256": sha256_file(art / location),
                                "bytes": (art / location).stat().st_size, "role": "weights"})
-    edit_manifest(art, edit)
+    edit_manifest(art, edit, seal=True)  # as an exporter writing external data would
 
 
 @pytest.mark.parametrize("location", ["../secret.bin", "/etc/passwd", "sub/../../x.bin"])
@@ -613,7 +633,7 @@ def test_onnx_external_data_listed_in_the_folder_loads(art):
         m["files"][0].update(sha256=digest, bytes=path.stat().st_size)
         m["files"].append({"path": "weights.bin", "sha256": sha256_file(art / "weights.bin"),
                            "bytes": (art / "weights.bin").stat().st_size, "role": "weights"})
-    edit_manifest(art, edit)
+    edit_manifest(art, edit, seal=True)  # as an exporter writing external data would
     import numpy as np
 
     with load_artifact(art) as runner:
@@ -769,7 +789,7 @@ def test_a_manifest_too_large_to_be_one_is_not_read(art, monkeypatch):
 
 def test_a_damaged_recorded_dataset_is_a_note_not_a_traceback(art):
     edit_manifest(art, lambda m: m["parity"]["inputs"]["real"].update(
-        dataset={"kind": "digits", "seed": "x"}))
+        dataset={"kind": "digits", "seed": "x"}), seal=True)
     result = run("verify", art)
     no_traceback(result)
     assert result.exit_code == 0, result.output
@@ -822,7 +842,7 @@ def test_the_python_api_keeps_the_same_bounds(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# 14. SIGTERM cleans up like Ctrl-C
+# 14. SIGTERM and SIGHUP clean up like Ctrl-C
 # ---------------------------------------------------------------------------------------------
 
 
@@ -842,7 +862,8 @@ main()
 """
 
 
-def test_sigterm_mid_export_removes_the_staging_folder(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_sigterm_mid_export_removes_the_staging_folder(tmp_path, signum):
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WAIT_IN_THE_GATE)],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -854,10 +875,285 @@ def test_sigterm_mid_export_removes_the_staging_folder(tmp_path):
         else:
             pytest.fail(proc.stderr.read())
         assert (tmp_path / staging).is_dir() or staging.is_dir()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no staging folder, no out/, no out/model
+
+
+# ---------------------------------------------------------------------------------------------
+# 15. A manifest is checked against the artifact itself, never trusted as written
+# ---------------------------------------------------------------------------------------------
+
+
+def _set_path(data, dotted, value):
+    *parents, last = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node[key]
+    node[int(last) if last.isdigit() else last] = value
+
+
+TAMPERED = [  # (key, value, what the one line says)
+    ("model.num_classes", 20, "model.num_classes is 20, the graph outputs 10 scores"),
+    ("model.num_classes", 5, "model.num_classes is 5, the graph outputs 10 scores"),
+    ("model.input_size", 24, "the model takes 1x24x24 inputs"),
+    ("inputs.0.name", "pixels", "its inputs are"),
+    ("outputs.0.name", "scores", "its outputs are"),
+    ("inputs.0.dtype", "float16", "its inputs are"),
+    ("model.mean", [0.9], "model.mean is [0.9], the file's own metadata says"),
+    ("model.std", [0.25], "model.std is [0.25], the file's own metadata says"),
+    ("normalization.mean", [0.1], "normalization.mean is [0.1]"),
+    ("class_names", [str(i) for i in range(11)], "class_names has 11 names for 10 outputs"),
+    ("class_names", [str(9 - i) for i in range(10)], "class_names is"),
+    ("batch_range.max", 2, None),  # unchanged value: still loads (control)
+]
+
+
+@pytest.mark.parametrize("key,value,message", TAMPERED, ids=[f"{k}={v!r}"[:40]
+                                                             for k, v, _ in TAMPERED])
+def test_a_manifest_edited_against_its_onnx_file_is_refused_at_load(art, key, value, message):
+    edit_manifest(art, lambda d: _set_path(d, key, value))
+    if message is None:
+        load_artifact(art, verify=False)
+        return
+    for verify in (False, True):  # refused whether or not the digest is checked
+        with pytest.raises(UserError) as info:
+            load_artifact(art, verify=verify)
+        text = str(info.value)
+        assert "\n" not in text
+        if not verify:
+            assert "manifest.json does not match resnet20.onnx" in text and message in text, text
+
+
+def test_verify_and_predict_refuse_an_edited_mean(cwd, art):
+    edit_manifest(art, lambda d: _set_path(d, "model.mean", [0.9]))
+    line = error_line(run("verify", art))
+    assert "manifest.json was edited after export" in line
+    from PIL import Image
+
+    from export.predict.cli import main as predict_cli
+
+    Image.new("L", (16, 16), 90).save(cwd / "a.png")
+    line = error_line(CliRunner().invoke(predict_cli, [str(art), str(cwd / "a.png")]))
+    assert "model.mean is [0.9], the file's own metadata" in line
+
+
+def test_the_manifest_digest_tells_an_edit_from_a_reexport(cwd, art):
+    from export.core.manifest import manifest_digest
+
+    manifest = read_manifest(art)
+    assert manifest["manifest_sha256"] == manifest_digest(manifest)
+    edit_manifest(art, lambda d: d.update(created="2020-01-01T00:00:00+00:00"))
+    line = error_line(run("verify", art))
+    assert "manifest.json was edited after export" in line
+    with pytest.raises(UserError, match="edited after export"):
+        load_artifact(art)
+
+
+def test_the_planners_deploy_section_is_left_out_of_the_digest(cwd, art):
+    edit_manifest(art, lambda d: d.update(deploy={"runtime": "onnxruntime", "threads": 2}))
+    load_artifact(art)  # verify=True: digest checked, deploy not part of it
+    result = run("verify", art)
+    assert result.exit_code == 0, result.output
+    assert "matches its digest" in result.output
+
+
+def test_a_manifest_without_a_digest_is_checked_against_its_file_only(cwd, art):
+    edit_manifest(art, lambda d: d.pop("manifest_sha256"))
+    load_artifact(art)
+    result = run("verify", art)
+    assert result.exit_code == 0, result.output
+    assert "records no digest" in result.output
+
+
+def test_bench_skips_an_edited_artifact_and_measures_the_good_one(tmp_path, art):
+    from bench.cli import main as bench_cli
+
+    root = tmp_path / "arts"
+    root.mkdir()
+    shutil.copytree(art, root / "good")
+    shutil.copytree(art, root / "edited")
+    edit_manifest(root / "edited", lambda d: _set_path(d, "model.mean", [0.9]))
+    result = CliRunner().invoke(bench_cli, [
+        "--artifacts", str(root), "--backends", "onnxruntime", "--batch-sizes", "1",
+        "--warmup", "1", "--no-steady-warmup", "--min-iters", "2", "--min-time", "0",
+        "--rounds", "1", "--no-throughput", "--no-progress", "--threads", "1",
+        "--out", str(tmp_path / "out")])
+    no_traceback(result)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert {Path(r["artifact"]).parent for r in doc["results"]} == {root / "good"}
+    reasons = [s["reason"] for s in doc["skipped"]]
+    assert any("model.mean is [0.9]" in r for r in reasons), reasons
+
+
+# ---------------------------------------------------------------------------------------------
+# 16. Calibration never leaks into the judged split, however the data is named
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory):
+    from layout_writers import gray28, write_torchvision
+
+    root = tmp_path_factory.mktemp("data")
+    raw = write_torchvision(root, gray28())
+    return root, raw
+
+
+def _calibrated_on(mnist_root, calib):
+    from export.convert.calibration import calibration_set
+    from export.core.models import default_spec
+    from export.data import describe_source
+    from export.gate.inputs import accuracy_set
+
+    spec = default_spec("resnet20", num_classes=10, in_chans=1, input_size=16)
+    dataset = describe_source(mnist_root)  # the checkpoint was trained from the root
+    calibration = calibration_set(spec, dataset, calib, 2000, "minmax")
+    return lambda: accuracy_set(spec, dataset, 2, calibration.description)
+
+
+@pytest.mark.parametrize("name", ["raw", "t10k file", "dataset folder", "link to root",
+                                  "root again"])
+def test_calibration_on_the_judged_images_is_refused_however_named(tmp_path, mnist, name):
+    root, raw = mnist
+    link = tmp_path / "elsewhere"
+    link.symlink_to(root)
+    calib = {"raw": raw, "t10k file": raw / "t10k-images-idx3-ubyte",
+             "dataset folder": root / "MNIST", "link to root": link, "root again": root}[name]
+    judge = _calibrated_on(root, calib)
+    with pytest.raises(UserError, match="calibration images are also in the test split"):
+        judge()
+
+
+def test_calibration_on_the_training_split_is_judged(mnist):
+    root, _ = mnist
+    _, described = _calibrated_on(root, None)()  # the checkpoint's own training split
+    assert described["count"] > 0
+
+
+def test_calibration_on_other_data_is_judged(tmp_path, mnist):
+    from layout_writers import gray28, write_torchvision
+
+    root, _ = mnist
+    other = write_torchvision(tmp_path / "copy", gray28())  # same pixels, other files
+    _calibrated_on(root, other)()  # files are the identity: a copy is other data
+
+
+# ---------------------------------------------------------------------------------------------
+# 17. INT8 calibration: memory estimated before it starts; temporary work inside the staging
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_calibration_that_cannot_fit_in_memory_is_refused_before_it_starts(mnist,
+                                                                           monkeypatch):
+    import export.convert.calibration as calibration_mod
+    import export.core.hardware as hardware
+
+    root, raw = mnist
+    monkeypatch.setattr(hardware, "available_memory", lambda: 64 << 20)
+    monkeypatch.setattr(calibration_mod, "split_images",
+                        lambda *a, **k: pytest.fail("decoded the images anyway"))
+    spec = ModelSpec.create("resnet20", num_classes=10, in_chans=1, input_size=1024)
+    with pytest.raises(UserError) as info:
+        calibration_mod.calibration_set(spec, None, raw, 1258, "entropy")
+    text = str(info.value)
+    assert text.startswith("INT8 calibration of 1258 images at 1024x1024 (entropy) needs")
+    assert "lower --calib-count or --input-size" in text and "\n" not in text
+
+
+def test_int8_temporary_work_stays_inside_the_staging_folder(cwd, monkeypatch):
+    import tempfile
+
+    system_tmp = cwd / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    seen = []
+    real = tempfile.TemporaryDirectory
+
+    class Recorded(real):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(Path(self.name))
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", Recorded)
+    trained_checkpoint(cwd / "ck.pt")
+    result = run("--checkpoint", cwd / "ck.pt", "--input-size", "16", "--batch-range",
+                 "1:1:2", "--fmt", "onnx-int8", "--calib-count", "32", "--out", cwd / "out")
+    assert seen, "no temporary folder was made"
+    assert not [p for p in seen if system_tmp in p.parents], seen
+    assert all(".partial" in str(p) for p in seen), seen
+    assert list(system_tmp.iterdir()) == []
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+# ---------------------------------------------------------------------------------------------
+# 18. resnet-predict: no FIFO read forever, threads bounded by the machine, names escaped
+# ---------------------------------------------------------------------------------------------
+
+
+def _predict(*args):
+    from export.predict.cli import main as predict_cli
+
+    return CliRunner().invoke(predict_cli, [str(a) for a in args])
+
+
+def test_predict_never_opens_a_fifo_given_as_an_image(tmp_path, art):
+    import threading
+
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (40, 80, 120)).save(tmp_path / "good.png")
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    opened, stop = threading.Event(), threading.Event()
+
+    def writer():  # connects as soon as anyone opens the FIFO for reading: bounded either way
+        while not stop.is_set():
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                stop.wait(0.05)
+                continue
+            opened.set()
+            os.close(fd)
+            return
+
+    threading.Thread(target=writer, daemon=True).start()
+    try:
+        result = _predict(art, fifo, tmp_path / "good.png")
+    finally:
+        stop.set()
+    assert not opened.is_set(), "the FIFO was opened"
+    line = error_line(result)
+    assert f"{fifo} is not a regular file" in line
+    assert "1 image(s) classified" in result.stderr
+
+
+@pytest.mark.parametrize("threads", ["4000", "100000"])
+def test_predict_threads_are_bounded_by_the_machine(art, threads):
+    from export.core.hardware import usable_cores
+
+    line = error_line(_predict(art, "x.png", "--threads", threads), code=2)
+    assert f"--threads {threads}: this process may run on {usable_cores()} core(s)" in line
+
+
+def test_predict_escapes_names_in_its_table_and_errors_and_json_keeps_them(tmp_path, art):
+    from PIL import Image
+
+    good = tmp_path / "two\x1b[2J\nFAKE 100%.png"
+    Image.new("RGB", (16, 16), (40, 80, 120)).save(good)
+    bad = tmp_path / "\x1b[31mred\u202e.png"
+    bad.write_bytes(b"not an image")
+    result = _predict(art, good, bad)
+    assert "\x1b" not in result.output and "\u202e" not in result.output
+    assert "FAKE 100%" in result.stdout and "\\x1b[2J\\nFAKE" in result.stdout
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("Error")]
+    assert "\\x1b[31mred\\u202e.png" in line
+    doc = json.loads(_predict(art, good, bad, "--json").stdout)
+    assert doc["results"][0]["path"] == str(good)
+    assert doc["errors"][0]["path"] == str(bad)

@@ -9,7 +9,7 @@ import pytest
 from export import __version__
 from export.core.artifact import read_manifest, verify_files
 from export.core.errors import BackendUnavailable, UserError
-from export.core.manifest import REQUIRED_KEYS, SCHEMA_VERSION
+from export.core.manifest import REQUIRED_KEYS, SCHEMA_VERSION, write_manifest
 from export.core.models import ModelSpec
 from export.core.shapes import BatchRange
 from export.pipeline import ExportRequest, export_artifact
@@ -156,7 +156,7 @@ def test_engine_manifest_without_tensorrt_is_one_clear_line(copy_of):
     data.update(format="trt", gpu={"name": "NVIDIA H100", "compute_capability": "9.0"},
                 tensorrt={"built_from": data["artifact"]})  # an engine's manifest names its ONNX
     data["versions"]["tensorrt"] = "10.9.0"
-    path.write_text(json.dumps(data))
+    write_manifest(copy_of, data)  # sealed as an engine export would write it
     with pytest.raises(BackendUnavailable) as info:
         load_artifact(copy_of)
     assert "needs TensorRT and a CUDA GPU" in str(info.value) and "\n" not in str(info.value)

@@ -18,12 +18,31 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import BadOption
+from ..core.hardware import ACTIVATION_VALUES_PER_PIXEL, check_memory, inference_bytes
 from ..core.models import ModelSpec
 from ..data import describe_source, indices_digest, scan, source_name, split_images
 from .int8 import MIN_CALIBRATION
 
 DEFAULT_COUNT = 256  # measured: 256 covers the outliers 32-64 miss; 512 gains nothing
 CALIBRATION_SEED = 0
+
+
+#: Images the quantizer runs per calibration batch (quantize_qdq's default).
+CALIBRATION_BATCH = 16
+
+
+def calibration_bytes(images: int, spec: ModelSpec, method: str) -> int:
+    """Memory a calibration needs, estimated before it starts (as the export estimates its own
+    forwards): the normalised float32 images, a calibration batch's forward, and for the
+    histogram methods (entropy, percentile) the activations of every image, which ONNX
+    Runtime's calibrator keeps until it builds the histograms (min-max keeps two numbers per
+    tensor)."""
+    pixels = spec.input_size * spec.input_size
+    need = 4 * images * spec.in_chans * pixels
+    need += inference_bytes(min(images, CALIBRATION_BATCH), spec.in_chans, spec.input_size)
+    if method != "minmax":
+        need += 4 * images * pixels * ACTIVATION_VALUES_PER_PIXEL
+    return need
 
 
 @dataclass
@@ -54,6 +73,10 @@ def calibration_set(spec: ModelSpec, dataset: dict[str, Any] | None, calib_data:
         what = "embedded digits training split (fresh weights: no data of their own)"
         warning = ("INT8 calibrated and judged on the embedded digits resized to the model's "
                    "input: with untrained weights the accuracy figures say little")
+    images = min(count, len(scan(source).labels))  # a split is smaller: an upper bound
+    check_memory(calibration_bytes(images, spec, method),
+                 f"INT8 calibration of {images} images at {spec.input_size}x{spec.input_size} "
+                 f"({method})", "lower --calib-count or --input-size")
     chosen = split_images(source, spec, part, count, CALIBRATION_SEED)
     if len(chosen.labels) < MIN_CALIBRATION:
         raise BadOption(f"{what} has {len(chosen.labels)} images; INT8 calibration needs at "

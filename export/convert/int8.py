@@ -317,10 +317,34 @@ def _extra_options(recipe: Recipe, method: str) -> dict[str, Any]:
     return options
 
 
+def sensitive_layers(proto: onnx.ModelProto) -> list[str]:
+    """The layers kept in float by an accuracy-controlled retry: the first convolution (it sees
+    the raw, widest-ranged input and every later layer inherits its error) and the classifier
+    (its output is the logits the accuracy is judged on). ONNX Runtime's ``nodes_to_exclude``
+    leaves exactly these unquantized; everything else keeps its INT8 kernels."""
+    nodes = list(proto.graph.node)
+    first = next((n.name for n in nodes if n.op_type == "Conv"), None)
+    last = next((n.name for n in reversed(nodes) if n.op_type in ("Gemm", "MatMul")), None)
+    return [name for name in (first, last) if name]
+
+
+@contextlib.contextmanager
+def _temporary_files_in(folder: str) -> Iterator[None]:
+    """ONNX Runtime's quantizer makes its own temporary folders (``pre.quant.*``,
+    ``ort.quant.*``) in the system temp folder, where a killed export leaves them for good: for
+    the duration they go into ``folder`` (inside the export's staging folder) instead."""
+    previous = tempfile.tempdir
+    tempfile.tempdir = folder
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
 def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
                  calibration: np.ndarray, *, flavour: str = "cpu",
                  method: str = DEFAULT_METHOD, batch_size: int = 16,
-                 recipe: Recipe | None = None) -> dict[str, Any]:
+                 recipe: Recipe | None = None, keep_float: bool = False) -> dict[str, Any]:
     """Quantize ``fp32_onnx`` to an INT8 QDQ model at ``out_path``; returns the manifest report.
 
     ``calibration``: float32 N x C x H x W, normalised like the model's input, at least
@@ -329,6 +353,8 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
     ``"percentile"``. ``batch_size``: at most this many images per calibration run (memory, not
     results: the ranges are gathered over all batches; lowered to divide the count evenly). ``recipe`` replaces the flavour's settings (for
     experiments such as ``dataclasses.replace(RECIPES["cpu"], reduce_range=True)``).
+    ``keep_float``: leave the layers INT8 hurts most in float (:func:`sensitive_layers`), the
+    accuracy-controlled retry of an artifact that missed its accuracy contract.
     Every bad input raises :class:`UserError` before anything is written.
     """
     from onnxruntime import __version__ as ort_version
@@ -354,13 +380,17 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
     extra_options = _extra_options(recipe, method)
     started = time.perf_counter()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="int8-") as tmp, _quiet():
+    # beside the output (an export's staging folder), not in the system temp folder: a killed
+    # run leaves it where the next export's cleanup finds it
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=out_path.parent) as tmp, _quiet(), \
+            _temporary_files_in(tmp):
         prepared = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=False,
                           skip_onnx_shape=False, skip_symbolic_shape=False)
         partial = Path(tmp) / "quantized.onnx"
         op_types = list(recipe.op_types) if recipe.op_types else None
         reader = _data_reader(input_name, calibration, batch_size)
+        kept = sensitive_layers(onnx.load(str(prepared))) if keep_float else []
         cache = None
         if method == "entropy":
             cache = _entropy_cache(prepared, reader, op_types, Path(tmp))
@@ -372,7 +402,8 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
             per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
             activation_type=_quant_type(recipe.activation_type),
             weight_type=_quant_type(recipe.weight_type),
-            calibrate_method=_calibrate_method(method), extra_options=extra_options)
+            calibrate_method=_calibrate_method(method), extra_options=extra_options,
+            nodes_to_exclude=kept or None)
         quantized = onnx.load(str(partial))
         fused_adds = unquantize_residual_branch(quantized) if recipe.residual_add_fusion else 0
         try:
@@ -416,6 +447,7 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
         "per_channel_weights": summary["per_channel_weights"],
         "opset": summary["opset"],
         "residual_adds_left_for_fusion": fused_adds,
+        "kept_float": kept,
         "source_sha256": sha256_file(fp32_onnx),
         "seconds": round(seconds, 2),
     }

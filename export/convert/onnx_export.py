@@ -25,6 +25,8 @@ import onnx
 import torch
 from torch import nn
 
+from ..core import agreement
+from ..core.agreement import graph_signature
 from ..core.errors import UserError
 from ..core.models import ModelSpec
 
@@ -37,7 +39,7 @@ DEFAULT_OPSET = 20
 _PROTOBUF_LIMIT = 2 * 1024 ** 3
 
 #: Keys of the model-level ``metadata_props`` every artifact carries.
-META_PREFIX = "resnet_deploy."
+META_PREFIX = agreement.META_PREFIX  # one prefix for the writer and the check at load
 
 
 @contextlib.contextmanager
@@ -154,18 +156,6 @@ def check_onnx_file(path: str | os.PathLike) -> None:
 
 
 def io_signature(proto: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
-    """Inputs and outputs as manifest entries: name, shape ("batch" for the dynamic dim), dtype."""
-    def entry(vi: onnx.ValueInfoProto) -> dict:
-        tt = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                 for d in tt.shape.dim]
-        names: dict[int, str] = {onnx.TensorProto.FLOAT: "float32",
-                                 onnx.TensorProto.FLOAT16: "float16"}
-        dtype = names.get(tt.elem_type,
-                                                          onnx.TensorProto.DataType.Name(
-                                                              tt.elem_type).lower())
-        return {"name": vi.name, "shape": shape, "dtype": dtype}
-
-    initializers = {t.name for t in proto.graph.initializer}
-    return ([entry(vi) for vi in proto.graph.input if vi.name not in initializers],
-            [entry(vi) for vi in proto.graph.output])
+    """Inputs and outputs as manifest entries: name, shape ("batch" for the dynamic dim), dtype
+    (the reader's check at load uses the same function, so the two cannot drift apart)."""
+    return graph_signature(proto)

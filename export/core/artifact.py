@@ -123,12 +123,12 @@ def _node_tensors(nodes: Any) -> Any:
                 yield from _onnx_tensors(sub)
 
 
-def check_onnx_file(folder: str | Path, path: Path, manifest: Manifest) -> None:
+def check_onnx_file(folder: str | Path, path: Path, manifest: Manifest) -> Any:
     """An ONNX file of the artifact whose external data (if any) is one of the artifact's own
     listed files: never an absolute path, never outside the folder, never unchecked.
 
     Checked here rather than left to the runtime: whether ONNX Runtime refuses a ``../``
-    location depends on its version.
+    location depends on its version. Returns the ModelProto (without external data).
     """
     import onnx
 
@@ -153,6 +153,7 @@ def check_onnx_file(folder: str | Path, path: Path, manifest: Manifest) -> None:
             raise UserError(f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, "
                             f"which {MANIFEST_NAME} does not list (so nothing checks it); "
                             "refused")
+    return proto
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import signal
 import sys
 import threading
@@ -12,7 +13,14 @@ from typing import Any
 
 import click
 
-from .errors import BackendUnavailable, BadOption, UnknownModelError, UserError, printable
+from .errors import (
+    BackendUnavailable,
+    BadOption,
+    UnknownModelError,
+    UserError,
+    printable,
+)
+from .hardware import thread_problem
 from .models import family_table, get_architecture, model_names
 
 
@@ -36,12 +44,14 @@ class OneLineCommand(click.Command):
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the errors a user can cause into one line on stderr and a non-zero exit."""
+    """Turn the errors a user can cause into one line on stderr and a non-zero exit; SIGTERM
+    and SIGHUP stop the command as Ctrl-C does (:func:`signals_as_interrupt`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with signals_as_interrupt():
+                return fn(*args, **kwargs)
         except (UnknownModelError, BadOption) as exc:
             raise OneLineUsageError(printable(exc)) from None
         except (UserError, BackendUnavailable) as exc:
@@ -53,23 +63,71 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+#: Signals that mean "stop now" besides Ctrl-C: ``kill``/``timeout``/a scheduler (SIGTERM), and
+#: a closed terminal or ssh session (SIGHUP, whose default would end the process on the spot).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+
 def _raise_interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill``, ``timeout``, a scheduler) raises KeyboardInterrupt for the duration,
-    so it cleans up exactly like Ctrl-C (staging folders removed, exit 130). Only the main
-    thread can install a handler; elsewhere this does nothing."""
+def signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt for the duration, so they clean up exactly
+    like Ctrl-C (staging folders removed, measured rows kept, exit 130). The one place these
+    semantics live: every command (export, bench, train) uses it. Only the main thread can
+    install a handler; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+#: the former name (SIGTERM only); SIGHUP is now handled the same way
+sigterm_as_interrupt = signals_as_interrupt
+
+
+def thread_option(option: str, minimum: int = 1) -> click.ParamType:
+    """The click type of a thread-count option: an integer from ``minimum`` to the cores this
+    process may use, refused with :func:`~.hardware.thread_problem`'s reason (exit 2)."""
+
+    class Threads(click.IntRange):
+        def convert(self, value: Any, param: click.Parameter | None,
+                    ctx: click.Context | None) -> Any:
+            number = super().convert(value, param, ctx)
+            problem = thread_problem(option, number)
+            if problem:
+                self.fail(problem, param, ctx)
+            return number
+
+    return Threads(min=minimum)
+
+
+def bounded(kind: type, lo: float, hi: float, reason: str) -> click.ParamType:
+    """The click type of a numeric option from ``lo`` to ``hi`` (shown in --help), finite only
+    (``nan`` and ``inf`` are refused: a loop told to run for ``inf`` seconds never ends), with
+    ``reason`` for the upper bound in the one-line error (exit 2)."""
+    base = click.IntRange if kind is int else click.FloatRange
+    plain = click.INT if kind is int else click.FLOAT
+
+    class Bounded(base):  # type: ignore[misc, valid-type]
+        def convert(self, value: Any, param: click.Parameter | None,
+                    ctx: click.Context | None) -> Any:
+            number = plain.convert(value, param, ctx)
+            if not math.isfinite(number):
+                self.fail(f"{value!r} is not a finite number", param, ctx)
+            if not lo <= number <= hi:
+                self.fail(f"{number} is not in {lo}..{hi} ({reason})", param, ctx)
+            return number
+
+    return Bounded(lo, hi)
 
 
 def resolve_model_name(depth: int | None, model: str | None) -> str:
@@ -170,6 +228,19 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-__all__ = ["DefaultCommand", "DefaultGroup", "OneLineCommand", "OneLineUsageError",
-           "format_family_table", "model_names", "model_options", "one_line_errors",
-           "print_family_table", "resolve_model_name", "sigterm_as_interrupt"]
+__all__ = [
+    "DefaultCommand",
+    "DefaultGroup",
+    "OneLineCommand",
+    "OneLineUsageError",
+    "bounded",
+    "format_family_table",
+    "model_names",
+    "model_options",
+    "one_line_errors",
+    "print_family_table",
+    "resolve_model_name",
+    "signals_as_interrupt",
+    "sigterm_as_interrupt",
+    "thread_option",
+]

@@ -101,3 +101,18 @@ def check_memory(need: int, what: str, advice: str = "") -> None:
         raise UserError(f"{what} needs {format_bytes(need)} of memory, but only "
                         f"{format_bytes(available)} is available" + (f": {advice}" if advice
                                                                       else ""))
+
+
+def thread_problem(option: str, value: int) -> str | None:
+    """Why ``value`` is no count for a thread (or worker) option on this machine, or None.
+
+    More threads than the cores this process may run on only take turns on them (thousands
+    of them bring the machine to a halt), so the bound is the usable cores, said in the error.
+    """
+    cores = usable_cores()
+    if value > cores:
+        return (f"{option} {value}: this process may run on {cores} core(s) (CPU affinity and "
+                f"container limits); more threads than cores only compete for them, give at "
+                f"most {cores}")
+    return None
+

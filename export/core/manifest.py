@@ -25,8 +25,13 @@ documented in docs/export.md:
     gpu             {"name", "compute_capability"} for engines, else null
     versions        {"python", "torch", "onnx", "onnxruntime", "tensorrt" (null if absent)}
     parity          {"passed", "runs": [verdict per candidate runtime], "inputs": {...}}
+    deploy          optional, written by resnet-plan: {"runtime", "precision", "settings",
+                     "plan"}: how the artifact runs by default (load_artifact honours it)
     created         ISO 8601 UTC
     tool            {"name": "resnet-deploy", "version": export.__version__}
+    deploy          (optional) how to run it, written by the planner after export
+    manifest_sha256 sha256 of the manifest's own canonical JSON without this key and without
+                    ``deploy`` (see :func:`manifest_digest`); absent in older manifests
 
 The typed shape is :class:`Manifest`, a ``TypedDict``: the JSON document itself, so nothing is
 converted on the way in or out, and the type checker sees every key a reader uses. Everything a
@@ -38,8 +43,11 @@ runner.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import platform
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypedDict, TypeGuard, cast
 
@@ -68,6 +76,10 @@ MAX_INPUT_SIZE = 4096
 MAX_MANIFEST_BYTES = 16 << 20
 #: Leftovers of a killed export beside ``<out>``: its staging folder and the previous artifact.
 STAGING_SUFFIX = ".partial"
+#: The manifest's digest of its own content. ``deploy`` is left out of it: the planner adds that
+#: section after export (and may replace it), which is not an edit of what the export recorded.
+DIGEST_KEY = "manifest_sha256"
+UNSEALED_KEYS = (DIGEST_KEY, "deploy")
 FAILED_SUFFIX = ".FAILED"
 
 
@@ -140,11 +152,38 @@ def check_manifest(data: Any, where: Path) -> Manifest:
         raise _fail(where, "gpu", "values must be strings or null")
     _check_tensorrt(data, where)
     _check_parity(data["parity"], where)
+    _check_deploy(data.get("deploy"), where)
     if not isinstance(data["created"], str):
         raise _fail(where, "created", f"must be an ISO 8601 string, got {_short(data['created'])}")
     if not isinstance(data["tool"], dict):
         raise _fail(where, "tool", f"must be an object, got {_short(data['tool'])}")
+    if DIGEST_KEY in data and not _is_sha256(data[DIGEST_KEY]):
+        raise _fail(where, DIGEST_KEY, f"must be 64 hex digits, got {_short(data[DIGEST_KEY])}")
     return cast(Manifest, data)  # every key a reader uses was checked above
+
+
+#: what a deploy section may name as its precision (an FP32 artifact may deploy at bf16)
+DEPLOY_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def _check_deploy(deploy: Any, where: Path) -> None:
+    """``deploy`` (optional, written by the deployment planner): how the artifact is to run."""
+    if deploy is None:
+        return
+    if not isinstance(deploy, dict):
+        raise _fail(where, "deploy", f"must be an object or null, got {_short(deploy)}")
+    if not isinstance(deploy.get("runtime"), str) or not deploy["runtime"]:
+        raise _fail(where, "deploy.runtime", f"must be a runtime name, got "
+                                             f"{_short(deploy.get('runtime'))}")
+    if deploy.get("precision") not in DEPLOY_PRECISIONS:
+        raise _fail(where, "deploy.precision", f"must be one of {', '.join(DEPLOY_PRECISIONS)}, "
+                                               f"got {_short(deploy.get('precision'))}")
+    settings = deploy.get("settings", {})
+    if not isinstance(settings, dict) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, (str, int, float)))
+            for k, v in settings.items()):
+        raise _fail(where, "deploy.settings", "must be an object of option names to numbers, "
+                                              "strings or null")
 
 
 def _check_files(data: dict[str, Any], where: Path) -> None:
@@ -335,6 +374,7 @@ class Manifest(TypedDict, total=False):
     deploy: dict[str, Any] | None
     created: str
     tool: dict[str, Any]
+    manifest_sha256: str
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,7 +424,18 @@ def build_manifest(*, fmt: str, precision: str, artifact: str, files: list[FileE
     }
 
 
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), without
+    :data:`UNSEALED_KEYS`: what ``verify`` compares to tell an edited manifest from one we wrote."""
+    content = {k: v for k, v in manifest.items() if k not in UNSEALED_KEYS}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    """Write the manifest with its digest (:data:`DIGEST_KEY`) recomputed: every writer of ours
+    seals what it writes."""
+    manifest[DIGEST_KEY] = manifest_digest(manifest)
     path = Path(folder) / MANIFEST_NAME
     write_json(path, manifest)
     return path

@@ -11,6 +11,7 @@ from ..core.errors import UserError, first_line
 from ..core.models import ModelSpec
 from ..core.shapes import BatchRange
 from ..data import describe_source, indices_digest, reference_images, split_images
+from ..data.identity import shared_images
 from .parity import LabelledInput, ParityInput, random_inputs, real_inputs
 
 RANDOM_SEED = 1234
@@ -47,20 +48,29 @@ def accuracy_set(spec: ModelSpec, dataset: dict[str, Any] | None, batch_size: in
                  calibration: dict[str, Any] | None = None
                  ) -> tuple[LabelledInput, dict[str, Any]]:
     """The held-out labelled test split that judges an INT8 artifact; refuses to judge on any
-    image the calibration saw (compared by index within the same source)."""
+    image the calibration saw. Images are compared by what they are (the file each is read
+    from, :mod:`export.data.identity`), not by the names the sources were given: the dataset's
+    root, its raw folder or one of its files are one source."""
     source = dataset if dataset is not None else describe_source(None)
     held_out = split_images(source, spec, "test", ACCURACY_LIMIT, 0)
-    if calibration is not None and _same_source(calibration.get("dataset"), source):
-        overlap = np.intersect1d(held_out.indices, np.asarray(calibration["indices"]))
-        if len(overlap):
-            raise UserError(f"{len(overlap)} calibration images are also in the test split "
+    if calibration is not None and calibration.get("dataset") is not None:
+        overlap = _overlap(calibration["dataset"], calibration.get("indices") or [], source,
+                           held_out.indices)
+        if overlap:
+            raise UserError(f"{overlap} calibration images are also in the test split "
                             "that judges the INT8 artifact; calibrate on other data")
     described = {"dataset": source, "part": "test", "count": int(len(held_out.labels)),
                  "indices_sha256": indices_digest(held_out.indices)}
     return LabelledInput(held_out.images, held_out.labels, batch_size), described
 
 
-def _same_source(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
-    if a is None:
-        return False
-    return (a.get("kind"), a.get("path")) == (b.get("kind"), b.get("path"))
+def _overlap(calibrated: dict[str, Any], calibrated_indices: Any, judged: dict[str, Any],
+             judged_indices: Any) -> int:
+    """Images in both sets, by file identity; where the calibration data is gone (``verify``
+    long after export), by the recorded name and index as a last resort."""
+    try:
+        return shared_images(calibrated, calibrated_indices, judged, judged_indices)
+    except UserError:
+        same = (calibrated.get("kind"), calibrated.get("path")) == \
+            (judged.get("kind"), judged.get("path"))
+        return len(np.intersect1d(judged_indices, np.asarray(calibrated_indices))) if same else 0

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from ..core.cli import OneLineCommand, OneLineUsageError, one_line_errors
-from ..core.errors import BackendUnavailable, UserError, first_line
+from ..core.cli import OneLineCommand, OneLineUsageError, one_line_errors, thread_option
+from ..core.errors import BackendUnavailable, UserError, first_line, printable
 from .predictor import FileResult, Predictor
 from .runtimes import RUNTIME_CHOICES
 from .scoring import Score, format_score, score
@@ -21,16 +21,20 @@ SCHEMA_VERSION = 1
 
 
 def format_table(results: list[FileResult]) -> str:
-    """One row per image: its path, then label and probability of each of its top-k classes."""
+    """One row per image: its path, then label and probability of each of its top-k classes
+    (escaped for the terminal; the JSON document keeps every name exactly)."""
     k = max(len(r.top or []) for r in results)
-    label_w = max(len(p.label) for r in results for p in r.top or [])
+    # names from the user's files and the artifact are escaped (printable): a control
+    # character or bidirectional mark in them reaches the terminal as text, never as a command
+    label_w = max(len(printable(p.label)) for r in results for p in r.top or [])
     cell_w = label_w + 7  # label, a space, "100.0%"
-    path_w = max(5, *(len(str(r.path)) for r in results))
+    path_w = max(5, *(len(printable(r.path)) for r in results))
     header = f"{'image':<{path_w}}" + "".join(f"   {f'top-{i + 1}':<{cell_w}}" for i in range(k))
     lines = [header.rstrip(), "-" * len(header.rstrip())]
     for r in results:
-        cells = "".join(f"   {p.label:<{label_w}} {p.probability:>6.1%}" for p in r.top or [])
-        lines.append(f"{str(r.path):<{path_w}}{cells}")
+        cells = "".join(f"   {printable(p.label):<{label_w}} {p.probability:>6.1%}"
+                        for p in r.top or [])
+        lines.append(f"{printable(r.path):<{path_w}}{cells}")
     return "\n".join(lines)
 
 
@@ -66,12 +70,13 @@ def document(artifact: Path, predictor: Predictor, top: int, results: list[FileR
                    "table.")
 @click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="auto",
               show_default=True,
-              help="What runs the artifact: auto = its own runtime (ONNX Runtime on the CPU for "
+              help="What runs the artifact: auto = as its manifest's deploy section says "
+                   "(resnet-plan's choice), else its own runtime (ONNX Runtime on the CPU for "
                    "ONNX files, TensorRT for engines); onnxruntime, onnxruntime-cuda, openvino "
                    "(the openvino extra), tensorrt (engines).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per call, within the artifact's batch range [default: its opt].")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=thread_option("--threads"), default=None,
               help="CPU threads for ONNX Runtime / OpenVINO [default: the runtime's choice].")
 @one_line_errors
 def main(artifact: Path, images: tuple[Path, ...], top: int, as_json: bool, runtime: str,
@@ -96,10 +101,10 @@ def main(artifact: Path, images: tuple[Path, ...], top: int, as_json: bool, runt
     if batch_size is not None and batch_size not in predictor.batch:
         raise OneLineUsageError(f"--batch-size {batch_size} is outside {artifact}'s batch range "
                                 f"{predictor.batch.min}..{predictor.batch.max}")
-    click.echo(f"{artifact}: {predictor.describe()}", err=True)
+    click.echo(f"{printable(artifact)}: {printable(predictor.describe())}", err=True)
     if not predictor.trained:
-        click.echo(f"warning: {artifact} was exported from UNTRAINED (seeded) weights; its "
-                   "predictions mean nothing", err=True)
+        click.echo(f"warning: {printable(artifact)} was exported from UNTRAINED (seeded) "
+                   "weights; its predictions mean nothing", err=True)
     started = time.perf_counter()
     try:
         predictor.runner.activate()
@@ -113,7 +118,7 @@ def main(artifact: Path, images: tuple[Path, ...], top: int, as_json: bool, runt
     with predictor:
         for result in predictor.iter_files(images, top, batch_size):
             if result.error is not None:
-                click.echo(f"Error: {result.error}", err=True)
+                click.echo(f"Error: {printable(result.error)}", err=True)
                 errors.append(result)
             else:
                 results.append(result)

@@ -119,6 +119,9 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str | No
             inside = image_files(path)
             kinds = "/".join(s[1:].upper() for s in IMAGE_SUFFIXES)
             found += [(p, None) for p in inside] or [(path, f"no {kinds} images in {path}")]
+        elif not path.is_file():  # opening a FIFO would wait for a writer forever
+            found.append((path, f"{path} is not a regular file (a FIFO, device or socket is "
+                                "never opened)"))
         else:
             found.append((path, None))
     return found

@@ -4,8 +4,10 @@ Every name goes through :func:`export.runtime.load_artifact`, so the manifest ch
 of every file and the refusal of an artifact whose parity gate failed are the same as for the
 benchmark and ``resnet-export verify``:
 
-    auto               the artifact's own runtime, as load_artifact picks it (ONNX Runtime on the
-                       CPU for ONNX files, TensorRT for engines)
+    auto               as load_artifact picks it: the runtime, precision and settings of the
+                       manifest's ``deploy`` section (resnet-plan's choice) where it has one,
+                       else the artifact's own runtime (ONNX Runtime on the CPU for ONNX files,
+                       TensorRT for engines)
     any registry name  that runtime (:mod:`export.runtime.registry`); for an engine artifact, an
                        ONNX runtime runs the ONNX file the engine was built from
 

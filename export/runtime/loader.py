@@ -6,6 +6,10 @@ every file's sha256, and returns the runner for the artifact's format, with the 
 contract, so a batch it does not promise (wrong C/H/W, or N outside the batch range) is one clear
 ``ValueError`` instead of a runtime's stack of shape errors.
 
+The manifest itself is never trusted: its model, I/O, class names and normalisation are
+checked against the ONNX file (graph and stamped metadata, :mod:`export.core.agreement`) before
+a runner is made, and ``verify`` also checks the manifest's own digest.
+
 Every file is opened at its real path inside the folder (:func:`artifact_file`: a listed file
 that is a link out of the folder is refused, with or without the sha256 check), and an ONNX
 file's external data must be one of the artifact's own listed files.
@@ -16,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..core.agreement import check_digest, check_onnx_agrees
 from ..core.artifact import artifact_file, check_onnx_file, read_manifest, verify_files
 from ..core.errors import UserError
 from ..core.folders import recover_interrupted
@@ -49,12 +54,15 @@ def runner_for(folder: Path, manifest: Manifest, providers: list[str] | None = N
     if precision != own and precision not in EXECUTION_PRECISIONS.get((runtime, own), ()):
         raise UserError(f"a {own} artifact does not run at {precision} on {runtime}")
     contract = InputContract.from_manifest(manifest)
+    if manifest["format"] == "trt":  # the engine's source ONNX says what the engine was built as
+        source = artifact_file(folder, manifest["tensorrt"]["built_from"])
+        check_onnx_agrees(source, check_onnx_file(folder, source, manifest), manifest)
     if runtime == "tensorrt":
         from .tensorrt_runner import TensorRTRunner
 
         return TensorRTRunner(artifact_file(folder, manifest["artifact"]), manifest)
     path = artifact_file(folder, file or manifest["artifact"])
-    check_onnx_file(folder, path, manifest)
+    check_onnx_agrees(path, check_onnx_file(folder, path, manifest), manifest)
     if runtime == "openvino":
         from .openvino_runner import OpenVINORunner
 
@@ -66,9 +74,23 @@ def runner_for(folder: Path, manifest: Manifest, providers: list[str] | None = N
                              contract=contract, **runner_kwargs)
 
 
+def deployed(manifest: dict[str, Any], runtime: str | None, precision: str | None,
+             providers: list[str] | None, runner_kwargs: dict[str, Any]
+             ) -> tuple[str | None, str | None, dict[str, Any]]:
+    """The runtime, precision and runner options a manifest's ``deploy`` section names (written
+    by the deployment planner), where the caller named no runtime, precision or providers;
+    options the caller gives (not None) win over the section's settings."""
+    deploy = manifest.get("deploy")
+    if not deploy or runtime is not None or precision is not None or providers is not None:
+        return runtime, precision, runner_kwargs
+    given = {k: v for k, v in runner_kwargs.items() if v is not None}
+    return deploy["runtime"], deploy["precision"], {**deploy.get("settings", {}), **given}
+
+
 def load_artifact(folder: str | Path, providers: list[str] | None = None, verify: bool = True,
                   allow_failed: bool = False, runtime: str | None = None,
-                  precision: str | None = None, **runner_kwargs: Any) -> Runner:
+                  precision: str | None = None, deploy: bool = True,
+                  **runner_kwargs: Any) -> Runner:
     """Artifact folder -> runner (not yet activated).
 
     ``providers``: ONNX Runtime execution providers for ONNX artifacts (default CPU).
@@ -76,6 +98,8 @@ def load_artifact(folder: str | Path, providers: list[str] | None = None, verify
     judge (``parity.contracts``) is refused.
     ``verify``: check every file's sha256 against the manifest first (default on).
     ``allow_failed``: also load an artifact whose parity gate failed.
+    ``deploy``: with no runtime, precision or providers named, run the artifact the way its
+    manifest's ``deploy`` section says (runtime, precision, settings), if it has one.
     Raises :class:`UserError` for a bad folder, a tampered file or an incompatible engine, and
     :class:`BackendUnavailable` when the runtime is missing.
     """
@@ -84,6 +108,9 @@ def load_artifact(folder: str | Path, providers: list[str] | None = None, verify
     manifest = read_manifest(folder)
     if not manifest["parity"].get("passed") and not allow_failed:
         raise UserError(f"refusing {folder}: its parity gate failed at export")
+    if deploy:
+        runtime, precision, runner_kwargs = deployed(dict(manifest), runtime, precision,
+                                                     providers, runner_kwargs)
     if precision is not None and precision != manifest["precision"]:
         judged = (manifest["parity"].get("contracts") or {}).get(precision)
         if judged is not True:
@@ -91,5 +118,8 @@ def load_artifact(folder: str | Path, providers: list[str] | None = None, verify
                             f"{'failed' if judged is False else 'did not judge'} that precision")
     if verify:
         verify_files(folder, manifest)
-    return runner_for(folder, manifest, providers, runtime=runtime, precision=precision,
-                      **runner_kwargs)
+    runner = runner_for(folder, manifest, providers, runtime=runtime, precision=precision,
+                        **runner_kwargs)  # checks the manifest against the file: says what differs
+    if verify:
+        check_digest(folder, manifest)  # any other edit
+    return runner

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..core import cpu_features
 from ..core.errors import UserError
@@ -41,7 +43,8 @@ class RuntimeInfo:
     precisions: tuple[str, ...]
     #: precisions it computes in their own arithmetic (before the machine's checks below)
     native: tuple[str, ...]
-    #: INT8 QDQ flavours it compiles (``cpu``: u8 activations; ``tensorrt``: symmetric s8)
+    #: INT8 QDQ flavours it compiles (``cpu``: u8 activations; ``tensorrt``: symmetric s8); the
+    #: first is the one it runs fast (the others it can judge)
     int8_flavours: tuple[str, ...] = ()
     #: ONNX Runtime execution providers, in order (ONNX Runtime entries only)
     providers: tuple[str, ...] = ()
@@ -50,6 +53,9 @@ class RuntimeInfo:
     #: the parity gate judges artifacts on it (ONNX Runtime's TensorRT provider builds an engine
     #: of its own: the engine artifact is judged on TensorRT itself)
     judges: bool = True
+    #: the runner options worth searching when choosing how to deploy on this runtime
+    #: (:func:`setting_grid` resolves them against this machine)
+    settings: tuple[Setting, ...] = ()
     _probe: Callable[[], str | None] = lambda: None
 
     def unavailable(self) -> str | None:
@@ -71,6 +77,13 @@ class RuntimeInfo:
             return bf16_unavailable(self.name)
         return None
 
+    def slow_flavour(self, flavour: str | None) -> str | None:
+        """Why an INT8 artifact of ``flavour`` would not run fast here (None: it would)."""
+        if flavour is None or not self.int8_flavours or flavour == self.int8_flavours[0]:
+            return None
+        return (f"{self.name} compiles the {flavour} INT8 flavour but runs its own "
+                f"({self.int8_flavours[0]}) fast: it can judge such an artifact, not speed it up")
+
     def arithmetic(self, precision: str) -> str:
         """What the runtime computes in when it runs a ``precision`` artifact."""
         if precision in self.native:
@@ -82,6 +95,33 @@ class RuntimeInfo:
         if fmt not in self.formats:
             return False
         return fmt != "onnx-int8" or int8_flavour is None or int8_flavour in self.int8_flavours
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One runner option (its keyword argument) and the values worth trying on a deployment.
+
+    Values ``"cores"`` and ``"half-cores"`` are resolved against the cores this process may use;
+    ``objective`` limits a setting to plans with that objective (None: every plan).
+    """
+
+    name: str
+    values: tuple[Any, ...]
+    why: str
+    objective: str | None = None
+
+    def resolve(self, cores: int) -> tuple[Any, ...]:
+        named = {"cores": cores, "half-cores": max(1, cores // 2)}
+        return tuple(dict.fromkeys(named.get(v, v) if isinstance(v, str) else v
+                                   for v in self.values))
+
+
+def setting_grid(info: RuntimeInfo, cores: int, objective: str = "latency"
+                 ) -> list[dict[str, Any]]:
+    """Every combination of ``info``'s settings for ``objective`` on ``cores`` cores."""
+    chosen = [s for s in info.settings if s.objective in (None, objective)]
+    values = [s.resolve(cores) for s in chosen]
+    return [dict(zip((s.name for s in chosen), combo)) for combo in itertools.product(*values)]
 
 
 def bf16_unavailable(runtime: str) -> str | None:
@@ -128,12 +168,28 @@ _CPU_ORT = ("CPUExecutionProvider",)
 _CUDA_ORT = ("CUDAExecutionProvider", "CPUExecutionProvider")
 _TRT_ORT = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
+_THREADS = Setting("threads", ("cores", "half-cores"),
+                   "intra-op threads: all usable cores is fastest on a quiet machine, fewer "
+                   "can win where other work shares the cores")
+_ORT_CPU_SETTINGS = (
+    _THREADS,
+    Setting("optimization_level", ("all", "extended"),
+            "'all' adds the NCHWc layout transforms (most of the CPU speed), which some "
+            "graphs (QDQ) do not profit from"),
+)
+_OPENVINO_SETTINGS = (
+    Setting("threads", ("cores",), "INFERENCE_NUM_THREADS: every usable core"),
+    Setting("performance_hint", ("LATENCY", "THROUGHPUT"),
+            "LATENCY: one stream with every thread; THROUGHPUT: the plugin picks streams "
+            "(NUM_STREAMS) and keeps several requests in flight"),
+)
+
 #: every runtime, in the order a format's default is chosen (the first that runs it)
 RUNTIMES: dict[str, RuntimeInfo] = {r.name: r for r in (
     RuntimeInfo("onnxruntime", "ONNX Runtime, CPU execution provider", "cpu",
                 (*_ONNX, "trt"), ("fp32", "fp16", "int8"), ("fp32", "int8"),
                 int8_flavours=("cpu", "tensorrt"), providers=_CPU_ORT, onnx_of_engine=True,
-                _probe=_ort_probe(_CPU_ORT, cuda=False)),
+                settings=_ORT_CPU_SETTINGS, _probe=_ort_probe(_CPU_ORT, cuda=False)),
     RuntimeInfo("onnxruntime-cuda", "ONNX Runtime, CUDA execution provider", "cuda",
                 (*_ONNX, "trt"), ("fp32", "fp16", "int8"), ("fp32", "fp16", "int8"),
                 int8_flavours=("cpu", "tensorrt"), providers=_CUDA_ORT, onnx_of_engine=True,
@@ -144,7 +200,7 @@ RUNTIMES: dict[str, RuntimeInfo] = {r.name: r for r in (
                 _probe=_ort_probe(_TRT_ORT, cuda=True)),
     RuntimeInfo("openvino", "OpenVINO, CPU plugin (the openvino extra)", "cpu",
                 (*_ONNX, "trt"), ("fp32", "fp16", "bf16", "int8"), ("fp32", "bf16", "int8"),
-                int8_flavours=("cpu",), onnx_of_engine=True,
+                int8_flavours=("cpu",), onnx_of_engine=True, settings=_OPENVINO_SETTINGS,
                 _probe=lambda: _module_missing("openvino",
                                                "pip install 'resnet-deploy[openvino]'")),
     RuntimeInfo("tensorrt", "TensorRT, a serialized engine (the gpu extra)", "cuda",
@@ -197,5 +253,9 @@ def clear_probe_cache() -> None:
     _probe_cached.cache_clear()
 
 
-__all__ = ["EXECUTION_PRECISIONS", "PRECISIONS", "RUNTIMES", "RuntimeInfo", "bf16_unavailable",
-           "clear_probe_cache", "default_runtime", "get_runtime", "runtimes_for"]
+#: how strict each precision contract is (the deployment planner's tie rule prefers the first)
+STRICTNESS = ("fp32", "fp16", "bf16", "int8")
+
+__all__ = ["EXECUTION_PRECISIONS", "PRECISIONS", "RUNTIMES", "STRICTNESS", "RuntimeInfo",
+           "Setting", "bf16_unavailable", "clear_probe_cache", "default_runtime", "get_runtime",
+           "runtimes_for", "setting_grid"]

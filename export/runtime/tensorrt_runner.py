@@ -144,6 +144,8 @@ class TensorRTRunner(Runner):
                      else manifest.get("artifact", "engine"))
         self.input_name = manifest["inputs"][0]["name"]
         self.output_name = manifest["outputs"][0]["name"]
+        self._num_classes = manifest["model"].get("num_classes")
+        self._dtypes = (manifest["inputs"][0].get("dtype"), manifest["outputs"][0].get("dtype"))
         self._engine: Any = None
         self._context: Any = None
         self._stream: Any = None
@@ -169,8 +171,28 @@ class TensorRTRunner(Runner):
             raise UserError(f"{self.input_name} is not an input of {self.name}")
         self._in_dtype = self._torch_dtype(self.input_name)
         self._out_dtype = self._torch_dtype(self.output_name)
+        self._check_bindings()
         self._context = self._engine.create_execution_context()
         self._stream = torch.cuda.Stream()
+
+    def _check_bindings(self) -> None:
+        """The engine's own bindings against the manifest: C, H, W, the number of classes and
+        the dtypes; an edited manifest is refused, not run."""
+        in_shape = tuple(self._engine.get_tensor_shape(self.input_name))
+        out_shape = tuple(self._engine.get_tensor_shape(self.output_name))
+        chw = self.contract.chw if self.contract is not None else None
+        names = {torch.float32: "float32", torch.float16: "float16"}
+        dtypes = (names[self._in_dtype], names[self._out_dtype])
+        problems = []
+        if chw is not None and tuple(in_shape[1:]) != tuple(chw):
+            problems.append(f"input {in_shape[1:]} vs the manifest's {chw}")
+        if out_shape[-1] != self._num_classes:
+            problems.append(f"{out_shape[-1]} outputs vs num_classes {self._num_classes}")
+        if any(said is not None and said != have for said, have in zip(self._dtypes, dtypes)):
+            problems.append(f"dtypes {dtypes} vs the manifest's {self._dtypes}")
+        if problems:
+            raise UserError(f"{self.name} does not match its manifest ({'; '.join(problems)}); "
+                            "refused")
 
     def _deactivate(self) -> None:
         self._context = None

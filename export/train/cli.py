@@ -15,6 +15,7 @@ from ..core.cli import (
     print_family_table,
     resolve_model_name,
 )
+from ..core.hardware import thread_problem
 from ..data.layouts import detect_layout
 from .config import (
     BOUNDS,
@@ -50,6 +51,8 @@ def bounded(option: str) -> click.ParamType:
                     ctx: click.Context | None) -> Any:
             number = plain.convert(value, param, ctx)
             problem = bound_problem(option, number)
+            if problem is None and option in ("threads", "workers"):  # tied to this machine
+                problem = thread_problem(f"--{option}", number)
             if problem:
                 self.fail(problem, param, ctx)
             return number

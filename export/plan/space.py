@@ -1,0 +1,173 @@
+"""The candidate space: runtime x precision contract x settings, and why the rest is pruned.
+
+Everything here is read from the runtime registry (:mod:`export.runtime.registry`): which formats
+a device's runtimes run, whether each runtime is present (``unavailable()``), whether a precision
+is native on this machine (``not_native()``), which INT8 flavour each runtime compiles, which
+artifacts may run at another precision (``EXECUTION_PRECISIONS``: an FP32 ONNX at bf16 on
+OpenVINO) and which settings are worth searching (``settings``). Nothing is timed or built here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..runtime.registry import (
+    EXECUTION_PRECISIONS,
+    RUNTIMES,
+    RuntimeInfo,
+    runtimes_for,
+    setting_grid,
+)
+
+#: what the pipeline can export: (format, precision contract, INT8 flavour, TensorRT precision)
+EXPORTABLE = (
+    ("onnx", "fp32", None, None),
+    ("onnx-fp16", "fp16", None, None),
+    ("onnx-int8", "int8", "cpu", None),
+    ("onnx-int8", "int8", "tensorrt", None),
+    ("trt", "fp16", None, "fp16"),
+    ("trt", "int8", "tensorrt", "int8"),
+)
+#: statuses a candidate ends with (plan.json documents them)
+STATUSES = ("chosen", "pareto", "dominated", "over-budget", "gate-failed", "skipped", "baseline",
+            "unmeasured")
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """One artifact to export: its format, contract and flavour, and its folder name."""
+
+    fmt: str
+    precision: str
+    flavour: str | None = None
+    trt_precision: str | None = None
+
+    @property
+    def folder(self) -> str:
+        name = self.fmt if self.fmt != "trt" else f"trt-{self.trt_precision}"
+        return name + (f"-{self.flavour}" if self.flavour and self.flavour != "cpu" else "")
+
+
+@dataclass
+class PlanCandidate:
+    """One runtime running one artifact at one precision with one set of settings."""
+
+    runtime: str
+    precision: str  # the precision it runs at (the contract it is held to)
+    settings: dict[str, Any] = field(default_factory=dict)
+    artifact: str | None = None  # the artifact folder (None: the eager baseline, a pruned one)
+    fmt: str | None = None
+    status: str = "unmeasured"
+    reason: str | None = None
+    manifest_sha256: str | None = None
+    gate: dict[str, Any] | None = None
+    screen: dict[str, Any] | None = None
+    confirm: dict[str, Any] | None = None
+
+    @property
+    def id(self) -> str:
+        where = f" {Path(self.artifact).name}" if self.artifact else ""
+        opts = ",".join(f"{k}={v}" for k, v in self.settings.items())
+        return f"{self.runtime} {self.precision}{where}" + (f" [{opts}]" if opts else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "runtime": self.runtime, "precision": self.precision,
+                "settings": self.settings, "artifact": self.artifact, "format": self.fmt,
+                "status": self.status, "reason": self.reason,
+                "manifest_sha256": self.manifest_sha256, "gate": self.gate,
+                "screen": self.screen, "confirm": self.confirm}
+
+
+def _why_not(info: RuntimeInfo, precision: str, flavour: str | None = None) -> str | None:
+    return info.unavailable() or info.not_native(precision) or (
+        info.slow_flavour(flavour) if precision == "int8" else None)
+
+
+def export_space(device: str) -> tuple[list[ExportPlan], list[PlanCandidate]]:
+    """The artifacts worth exporting for ``device`` (at least one runtime there runs them
+    natively), and one pruned candidate per runtime for each artifact that is not."""
+    wanted, pruned = [], []
+    for fmt, precision, flavour, trt_precision in EXPORTABLE:
+        runtimes = runtimes_for(fmt, flavour, device=device, direct=True)
+        reasons = {r.name: _why_not(r, precision, flavour) for r in runtimes}
+        if runtimes and any(why is None for why in reasons.values()):
+            wanted.append(ExportPlan(fmt, precision, flavour, trt_precision))
+            continue
+        for name, why in reasons.items():
+            pruned.append(PlanCandidate(name, precision, fmt=fmt, status="skipped",
+                                        reason=f"not exported: {why}"))
+        if not runtimes:
+            pruned.append(PlanCandidate(fmt, precision, fmt=fmt, status="skipped",
+                                        reason=f"no {device} runtime runs {fmt}"
+                                               + (f" ({flavour} flavour)" if flavour else "")))
+    return wanted, pruned
+
+
+def gate_summary(manifest: dict[str, Any], runtime: str, precision: str) -> dict[str, Any] | None:
+    """The verdict of ``runtime`` at ``precision`` in the artifact's gate, in short."""
+    info = RUNTIMES.get(runtime)
+    prefix = (f"onnxruntime[{info.providers[0].replace('ExecutionProvider', '')}"
+              if info is not None and info.providers else f"{runtime}[")
+    for run in (manifest.get("parity") or {}).get("runs", []):
+        if run.get("precision") == precision and str(run.get("candidate", "")).startswith(prefix):
+            return short_verdict(run)
+    return None
+
+
+def short_verdict(run: dict[str, Any]) -> dict[str, Any]:
+    """What plan.json keeps of a gate verdict: pass/fail, contract, figures, first failure."""
+    real = [c for c in run.get("comparisons", []) if c.get("kind") == "real"] or \
+        run.get("comparisons", [])
+    accuracy = run.get("accuracy") or {}
+    failures = [f for c in run.get("comparisons", []) for f in c.get("failures", [])] + \
+        list(accuracy.get("failures", []) or [])
+    return {"passed": run.get("passed"), "contract": run.get("precision"),
+            "judged_on": run.get("candidate"), "summary": run.get("summary"),
+            "min_cosine": min((c["min_cosine"] for c in real), default=None),
+            "top1_agreement": min((c["top1_agreement"] for c in real), default=None),
+            "accuracy_drop": accuracy.get("drop_points"),
+            "first_failure": failures[0] if failures else None}
+
+
+def candidates_for(folder: Path, manifest: dict[str, Any], sha256: str, device: str,
+                   cores: int, objective: str) -> list[PlanCandidate]:
+    """Every (runtime, precision, settings) that may run this artifact here, and the pruned
+    ones with their reason; a failed gate is one gate-failed candidate with its verdict."""
+    fmt, own = manifest["format"], manifest["precision"]
+    flavour = (manifest.get("int8") or {}).get("flavour")
+    base = {"artifact": str(folder), "fmt": fmt, "manifest_sha256": sha256}
+    if not manifest["parity"].get("passed"):
+        failed = next((r for r in manifest["parity"].get("runs", []) if not r.get("passed")),
+                      None)
+        verdict = short_verdict(failed) if failed else None
+        return [PlanCandidate(verdict["judged_on"].split("[")[0] if verdict else "-", own,
+                              status="gate-failed", gate=verdict,
+                              reason=f"its gate failed: {(verdict or {}).get('first_failure')}",
+                              **base)]
+    found = []
+    contracts = manifest["parity"].get("contracts") or {own: True}
+    for info in runtimes_for(fmt, flavour, device=device, direct=True):
+        for precision in (own, *[p for p in EXECUTION_PRECISIONS.get((info.name, own), ())
+                                 if p != own]):
+            why = _why_not(info, precision, flavour)
+            gate = gate_summary(manifest, info.name, precision)
+            if why is None and contracts.get(precision) is not True:
+                status = "gate-failed" if contracts.get(precision) is False else "skipped"
+                verdict = "failed" if status == "gate-failed" else "did not judge"
+                found.append(PlanCandidate(info.name, precision, status=status, gate=gate,
+                                           reason=f"the artifact's gate {verdict} the "
+                                                  f"{precision} contract", **base))
+                continue
+            if why is not None:
+                found.append(PlanCandidate(info.name, precision, status="skipped", reason=why,
+                                           **base))
+                continue
+            for settings in setting_grid(info, cores, objective):
+                found.append(PlanCandidate(info.name, precision, settings, gate=gate, **base))
+    return found
+
+
+__all__ = ["EXPORTABLE", "STATUSES", "ExportPlan", "PlanCandidate", "candidates_for",
+           "export_space", "gate_summary", "short_verdict"]
