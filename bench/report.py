@@ -194,7 +194,8 @@ def _fp32_speedup(r: dict[str, Any]) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = ["backend", "precision", "runs in", "layout", "graphs", "timing", "batch", "iters",
-            "rounds (max/min round p50)", "p50 ms", "p90 ms", "p99 ms", "mean ms", "min ms", "max ms", "CV", "img/s",
+            "rounds (max/min round p50)", "p50 ms", "p90 ms", "p99 ms", "mean ms", "min ms",
+            "max ms", "CV", "img/s",
             "GFLOP/s", "vs torch (p50)", "vs torch (rounds)", "vs fp32 (rounds)", "setup s",
             "first ms", "flags"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]

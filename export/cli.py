@@ -144,8 +144,9 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
           num_classes: int | None, in_chans: int | None, formats: tuple[str, ...],
           input_size: int | None, batch_range: BatchRange | None, min_batch: int | None,
           opt_batch: int | None, max_batch: int | None, opset: int, out: Path | None,
-          out_dir: Path | None, fp16_io: bool, trt_precision: str, int8_flavour: str, calib_data: Path | None,
-          calib_count: int, calib_method: str, max_accuracy_drop: float | None, workspace: int, seed: int, keep_failed: bool,
+          out_dir: Path | None, fp16_io: bool, trt_precision: str, int8_flavour: str,
+          calib_data: Path | None, calib_count: int, calib_method: str,
+          max_accuracy_drop: float | None, workspace: int, seed: int, keep_failed: bool,
           overwrite: bool) -> None:
     """Export a ResNet and prove the artifact gives the eager model's logits.
 

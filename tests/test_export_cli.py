@@ -278,7 +278,8 @@ def test_opset_is_what_the_file_says_or_a_clear_refusal(cwd):
 
 
 def test_default_names_carry_the_run_so_two_models_do_not_clash():
-    """The quick-start digits ResNet-20 and another ResNet-20 used to share artifacts/resnet20-onnx."""
+    """The quick-start digits ResNet-20 and another ResNet-20 used to share
+    artifacts/resnet20-onnx."""
     from pathlib import Path
 
     from export.core.models import default_spec

@@ -351,7 +351,8 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
     :data:`MIN_CALIBRATION` images, from the training split. ``flavour``: ``"cpu"`` or
     ``"tensorrt"`` (module docstring). ``method``: ``"minmax"``, ``"entropy"`` or
     ``"percentile"``. ``batch_size``: at most this many images per calibration run (memory, not
-    results: the ranges are gathered over all batches; lowered to divide the count evenly). ``recipe`` replaces the flavour's settings (for
+    results: the ranges are gathered over all batches; lowered to divide the count evenly).
+    ``recipe`` replaces the flavour's settings (for
     experiments such as ``dataclasses.replace(RECIPES["cpu"], reduce_range=True)``).
     ``keep_float``: leave the layers INT8 hurts most in float (:func:`sensitive_layers`), the
     accuracy-controlled retry of an artifact that missed its accuracy contract.
