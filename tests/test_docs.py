@@ -10,8 +10,8 @@ files declares it in an HTML comment on the line before its fence (invisible whe
 
 Setups: ``trained-artifact`` (``artifacts/train/resnet20-digits/`` from ``resnet-train`` and
 ``artifacts/resnet20-digits-onnx/`` exported from its best.pt, as in the quick start, but trained
-for a few steps only) and ``digit-pngs`` (``digits/0.png`` ... ``digits/9.png``, one test-split image of
-each class, 8x8 grayscale).
+for a few steps only) and ``digit-pngs`` (``digits/0.png`` ... ``digits/9.png``, one test-split
+image of each class, 8x8 grayscale).
 """
 
 import os
