@@ -11,6 +11,7 @@ import pytest
 from bench.cli import main as bench_cli
 from bench.onnx_cache import default_cache_dir
 from export.cli import main as export_cli
+from export.core.manifest import write_manifest
 
 from built_artifacts import copy_project
 from cli_helpers import invoke as run_cli
@@ -79,7 +80,7 @@ def test_a_project_copied_elsewhere_still_verifies(tmp_path, trained_project):
     assert Path(manifest["source"]["path"]).is_absolute()
     # as if the project had been made at another place that no longer exists
     manifest["source"]["path"] = str(tmp_path / "gone/artifacts/train/resnet20-digits/best.pt")
-    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(artifact, manifest)  # sealed anew, as an export there would have written it
     result = invoke(export_cli, ["verify", artifact], "resnet-export")
     assert result.exit_code == 0, result.output
     assert f"verified {artifact}: PASS" in result.output
@@ -90,7 +91,7 @@ def test_a_project_copied_elsewhere_still_verifies(tmp_path, trained_project):
         result = invoke(export_cli, ["verify", artifact], "resnet-export")
         assert result.exit_code == 1 and "source.relative_path must be a relative path" in \
             result.stderr
-    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(artifact, manifest)
 
     shutil.rmtree(project / "artifacts/train")
     result = invoke(export_cli, ["verify", artifact], "resnet-export")
