@@ -21,6 +21,7 @@ import torch
 
 from export.core.artifact import read_manifest
 from export.core.errors import BackendUnavailable, UserError
+from export.core.manifest import Manifest
 from export.core.models import ModelSpec, count_macs
 from export.runtime.base import Runner
 from export.runtime.loader import load_artifact
@@ -465,11 +466,11 @@ class Planner:
         if wanted_trt and "trt" not in formats:
             self._skip(Skip("tensorrt", f"no TensorRT engine (format trt) under {root}"))
 
-    def _add_deployed(self, folder: Path, manifest: dict[str, Any], spec: ModelSpec,
+    def _add_deployed(self, folder: Path, manifest: Manifest, spec: ModelSpec,
                       batch_range: tuple[int, int], artifact: str) -> None:
         """An artifact with a ``deploy`` section (a plan's choice) runs the way it says: its
         runtime, precision and settings (--backends measures it on others instead)."""
-        deploy = manifest["deploy"]
+        deploy = manifest.get("deploy") or {}
         backend, precision = deploy["runtime"], deploy["precision"]
         if self.req.precisions is not None and precision not in self.req.precisions:
             self._skip(Skip(backend, f"deployed precision {precision} is not in --precision",

@@ -170,7 +170,7 @@ def _round_speedup(r: dict[str, Any]) -> str:
     value, iqr = r.get("speedup_vs_torch_rounds"), r.get("speedup_vs_torch_rounds_iqr")
     if not value:
         return "-"
-    if not quotable(iqr):  # the rounds disagree: no headline figure
+    if iqr is not None and not quotable(iqr):  # the rounds disagree: no headline figure
         return f"not quotable ({iqr[0]:.2f}-{iqr[1]:.2f}x)"
     return f"{value:.2f}x" + (f" ({iqr[0]:.2f}-{iqr[1]:.2f})" if iqr else "")
 
@@ -187,7 +187,7 @@ def _speedup(r: dict[str, Any]) -> str:
 def _fp32_speedup(r: dict[str, Any]) -> str:
     """A lower precision against FP32 of the same runtime, or its range where not quotable."""
     iqr = r.get("speedup_vs_fp32_rounds_iqr")
-    if not quotable(iqr):
+    if iqr is not None and not quotable(iqr):
         return f"not quotable {iqr[0]:.2f}-{iqr[1]:.2f}x"
     return f"{r.get('speedup_vs_fp32_rounds') or r['speedup_vs_fp32']:.2f}x"
 

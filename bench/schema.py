@@ -109,7 +109,7 @@ def _where(error: Any) -> str:
 def check_document(doc: Any) -> None:
     """Raise ValueError (one line naming the key) if ``doc`` is not a bench document this code
     reads. The first error by position in the document is the one reported."""
-    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+    from jsonschema import Draft202012Validator
 
     if not isinstance(doc, dict):
         raise ValueError(f"not a {SCHEMA} document (a JSON {type(doc).__name__}, not an object)")

@@ -209,7 +209,7 @@ def _announce_replacement(out: Path, previous: Manifest | None, warn: Echo) -> N
              f"{previous['created']})")
 
 
-def _int8_help(req: ExportRequest, manifest: dict[str, Any]) -> str:
+def _int8_help(req: ExportRequest, manifest: Manifest) -> str:
     """What may get an INT8 artifact through its gate, after a failure."""
     if req.precision != "int8":
         return ""
@@ -318,8 +318,8 @@ def _quantize(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelPro
                               method=req.calib_method, keep_float=req.int8_keep_float)
         proto = onnx.load(str(int8_path))
     report.pop("calibration", None)  # the calibration section below says more
-    section = {"flavour": req.flavour, "quantizer": report,
-               "calibration": calibration.description}
+    section: dict[str, Any] = {"flavour": req.flavour, "quantizer": report,
+                               "calibration": calibration.description}
     section["max_accuracy_drop"] = req.max_accuracy_drop if req.max_accuracy_drop is not None \
         else TOLERANCES["int8"].max_accuracy_drop
     if req.int8_keep_float:

@@ -435,7 +435,7 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
     """Write the manifest with its digest (:data:`DIGEST_KEY`) recomputed: every writer of ours
     seals what it writes."""
-    manifest[DIGEST_KEY] = manifest_digest(manifest)
+    manifest["manifest_sha256"] = manifest_digest(manifest)  # DIGEST_KEY
     path = Path(folder) / MANIFEST_NAME
     write_json(path, manifest)
     return path

@@ -37,7 +37,7 @@ class GateCandidate:
 def not_judged(manifest: Manifest) -> list[str]:
     """The runtimes that would judge this artifact but are absent here, each with why."""
     fmt = manifest["format"]
-    built_from = manifest["tensorrt"]["built_from"] if fmt == "trt" else None
+    built_from = (manifest.get("tensorrt") or {}).get("built_from") if fmt == "trt" else None
     flavour = (manifest.get("int8") or {}).get("flavour")
     return [f"{info.name} ({info.unavailable()})"
             for info in runtimes_for(SOURCE_FORMAT[manifest["precision"]] if built_from else fmt,

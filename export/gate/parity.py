@@ -160,7 +160,7 @@ def min_lost_images(alpha: float = ACCURACY_ALPHA) -> int:
 def mcnemar_p(lost: int, gained: int) -> float:
     """Exact one-sided McNemar test: how likely ``lost`` or more of the discordant images fall
     on the candidate's side if neither model were really better (a fair coin per image)."""
-    from scipy.stats import binomtest  # type: ignore[import-untyped]
+    from scipy.stats import binomtest
 
     if lost + gained == 0:
         return 1.0

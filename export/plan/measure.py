@@ -90,7 +90,7 @@ def baseline(folder: Path, spec: ModelSpec) -> tuple[PlanCandidate, Candidate]:
                          reason="eager PyTorch, the reference every speed-up is measured against")
 
     def prepare() -> tuple[Runner, dict[str, Any]]:
-        return TorchRunner(source_from_manifest(dict(read_manifest(folder)), folder).model,
+        return TorchRunner(source_from_manifest(read_manifest(folder), folder).model,
                            "cpu"), {}
 
     return plan, Candidate("torch", "fp32", spec, prepare, extra={"plan_id": plan.id})

@@ -90,13 +90,13 @@ def write_chosen(into: Path, folder: Path, candidate: PlanCandidate,
 
     manifest.json is not among its own listed files, so every file's sha256 still matches (checked
     after the copy) and the gate verdict is carried over untouched."""
-    manifest: dict[str, Any] = dict(read_manifest(folder))
+    manifest = read_manifest(folder)
     into.mkdir(parents=True)
     for entry in manifest["files"]:
         shutil.copy2(artifact_file(folder, entry["path"]), into / entry["path"])
     manifest["deploy"] = deploy
     write_manifest(into, manifest)
-    verify_files(into, dict(read_manifest(into)))
+    verify_files(into, read_manifest(into))
     return into
 
 

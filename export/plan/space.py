@@ -155,9 +155,9 @@ def candidates_for(folder: Path, manifest: dict[str, Any], sha256: str, device: 
             gate = gate_summary(manifest, info.name, precision)
             if why is None and contracts.get(precision) is not True:
                 status = "gate-failed" if contracts.get(precision) is False else "skipped"
-                verdict = "failed" if status == "gate-failed" else "did not judge"
+                judged = "failed" if status == "gate-failed" else "did not judge"
                 found.append(PlanCandidate(info.name, precision, status=status, gate=gate,
-                                           reason=f"the artifact's gate {verdict} the "
+                                           reason=f"the artifact's gate {judged} the "
                                                   f"{precision} contract", **base))
                 continue
             if why is not None:

@@ -55,7 +55,9 @@ def runner_for(folder: Path, manifest: Manifest, providers: list[str] | None = N
         raise UserError(f"a {own} artifact does not run at {precision} on {runtime}")
     contract = InputContract.from_manifest(manifest)
     if manifest["format"] == "trt":  # the engine's source ONNX says what the engine was built as
-        source = artifact_file(folder, manifest["tensorrt"]["built_from"])
+        tensorrt = manifest["tensorrt"]
+        assert tensorrt is not None  # the schema check requires it of an engine
+        source = artifact_file(folder, tensorrt["built_from"])
         check_onnx_agrees(source, check_onnx_file(folder, source, manifest), manifest)
     if runtime == "tensorrt":
         from .tensorrt_runner import TensorRTRunner

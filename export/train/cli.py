@@ -52,7 +52,7 @@ def bounded(option: str) -> click.ParamType:
             number = plain.convert(value, param, ctx)
             problem = bound_problem(option, number)
             if problem is None and option in ("threads", "workers"):  # tied to this machine
-                problem = thread_problem(f"--{option}", number)
+                problem = thread_problem(f"--{option}", int(number))
             if problem:
                 self.fail(problem, param, ctx)
             return number
