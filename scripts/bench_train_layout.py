@@ -95,7 +95,7 @@ def write_standin(root: Path, train: int, test: int) -> Path:
 def loader_rate(data, spec, config, workers: int, batches: int) -> float:
     """Augmented training batches per second, as the training loop gets them (images/s)."""
     from export.train.datasets import Augment, ImageDataset
-    from export.train.loop import train_batching
+    from export.train.setup import train_batching
 
     train_set = ImageDataset(data.images["train"], data.labels["train"], spec.mean, spec.std,
                              Augment(), config.seed)

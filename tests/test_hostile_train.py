@@ -557,12 +557,12 @@ def test_a_batch_whose_activations_cannot_fit_is_refused_before_training(tmp_pat
 
     per_image = activation_bytes(build_model("resnet20", 2, 1), 1, 16)
     assert per_image > 16 * 16 * 16 * 4  # at least the first convolution's 16 channels
-    monkeypatch.setattr("export.train.loop.available_memory", lambda: 3 * per_image)
+    monkeypatch.setattr("export.train.setup.available_memory", lambda: 3 * per_image)
     monkeypatch.chdir(tmp_path)
     line = error_line(invoke(train_cli, "--data", images, *TINY), 1)
     assert "a batch of 4 images of 1 x 16 x 16 needs at least" in line
     assert "lower --batch-size or --input-size" in line
-    monkeypatch.setattr("export.train.loop.available_memory", lambda: 4 * per_image)
+    monkeypatch.setattr("export.train.setup.available_memory", lambda: 4 * per_image)
     assert invoke(train_cli, "--data", images, *TINY).exit_code == 0
 
 

@@ -20,7 +20,8 @@ from export.train import TrainConfig, run_training
 from export.train.adapt import adapt_init_weights
 from export.train.cli import main as train_cli
 from export.train.config import default_notes
-from export.train.loop import Monitor, train_batching
+from export.train.monitor import Monitor
+from export.train.setup import train_batching
 
 from cli_helpers import command
 from small_images import CLASSES, write_shapes_folder
@@ -173,7 +174,8 @@ def test_small_data_defaults_make_resnet18_worth_typing():
 
 
 def test_a_run_still_improving_at_its_last_epoch_says_to_train_longer(tmp_path):
-    from export.train.loop import Progress, train_longer
+    from export.train.monitor import train_longer
+    from export.train.setup import Progress
 
     config = TrainConfig(epochs=15).resolved()
     rising = Progress(epoch=15, best=(0.58, -1.0), best_epoch=15)

@@ -28,13 +28,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..core.checkpoint import Checkpoint, load_checkpoint, load_state_into, save_checkpoint
-from ..core.errors import UnknownModelError, UserError, first_line, printable
+from ..core.errors import UnknownModelError, UserError, printable
 from ..core.fileio import atomic_path, write_json
-from ..core.hardware import available_memory, format_bytes
 from ..core.models import ModelSpec
 from ..data import (
     TrainingData,
-    channel_stats,
     describe_source,
     load_training_data,
     scan,
@@ -43,11 +41,20 @@ from ..data import (
 )
 from .adapt import load_init_weights
 from .config import RESUME_CHANGES, TrainConfig, default_notes
-from .datasets import Augment, ImageDataset
+from .datasets import ImageDataset
 from .devices import Processes, cpu_thread_count, cpu_threads, pick_device, process_group
+from .monitor import Monitor, train_longer
 from .plots import format_confusion, plot_curves
 from .rundir import claim_resumed, claim_run_dir, holds_run, resolve_run_dir, resume_checkpoint_path
-from .steps import activation_bytes, build_optimizer, evaluate, train_one_epoch, warmup_cosine
+from .setup import (
+    Progress,
+    check_batch_memory,
+    loaders,
+    model_spec,
+    place_model,
+    restore,
+)
+from .steps import build_optimizer, evaluate, train_one_epoch, warmup_cosine
 
 
 @dataclass
@@ -166,148 +173,6 @@ def _writing(path: Path, kept: str) -> Iterator[None]:
 
 
 @dataclass
-class Progress:
-    """Where a run stands between epochs; last.pt carries it so --resume can go on."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimiser steps taken
-    best: tuple[float, float] = (-1.0, -math.inf)  # (val top-1, -val loss) of best.pt
-    best_epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
-
-    def improves(self, top1: float, loss: float) -> bool:
-        """Better validation accuracy; on a tie, lower validation loss."""
-        return (top1, -loss) > self.best
-
-    def saved(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "step": self.step, "best_val_top1": self.best[0],
-                "best_val_loss": -self.best[1], "best_epoch": self.best_epoch,
-                "history": self.history}
-
-    @classmethod
-    def from_saved(cls, meta: dict[str, Any]) -> Progress:
-        return cls(int(meta["epoch"]), int(meta.get("step", 0)),
-                   (float(meta["best_val_top1"]), -float(meta["best_val_loss"])),
-                   int(meta["best_epoch"]), list(meta.get("history", [])))
-
-
-def _model_spec(config: TrainConfig, data: TrainingData, resumed: Checkpoint | None
-                ) -> ModelSpec:
-    """The resumed run's spec, or a new one with the training split's mean and std."""
-    if resumed is None:
-        mean, std = channel_stats(data.images["train"])
-        return ModelSpec.create(config.model, data.num_classes, data.in_chans, config.input_size,
-                                mean=mean, std=std, stem=config.stem)
-    spec = resumed.spec
-    if spec.in_chans != data.in_chans or spec.num_classes != data.num_classes:
-        raise UserError(f"the data no longer matches {resumed.path}'s model "
-                        f"({data.in_chans} channels / {data.num_classes} classes now)")
-    return spec
-
-
-def _restore(resumed: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler,
-             scaler: torch.amp.GradScaler) -> Progress:
-    """Load last.pt's weights and resume state, or say in one line that the state is damaged
-    (the loaders of torch's optimiser and schedule trust what they are given)."""
-    meta = resumed.meta
-    load_state_into(model, resumed.state_dict, str(resumed.path))
-    try:
-        optimizer.load_state_dict(meta["optimizer"])
-        scheduler.load_state_dict(meta["scheduler"])
-        if meta.get("scaler"):
-            scaler.load_state_dict(meta["scaler"])
-        if isinstance(meta.get("rng_state"), torch.Tensor):
-            torch.set_rng_state(meta["rng_state"])
-        progress = Progress.from_saved(meta)
-        rates = [*scheduler.base_lrs, *(group["lr"] for group in optimizer.param_groups)]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                   for v in rates):
-            raise ValueError(f"learning rates {rates}")
-        if scheduler.last_epoch != progress.step:
-            raise ValueError(f"the schedule is at step {scheduler.last_epoch!r}, the run at "
-                             f"{progress.step}")
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
-        raise UserError(f"{resumed.path}: its resume state is damaged ({first_line(exc)}); "
-                        "start the run again with --overwrite") from None
-    return progress
-
-
-def _check_batch_memory(model: nn.Module, spec: ModelSpec, config: TrainConfig,
-                        data: TrainingData, procs: Processes, device: torch.device) -> None:
-    """Refuse a batch whose activations alone cannot fit, before the first step tries."""
-    batch = min(config.batch_size, math.ceil(len(data.labels["train"]) / procs.world_size))
-    per_image = activation_bytes(model, spec.in_chans, spec.input_size,
-                                 element_size=2 if device.type == "cuda" else 4)
-    if device.type == "cuda":
-        available = torch.cuda.mem_get_info(device)[0]
-    else:
-        available = available_memory()
-    need = batch * per_image
-    if available is not None and need > available:
-        raise UserError(f"a batch of {batch} images of {spec.in_chans} x {spec.input_size} x "
-                        f"{spec.input_size} needs at least {format_bytes(need)} for "
-                        f"{spec.name}'s activations, but only {format_bytes(available)} of "
-                        f"{'GPU ' if device.type == 'cuda' else ''}memory is available: lower "
-                        "--batch-size or --input-size")
-
-
-def _place_model(model: nn.Module, procs: Processes,
-                 device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """(the model, what the training step calls): channels_last and DDP where they apply."""
-    model.to(device)
-    if device.type == "cuda":
-        # Module.to takes memory_format (documented); torch's type stubs do not list it
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        if procs.distributed:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if not procs.distributed:
-        return model, model
-    # On CPU (no SyncBatchNorm there) each rank normalises its own batch, and DDP's
-    # broadcast_buffers keeps every rank's running statistics equal to rank 0's.
-    return model, nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-#: the last, partial batch of an epoch is dropped only when it holds less than this share of the
-#: epoch's images (or a single image, which BatchNorm cannot normalise)
-DROP_LAST_MAX_FRACTION = 0.05
-
-
-def train_batching(images: int, batch_size: int, world_size: int = 1) -> tuple[int, bool]:
-    """(batch size, drop_last) for ``images`` training images shared by ``world_size`` ranks.
-
-    The batch is at most one rank's share. The partial last batch is kept unless it is a small
-    fraction of the epoch: dropping it always, as before, threw away 50 of 114 images each
-    epoch on a small dataset.
-    """
-    per_rank = math.ceil(images / world_size)
-    batch = max(1, min(batch_size, per_rank))
-    remainder = per_rank % batch
-    drop = 0 < remainder and (remainder < 2 or remainder <= DROP_LAST_MAX_FRACTION * per_rank)
-    return batch, drop
-
-
-def _loaders(data: TrainingData, spec: ModelSpec, config: TrainConfig, procs: Processes,
-             device: torch.device) -> tuple[DataLoader, dict[str, DataLoader]]:
-    """A sharded, seeded, augmented training loader and plain validation / test loaders."""
-    train_set = ImageDataset(data.images["train"], data.labels["train"], spec.mean, spec.std,
-                             Augment() if config.augment else None, config.seed)
-    # DistributedSampler even for one process: its order depends only on (seed, epoch), so a
-    # resumed run sees the batches an uninterrupted one would have.
-    sampler: DistributedSampler[int] = DistributedSampler(
-        train_set, num_replicas=procs.world_size, rank=procs.rank, shuffle=True, seed=config.seed)
-    common: dict[str, Any] = dict(num_workers=config.workers, pin_memory=device.type == "cuda")
-    batch_size, drop_last = train_batching(len(train_set), config.batch_size, procs.world_size)
-    train = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                       **common)
-    evals = {part: DataLoader(ImageDataset(data.images[part], data.labels[part], spec.mean,
-                                           spec.std), batch_size=256, **common)
-             for part in ("val", "test")}
-    return train, evals
-
-
-@dataclass
 class _Fit:
     """Everything one training run needs once its data and run folder are settled."""
 
@@ -334,15 +199,15 @@ def _fit(run: _Fit) -> TrainResult:
     # from the user's files and may hold terminal control characters, or a newline that would
     # forge a line of results. (Text of several lines is said one line at a time.)
     say = (lambda text: echo(printable(text))) if main else (lambda *a, **k: None)
-    spec = _model_spec(config, data, resumed)
+    spec = model_spec(config, data, resumed)
     torch.manual_seed(config.seed)
     model = spec.build()
     if resumed is None and config.init_weights:
         for note in load_init_weights(model, config):
             say(f"init weights: {note}")
-    _check_batch_memory(model, spec, config, data, procs, device)
-    model, train_model = _place_model(model, procs, device)
-    train_loader, eval_loaders = _loaders(data, spec, config, procs, device)
+    check_batch_memory(model, spec, config, data, procs, device)
+    model, train_model = place_model(model, procs, device)
+    train_loader, eval_loaders = loaders(data, spec, config, procs, device)
 
     optimizer = build_optimizer(model, config)
     steps_per_epoch = len(train_loader)
@@ -352,7 +217,7 @@ def _fit(run: _Fit) -> TrainResult:
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     progress = Progress()
     if resumed is not None:
-        progress = _restore(resumed, model, optimizer, scheduler, scaler)
+        progress = restore(resumed, model, optimizer, scheduler, scaler)
 
     log_path = run_dir / "metrics.jsonl"
     if main:  # also the check that the run folder can be written, before any training
@@ -450,67 +315,6 @@ def _fit(run: _Fit) -> TrainResult:
         return TrainResult(run_dir)
     return _finish(config, data, spec, run_dir, progress, eval_loaders["test"], device, threads,
                    procs, started, say, notes, monitor)
-
-
-def train_longer(progress: Progress, config: TrainConfig, run_dir: Path) -> str | None:
-    """The hint for a run whose best validation accuracy came in its last epoch: still rising."""
-    last = progress.epoch
-    if last < 2 or progress.best_epoch != last or last < (config.epochs or 0) \
-            or progress.best[0] >= 1.0:
-        return None
-    return (f"the best validation accuracy ({progress.best[0]:.1%}) came in the last epoch "
-            f"({last}): the model was still improving; train longer, e.g. resnet-train "
-            f"--resume {run_dir} --epochs {2 * last}")
-
-
-class Monitor:
-    """Watches a run for the two ways it can fail quietly: diverging, or learning nothing.
-
-    A diverging run (training loss not finite, or far above the loss of a guess, or validation
-    loss not finite) stops with one line. A run whose validation accuracy stays near chance gets
-    one warning line during training and one in the summary, instead of a checkpoint that looks
-    like any other; not a run cut short by ``--max-steps`` (a smoke test is not meant to learn).
-    """
-
-    def __init__(self, num_classes: int, val_labels: np.ndarray, config: TrainConfig):
-        self.guess_loss = math.log(max(num_classes, 2))  # cross-entropy of a uniform guess
-        counts = np.bincount(np.asarray(val_labels, dtype=np.int64), minlength=num_classes)
-        self.chance = float(counts.max() / max(counts.sum(), 1))  # always the commonest class
-        # judged once the schedule has had a third of its epochs (at least 3): a run of 30
-        # epochs on a few hundred images is often still near chance at epoch 3, then learns
-        self.check_from = min(config.epochs, max(3, math.ceil(config.epochs / 3)))
-        self.judge = config.max_steps is None
-        self.fine_tuning = bool(config.init_weights)
-        self.warnings: list[str] = []
-
-    def near_chance(self, top1: float, chance: float | None = None) -> bool:
-        """Below the lower of twice chance and a quarter of the way from chance to perfect."""
-        chance = self.chance if chance is None else chance
-        return self.judge and top1 < min(2 * chance, chance + (1 - chance) / 4)
-
-    def check_training(self, loss: float, epoch: int, config: TrainConfig) -> None:
-        limit = max(3 * self.guess_loss, self.guess_loss + 3)
-        if not math.isfinite(loss) or loss > limit:
-            what = "is not finite" if not math.isfinite(loss) else (
-                f"is {loss:.3g}, far above the {self.guess_loss:.2f} of a uniform guess")
-            raise UserError(f"training diverged in epoch {epoch}: the training loss {what}; "
-                            f"lower --lr (now {config.lr:g}) or raise --warmup-epochs")
-
-    def check_validation(self, loss: float, epoch: int) -> None:
-        if not math.isfinite(loss):
-            raise UserError(f"training diverged in epoch {epoch}: the validation loss is not "
-                            "finite; lower --lr or raise --warmup-epochs")
-
-    def after_epoch(self, best_top1: float, epoch: int) -> str | None:
-        if epoch < self.check_from or self.warnings or not self.near_chance(best_top1):
-            return None
-        self.warnings.append(
-            f"validation accuracy is still near chance after {epoch} epoch"
-            f"{'s' if epoch != 1 else ''} (best {best_top1:.1%}; always answering the commonest "
-            f"class gives {self.chance:.1%}): the model is not learning. Check the labels, "
-            "lower --lr, train longer with --epochs"
-            + ("" if self.fine_tuning else ", or start from --init-weights"))
-        return self.warnings[-1]
 
 
 def _announce_run(spec: ModelSpec, data: TrainingData, config: TrainConfig, progress: Progress,
