@@ -51,7 +51,8 @@ from export.runtime.ort_runner import ORT_OPTIMIZATION_LEVELS
 from export.runtime.registry import PRECISIONS
 
 from . import environment, report
-from .cases import BACKENDS, Candidate, Request, Skip, plan
+from .candidates import Candidate, Request, Skip
+from .cases import BACKENDS, plan
 from .load import others_cores
 from .load import snapshot as load_snapshot
 from .outdir import check_claimable, check_not_in_artifact, claim_out, probe_folder

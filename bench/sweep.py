@@ -27,7 +27,7 @@ from export.core.models import ModelSpec
 from export.runtime.base import Runner
 
 from . import load
-from .cases import Candidate, Skip
+from .candidates import Candidate, Skip
 from .stats import NoiseRule, round_summary, summarize
 from .timing import (
     ClockTimer,

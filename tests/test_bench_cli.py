@@ -165,7 +165,7 @@ def test_warmup_and_cuda_graph_option_forms(tmp_path, monkeypatch):
 
     def fake_plan(request):
         seen["graphs"] = request.cuda_graphs
-        return backends.Cases([], [backends.Skip("torch", "stubbed out")], backends._Models(0),
+        return backends.Cases([], [backends.Skip("torch", "stubbed out")], backends.Models(0),
                               [request.spec])
 
     monkeypatch.setattr("bench.cli.TimingConfig", recording_timing_config)

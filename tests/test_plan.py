@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from bench.cases import Request
+from bench.candidates import Request
 from bench.cases import plan as bench_plan
 from export import pipeline
 from export.core.artifact import read_manifest, verify_files

@@ -1,6 +1,6 @@
 """Screening and confirmation: the candidates timed by the benchmark harness, interleaved.
 
-Every candidate becomes a :class:`bench.cases.Candidate` whose runner is the artifact loaded on
+Every candidate becomes a :class:`bench.candidates.Candidate` whose runner is the artifact loaded on
 its runtime, at its precision, with its settings (:func:`export.runtime.load_artifact`, the
 same loader ``resnet-bench --artifacts`` and prediction use); :func:`bench.sweep.sweep` times
 them in interleaved rounds at the plan's batch size, so load that comes and goes on a shared
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from bench.cases import Candidate, _Models
+from bench.candidates import Candidate, Models
 from bench.stats import NoiseRule
 from bench.sweep import sweep
 from bench.timing import TimingConfig
@@ -133,7 +133,7 @@ def run_phase(cands: list[PlanCandidate], extra: list[tuple[PlanCandidate, Candi
     torch.set_num_threads(cores)
     try:
         sweep(doc, [b for _, b in pairs], phase.config(), [batch], 0, cores,
-              _Models(0).macs, NoiseRule(), progress=False)
+              Models(0).macs, NoiseRule(), progress=False)
     finally:
         torch.set_num_threads(previous)
     for plan, cand in pairs:
