@@ -161,3 +161,12 @@ def read_document(path: Path) -> dict[str, Any]:
     except RecursionError:
         raise ValueError(f"{path}: nested too deeply to be a bench document") from None
     return doc
+
+
+def model_key(row: dict[str, Any]) -> str:
+    """The model a row measured (name, input, channels, classes): one baseline and one report
+    section per distinct model."""
+    if row.get("model_label"):
+        return row["model_label"]
+    shape = row.get("input_shape") or [None, "?", "?", "?"]
+    return f"{row.get('model')} {shape[2]}x{shape[3]}x{shape[1]}"
