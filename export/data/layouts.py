@@ -27,6 +27,7 @@ import os
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -358,16 +359,21 @@ def _load_cifar_python(found: _Candidate) -> LayoutDataset:
     _require_files(folder, wanted, f"{name} python")
     names = label_names(entry(unpickle(folder / meta), names_key, folder / meta),
                          folder / meta, names_key)
-    parts = []
-    for files in (train, test):
-        xs, ys = [], []
-        for f in files:
-            x, y = cifar_python_batch(folder / f, label_key)
-            xs.append(x)
-            ys.append(y)
-        parts.append((np.concatenate(xs), np.concatenate(ys), folder / files[-1]))
+    parts = _train_and_test(folder, (train, test),
+                            lambda path: cifar_python_batch(path, label_key))
     return _finish(name, "cifar-python", folder, parts[0], parts[1], names,
                    [folder / f for f in wanted], folder / meta)
+
+
+def _train_and_test(folder: Path, groups: tuple[list[str], list[str]],
+                    read: Callable[[Path], tuple[np.ndarray, np.ndarray]]
+                    ) -> list[tuple[np.ndarray, np.ndarray, Path]]:
+    """The training and the test batches of a CIFAR folder, each group read and joined."""
+    parts = []
+    for files in groups:
+        xs, ys = zip(*(read(folder / f) for f in files))
+        parts.append((np.concatenate(xs), np.concatenate(ys), folder / files[-1]))
+    return parts
 
 
 # -- CIFAR, binary records --------------------------------------------------------------------
@@ -395,14 +401,8 @@ def _load_cifar_binary(found: _Candidate) -> LayoutDataset:
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise UserError(f"{folder / names_file}: holds no class names")
-    parts = []
-    for files in (train, test):
-        xs, ys = [], []
-        for f in files:
-            x, y = cifar_binary_batch(folder / f, label_bytes)
-            xs.append(x)
-            ys.append(y)
-        parts.append((np.concatenate(xs), np.concatenate(ys), folder / files[-1]))
+    parts = _train_and_test(folder, (train, test),
+                            lambda path: cifar_binary_batch(path, label_bytes))
     return _finish(name, "cifar-binary", folder, parts[0], parts[1], names,
                    [folder / f for f in wanted], folder / names_file)
 
