@@ -326,13 +326,7 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
             "cuda_graphs": cuda_graphs, "threads": threads, "threads_note": threads_note,
             "seed": seed,
             "ort_opt_level": ort_opt_level, "artifacts": str(artifacts) if artifacts else None,
-            "timing": {"warmup_iters": timing.warmup_iters, "warmup_time": timing.warmup_time,
-                       "min_iters": timing.min_iters, "min_time": timing.min_time,
-                       "steady_warmup": timing.steady, "steady_window": timing.steady_window,
-                       "steady_tol": timing.steady_tol,
-                       "warmup_max_time": timing.warmup_max_time, "rounds": timing.rounds,
-                       "round_warmup": timing.round_warmup,
-                       "round_warmup_max": timing.round_warmup_max},
+            "timing": timing.to_dict(),
             "throughput_rows": throughput,
             "noise_rule": rule.to_dict(), "percentiles": "numpy linear interpolation",
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
@@ -361,6 +355,12 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
         torch.set_num_threads(previous_threads)
         torch.backends.cudnn.benchmark = previous_benchmark
 
+    _write_and_end(doc, out, failure)
+
+
+def _write_and_end(doc: dict[str, Any], out: Path, failure: str | None) -> None:
+    """Write the report, print the table, and end as the run did: a failure is one line (exit
+    1), an interruption exits 130, a run that measured nothing says where the reasons are."""
     doc["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     paths = write_report(doc, out)
     click.echo(report.markdown(doc), nl=False)

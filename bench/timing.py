@@ -120,6 +120,15 @@ class TimingConfig:
         if self.rounds < 1 or self.round_warmup < 0 or self.round_warmup_max < 0:
             raise ValueError("rounds must be >= 1, round_warmup and round_warmup_max >= 0")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as bench.json records them (``steady`` as ``steady_warmup``)."""
+        return {"warmup_iters": self.warmup_iters, "warmup_time": self.warmup_time,
+                "min_iters": self.min_iters, "min_time": self.min_time,
+                "steady_warmup": self.steady, "steady_window": self.steady_window,
+                "steady_tol": self.steady_tol, "warmup_max_time": self.warmup_max_time,
+                "rounds": self.rounds, "round_warmup": self.round_warmup,
+                "round_warmup_max": self.round_warmup_max}
+
     @property
     def slice_iters(self) -> int:
         """Timed iterations per round: the rounds together reach ``min_iters``."""

@@ -228,27 +228,9 @@ def _fit(run: _Fit) -> TrainResult:
                     (run_dir / stale).unlink(missing_ok=True)  # checkpoints at epoch 1
             with atomic_path(log_path) as tmp:  # a fresh log, or the resumed run's epochs so far
                 tmp.write_text("".join(json.dumps(h) + "\n" for h in progress.history))
-    for note in data.notes:
-        say(note)
-    if resumed is not None and progress.epoch >= config.epochs:
-        say(f"finishing {run_dir}: training ended at epoch {progress.epoch}; testing best.pt "
-            "and writing the curves and summary")
-    else:
-        _announce_run(spec, data, config, progress, device, procs, threads, run_dir, resumed, say)
-    counts = data.counts()
-    if data.dataset.get("kind") == "layout":
-        say(f"test split: {data.splits['test']['from']} ({counts['test']} images); validation: "
-            f"{data.splits['val']['from']}")
-    if notes:
-        say("defaults for this data: " + "; ".join(phrase for phrase, _ in notes) + " ("
-            + ", ".join(option for _, option in notes) + " to change)")
-    batch = train_loader.batch_size
-    if batch < config.batch_size:
-        say(f"batch {batch}: the training split holds {counts['train']} images "
-            f"({steps_per_epoch} step{'s' if steps_per_epoch != 1 else ''} per epoch)")
+    _say_setup(run, spec, progress, train_loader.batch_size, steps_per_epoch, say)
     monitor = Monitor(data.num_classes, data.labels["val"], config)
 
-    saved_extra = dict(dataset=data.dataset, train_config=config.to_dict())
     steps_left = config.max_steps  # per invocation
     for epoch in range(progress.epoch, config.epochs):
         if steps_left is not None and steps_left <= 0:
@@ -281,24 +263,10 @@ def _fit(run: _Fit) -> TrainResult:
                   "val_loss": round(val.loss, 6), "val_top1": round(val.top1, 6),
                   "epoch_time_s": round(time.perf_counter() - epoch_started, 3)}
         progress.history.append(record)
-        if progress.improves(val.top1, val.loss):
-            kept = (f"best.pt (epoch {progress.best_epoch}) and last.pt (epoch {epoch}) are as "
-                    "they were" if epoch > 0 else "no epoch was saved")
-            progress.best, progress.best_epoch = (val.top1, -val.loss), epoch + 1
-            with _writing(run_dir / "best.pt", kept):
-                save_checkpoint(run_dir / "best.pt", model, spec, data.class_names,
-                                metrics=record, epoch=epoch + 1, **saved_extra)
-        kept = (f"last.pt (epoch {epoch}) is as it was, best.pt holds epoch "
-                f"{progress.best_epoch}" if epoch > 0 else
-                f"only best.pt (epoch {progress.best_epoch}) was saved")
-        with _writing(run_dir / "last.pt", kept):
-            save_checkpoint(run_dir / "last.pt", model, spec, data.class_names, metrics=record,
-                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                            scaler=scaler.state_dict(), rng_state=torch.get_rng_state(),
-                            **progress.saved(), **saved_extra)
-        with _writing(log_path, f"last.pt holds epoch {epoch + 1}; --resume rewrites the log"):
-            with open(log_path, "a") as log:
-                log.write(json.dumps(record) + "\n")
+        improved = progress.improves(val.top1, val.loss)
+        _save_epoch(run, spec, model, progress, record, improved, val,
+                    dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                         scaler=scaler.state_dict(), rng_state=torch.get_rng_state()))
         line = (f"epoch {epoch + 1}/{config.epochs}  train loss {stats.loss:.4f} "
                 f"acc {stats.top1:.2%}  val loss {val.loss:.4f} acc {val.top1:.2%}  "
                 f"lr {record['lr']:.4g}  {record['epoch_time_s']:.1f}s")
@@ -315,6 +283,57 @@ def _fit(run: _Fit) -> TrainResult:
         return TrainResult(run_dir)
     return _finish(config, data, spec, run_dir, progress, eval_loaders["test"], device, threads,
                    procs, started, say, notes, monitor)
+
+
+def _say_setup(run: _Fit, spec: ModelSpec, progress: Progress, batch: int,
+               steps_per_epoch: int, say: Callable[[str], Any]) -> None:
+    """What a run starts with: the data's notes, what it trains (or that it only finishes), the
+    splits, the defaults chosen for this data and a batch smaller than asked."""
+    config, data, run_dir = run.config, run.data, run.run_dir
+    for note in data.notes:
+        say(note)
+    if run.resumed is not None and progress.epoch >= config.epochs:
+        say(f"finishing {run_dir}: training ended at epoch {progress.epoch}; testing best.pt "
+            "and writing the curves and summary")
+    else:
+        _announce_run(spec, data, config, progress, run.device, run.procs, run.threads, run_dir,
+                      run.resumed, say)
+    counts = data.counts()
+    if data.dataset.get("kind") == "layout":
+        say(f"test split: {data.splits['test']['from']} ({counts['test']} images); validation: "
+            f"{data.splits['val']['from']}")
+    if run.notes:
+        say("defaults for this data: " + "; ".join(phrase for phrase, _ in run.notes) + " ("
+            + ", ".join(option for _, option in run.notes) + " to change)")
+    if batch < config.batch_size:
+        say(f"batch {batch}: the training split holds {counts['train']} images "
+            f"({steps_per_epoch} step{'s' if steps_per_epoch != 1 else ''} per epoch)")
+
+
+def _save_epoch(run: _Fit, spec: ModelSpec, model: nn.Module, progress: Progress,
+                record: dict[str, Any], improved: bool, val: Any,
+                state: dict[str, Any]) -> None:
+    """best.pt (when validation improved), last.pt (with the optimiser's state) and the log line
+    of one epoch; a failed write says which checkpoints are intact."""
+    run_dir, data, epoch = run.run_dir, run.data, record["epoch"] - 1
+    extra = dict(dataset=data.dataset, train_config=run.config.to_dict())
+    if improved:
+        kept = (f"best.pt (epoch {progress.best_epoch}) and last.pt (epoch {epoch}) are as "
+                "they were" if epoch > 0 else "no epoch was saved")
+        progress.best, progress.best_epoch = (val.top1, -val.loss), epoch + 1
+        with _writing(run_dir / "best.pt", kept):
+            save_checkpoint(run_dir / "best.pt", model, spec, data.class_names,
+                            metrics=record, epoch=epoch + 1, **extra)
+    kept = (f"last.pt (epoch {epoch}) is as it was, best.pt holds epoch "
+            f"{progress.best_epoch}" if epoch > 0 else
+            f"only best.pt (epoch {progress.best_epoch}) was saved")
+    with _writing(run_dir / "last.pt", kept):
+        save_checkpoint(run_dir / "last.pt", model, spec, data.class_names, metrics=record,
+                        **state, **progress.saved(), **extra)
+    log_path = run_dir / "metrics.jsonl"
+    with _writing(log_path, f"last.pt holds epoch {epoch + 1}; --resume rewrites the log"):
+        with open(log_path, "a") as log:
+            log.write(json.dumps(record) + "\n")
 
 
 def _announce_run(spec: ModelSpec, data: TrainingData, config: TrainConfig, progress: Progress,
