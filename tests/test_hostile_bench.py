@@ -568,39 +568,61 @@ def test_the_file_system_of_a_path_is_read_from_mountinfo(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
+HANG_UP_AFTER_THE_FIRST_BATCH = """
+import os, sys
+import bench.sweep as sweep
+real = sweep.Sweep.run_batch
+def run_batch(self, b):
+    real(self, b)
+    os.kill(os.getpid(), {signum})  # the terminal closes after the first batch size
+sweep.Sweep.run_batch = run_batch
+from bench.cli import main
+sys.argv = ["resnet-bench", *{args!r}]
+main()
+"""
+
+
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=["HUP", "TERM"])
-def test_a_hang_up_mid_run_keeps_the_measured_rows(tmp_path, monkeypatch, signum):
-    import bench.sweep as sweep_mod
+def test_a_hang_up_mid_run_keeps_the_measured_rows(tmp_path, signum):
+    """In a process of its own: a signal sent to the test runner itself would reach every
+    thread the earlier tests' runtimes left in it."""
+    import subprocess
+    import sys
 
-    got = []
-    previous = signal.signal(signum, lambda *_: got.append("default handler"))  # never die
-    real = sweep_mod.Sweep.run_batch
-
-    def run_batch(self, b):
-        real(self, b)
-        os.kill(os.getpid(), signum)  # the terminal closes after the first batch size
-
-    monkeypatch.setattr(sweep_mod.Sweep, "run_batch", run_batch)
-    try:
-        result = invoke([*NULL, "--batch-sizes", "1,2", "--out", tmp_path / "out"])
-    finally:
-        signal.signal(signum, previous)
-    assert got == [], "the signal reached the default handler"
-    assert result.exit_code == 130, result.output
+    root = Path(__file__).resolve().parents[1]
+    args = [*NULL, "--batch-sizes", "1,2", "--out", str(tmp_path / "out")]
+    script = HANG_UP_AFTER_THE_FIRST_BATCH.format(signum=int(signum), args=args)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 130, proc.stderr  # not killed by the signal's default action
     doc = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert doc["interrupted"] is True
     assert [r["batch_size"] for r in doc["results"]] == [1]
 
 
-def test_one_helper_holds_the_stop_signals(monkeypatch):
-    from export.core.cli import signals_as_interrupt
+ONE_HELPER = """
+import os, signal, time
+from export.core.cli import signals_as_interrupt
+for signum in (signal.SIGHUP, signal.SIGTERM):
+    before = signal.getsignal(signum)
+    try:
+        with signals_as_interrupt():
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler raises long before this ends
+    except KeyboardInterrupt:
+        print("interrupted", signum, signal.getsignal(signum) == before)
+"""
 
-    for signum in (signal.SIGHUP, signal.SIGTERM):
-        before = signal.getsignal(signum)
-        with pytest.raises(KeyboardInterrupt):
-            with signals_as_interrupt():
-                os.kill(os.getpid(), signum)
-                import time
 
-                time.sleep(5)  # the handler raises long before this ends
-        assert signal.getsignal(signum) == before
+def test_one_helper_holds_the_stop_signals(tmp_path):
+    """SIGHUP and SIGTERM become KeyboardInterrupt inside the helper and get their handlers back
+    after it (in a process of its own, like the test above)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", ONE_HELPER], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == [f"interrupted {int(signal.SIGHUP)} True",
+                                           f"interrupted {int(signal.SIGTERM)} True"]
