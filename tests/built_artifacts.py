@@ -51,7 +51,8 @@ def engine_folder(onnx_folder: Path, into: Path) -> Path:
     up to where TensorRT or the GPU is needed, and every file still matches its sha256, so that is
     where each command stops.
     """
-    from export.core.fileio import sha256_file, write_json
+    from export.core.fileio import sha256_file
+    from export.core.manifest import write_manifest
 
     folder = Path(into)
     shutil.copytree(onnx_folder, folder)
@@ -73,5 +74,5 @@ def engine_folder(onnx_folder: Path, into: Path) -> Path:
                   "profile": {"input": manifest["inputs"][0]["name"], "min": shape,
                               "opt": shape, "max": shape}})
     manifest["versions"]["tensorrt"] = "10.9.0.34"
-    write_json(folder / "manifest.json", manifest)
+    write_manifest(folder, manifest)  # sealed with its digest, as an export would
     return folder

@@ -955,7 +955,8 @@ def test_the_manifest_digest_tells_an_edit_from_a_reexport(cwd, art):
 
 
 def test_the_planners_deploy_section_is_left_out_of_the_digest(cwd, art):
-    edit_manifest(art, lambda d: d.update(deploy={"runtime": "onnxruntime", "threads": 2}))
+    edit_manifest(art, lambda d: d.update(deploy={"runtime": "onnxruntime", "precision": "fp32",
+                                                  "settings": {"threads": 1}}))
     load_artifact(art)  # verify=True: digest checked, deploy not part of it
     result = run("verify", art)
     assert result.exit_code == 0, result.output

@@ -12,6 +12,7 @@ from onnx import numpy_helper
 import export.pipeline as pipeline
 from export.cli import main as export_cli
 from export.core.fileio import sha256_file
+from export.core.manifest import write_manifest
 from export.core.models import ModelSpec
 from export.core.shapes import BatchRange
 from export.gate.parity import (
@@ -211,7 +212,7 @@ def test_verify_fails_an_artifact_whose_weights_were_changed_consistently(tmp_pa
     _damaging_save(lambda p, target: onnx.save(p, str(target)))(proto, path)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"][0]["sha256"] = sha256_file(path)
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(folder, manifest)  # and its digest: a thorough tamperer
     result = runner.invoke(export_cli, ["verify", str(folder)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("Error: parity gate FAILED on")

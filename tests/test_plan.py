@@ -31,8 +31,9 @@ def _damage_int8(real_save):
     """save_onnx that multiplies one activation scale near the classifier of every INT8 artifact
     by 100 (its values then quantize to a few levels: the logits lose most of the image)."""
     def save(proto, path):
-        if ".int8" in str(path):
-            q = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"][-2]
+        quantize = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+        if ".int8" in str(path) and quantize:  # the INT8 file, not the FP32 one it came from
+            q = quantize[-2]
             init = next(t for t in proto.graph.initializer if t.name == q.input[1])
             scale = numpy_helper.to_array(init)
             init.CopyFrom(numpy_helper.from_array((scale * 100).astype(scale.dtype), init.name))

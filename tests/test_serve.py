@@ -26,7 +26,7 @@ from export.serve.protocol import HEADER_LENGTH
 from built_artifacts import BATCH, trained_project
 
 CLIENT = Path(__file__).with_name("serve_client.py")
-MODEL = "resnet20-digits-onnx"
+MODEL = "resnet20-onnx"  # named from its manifest: <model>-<format>
 
 
 @pytest.fixture(scope="module")

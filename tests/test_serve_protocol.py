@@ -165,7 +165,7 @@ def artifact(tmp_path_factory):
 
 def test_plan_checks_artifacts_before_ray(artifact, tmp_path):
     (planned,) = plan_models(ServeConfig([artifact]))
-    assert planned.name == "resnet20-digits-onnx" and planned.max_batch == 8
+    assert planned.name == "resnet20-onnx" and planned.max_batch == 8
     with pytest.raises(BadOption, match="above"):
         plan_models(ServeConfig([artifact], max_batch=9))
     with pytest.raises(BadOption, match="--name for each"):

@@ -27,7 +27,7 @@ MODEL = "resnet20-onnx"
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-onnx"
+    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-digits-onnx"
 
 
 def replica_pids(url, want, timeout=60.0):

@@ -20,7 +20,7 @@ text_format = pytest.importorskip("google.protobuf.text_format")
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-onnx"
+    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-digits-onnx"
 
 
 def invoke(*args):
