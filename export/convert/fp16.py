@@ -86,13 +86,15 @@ def _fits_fp16(array: np.ndarray) -> bool:
     return finite.size == 0 or float(np.abs(finite).max()) <= FP16_MAX
 
 
-def _float_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Every FP32 initializer and ``Constant`` payload, by the tensor name the graph reads."""
+def _constants(model: onnx.ModelProto, data_type: int) -> dict[str, np.ndarray]:
+    """Every initializer and ``Constant`` payload of ``data_type``, by the tensor name the graph
+    reads."""
     found = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
-             if t.data_type == _FLOAT}
+             if t.data_type == data_type}
     for node in model.graph.node:
         for attr in node.attribute:
-            if node.op_type == "Constant" and attr.name == "value" and attr.t.data_type == _FLOAT:
+            if node.op_type == "Constant" and attr.name == "value" and \
+                    attr.t.data_type == data_type:
                 found[node.output[0]] = numpy_helper.to_array(attr.t)
     return found
 
@@ -210,16 +212,6 @@ def _prune_and_sort(graph: onnx.GraphProto) -> None:
     graph.node.extend(reversed(live))
 
 
-def _half_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    found = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
-             if t.data_type == _HALF}
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if node.op_type == "Constant" and attr.name == "value" and attr.t.data_type == _HALF:
-                found[node.output[0]] = numpy_helper.to_array(attr.t)
-    return found
-
-
 def _report(original: onnx.ModelProto, half: onnx.ModelProto, kept: dict[str, str],
             constants: dict[str, np.ndarray], io_fp16: bool) -> Fp16Report:
     report = Fp16Report(io_fp16=io_fp16)
@@ -235,7 +227,7 @@ def _report(original: onnx.ModelProto, half: onnx.ModelProto, kept: dict[str, st
             report.initializers_fp32.append(init.name)
         elif init.name in constants and init.data_type == _HALF:
             report.initializers_fp16 += 1
-    for name, converted in _half_constants(half).items():
+    for name, converted in _constants(half, _HALF).items():
         if name in constants:
             nonzero = constants[name] != 0
             report.values_flushed_to_zero += int(np.count_nonzero(nonzero & (converted == 0)))
@@ -253,7 +245,7 @@ def convert_to_fp16(model: onnx.ModelProto, io_fp16: bool = False,
     original = onnx.ModelProto.FromString(model.SerializeToString())
     del original.graph.value_info[:]  # an initializer typed there would get a Cast of its own
     _name_nodes(original.graph)
-    constants = _float_constants(original)
+    constants = _constants(original, _FLOAT)
     kept = keep_fp32(original, constants, set(keep_fp32_nodes or ()), keep_fp32_ops)
     half = convert_float_to_float16(
         onnx.ModelProto.FromString(original.SerializeToString()), keep_io_types=not io_fp16,
