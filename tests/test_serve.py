@@ -23,15 +23,16 @@ from export.predict import Predictor
 from export.serve.loadgen import start_server
 from export.serve.protocol import HEADER_LENGTH
 
-from built_artifacts import BATCH, trained_project
+from built_artifacts import BATCH
 
 CLIENT = Path(__file__).with_name("serve_client.py")
 MODEL = "resnet20-onnx"  # named from its manifest: <model>-<format>
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-digits-onnx"
+def artifact(onnx_artifact):
+    """The session's trained ONNX artifact (read-only: built once, never rebuilt here)."""
+    return onnx_artifact
 
 
 @pytest.fixture(scope="module")

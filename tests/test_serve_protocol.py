@@ -23,8 +23,6 @@ from export.serve.protocol import (
 )
 from export.serve.server import ServeConfig, plan_models, plan_threads
 
-from built_artifacts import trained_project
-
 MANIFEST = {"model": {"name": "resnet20", "num_classes": 3, "in_chans": 1, "input_size": 4,
                       "shortcut": "A", "mean": [0.5], "std": [0.5], "stem": "small"},
             "batch_range": {"min": 1, "opt": 2, "max": 4}, "format": "onnx",
@@ -159,8 +157,9 @@ def test_threads_never_oversubscribe_by_default(cpus, models, replicas, threads,
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-digits-onnx"
+def artifact(onnx_artifact):
+    """The session's trained ONNX artifact (read-only: built once, never rebuilt here)."""
+    return onnx_artifact
 
 
 def test_plan_checks_artifacts_before_ray(artifact, tmp_path):

@@ -19,15 +19,14 @@ from export.predict import Predictor
 from export.serve.loadgen import start_server, stop_server
 from export.serve.protocol import HEADER_LENGTH, ModelSignature, decode_response, encode_request
 
-from built_artifacts import trained_project
-
 pytestmark = pytest.mark.slow
 MODEL = "resnet20-onnx"
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-digits-onnx"
+def artifact(onnx_artifact):
+    """The session's trained ONNX artifact (read-only: built once, never rebuilt here)."""
+    return onnx_artifact
 
 
 def replica_pids(url, want, timeout=60.0):

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from export.cli import main
 from export.convert.triton_repo import RepoOptions, config_text, model_config
 
-from built_artifacts import BATCH, trained_project
+from built_artifacts import BATCH
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                          reason="tritonclient[grpc] is not installed")
@@ -19,8 +19,9 @@ text_format = pytest.importorskip("google.protobuf.text_format")
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return trained_project(tmp_path_factory.getbasetemp()) / "artifacts/resnet20-digits-onnx"
+def artifact(onnx_artifact):
+    """The session's trained ONNX artifact (read-only: built once, never rebuilt here)."""
+    return onnx_artifact
 
 
 def invoke(*args):
