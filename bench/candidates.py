@@ -17,6 +17,8 @@ import torch
 from export.core.models import ModelSpec, count_macs
 from export.runtime.base import Runner
 
+from .model_backends import HARNESS
+
 
 @dataclass
 class Skip:
@@ -100,7 +102,7 @@ def make_input(batch_size: int, spec: ModelSpec, seed: int) -> np.ndarray:
 class NullRunner(Runner):
     """Does nothing and returns a preallocated output: the harness's own cost per iteration."""
 
-    backend = "null"
+    backend = HARNESS
 
     def __init__(self, num_classes: int = 1000):
         super().__init__("fp32", "cpu")

@@ -2,14 +2,16 @@
 
 A run asks for backends, precisions and options; :func:`plan` answers with candidates (each one
 knows how to build its runner, its input shape and its batch range) and skips (backend, reason).
-Nothing expensive happens here: models are built, ONNX files exported and sessions created only
-when the CLI prepares a candidate, so a skipped backend costs nothing.
+The backends are bench's own (:mod:`.model_backends`: eager PyTorch, torch.compile, the
+harness) and every runtime of the registry, read when asked (a runtime registered later is
+one); a registry runtime's runner is built by its factory. Nothing expensive happens here:
+models are built, ONNX files exported and sessions created only when the CLI prepares a
+candidate, so a skipped backend costs nothing.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +19,13 @@ from export.core.artifact import read_manifest
 from export.core.errors import BackendUnavailable, UserError
 from export.core.manifest import Manifest
 from export.core.models import ModelSpec
-from export.runtime.base import Runner
+from export.runtime.base import Runner, RunTarget
 from export.runtime.loader import load_artifact
-from export.runtime.openvino_runner import OpenVINORunner
-from export.runtime.ort_runner import OnnxRuntimeRunner
-from export.runtime.registry import RUNTIMES, bf16_unavailable, get_runtime
+from export.runtime.registry import EXECUTION_PRECISIONS, RUNTIMES, RuntimeInfo, runtimes_for
 from export.runtime.torch_runner import TorchRunner
 
-#: the ONNX Runtime entries of the runtime registry (one per execution provider list)
 from .candidates import Candidate, Cases, Models, NullRunner, Request, Skip, make_input
+from .model_backends import EAGER, MODEL_BACKENDS, ModelBackend, is_model
 from .onnx_cache import (
     INT8_CALIBRATION_COUNT,
     INT8_NOTE,
@@ -34,32 +34,31 @@ from .onnx_cache import (
     int8_quantizer_unavailable,
 )
 
-ORT_BACKENDS = tuple(name for name, info in RUNTIMES.items() if info.providers)
-TORCH_BACKENDS = ("torch", "torch-compile")
-#: CPU runtimes of ONNX files: what on-the-fly INT8 and --artifacts' ONNX files run on
-ONNX_CPU_BACKENDS = ("onnxruntime", "openvino")
-#: every name --backends accepts; "null" does nothing and measures the harness itself
-BACKENDS = (*TORCH_BACKENDS, *ORT_BACKENDS, "openvino", "tensorrt", "null")
-#: what a run without --backends measures, per device; the rest are listed as skipped
-DEFAULT_BACKENDS = {
-    "cpu": ("torch", "onnxruntime", "openvino"),
-    "cuda": ("torch", "torch-compile", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"),
-}
-NOT_DEFAULT_REASON = {
-    ("cpu", "torch-compile"): "left out of the default CPU run: compiling takes tens of "
-                              "seconds per batch size on a few cores (add it with --backends "
-                              "torch-compile)",
-    ("cpu", "onnxruntime-cuda"): "needs --device cuda",
-    ("cpu", "onnxruntime-trt"): "needs --device cuda",
-    ("cpu", "tensorrt"): "needs --device cuda and a TensorRT engine from --artifacts DIR",
-    ("cuda", "onnxruntime"): "CPU backend: measured with --device cpu (or --backends onnxruntime)",
-    ("cuda", "openvino"): "CPU backend: measured with --device cpu",
-}
+
+def backend_names() -> tuple[str, ...]:
+    """Every name --backends accepts: bench's own backends, then the registry's runtimes."""
+    return (*MODEL_BACKENDS, *RUNTIMES)
+
+
+def default_backends(device: str) -> list[str]:
+    """What a run without --backends measures on ``device``; the rest are listed as skipped."""
+    return [*(b.name for b in MODEL_BACKENDS.values() if device in b.defaults),
+            *(r.name for r in RUNTIMES.values() if r.device == device)]
+
+
+def not_default_reason(device: str, name: str) -> str | None:
+    """Why a run without --backends on ``device`` leaves ``name`` out (None: it does not)."""
+    if name in MODEL_BACKENDS:
+        return MODEL_BACKENDS[name].not_default.get(device)
+    info = RUNTIMES[name]
+    if info.device == device:
+        return None
+    return f"{info.device} runtime: measured with --device {info.device} (or --backends {name})"
 
 
 def _unavailable(backend: str) -> str | None:
     """Why a registry runtime cannot run here (None: it can); the registry's probe."""
-    return get_runtime(backend).unavailable()
+    return RUNTIMES[backend].unavailable()
 
 
 def _compile_unavailable(device: str) -> str | None:
@@ -73,6 +72,17 @@ def _compile_unavailable(device: str) -> str | None:
         if not has_triton():
             return "torch.compile on CUDA needs Triton, which is not installed"
     return None
+
+
+def _int8_runtimes() -> list[str]:
+    """The CPU runtimes that run the on-the-fly (CPU flavour) INT8 QDQ file fast."""
+    return [r.name for r in RUNTIMES.values()
+            if r.device == "cpu" and r.runs("onnx-int8", "cpu") and r.slow_flavour("cpu") is None]
+
+
+def _extra_precisions(name: str, own: str) -> tuple[str, ...]:
+    """Precisions runtime ``name`` may run an ``own`` artifact at besides its own."""
+    return tuple(p for p in EXECUTION_PRECISIONS.get((name, own), ()) if p != own)
 
 
 class Planner:
@@ -95,24 +105,24 @@ class Planner:
             self._plan_artifacts(req.artifacts)
             # the eager baseline of each distinct model: the manifest's own model description
             # (classes, channels, input size), seeded weights (timing does not need trained ones)
-            model_backends = (["torch"] if req.backends is None else
-                              [b for b in req.backends if b in TORCH_BACKENDS or b == "null"])
+            model_backends = ([EAGER] if req.backends is None else
+                              [b for b in req.backends if b in MODEL_BACKENDS])
             planned = len(self.candidates)
             for spec in self.specs:
                 for backend in model_backends:
                     self._plan_model_backend(backend, spec,
                                              ["fp32"] if req.backends is None else None)
             for cand in self.candidates[planned:]:
-                cand.baseline = cand.backend in TORCH_BACKENDS
+                cand.baseline = is_model(cand.backend)
             # baselines first: each model's report section starts with its eager row
             self.candidates.sort(key=lambda c: c.artifact is not None)
             return self.candidates, self.skipped
-        names = req.backends if req.backends is not None else list(DEFAULT_BACKENDS[req.device])
+        names = req.backends if req.backends is not None else default_backends(req.device)
         for backend in names:
             self._plan_model_backend(backend, req.spec)
         if req.backends is None:
-            for backend in BACKENDS:
-                reason = NOT_DEFAULT_REASON.get((req.device, backend))
+            for backend in backend_names():
+                reason = not_default_reason(req.device, backend)
                 if reason and backend not in names:
                     self._skip(Skip(backend, reason))
         return self.candidates, self.skipped
@@ -126,46 +136,43 @@ class Planner:
 
     def _plan_model_backend(self, backend: str, spec: ModelSpec,
                             precisions: list[str] | None = None) -> None:
-        req = self.req
         precisions = precisions or self._precisions()
-        if backend in TORCH_BACKENDS:
-            compile_ = backend == "torch-compile"
-            reason = _compile_unavailable(req.device) if compile_ else None
-            for precision in precisions:
-                for graphs in req.cuda_graphs:
-                    if precision == "int8":
-                        self._skip(Skip(backend, "not measured: eager PyTorch has no INT8 path "
-                                                 "here; the INT8 rows are ONNX Runtime and "
-                                                 "OpenVINO on a QDQ model", precision))
-                    elif reason:
-                        self._skip(Skip(backend, reason, precision))
-                    else:
-                        self._add_torch(backend, spec, precision, graphs, compile_)
-        elif backend in ORT_BACKENDS:
-            reason = _unavailable(backend)
-            for precision in precisions:
-                reason_p = reason or self._onnx_precision_unavailable(backend, precision)
-                if reason_p:
-                    self._skip(Skip(backend, reason_p, precision))
-                    continue
-                self._add_ort(backend, spec, precision)
-        elif backend == "openvino":
-            reason = ("CPU backend: measured with --device cpu" if req.device != "cpu"
-                      else _unavailable("openvino"))
-            for precision in precisions:
-                reason_p = reason or self._onnx_precision_unavailable(backend, precision)
-                if reason_p:
-                    self._skip(Skip(backend, reason_p, precision))
-                    continue
-                self._add_openvino(spec, precision)
-        elif backend == "tensorrt":
-            self._skip(Skip(backend, "TensorRT engines are benchmarked from the export's "
-                                     "artifacts: pass --artifacts DIR"))
-        elif backend == "null":
-            self.candidates.append(Candidate(
-                "null", "fp32", spec, lambda: (NullRunner(spec.num_classes), {})))
-        else:  # pragma: no cover - the CLI validates names
+        if backend in MODEL_BACKENDS:
+            self._plan_own(MODEL_BACKENDS[backend], spec, precisions)
+            return
+        if backend not in RUNTIMES:  # pragma: no cover - the CLI validates names
             raise UserError(f"unknown backend {backend!r}")
+        info = RUNTIMES[backend]
+        if "onnx" not in info.formats:
+            self._skip(Skip(backend, f"{backend} runs {', '.join(info.formats)} artifacts, not "
+                                     "the on-the-fly ONNX export: pass --artifacts DIR"))
+            return
+        reason = _unavailable(backend)
+        for precision in precisions:
+            reason_p = reason or self._onnx_precision_unavailable(info, precision)
+            if reason_p:
+                self._skip(Skip(backend, reason_p, precision))
+                continue
+            self._add_onnx(info, spec, precision)
+
+    def _plan_own(self, backend: ModelBackend, spec: ModelSpec, precisions: list[str]) -> None:
+        """Bench's own backends: the model in PyTorch (eager or compiled), or the harness."""
+        if backend.harness:
+            self.candidates.append(Candidate(
+                backend.name, "fp32", spec, lambda: (NullRunner(spec.num_classes), {})))
+            return
+        reason = _compile_unavailable(self.req.device) if backend.compile else None
+        for precision in precisions:
+            for graphs in self.req.cuda_graphs:
+                if precision == "int8":
+                    self._skip(Skip(backend.name, "not measured: eager PyTorch has no INT8 path "
+                                                  "here; the INT8 rows are the CPU runtimes' ("
+                                                  f"{', '.join(_int8_runtimes())}) on a QDQ "
+                                                  "model", precision))
+                elif reason:
+                    self._skip(Skip(backend.name, reason, precision))
+                else:
+                    self._add_torch(backend.name, spec, precision, graphs, backend.compile)
 
     def _add_torch(self, backend: str, spec: ModelSpec, precision: str, graphs: bool,
                    compile_: bool) -> None:
@@ -188,23 +195,22 @@ class Planner:
             note="CPU autocast: weights fp32, convolutions and matmuls in bf16" if autocast
             else None))
 
-    def _onnx_precision_unavailable(self, backend: str, precision: str) -> str | None:
+    def _onnx_precision_unavailable(self, info: RuntimeInfo, precision: str) -> str | None:
         """Why an on-the-fly ONNX row of this precision is not measured (None: it is)."""
         if precision == "fp32":
             return None
         if precision == "int8":
-            if backend not in ONNX_CPU_BACKENDS:
-                return ("INT8 rows are measured on the CPU runtimes (onnxruntime, openvino); "
-                        "benchmark an INT8 artifact with --artifacts DIR")
+            if info.name not in _int8_runtimes():
+                return (f"INT8 rows are measured on the CPU runtimes "
+                        f"({', '.join(_int8_runtimes())}); benchmark an INT8 artifact with "
+                        "--artifacts DIR")
             return int8_quantizer_unavailable()
-        if backend == "openvino" and precision == "bf16":
-            return bf16_unavailable("openvino")
-        if backend == "openvino":
-            return ("the OpenVINO runner sets fp32, bf16 or int8 explicitly (FP16 inference "
-                    "is not measured on the CPU)")
+        if precision in _extra_precisions(info.name, "fp32"):  # bf16 of the FP32 file
+            return info.not_native(precision)
         if precision == "bf16":
-            return ("the on-the-fly ONNX export is FP32 and ONNX Runtime has no BF16 "
-                    "inference setting for it (BF16 rows: openvino, torch)")
+            rows = [r for r in RUNTIMES if "bf16" in _extra_precisions(r, "fp32")]
+            return (f"the on-the-fly ONNX export is FP32 and {info.name} has no BF16 inference "
+                    f"setting for it (BF16 rows: {', '.join([*rows, EAGER])})")
         return ("the on-the-fly ONNX export is FP32; benchmark an FP16 ONNX from "
                 "resnet-export with --artifacts DIR")
 
@@ -220,29 +226,25 @@ class Planner:
         info = {**info, **int8_info, "export_s": info["export_s"] + int8_info["quantize_s"]}
         return int8_path, info
 
-    def _add_ort(self, backend: str, spec: ModelSpec, precision: str = "fp32") -> None:
-        req = self.req
+    def _options(self, info: RuntimeInfo) -> dict[str, Any]:
+        """The run's runner options that ``info``'s runner takes (threads, ONNX Runtime's
+        graph optimisation level): the same for on-the-fly files and artifacts."""
+        given = {"threads": self.req.threads, "optimization_level": self.req.ort_opt_level}
+        return {k: v for k, v in given.items() if k in info.options}
 
+    def _extra(self, info: RuntimeInfo) -> dict[str, Any]:
+        return {"ort_opt_level": self.req.ort_opt_level} \
+            if "optimization_level" in info.options else {}
+
+    def _add_onnx(self, info: RuntimeInfo, spec: ModelSpec, precision: str = "fp32") -> None:
+        """The cached on-the-fly ONNX file of ``spec`` on a registry runtime."""
         def prepare() -> tuple[Runner, dict[str, Any]]:
-            path, info = self._onnx_file(spec, precision)
-            runner = OnnxRuntimeRunner(path, list(get_runtime(backend).providers), req.threads,
-                                       precision, optimization_level=req.ort_opt_level)
-            return runner, info
+            path, facts = self._onnx_file(spec, precision)
+            return info.build(RunTarget(path, precision, options=self._options(info))), facts
 
         self.candidates.append(Candidate(
-            backend, precision, spec, prepare, extra={"ort_opt_level": req.ort_opt_level},
-            note=INT8_NOTE if precision == "int8" else None))
-
-    def _add_openvino(self, spec: ModelSpec, precision: str) -> None:
-        req = self.req
-
-        def prepare() -> tuple[Runner, dict[str, Any]]:
-            path, info = self._onnx_file(spec, precision)
-            return OpenVINORunner(path, precision, req.threads), info
-
-        self.candidates.append(Candidate(
-            "openvino", precision, spec, prepare, throughput=req.throughput,
-            note=INT8_NOTE if precision == "int8" else None))
+            info.name, precision, spec, prepare, extra=self._extra(info),
+            throughput=self.req.throughput, note=INT8_NOTE if precision == "int8" else None))
 
     # -- exported artifacts (through their manifest) ------------------------------------
 
@@ -250,60 +252,75 @@ class Planner:
         manifests = find_manifests(root)
         if not manifests:
             raise UserError(f"no manifest.json in {root} or its sub-folders")
-        first_spec = None
         formats = set()
         for path in manifests:
             try:  # the schema is checked in one place; a bad manifest is a skip with its line
                 manifest = read_manifest(path.parent)
             except UserError as exc:
-                self._skip(Skip("artifact", f"unreadable manifest: {exc}",
-                                         artifact=str(path)))
+                self._skip(Skip("artifact", f"unreadable manifest: {exc}", artifact=str(path)))
                 continue
-            fmt = manifest["format"]
-            precision = manifest["precision"]
             spec = ModelSpec.from_dict(manifest["model"])
-            rng = manifest["batch_range"]
-            batch_range = (rng["min"], rng["max"])
-            first_spec = first_spec or spec
             if spec not in self.specs:
                 self.specs.append(spec)
-            formats.add(fmt)
-            artifact = str(path.parent / manifest.get("artifact", ""))
-            if manifest.get("deploy") and self.req.backends is None:
-                self._add_deployed(path.parent, manifest, spec, batch_range, artifact)
-                continue
-            if (fmt == "onnx" and precision == "fp32" and "bf16" in (self.req.precisions or [])
-                    and "openvino" in (self.req.backends or ONNX_CPU_BACKENDS)
-                    and self.req.device == "cpu"):
-                self._add_openvino_bf16_artifact(path.parent, spec, batch_range, artifact)
-            if self.req.precisions is not None and precision not in self.req.precisions:
-                self._skip(Skip(fmt, f"artifact precision {precision} is not in "
-                                              f"--precision", precision, artifact=artifact))
-                continue
-            if fmt in ("onnx", "onnx-fp16", "onnx-int8"):  # every ONNX runtime present
-                wanted = ([b for b in self.req.backends if b in ORT_BACKENDS or b == "openvino"]
-                          if self.req.backends is not None else
-                          list(ONNX_CPU_BACKENDS) if self.req.device == "cpu"
-                          else ["onnxruntime-cuda", "onnxruntime-trt"])
-            elif fmt == "trt":
-                wanted = ["tensorrt"] if (self.req.backends is None
-                                          or "tensorrt" in self.req.backends) else []
-            else:
-                self._skip(Skip(fmt, f"unknown artifact format {fmt!r}", precision,
-                                         artifact=artifact))
-                continue
-            for backend in wanted:
-                reason = _unavailable(backend)
-                if reason:
-                    self._skip(Skip(backend, reason, precision, artifact=artifact))
-                    continue
-                self.candidates.append(Candidate(
-                    backend, precision, spec, self._artifact_loader(path.parent, backend),
-                    batch_range=batch_range, artifact=artifact, extra={"format": fmt},
-                    throughput=backend == "openvino" and self.req.throughput))
-        wanted_trt = "tensorrt" in (self.req.backends or DEFAULT_BACKENDS[self.req.device])
-        if wanted_trt and "trt" not in formats:
-            self._skip(Skip("tensorrt", f"no TensorRT engine (format trt) under {root}"))
+            formats.add(manifest["format"])
+            self._plan_artifact(path.parent, manifest, spec)
+        wanted = self.req.backends or default_backends(self.req.device)
+        for name in wanted:  # a runtime asked for that no artifact here is for
+            info = RUNTIMES.get(name)
+            direct = [f for f in info.formats if info in runtimes_for(f, direct=True)] \
+                if info else []
+            if direct and not formats & set(direct):
+                self._skip(Skip(name, f"no artifact it runs (format {', '.join(direct)}) "
+                                      f"under {root}"))
+
+    def _plan_artifact(self, folder: Path, manifest: Manifest, spec: ModelSpec) -> None:
+        """One artifact on every runtime of the run that runs its format and flavour."""
+        fmt, precision = manifest["format"], manifest["precision"]
+        rng = manifest["batch_range"]
+        where: dict[str, Any] = {"batch_range": (rng["min"], rng["max"]),
+                 "artifact": str(folder / manifest.get("artifact", ""))}
+        if manifest.get("deploy") and self.req.backends is None:
+            self._add_deployed(folder, manifest, spec, **where)
+            return
+        flavour = (manifest.get("int8") or {}).get("flavour")
+        found = runtimes_for(fmt, flavour, direct=True)
+        runtimes = ([r for r in found if r.name in self.req.backends]
+                    if self.req.backends is not None
+                    else [r for r in found if r.device == self.req.device])
+        if not runtimes and self.req.backends is None:
+            self._skip(Skip(fmt, f"no {self.req.device} runtime runs {fmt} artifacts (they "
+                                 f"run on {', '.join(r.name for r in found) or 'none'})",
+                            precision, artifact=where["artifact"]))
+        asked = self.req.precisions
+        for info in runtimes:  # another precision it may run at (an FP32 ONNX at bf16)
+            for extra in _extra_precisions(info.name, precision):
+                if asked is not None and extra in asked:
+                    self._add_artifact(folder, info, spec, extra, fmt, where)
+        if asked is not None and precision not in asked:
+            self._skip(Skip(fmt, f"artifact precision {precision} is not in --precision",
+                            precision, artifact=where["artifact"]))
+            return
+        for info in runtimes:
+            self._add_artifact(folder, info, spec, precision, fmt, where, own=True)
+
+    def _add_artifact(self, folder: Path, info: RuntimeInfo, spec: ModelSpec, precision: str,
+                      fmt: str, where: dict[str, Any], own: bool = False) -> None:
+        """The artifact on ``info`` at ``precision``: its own, or one the loader refuses unless
+        the artifact's gate judged that contract (bf16 only where the CPU has it natively)."""
+        reason = _unavailable(info.name) or (None if own else info.not_native(precision))
+        if reason:
+            self._skip(Skip(info.name, reason, precision, artifact=where["artifact"]))
+            return
+        options = self._options(info)
+        if not own:
+            options["precision"] = precision
+
+        def prepare() -> tuple[Runner, dict[str, Any]]:
+            return load_artifact(folder, runtime=info.name, **options), {}
+
+        self.candidates.append(Candidate(
+            info.name, precision, spec, prepare, **where, extra={"format": fmt},
+            throughput=self.req.throughput))
 
     def _add_deployed(self, folder: Path, manifest: Manifest, spec: ModelSpec,
                       batch_range: tuple[int, int], artifact: str) -> None:
@@ -323,39 +340,9 @@ class Planner:
             backend, precision, spec, lambda: (load_artifact(folder), {}),
             batch_range=batch_range, artifact=artifact,
             extra={"format": manifest["format"], "deploy": dict(deploy.get("settings", {}))},
-            throughput=backend == "openvino" and self.req.throughput,
+            throughput=self.req.throughput,
             note=f"as deployed: {backend} {precision} "
                  + ", ".join(f"{k}={v}" for k, v in deploy.get("settings", {}).items())))
-
-    def _add_openvino_bf16_artifact(self, folder: Path, spec: ModelSpec,
-                                    batch_range: tuple[int, int] | None, artifact: str) -> None:
-        """An FP32 ONNX artifact at bf16 on OpenVINO, where the CPU has native BF16 (the loader
-        then refuses it unless the artifact's gate judged the bf16 contract)."""
-        reason = _unavailable("openvino") or bf16_unavailable("openvino")
-        if reason:
-            self._skip(Skip("openvino", reason, "bf16", artifact=artifact))
-            return
-        self.candidates.append(Candidate(
-            "openvino", "bf16", spec, self._artifact_loader(folder, "openvino", "bf16"),
-            batch_range=batch_range, artifact=artifact, extra={"format": "onnx"},
-            throughput=self.req.throughput))
-
-    def _artifact_loader(self, folder: Path, backend: str, precision: str | None = None
-                         ) -> Callable[[], tuple[Runner, dict[str, Any]]]:
-        def prepare() -> tuple[Runner, dict[str, Any]]:
-            if backend in ORT_BACKENDS:  # the same thread count and options as on-the-fly ONNX
-                return load_artifact(folder, providers=list(get_runtime(backend).providers),
-                                     threads=self.req.threads,
-                                     optimization_level=self.req.ort_opt_level), {}
-            if backend == "openvino":
-                # the artifact's precision set explicitly (an FP16 file compiles at f32, a QDQ
-                # file as int8: the row records what ran), or bf16 for an FP32 artifact whose
-                # gate judged the bf16 contract (the loader refuses it otherwise)
-                return load_artifact(folder, runtime="openvino", precision=precision,
-                                     threads=self.req.threads), {}
-            return load_artifact(folder), {}
-
-        return prepare
 
 
 def find_manifests(root: Path) -> list[Path]:

@@ -52,7 +52,7 @@ from export.runtime.registry import PRECISIONS
 
 from . import environment, report
 from .candidates import Candidate, Request, Skip
-from .cases import BACKENDS, plan
+from .cases import backend_names, plan
 from .load import others_cores
 from .load import snapshot as load_snapshot
 from .outdir import check_claimable, check_not_in_artifact, claim_out, probe_folder
@@ -87,18 +87,31 @@ def _parse_batches(_ctx: Any, _param: Any, value: str | None) -> list[int] | Non
     return list(dict.fromkeys(int(v) for v in items))
 
 
-def _parse_choices(choices: tuple[str, ...], what: str) -> Callable[..., list[str] | None]:
+def _parse_choices(choices: Callable[[], tuple[str, ...]], what: str
+                   ) -> Callable[..., list[str] | None]:
+    """A comma-list callback; ``choices`` is read when the option is parsed (a runtime
+    registered after import is one of them)."""
     def parse(_ctx: Any, _param: Any, value: str | None) -> list[str] | None:
         if value is None:
             return None
+        choices_now = choices()
         items = [v.lower() for v in _split(value)]
-        bad = [v for v in items if v not in choices]
+        bad = [v for v in items if v not in choices_now]
         if not items or bad:
             raise click.BadParameter(f"unknown {what} {bad[0] if bad else value!r}; choose from "
-                                     f"{', '.join(choices)}")
+                                     f"{', '.join(choices_now)}")
         return list(dict.fromkeys(items))
 
     return parse
+
+
+class _BackendsOption(click.Option):
+    """--backends, whose help lists the backends there are when it is shown."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = (f"Comma list from: {', '.join(backend_names())}. [default: every backend "
+                     "of the device; 'null' measures the harness itself]")
+        return super().get_help_record(ctx)
 
 
 def _parse_warmup(_ctx: Any, _param: Any, value: str) -> tuple[int, float]:
@@ -206,12 +219,11 @@ def free_threads(window_s: float = 1.0) -> tuple[int, str | None]:
 @click.option("--artifacts", type=click.Path(path_type=Path), default=None,
               help="Benchmark exported artifacts: a folder with manifest.json (or sub-folders "
                    "with one each), as written by resnet-export.")
-@click.option("--backends", callback=_parse_choices(BACKENDS, "backend"), default=None,
-              help=f"Comma list from: {', '.join(BACKENDS)}. [default: every backend of the "
-                   "device; 'null' measures the harness itself]")
+@click.option("--backends", cls=_BackendsOption, callback=_parse_choices(backend_names, "backend"),
+              default=None)
 @click.option("--batch-sizes", callback=_parse_batches, default=None,
               help="Comma list, e.g. 1,8. [default: 1,8 on CPU, 1,32 on CUDA]")
-@click.option("--precision", "precisions", callback=_parse_choices(PRECISIONS, "precision"),
+@click.option("--precision", "precisions", callback=_parse_choices(lambda: PRECISIONS, "precision"),
               default=None, help="Comma list from fp32, fp16, bf16, int8 (bf16: torch autocast "
                                  "and OpenVINO where the CPU has native BF16; int8: ONNX Runtime "
                                  "and OpenVINO on a QDQ model quantized on the fly). "

@@ -8,6 +8,7 @@ from typing import Any
 
 from export.core.fileio import atomic_path
 
+from .model_backends import HARNESS
 from .schema import model_key
 
 
@@ -75,7 +76,7 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
 
     models: dict[str, list[dict[str, Any]]] = {}
     for row in doc["results"]:
-        if row["backend"] != "null":  # the harness, not a model
+        if row["backend"] != HARNESS:  # the harness, not a model
             models.setdefault(model_key(row), []).append(row)
     if not models:
         models = {"": []}

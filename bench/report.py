@@ -17,6 +17,7 @@ import numpy as np
 
 from export.core.fileio import atomic_path, write_json
 
+from .model_backends import EAGER, HARNESS
 from .plot import write_png
 from .schema import SCHEMA, SCHEMA_VERSION, check_document, model_key, read_document
 from .stats import QUOTABLE_SPREAD, quotable, ratio_spread, round_ratios
@@ -55,13 +56,13 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
     each round's ratio is measured under one load, so it holds when the load changes."""
     base: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
-        if (row["backend"] == "torch" and row["precision"] == "fp32" and not row.get("cuda_graphs")
+        if (row["backend"] == EAGER and row["precision"] == "fp32" and not row.get("cuda_graphs")
                 and not row.get("channels_last")):
             key = (model_key(row), row["device"], row["batch_size"], row["timing"])
             base.setdefault(key, row)
     for row in rows:
         ref = base.get((model_key(row), row["device"], row["batch_size"], row["timing"]))
-        ok = ref is not None and row["p50_ms"] > 0 and row["backend"] != "null"
+        ok = ref is not None and row["p50_ms"] > 0 and row["backend"] != HARNESS
         ref = ref or {}  # (only read when ok)
         row["speedup_vs_torch"] = ref["p50_ms"] / row["p50_ms"] if ok else None
         same_rounds = ok and row.get("round_group") and \
@@ -85,7 +86,7 @@ def add_precision_speedups(rows: list[dict[str, Any]]) -> None:
     rows timed in the same rounds only): what a lower precision buys on this runtime."""
     fp32: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
-        if row["precision"] == "fp32" and row["backend"] != "null":
+        if row["precision"] == "fp32" and row["backend"] != HARNESS:
             fp32.setdefault(_same_runtime(row), row)
     for row in rows:
         ref = fp32.get(_same_runtime(row)) if row["precision"] != "fp32" else None

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .model_backends import EAGER
+
 PERCENTILES = (50, 90, 95, 99)
 
 
@@ -134,7 +136,7 @@ def thread_collapse(rows: list[dict]) -> list[dict]:
     batch (THREADS-COLLAPSE, with the reason); returns the rows flagged."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r.get("backend") == "torch" and r.get("device") == "cpu" and r.get("timing") != \
+        if r.get("backend") == EAGER and r.get("device") == "cpu" and r.get("timing") != \
                 "throughput" and r.get("p50_ms"):
             key = (r.get("model_label"), r.get("precision"), bool(r.get("channels_last")))
             groups.setdefault(key, []).append(r)

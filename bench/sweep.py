@@ -28,6 +28,7 @@ from export.runtime.base import Runner
 
 from . import load
 from .candidates import Candidate, Skip
+from .model_backends import HARNESS
 from .stats import NoiseRule, round_summary, summarize
 from .timing import (
     ClockTimer,
@@ -248,7 +249,7 @@ class Sweep:
         cand, runner, setup = entry.cand, entry.runner, entry.setup
         stats = summarize(samples.latencies_s, b, samples.wall_s, self.rule)
         rounds = round_summary(samples.rounds or [samples.latencies_s], self.rule)
-        macs = None if cand.backend == "null" else self.macs(cand.spec)
+        macs = None if cand.backend == HARNESS else self.macs(cand.spec)
         flags = [name for name, on in (("NOISY", stats["noisy"]), ("BUSY", machine["busy"]),
                                        ("ROUNDS-DISAGREE", rounds["rounds_disagree"])) if on]
         row = {
@@ -259,7 +260,7 @@ class Sweep:
             "model_label": cand.model_label, "num_classes": cand.spec.num_classes,
             **stats,
             "gflops": (2 * macs * b / (stats["p50_ms"] / 1e3) / 1e9) if macs else None,
-            "effective_precision": _effective_precision(runner),
+            "effective_precision": runner.executed_precision(),
             "warmup_iterations": samples.warmup_iters, "warmup_s": samples.warmup_s,
             "warmup_steady": samples.warmup_steady,
             "first_infer_ms": (entry.contender.first_s * 1e3
@@ -285,32 +286,18 @@ class Sweep:
                 "how": "benchmark_app-style: PERFORMANCE_HINT THROUGHPUT, AsyncInferQueue, "
                        "requests kept in flight; latencies are per request under that load",
                 **entry.contender.info}
-        if hasattr(runner, "runtime_info") and runner.backend == "openvino":
-            row["openvino"] = _openvino_facts(runner)
+        facts = _runtime_facts(runner)
+        if facts is not None:
+            row["runtime_facts"] = facts
         return row
 
 
-def _effective_precision(runner: Runner) -> str:
-    """What the maths ran in, as the runtime says (OpenVINO: read back from the compiled model)."""
-    if getattr(runner, "backend", None) == "openvino":
-        try:
-            convs = sorted(runner.layer_precisions().get("Convolution", {}))  # type: ignore
-        except Exception:  # noqa: BLE001 - a report detail, never a reason to fail the row
-            convs = []
-        hint = runner.effective_precision  # type: ignore[attr-defined]
-        return f"{hint} (convolutions: {', '.join(convs)})" if convs and convs != [hint] \
-            else str(hint)
-    return runner.arithmetic
-
-
-def _openvino_facts(runner: Any) -> dict[str, Any]:
+def _runtime_facts(runner: Runner) -> dict[str, Any] | None:
+    """What the runtime says it ran (:meth:`Runner.report_facts`); a failure is a note."""
     try:
-        info = runner.runtime_info()
-    except Exception as exc:  # noqa: BLE001 - a report detail
+        return runner.report_facts()
+    except Exception as exc:  # noqa: BLE001 - a report detail, never a reason to fail the row
         return {"error": first_line(exc)}
-    keep = ("openvino", "effective_precision", "execution_mode", "performance_hint",
-            "inference_num_threads", "num_streams", "layer_precisions", "kernels", "requested")
-    return {k: info.get(k) for k in keep}
 
 
 def sweep(doc: dict[str, Any], candidates: list[Candidate], timing: TimingConfig,

@@ -9,9 +9,11 @@ from typing import Any
 import click
 
 from .convert.onnx_export import DEFAULT_OPSET
+from .convert.triton_repo import backend_choices
 from .core.cli import (
     DefaultCommand,
     DefaultGroup,
+    LazyChoice,
     OneLineCommand,
     OneLineUsageError,
     model_options,
@@ -212,7 +214,7 @@ def verify(folder: Path) -> None:
               show_default=True, help="The model repository folder.")
 @click.option("--name", "names", multiple=True,
               help="Model name for each artifact, in order [default: <model>-<format>].")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt"]),
+@click.option("--backend", type=LazyChoice(backend_choices),
               default="auto", show_default=True,
               help="Triton backend (auto: tensorrt for engines, onnxruntime for ONNX; openvino "
                    "only where the gate judged OpenVINO at the artifact's precision).")

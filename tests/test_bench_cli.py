@@ -259,7 +259,7 @@ def test_artifacts_are_measured_through_their_manifest_within_the_batch_range(
     result = invoke([*FAST, "--artifacts", str(tmp_path), "--batch-sizes", "1,4",
                      "--threads", "1", "--backends", "onnxruntime,tensorrt", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(calls) == [(name, {"providers": ["CPUExecutionProvider"], "threads": 1,
+    assert sorted(calls) == [(name, {"runtime": "onnxruntime", "threads": 1,
                                      "optimization_level": "all"}) for name in ("failed", "good")]
     doc = json.loads((out / "bench.json").read_text())
     (row,) = doc["results"]
@@ -269,7 +269,7 @@ def test_artifacts_are_measured_through_their_manifest_within_the_batch_range(
                for s in doc["skipped"] if s["artifact"]}
     assert "outside the artifact's batch range 1..2" in reasons["good:4"]
     assert "parity gate failed" in reasons["failed:None"]
-    assert any(s["backend"] == "tensorrt" and "no TensorRT engine" in s["reason"]
+    assert any(s["backend"] == "tensorrt" and "no artifact it runs (format trt)" in s["reason"]
                for s in doc["skipped"])
 
 

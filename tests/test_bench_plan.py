@@ -47,11 +47,16 @@ def test_openvino_rows_with_an_explicit_precision_and_the_reason_for_each_skip(m
     assert reasons[("onnxruntime", "int8")] == reasons[("openvino", "int8")] == \
         "INT8 quantizer not available (test)"
     assert "no BF16 inference setting" in reasons[("onnxruntime", "bf16")]
-    assert "fp32, bf16 or int8" in reasons[("openvino", "fp16")]
+    assert "benchmark an FP16 ONNX" in reasons[("openvino", "fp16")]
     assert "CUDA only" in reasons[("torch", "fp16")]
     assert "no INT8 path" in reasons[("torch", "int8")]
     by = {(c.backend, c.precision): c for c in candidates}
-    assert by[("openvino", "fp32")].throughput and not by[("onnxruntime", "fp32")].throughput
+    # throughput rows are asked of every runner; only a runner with the mode gives them
+    assert by[("openvino", "fp32")].throughput and by[("onnxruntime", "fp32")].throughput
+    from export.runtime.openvino_runner import OpenVINORunner
+    from export.runtime.ort_runner import OnnxRuntimeRunner
+    assert hasattr(OpenVINORunner, "measure_throughput")
+    assert not hasattr(OnnxRuntimeRunner, "measure_throughput")
     assert "autocast" in by[("torch", "bf16")].note
 
     # a CPU without native BF16: no bf16 row anywhere, and the reason names the CPU
@@ -77,8 +82,16 @@ def test_openvino_missing_or_on_cuda_is_skipped_with_the_reason(monkeypatch):
                             _unavailable=_openvino("openvino is not installed (test)"))
     assert ("openvino", "fp32") not in got and ("torch", "fp32") in got
     assert reasons[("openvino", "fp32")] == "openvino is not installed (test)"
-    _, got, reasons = _plan(monkeypatch, ["openvino"], ["fp32"], device="cuda")
-    assert not got and "CPU backend" in reasons[("openvino", "fp32")]
+    # a CUDA run leaves the CPU runtimes out, saying how to measure them ...
+    _, got, reasons = _plan(monkeypatch, None, ["fp32"], device="cuda",
+                            _unavailable=_openvino(None))
+    assert ("openvino", "fp32") not in got
+    assert reasons[("openvino", None)] == ("cpu runtime: measured with --device cpu (or "
+                                           "--backends openvino)")
+    # ... and runs one that is named
+    _, got, _ = _plan(monkeypatch, ["openvino"], ["fp32"], device="cuda",
+                      _unavailable=_openvino(None))
+    assert got == {("openvino", "fp32")}
 
 
 def _artifact(root, spec, cache):
@@ -148,7 +161,8 @@ def test_a_report_over_two_models_has_a_section_and_a_baseline_per_model(two_mod
         assert ort["speedup_vs_torch"] == pytest.approx(eager["p50_ms"] / ort["p50_ms"])
         assert ort["speedup_vs_torch_rounds"] is not None
         ov = rows[(label, "openvino", "e2e")]
-        assert ov["effective_precision"] == "f32" and ov["openvino"]["effective_precision"] == "f32"
+        assert ov["effective_precision"] == "f32"
+        assert ov["runtime_facts"]["effective_precision"] == "f32"
         assert ov["format"] == "onnx" and ov["artifact"].endswith("model.onnx")
         tput = rows[(label, "openvino", "throughput")]
         assert tput["throughput_ips"] > 0 and tput["speedup_vs_torch"] is None  # never mixed up

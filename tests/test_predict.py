@@ -13,7 +13,7 @@ from PIL import Image
 from export.core.errors import UserError
 from export.core.models import ModelSpec
 from export.data import describe_source, load_training_data, reference_images, scan, split_indices
-from export.predict import RUNTIME_CHOICES, Predictor
+from export.predict import Predictor, runtime_choices
 from export.predict.cli import main
 from export.runtime import InputContract, Runner, load_artifact
 from export.runtime.registry import RUNTIMES
@@ -309,7 +309,7 @@ def test_runtime_that_does_not_fit_the_artifact(artifact, digits):
     result = invoke([artifact, digits[1][0], "--runtime", "tensorrt"])
     assert result.exit_code == 1
     (line,) = error_lines(result)
-    assert "--runtime tensorrt runs TensorRT engines" in line and "onnx artifact" in line
+    assert "--runtime tensorrt runs trt artifacts" in line and "onnx artifact" in line
 
 
 def test_runtimes_this_machine_lacks_are_one_line(artifact, digits):
@@ -350,7 +350,7 @@ def test_openvino_runtime(artifact, digits):
 def test_the_console_script_and_runtime_names():
     assert 'resnet-predict = "export.predict.cli:main"' in \
         (REPO / "pyproject.toml").read_text().splitlines()
-    assert list(RUNTIME_CHOICES) == ["auto", *RUNTIMES]
+    assert list(runtime_choices()) == ["auto", *RUNTIMES]
 
 
 @pytest.mark.slow

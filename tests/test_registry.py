@@ -5,15 +5,24 @@ import dataclasses
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
 import export.runtime.registry as registry
 from export.core import cpu_features
 from export.core.errors import UserError
+from export.core.models import ModelSpec
 from export.core.shapes import BatchRange
 from export.gate.judge import gate_candidates
 from export.pipeline import ExportRequest, export_artifact
-from export.runtime.registry import RUNTIMES, get_runtime, runtimes_for
+from export.runtime.base import Runner, RunTarget
+from export.runtime.registry import (
+    RUNTIMES,
+    RuntimeInfo,
+    Setting,
+    get_runtime,
+    runtimes_for,
+)
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -101,3 +110,79 @@ def test_the_gate_judges_on_what_the_registry_says_is_here(small_artifact, monke
     registry.clear_probe_cache()
     found = [c.runner.backend for c in gate_candidates(small_artifact, manifest)]
     assert found == ["onnxruntime"]
+
+
+# -- a runtime added by one registry entry, seen by every tool ---------------------------------
+
+
+class NumpyRunner(Runner):
+    """A runtime of this test only: logits that put every image in class 3."""
+
+    backend = "numpy"
+
+    def __init__(self, target: RunTarget):
+        super().__init__(target.precision, "cpu", target.contract)
+        self.path, self.threads = target.path, target.options.get("threads")
+        self.classes = target.manifest["model"]["num_classes"] if target.manifest else 10
+
+    def _infer(self, batch):
+        logits = np.zeros((len(batch), self.classes), np.float32)
+        logits[:, 3] = 1.0
+        return logits
+
+
+@pytest.fixture
+def numpy_runtime():
+    """One entry: the runtime's name, what it runs, its factory and the settings worth trying."""
+    info = registry.register(RuntimeInfo(
+        "numpy", "a numpy runner (test)", "cpu", ("onnx",), ("fp32",), ("fp32",),
+        factory=NumpyRunner, options=("threads",),
+        settings=(Setting("threads", ("cores",), "every core"),)))
+    yield info
+    del RUNTIMES[info.name]
+    registry.clear_probe_cache()
+
+
+def test_a_registered_runtime_appears_in_bench_predict_and_plan(small_artifact, numpy_runtime,
+                                                                 tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    import bench.cases as matrix
+    from bench.cli import main as bench_main
+    from export.plan.space import candidates_for
+    from export.predict.cli import main as predict_main
+
+    # bench: a default CPU run measures it on the on-the-fly ONNX file, built by its factory
+    spec = ModelSpec.create("resnet20", input_size=16)
+    cases = matrix.plan(matrix.Request(spec, "cpu", None, ["fp32"], threads=1,
+                                       cache_dir=tmp_path / "cache"))
+    (cand,) = [c for c in cases.candidates if c.backend == "numpy"]
+    runner, _ = cand.prepare()
+    assert isinstance(runner, NumpyRunner) and runner.path.suffix == ".onnx"
+    assert runner.path.is_file() and runner.threads == 1
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(bench_main, [
+        "--artifacts", str(small_artifact), "--backends", "numpy", "--batch-sizes", "1",
+        "--warmup", "1", "--no-steady-warmup", "--min-iters", "2", "--min-time", "0",
+        "--rounds", "1", "--no-progress", "--threads", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((out / "bench.json").read_text())["results"]
+    assert (row["backend"], row["format"], row["batch_size"]) == ("numpy", "onnx", 1)
+
+    # resnet-predict: one of --runtime's choices, and the runner that classifies
+    image = tmp_path / "grey.png"
+    Image.new("RGB", (16, 16), (128, 128, 128)).save(image)
+    result = CliRunner().invoke(predict_main, [str(small_artifact), str(image), "--json",
+                                               "--runtime", "numpy", "--top-k", "1"])
+    assert result.exit_code == 0, result.output
+    (file,) = json.loads(result.stdout)["results"]
+    assert file["top"][0]["index"] == 3
+    bad = CliRunner().invoke(predict_main, [str(small_artifact), str(image), "--runtime", "x"])
+    assert bad.exit_code == 2 and "'numpy'" in bad.output
+
+    # resnet-plan: a candidate of the space, with its settings resolved on this machine
+    manifest = json.loads((small_artifact / "manifest.json").read_text())
+    found = candidates_for(small_artifact, manifest, "sha", "cpu", 2, "latency")
+    assert [(c.runtime, c.settings) for c in found if c.runtime == "numpy"] == \
+        [("numpy", {"threads": 2})]

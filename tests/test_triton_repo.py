@@ -73,7 +73,7 @@ def test_openvino_only_where_the_gate_judged_it(artifact, tmp_path):
     unjudged = copy.deepcopy(manifest)
     unjudged["parity"]["runs"] = [r for r in unjudged["parity"]["runs"]
                                   if not r["candidate"].startswith("openvino")]
-    with pytest.raises(Exception, match="not judged on OpenVINO"):
+    with pytest.raises(Exception, match="not judged on openvino at export"):
         model_config(unjudged, "x", RepoOptions(backend="openvino"))
     assert invoke(artifact, "--out", tmp_path, "--backend", "tensorrt").exit_code == 2
 

@@ -1,9 +1,11 @@
 """A Triton Inference Server model repository from gated artifacts: ``resnet-export triton-repo``.
 
 Each artifact becomes ``<name>/config.pbtxt`` and ``<name>/1/model.onnx`` (or ``model.plan`` for
-an engine). Everything in the config comes from the manifest: the backend follows the format
-and the precision contract (onnxruntime for ONNX, openvino only where the gate judged OpenVINO
-at the artifact's own precision, tensorrt for engines), dims and datatypes from the manifest's
+an engine). Everything in the config comes from the manifest and the runtime registry: the
+backend is the Triton backend of the runtime the format runs on (the registry's
+``triton_backend``: onnxruntime for ONNX, tensorrt for engines); another backend that runs the
+format only where the gate judged one of its runtimes at the artifact's own precision (openvino),
+with the backend's own settings (``triton_config``); dims and datatypes from the manifest's
 I/O without the batch dimension, ``max_batch_size`` the batch range's max, dynamic batching
 preferring the range's opt and max. The artifact is checked first as ``load_artifact`` checks
 it (files' sha256, gate passed); each model folder is written under a temporary name and
@@ -12,6 +14,7 @@ renamed into place, and an existing folder is replaced only when it is provably 
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -22,9 +25,16 @@ from typing import Any
 
 from ..core.artifact import artifact_file, read_manifest, verify_files
 from ..core.errors import BadOption, UserError
+from ..runtime.registry import (
+    RUNTIMES,
+    RuntimeInfo,
+    default_runtime,
+    get_runtime,
+    runtimes_for,
+    triton_backends,
+)
 
 MARKER = "# written by resnet-export triton-repo"
-BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
 TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64",
          "int32": "TYPE_INT32", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8"}
 #: the strings a model name may hold: it becomes a folder and a URL segment
@@ -42,29 +52,57 @@ def check_name(name: str) -> str:
     return name
 
 
-def openvino_judged(manifest: Mapping[str, Any]) -> bool:
-    """Whether the gate ran OpenVINO at the artifact's own precision and it passed."""
-    return any(str(run.get("candidate", "")).startswith("openvino")
-               and run.get("precision") == manifest["precision"] and run.get("passed")
+def _runtimes(backend: str, manifest: Mapping[str, Any]) -> list[RuntimeInfo]:
+    """The runtimes of the registry behind Triton's ``backend`` that run this artifact's file."""
+    flavour = (manifest.get("int8") or {}).get("flavour")
+    return [r for r in runtimes_for(manifest["format"], flavour, direct=True)
+            if r.triton_backend == backend]
+
+
+def judged_on(manifest: Mapping[str, Any], backend: str) -> bool:
+    """Whether the gate ran a runtime of Triton's ``backend`` at the artifact's own precision
+    and it passed."""
+    return any(info.judged(run) and run.get("precision") == manifest["precision"]
+               and run.get("passed")
+               for info in _runtimes(backend, manifest)
                for run in manifest["parity"].get("runs") or [])
 
 
 def choose_backend(manifest: Mapping[str, Any], backend: str) -> str:
     fmt = manifest["format"]
-    if backend == "auto":
-        return "tensorrt" if fmt == "trt" else "onnxruntime"
-    if (backend == "tensorrt") != (fmt == "trt"):
+    own = get_runtime(default_runtime(fmt)).triton_backend
+    if own is None:  # pragma: no cover - every registry runtime of a format maps to one
+        raise BadOption(f"no Triton backend serves {fmt} artifacts")
+    if backend == "auto" or backend == own:
+        return own
+    if not _runtimes(backend, manifest):
         raise BadOption(f"an artifact of format {fmt} cannot run on Triton's {backend} backend")
-    if backend == "openvino" and not openvino_judged(manifest):
+    if not judged_on(manifest, backend):
         raise BadOption(f"the {manifest['precision']} contract of this {fmt} artifact was not "
-                        "judged on OpenVINO at export; use the onnxruntime backend")
+                        f"judged on {backend} at export; use the {own} backend")
     return backend
+
+
+def backend_choices() -> tuple[str, ...]:
+    """What ``--backend`` accepts: auto and every Triton backend of the registry."""
+    return ("auto", *triton_backends())
+
+
+def backend_device(backend: str) -> str:
+    """``cpu`` where every runtime behind Triton's ``backend`` runs on the CPU, else ``gpu``."""
+    devices = {r.device for r in runtimes_for_backend(backend)}
+    return "cpu" if devices == {"cpu"} else "gpu"
+
+
+def runtimes_for_backend(backend: str) -> list[RuntimeInfo]:
+    """Every runtime of the registry that Triton serves with ``backend``."""
+    return [r for r in RUNTIMES.values() if r.triton_backend == backend]
 
 
 @dataclass(frozen=True)
 class RepoOptions:
     backend: str = "auto"
-    kind: str = "auto"  # KIND_GPU / KIND_CPU / auto (GPU except for openvino)
+    kind: str = "auto"  # KIND_GPU / KIND_CPU / auto (CPU for a backend of CPU runtimes only)
     instances: int = 1
     max_queue_delay_us: int = 2000
 
@@ -73,7 +111,7 @@ def model_config(manifest: Mapping[str, Any], name: str, opts: RepoOptions) -> d
     """Triton's model configuration (its JSON form) for the artifact."""
     backend = choose_backend(manifest, opts.backend)
     rng = manifest["batch_range"]
-    kind = opts.kind if opts.kind != "auto" else ("cpu" if backend == "openvino" else "gpu")
+    kind = opts.kind if opts.kind != "auto" else backend_device(backend)
 
     def tensors(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
@@ -92,11 +130,8 @@ def model_config(manifest: Mapping[str, Any], name: str, opts: RepoOptions) -> d
         "instance_group": [{"count": opts.instances, "kind": f"KIND_{kind.upper()}"}],
         "version_policy": {"latest": {"num_versions": 1}},
     }
-    if backend == "openvino":
-        # never let OpenVINO pick the precision (it runs BF16 by itself on AMX CPUs)
-        # the backend reads model.xml unless told otherwise; it also runs ONNX files
-        config["default_model_filename"] = "model.onnx"
-        config["parameters"] = {"INFERENCE_PRECISION_HINT": {"string_value": "f32"}}
+    for info in runtimes_for_backend(backend)[:1]:  # the backend's own settings
+        config.update(copy.deepcopy(dict(info.triton_config)))
     return config
 
 
@@ -199,5 +234,6 @@ def write_repository(folders: list[Path], out: Path, opts: RepoOptions,
     return [write_model(f, out, opts, n, overwrite) for f, n in zip(folders, chosen)]
 
 
-__all__ = ["BACKENDS", "RepoOptions", "check_name", "choose_backend", "config_text",
-           "model_config", "model_name", "openvino_judged", "write_model", "write_repository"]
+__all__ = ["RepoOptions", "backend_choices", "backend_device", "check_name", "choose_backend",
+           "config_text", "judged_on", "model_config", "model_name", "runtimes_for_backend",
+           "write_model", "write_repository"]

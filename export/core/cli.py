@@ -8,7 +8,7 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import click
@@ -108,6 +108,24 @@ def thread_option(option: str, minimum: int = 1) -> click.ParamType:
             return number
 
     return Threads(min=minimum)
+
+
+class LazyChoice(click.Choice):
+    """A :class:`click.Choice` whose choices are read each time they are used, not when the
+    command is built: a registry that grows after import (a runtime registered later) is seen
+    in validation, in the one-line error and in ``--help`` alike."""
+
+    def __init__(self, choices: Callable[[], Iterable[str]], case_sensitive: bool = True):
+        self._read = choices
+        super().__init__((), case_sensitive)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._read())
+
+    @choices.setter
+    def choices(self, _value: Any) -> None:  # click's __init__ assigns; the reader decides
+        pass
 
 
 def bounded(kind: type, lo: float, hi: float, reason: str) -> click.ParamType:
@@ -231,6 +249,7 @@ class DefaultGroup(click.Group):
 __all__ = [
     "DefaultCommand",
     "DefaultGroup",
+    "LazyChoice",
     "OneLineCommand",
     "OneLineUsageError",
     "bounded",

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from bench.candidates import Candidate, Models
+from bench.model_backends import EAGER
 from bench.stats import NoiseRule
 from bench.sweep import sweep
 from bench.timing import TimingConfig
@@ -86,14 +87,14 @@ def _bench_candidate(c: PlanCandidate, spec: ModelSpec, objective: str) -> Candi
 
 def baseline(folder: Path, spec: ModelSpec) -> tuple[PlanCandidate, Candidate]:
     """Eager PyTorch FP32 on the artifact's own weights: the row every speed-up is against."""
-    plan = PlanCandidate("torch", "fp32", status="baseline",
+    plan = PlanCandidate(EAGER, "fp32", status="baseline",
                          reason="eager PyTorch, the reference every speed-up is measured against")
 
     def prepare() -> tuple[Runner, dict[str, Any]]:
         return TorchRunner(source_from_manifest(read_manifest(folder), folder).model,
                            "cpu"), {}
 
-    return plan, Candidate("torch", "fp32", spec, prepare, extra={"plan_id": plan.id})
+    return plan, Candidate(EAGER, "fp32", spec, prepare, extra={"plan_id": plan.id})
 
 
 def _pick_row(rows: list[dict[str, Any]], objective: str) -> dict[str, Any] | None:
@@ -150,10 +151,10 @@ def run_phase(cands: list[PlanCandidate], extra: list[tuple[PlanCandidate, Candi
         kept = {k: row.get(k) for k in ROW_KEYS}
         kept.update({"batch_size": batch, "objective": value, "objective_rounds": list(rounds),
                      "phase": phase.name, "seconds_per_candidate": phase.seconds})
-        if "openvino" in row:
-            kept["openvino"] = {k: row["openvino"].get(k) for k in
-                                ("performance_hint", "num_streams", "inference_num_threads",
-                                 "effective_precision")}
+        if "runtime_facts" in row:  # the settings the runtime says it ran with
+            kept["runtime_facts"] = {k: v for k, v in row["runtime_facts"].items() if k in
+                                     ("performance_hint", "num_streams", "inference_num_threads",
+                                      "effective_precision")}
         setattr(plan, phase.name, kept)
         unit = "ms p50" if objective == "latency" else "images/s"
         echo(f"  [{phase.name}] {plan.id}: {value:.4g} {unit}, p99 {row['p99_ms']:.4g} ms"

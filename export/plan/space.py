@@ -108,10 +108,8 @@ def export_space(device: str) -> tuple[list[ExportPlan], list[PlanCandidate]]:
 def gate_summary(manifest: dict[str, Any], runtime: str, precision: str) -> dict[str, Any] | None:
     """The verdict of ``runtime`` at ``precision`` in the artifact's gate, in short."""
     info = RUNTIMES.get(runtime)
-    prefix = (f"onnxruntime[{info.providers[0].replace('ExecutionProvider', '')}"
-              if info is not None and info.providers else f"{runtime}[")
     for run in (manifest.get("parity") or {}).get("runs", []):
-        if run.get("precision") == precision and str(run.get("candidate", "")).startswith(prefix):
+        if info is not None and run.get("precision") == precision and info.judged(run):
             return short_verdict(run)
     return None
 

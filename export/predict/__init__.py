@@ -12,6 +12,6 @@ Stands on the runtime (``load_artifact``) and training's data functions (``read_
 """
 
 from .predictor import FileResult, Prediction, Predictor
-from .runtimes import RUNTIME_CHOICES
+from .runtimes import runtime_choices
 
-__all__ = ["FileResult", "Prediction", "Predictor", "RUNTIME_CHOICES"]
+__all__ = ["FileResult", "Prediction", "Predictor", "runtime_choices"]

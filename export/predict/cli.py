@@ -10,10 +10,16 @@ from typing import Any
 
 import click
 
-from ..core.cli import OneLineCommand, OneLineUsageError, one_line_errors, thread_option
+from ..core.cli import (
+    LazyChoice,
+    OneLineCommand,
+    OneLineUsageError,
+    one_line_errors,
+    thread_option,
+)
 from ..core.errors import BackendUnavailable, UserError, first_line, printable
 from .predictor import FileResult, Predictor
-from .runtimes import RUNTIME_CHOICES
+from .runtimes import runtime_choices
 from .scoring import Score, format_score, score
 
 SCHEMA = "resnet-predict"
@@ -68,7 +74,7 @@ def document(artifact: Path, predictor: Predictor, top: int, results: list[FileR
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document (schema resnet-predict, version 1) instead of the "
                    "table.")
-@click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="auto",
+@click.option("--runtime", type=LazyChoice(runtime_choices), default="auto",
               show_default=True,
               help="What runs the artifact: auto = as its manifest's deploy section says "
                    "(resnet-plan's choice), else its own runtime (ONNX Runtime on the CPU for "

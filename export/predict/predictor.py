@@ -162,7 +162,7 @@ class Predictor:
     def load(cls, folder: str | os.PathLike, runtime: str = "auto", threads: int | None = None,
              verify: bool = True) -> Predictor:
         """The artifact in ``folder`` (any format ``resnet-export`` writes) on ``runtime``
-        (:data:`export.predict.RUNTIME_CHOICES`); checked as :func:`export.runtime.load_artifact`
+        (:func:`export.predict.runtime_choices`); checked as :func:`export.runtime.load_artifact`
         checks it."""
         folder = Path(folder)
         manifest = read_manifest(folder)

@@ -12,8 +12,9 @@ CUDA device needs CUDA events, host-synchronous work a host clock.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,20 @@ class InputContract:
         return cls(manifest["inputs"][0]["name"],
                    (int(spec["in_chans"]), int(spec["input_size"]), int(spec["input_size"])),
                    BatchRange.from_dict(manifest["batch_range"]))
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """What a runtime's runner factory (:mod:`.registry`) builds a runner for: a file, the
+    precision to run it at, and the artifact's promises where there is an artifact (an
+    on-the-fly ONNX file has none)."""
+
+    path: Path  # the ONNX file or the engine to run
+    precision: str
+    contract: InputContract | None = None  # the artifact's input contract
+    manifest: Manifest | None = None  # the artifact's manifest (an engine checks it here)
+    providers: tuple[str, ...] | None = None  # ONNX Runtime execution providers, in order
+    options: Mapping[str, Any] = field(default_factory=dict)  # the runner's keyword options
 
 
 class Runner(abc.ABC):
@@ -68,6 +83,16 @@ class Runner(abc.ABC):
     def arithmetic(self) -> str:
         """The precision the maths actually runs in (a runtime may upcast: say so)."""
         return self.precision
+
+    def executed_precision(self) -> str:
+        """What the maths ran in, as the runtime reports it once it has run (a runtime that
+        reads it back overrides this; by default :attr:`arithmetic`)."""
+        return self.arithmetic
+
+    def report_facts(self) -> dict[str, Any] | None:
+        """What the runtime says it ran, JSON-ready, for a benchmark row (None: nothing beyond
+        the row's own fields)."""
+        return None
 
     def activate(self) -> None:
         if not self.active:

@@ -25,24 +25,25 @@ from ..core.artifact import artifact_file, check_onnx_file, read_manifest, verif
 from ..core.errors import UserError
 from ..core.folders import recover_interrupted
 from ..core.manifest import Manifest
-from .base import InputContract, Runner
+from .base import InputContract, Runner, RunTarget
 from .registry import EXECUTION_PRECISIONS, default_runtime, get_runtime, runtimes_for
 
 
 def runner_for(folder: Path, manifest: Manifest, providers: list[str] | None = None, *,
                runtime: str | None = None, precision: str | None = None,
                file: str | None = None, **runner_kwargs: Any) -> Runner:
-    """The runner for an already read (and verified) manifest.
+    """The runner for an already read (and verified) manifest, built by its runtime's factory.
 
     ``runtime``: a name of the runtime registry (:mod:`.registry`) [default: the format's own].
     ``precision``: run at another precision than the artifact's contract where the runtime can
     (an FP32 ONNX at bf16 on OpenVINO); ``file``: run another ONNX file of the folder (an
     engine's source ONNX). ``providers`` overrides an ONNX Runtime entry's execution providers;
-    ``runner_kwargs`` go to the runner (threads, ...).
+    ``runner_kwargs`` go to the runner (threads, ...; each runtime lists the ones it takes).
+    Every ONNX file is checked against the manifest before a runner is made.
     """
     fmt = manifest["format"]
     flavour = (manifest.get("int8") or {}).get("flavour")
-    runtime = runtime or ("onnxruntime" if file else default_runtime(fmt))
+    runtime = runtime or default_runtime("onnx" if file else fmt)
     info = get_runtime(runtime)
     allowed = [r.name for r in runtimes_for(fmt, flavour, direct=file is None)
                if file is None or r.onnx_of_engine]
@@ -53,27 +54,17 @@ def runner_for(folder: Path, manifest: Manifest, providers: list[str] | None = N
     precision = precision or own
     if precision != own and precision not in EXECUTION_PRECISIONS.get((runtime, own), ()):
         raise UserError(f"a {own} artifact does not run at {precision} on {runtime}")
-    contract = InputContract.from_manifest(manifest)
-    if manifest["format"] == "trt":  # the engine's source ONNX says what the engine was built as
+    if fmt == "trt":  # the engine's source ONNX says what the engine was built as
         tensorrt = manifest["tensorrt"]
         assert tensorrt is not None  # the schema check requires it of an engine
         source = artifact_file(folder, tensorrt["built_from"])
         check_onnx_agrees(source, check_onnx_file(folder, source, manifest), manifest)
-    if runtime == "tensorrt":
-        from .tensorrt_runner import TensorRTRunner
-
-        return TensorRTRunner(artifact_file(folder, manifest["artifact"]), manifest)
     path = artifact_file(folder, file or manifest["artifact"])
-    check_onnx_agrees(path, check_onnx_file(folder, path, manifest), manifest)
-    if runtime == "openvino":
-        from .openvino_runner import OpenVINORunner
-
-        return OpenVINORunner(path, precision, runner_kwargs.pop("threads", None),
-                              contract=contract, **runner_kwargs)
-    from .ort_runner import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner(path, providers or list(info.providers), precision=precision,
-                             contract=contract, **runner_kwargs)
+    if fmt != "trt" or file is not None:  # an ONNX file (an engine's was checked above)
+        check_onnx_agrees(path, check_onnx_file(folder, path, manifest), manifest)
+    return info.build(RunTarget(path, precision, InputContract.from_manifest(manifest),
+                                manifest, tuple(providers) if providers else None,
+                                runner_kwargs))
 
 
 def deployed(manifest: dict[str, Any], runtime: str | None, precision: str | None,

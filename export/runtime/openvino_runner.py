@@ -46,7 +46,7 @@ import numpy as np
 
 from ..core import cpu_features
 from ..core.errors import BackendUnavailable
-from .base import InputContract, Runner
+from .base import InputContract, Runner, RunTarget
 
 #: runner precision -> INFERENCE_PRECISION_HINT value
 #: the runner's precision (an artifact's contract) -> the inference precision it is compiled at.
@@ -309,6 +309,24 @@ class OpenVINORunner(Runner):
             })
         return info
 
+    def executed_precision(self) -> str:
+        """The compiled model's inference precision, and the convolutions' where they differ
+        (an INT8 model: "f32 (convolutions: u8)")."""
+        try:
+            convs = sorted(self.layer_precisions().get("Convolution", {}))
+        except Exception:  # noqa: BLE001 - a report detail, never a reason to fail a row
+            convs = []
+        hint = self.effective_precision
+        return f"{hint} (convolutions: {', '.join(convs)})" if convs and convs != [hint] \
+            else str(hint)
+
+    def report_facts(self) -> dict[str, Any]:
+        info = self.runtime_info()
+        keep = ("openvino", "effective_precision", "execution_mode", "performance_hint",
+                "inference_num_threads", "num_streams", "layer_precisions", "kernels",
+                "requested")
+        return {k: info.get(k) for k in keep}
+
     # -- throughput ------------------------------------------------------------------------
 
     def measure_throughput(self, batch: int | np.ndarray, min_time_s: float = 10.0,
@@ -376,3 +394,9 @@ class OpenVINORunner(Runner):
             "latencies_ms": lat.tolist(),  # one per completed request, start to completion
             "compile_s": compile_s,
         }
+
+
+def build(target: RunTarget) -> OpenVINORunner:
+    """The registry's factory: the ONNX file at the target's explicit precision."""
+    return OpenVINORunner(target.path, target.precision, contract=target.contract,
+                          **target.options)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import BackendUnavailable
-from .base import InputContract, Runner
+from .base import InputContract, Runner, RunTarget
 
 #: --ort-opt-level names -> onnxruntime.GraphOptimizationLevel members. "all" adds the layout
 #: optimisations (NCHWc blocked convolutions on x86), which is where most CPU speed comes from.
@@ -106,3 +106,10 @@ class OnnxRuntimeRunner(Runner):
         (out,) = self._session.run(None, {self._input_name: batch.astype(self._input_dtype,
                                                                           copy=False)})
         return out.astype(np.float32, copy=False)
+
+
+def build(target: RunTarget) -> OnnxRuntimeRunner:
+    """The registry's factory: the file on the target's execution providers."""
+    return OnnxRuntimeRunner(target.path, list(target.providers or ()) or None,
+                             precision=target.precision, contract=target.contract,
+                             **target.options)

@@ -1,11 +1,14 @@
 """The runtime registry: which runtimes exist, whether each can run here (and why not), what it
-runs natively on this machine, and how to open an artifact on it.
+runs natively on this machine, and how to build its runner.
 
 Every caller that needs to name or choose a runtime asks here: the parity gate (which runtimes
-judge an artifact), :func:`~.loader.load_artifact` (which runtimes may run a format),
-``resnet-predict --runtime``, ``resnet-bench --backends`` and the deployment planner (the
-candidate space and the reasons a candidate is pruned). Probes are cheap (imports and provider
-lists, no model is built) and cached per process.
+judge an artifact), :func:`~.loader.load_artifact` (which runtimes may run a format, and the
+runner each one builds), ``resnet-predict --runtime``, ``resnet-bench --backends``, the
+deployment planner (the candidate space and the reasons a candidate is pruned) and
+``resnet-export triton-repo`` (each runtime's Triton backend). Adding a runtime is one entry
+here (:func:`register`) and its runner module; no caller names a runtime. Probes are cheap
+(imports and provider lists, no model is built) and cached per process; a runner factory
+imports its runtime only when it builds a runner, so a missing runtime costs nothing.
 
 A precision is *native* on a runtime when the runtime computes it in that arithmetic on this
 machine. ONNX Runtime's CPU provider and OpenVINO's CPU plugin run an FP16-typed ONNX, but compute
@@ -16,18 +19,37 @@ emulated, slower than FP32, and is refused rather than measured.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
 import importlib.util
 import itertools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import cpu_features
 from ..core.errors import UserError
+from .base import Runner, RunTarget
 
 #: the precision contracts an artifact can carry (fp32, fp16, int8) or be run at (bf16)
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+#: what to run (file, precision, contract, options) -> a runner, not yet activated
+RunnerFactory = Callable[[RunTarget], Runner]
+
+
+def lazy_factory(module: str, name: str = "build") -> RunnerFactory:
+    """A factory that imports ``module`` (relative to this package) only when it builds."""
+    def factory(target: RunTarget) -> Runner:
+        built: Runner = getattr(importlib.import_module(module, __package__), name)(target)
+        return built
+    return factory
+
+
+def _no_factory(target: RunTarget) -> Runner:
+    raise UserError(f"no runner factory for {target.path}")
 
 
 @dataclass(frozen=True)
@@ -56,7 +78,30 @@ class RuntimeInfo:
     #: the runner options worth searching when choosing how to deploy on this runtime
     #: (:func:`setting_grid` resolves them against this machine)
     settings: tuple[Setting, ...] = ()
+    #: builds its runner (:func:`lazy_factory`: the runtime is imported only then)
+    factory: RunnerFactory = _no_factory
+    #: the keyword options its runner takes (threads, ...): a caller passes only these
+    options: tuple[str, ...] = ()
+    #: its backend in a Triton model repository (None: Triton does not serve it)
+    triton_backend: str | None = None
+    #: extra entries of a Triton model configuration on that backend
+    triton_config: Mapping[str, Any] = field(default_factory=dict)
+    #: how its runner's label starts (the gate records labels as ``candidate``) [default: name[]
+    label_prefix: str = ""
     _probe: Callable[[], str | None] = lambda: None
+
+    def build(self, target: RunTarget) -> Runner:
+        """Its runner for ``target`` (not yet activated); options it does not take are refused."""
+        unknown = sorted(set(target.options) - set(self.options))
+        if unknown:
+            raise UserError(f"{self.name} takes no option {', '.join(unknown)} (it takes "
+                            f"{', '.join(self.options) or 'none'})")
+        return self.factory(dataclasses.replace(
+            target, providers=target.providers or self.providers or None))
+
+    def judged(self, run: Mapping[str, Any]) -> bool:
+        """Whether a gate verdict (an entry of a manifest's ``parity.runs``) ran on it."""
+        return str(run.get("candidate", "")).startswith(self.label_prefix or f"{self.name}[")
 
     def unavailable(self) -> str | None:
         """Why this runtime cannot run here (None: it can)."""
@@ -168,6 +213,9 @@ _CPU_ORT = ("CPUExecutionProvider",)
 _CUDA_ORT = ("CUDAExecutionProvider", "CPUExecutionProvider")
 _TRT_ORT = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
+_ORT_OPTIONS = ("threads", "optimization_level", "session_config")
+_OPENVINO_OPTIONS = ("threads", "static_shapes", "execution_mode", "performance_hint", "config")
+_ORT_FACTORY = lazy_factory(".ort_runner")
 _THREADS = Setting("threads", ("cores", "half-cores"),
                    "intra-op threads: all usable cores is fastest on a quiet machine, fewer "
                    "can win where other work shares the cores")
@@ -189,23 +237,34 @@ RUNTIMES: dict[str, RuntimeInfo] = {r.name: r for r in (
     RuntimeInfo("onnxruntime", "ONNX Runtime, CPU execution provider", "cpu",
                 (*_ONNX, "trt"), ("fp32", "fp16", "int8"), ("fp32", "int8"),
                 int8_flavours=("cpu", "tensorrt"), providers=_CPU_ORT, onnx_of_engine=True,
-                settings=_ORT_CPU_SETTINGS, _probe=_ort_probe(_CPU_ORT, cuda=False)),
+                settings=_ORT_CPU_SETTINGS, factory=_ORT_FACTORY, options=_ORT_OPTIONS,
+                triton_backend="onnxruntime", label_prefix="onnxruntime[CPU,",
+                _probe=_ort_probe(_CPU_ORT, cuda=False)),
     RuntimeInfo("onnxruntime-cuda", "ONNX Runtime, CUDA execution provider", "cuda",
                 (*_ONNX, "trt"), ("fp32", "fp16", "int8"), ("fp32", "fp16", "int8"),
                 int8_flavours=("cpu", "tensorrt"), providers=_CUDA_ORT, onnx_of_engine=True,
-                _probe=_ort_probe(_CUDA_ORT, cuda=True)),
+                factory=_ORT_FACTORY, options=_ORT_OPTIONS, triton_backend="onnxruntime",
+                label_prefix="onnxruntime[CUDA,", _probe=_ort_probe(_CUDA_ORT, cuda=True)),
     RuntimeInfo("onnxruntime-trt", "ONNX Runtime, TensorRT execution provider", "cuda",
                 _ONNX, ("fp32", "fp16", "int8"), ("fp32", "fp16", "int8"),
                 int8_flavours=("tensorrt",), providers=_TRT_ORT, judges=False,
-                _probe=_ort_probe(_TRT_ORT, cuda=True)),
+                factory=_ORT_FACTORY, options=_ORT_OPTIONS, triton_backend="onnxruntime",
+                label_prefix="onnxruntime[Tensorrt,", _probe=_ort_probe(_TRT_ORT, cuda=True)),
     RuntimeInfo("openvino", "OpenVINO, CPU plugin (the openvino extra)", "cpu",
                 (*_ONNX, "trt"), ("fp32", "fp16", "bf16", "int8"), ("fp32", "bf16", "int8"),
                 int8_flavours=("cpu",), onnx_of_engine=True, settings=_OPENVINO_SETTINGS,
+                factory=lazy_factory(".openvino_runner"), options=_OPENVINO_OPTIONS,
+                triton_backend="openvino",
+                # the backend reads model.xml unless told otherwise (it also runs ONNX files);
+                # never let OpenVINO pick the precision (it runs BF16 by itself on AMX CPUs)
+                triton_config={"default_model_filename": "model.onnx", "parameters": {
+                    "INFERENCE_PRECISION_HINT": {"string_value": "f32"}}},
                 _probe=lambda: _module_missing("openvino",
                                                "pip install 'resnet-deploy[openvino]'")),
     RuntimeInfo("tensorrt", "TensorRT, a serialized engine (the gpu extra)", "cuda",
                 ("trt",), ("fp32", "fp16", "int8"), ("fp32", "fp16", "int8"),
-                int8_flavours=("tensorrt",), _probe=_tensorrt_probe),
+                int8_flavours=("tensorrt",), factory=lazy_factory(".tensorrt_runner"),
+                triton_backend="tensorrt", _probe=_tensorrt_probe),
 )}
 
 #: an artifact may also run at another precision than its contract where its gate judged that
@@ -244,8 +303,24 @@ def runtimes_for(fmt: str, int8_flavour: str | None = None, *, device: str | Non
 
 
 def default_runtime(fmt: str) -> str:
-    """The runtime an artifact of ``fmt`` runs on when none is named: the one built for it."""
-    return "tensorrt" if fmt == "trt" else "onnxruntime"
+    """The runtime an artifact of ``fmt`` runs on when none is named: the first in registry
+    order that runs the format itself (an engine on TensorRT, not its source ONNX)."""
+    found = runtimes_for(fmt, direct=True)
+    if not found:
+        raise UserError(f"no runtime runs {fmt} artifacts")
+    return found[0].name
+
+
+def register(info: RuntimeInfo) -> RuntimeInfo:
+    """Add (or replace) a runtime: every caller of the registry sees it from then on."""
+    RUNTIMES[info.name] = info
+    _probe_cached.cache_clear()
+    return info
+
+
+def triton_backends() -> tuple[str, ...]:
+    """Every Triton backend a runtime of the registry maps to, in registry order."""
+    return tuple(dict.fromkeys(r.triton_backend for r in RUNTIMES.values() if r.triton_backend))
 
 
 def clear_probe_cache() -> None:
@@ -256,6 +331,7 @@ def clear_probe_cache() -> None:
 #: how strict each precision contract is (the deployment planner's tie rule prefers the first)
 STRICTNESS = ("fp32", "fp16", "bf16", "int8")
 
-__all__ = ["EXECUTION_PRECISIONS", "PRECISIONS", "RUNTIMES", "STRICTNESS", "RuntimeInfo",
-           "Setting", "bf16_unavailable", "clear_probe_cache", "default_runtime", "get_runtime",
-           "runtimes_for", "setting_grid"]
+__all__ = ["EXECUTION_PRECISIONS", "PRECISIONS", "RUNTIMES", "STRICTNESS", "RunTarget",
+           "RunnerFactory", "RuntimeInfo", "Setting", "bf16_unavailable", "clear_probe_cache",
+           "default_runtime", "get_runtime", "lazy_factory", "register", "runtimes_for",
+           "setting_grid", "triton_backends"]

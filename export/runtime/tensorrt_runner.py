@@ -19,7 +19,7 @@ import torch
 
 from ..core.errors import BackendUnavailable, EngineIncompatible, UserError
 from ..core.manifest import Manifest
-from .base import InputContract, Runner
+from .base import InputContract, Runner, RunTarget
 
 MIN_TENSORRT_MAJOR = 10
 
@@ -239,3 +239,10 @@ class TensorRTRunner(Runner):
     def synchronize(self) -> None:
         if self._stream is not None:
             self._stream.synchronize()
+
+
+def build(target: RunTarget) -> TensorRTRunner:
+    """The registry's factory: an engine runs only with its manifest (checked against here)."""
+    if target.manifest is None:
+        raise UserError("tensorrt runs engine artifacts: pass the artifact folder")
+    return TensorRTRunner(target.path, target.manifest)

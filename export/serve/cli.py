@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from ..core.cli import DefaultCommand, DefaultGroup, OneLineCommand, one_line_errors
-from ..predict.runtimes import RUNTIME_CHOICES
+from ..core.cli import DefaultCommand, DefaultGroup, LazyChoice, OneLineCommand, one_line_errors
+from ..predict.runtimes import runtime_choices
 
 
 def _echo(text: str) -> None:
@@ -43,7 +43,7 @@ def main() -> None:
                 metavar="ARTIFACT...")
 @click.option("--name", "names", multiple=True,
               help="Model name for each artifact, in order [default: <model>-<format>].")
-@click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="auto",
+@click.option("--runtime", type=LazyChoice(runtime_choices), default="auto",
               show_default=True,
               help="What runs each artifact, as resnet-predict --runtime.")
 @click.option("--replicas", type=click.IntRange(min=1, max=256), default=1, show_default=True,
