@@ -1,5 +1,5 @@
 """What a benchmark run measures, as data: a candidate (how to build its runner, what to feed
-it), a skip with its reason, the request after option parsing, the cases :func:`bench.cases.plan`
+it), a skip with its reason, the request after option parsing, the cases :func:`bench.matrix.build`
 decides, and the models built once per run."""
 
 from __future__ import annotations
@@ -135,9 +135,9 @@ class Request:
 
 @dataclass
 class Cases:
-    """What :func:`plan` decided: the candidates to measure, the skips with their reasons, the
-    models (built once, MACs counted once) and every distinct model the run covers (the
-    request's, or with --artifacts those the manifests describe, first one first)."""
+    """What :func:`bench.matrix.build` decided: the candidates to measure, the skips with their
+    reasons, the models (built once, MACs counted once) and every distinct model the run covers
+    (the request's, or with --artifacts those the manifests describe, first one first)."""
 
     candidates: list[Candidate]
     skipped: list[Skip]

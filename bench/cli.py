@@ -13,13 +13,12 @@ disk), the table is printed and the JSON document saved in the system's temporar
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
 import sys
 import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from export.core.cli import (
     model_options,
     one_line_errors,
     print_family_table,
-    resolve_model_name,
     thread_option,
 )
 from export.core.errors import UserError, first_line
@@ -43,97 +41,33 @@ from export.core.hardware import (
     available_memory,
     inference_bytes,
     resolve_device,
-    usable_cores,
 )
 from export.core.manifest import MAX_INPUT_SIZE
-from export.core.models import default_spec
 from export.runtime.ort_runner import ORT_OPTIMIZATION_LEVELS
 from export.runtime.registry import PRECISIONS
 
-from . import environment, report
-from .candidates import Candidate, Request, Skip
-from .cases import backend_names, plan
-from .load import others_cores
-from .load import snapshot as load_snapshot
+from . import environment, matrix, report
+from .candidates import Candidate, Cases, Skip
+from .load import free_threads
+from .options import (
+    ITERS_REASON,
+    MAX_ITERS,
+    MAX_ROUNDS,
+    MAX_SECONDS,
+    MAX_SEED,
+    SECONDS_REASON,
+    BackendsOption,
+    RunOptions,
+    parse_batches,
+    parse_choices,
+    parse_warmup,
+)
 from .outdir import check_claimable, check_not_in_artifact, claim_out, probe_folder
 from .stats import NoiseRule, thread_collapse
 from .sweep import sweep
 from .timing import TimingConfig
 
 DEFAULT_BATCHES = {"cpu": [1, 8], "cuda": [1, 32]}
-#: Bounds of the timing options: far beyond any useful measurement, yet a run that keeps them
-#: all still ends (``inf`` seconds or 10^12 iterations would not).
-MAX_SECONDS = 3600
-SECONDS_REASON = "an hour per row is far beyond what settles any latency"
-MAX_ITERS = 1_000_000
-ITERS_REASON = "a million timed iterations per row already pin the median to < 0.1%"
-MAX_ROUNDS = 1000
-MAX_SEED = 2**32 - 1
-
-
-# -- option parsing --------------------------------------------------------------------------
-
-
-def _split(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _parse_batches(_ctx: Any, _param: Any, value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    items = _split(value)
-    if not items or not all(v.isdigit() and int(v) > 0 for v in items):
-        raise click.BadParameter(f"{value!r}: give positive integers separated by commas, e.g. 1,8")
-    return list(dict.fromkeys(int(v) for v in items))
-
-
-def _parse_choices(choices: Callable[[], tuple[str, ...]], what: str
-                   ) -> Callable[..., list[str] | None]:
-    """A comma-list callback; ``choices`` is read when the option is parsed (a runtime
-    registered after import is one of them)."""
-    def parse(_ctx: Any, _param: Any, value: str | None) -> list[str] | None:
-        if value is None:
-            return None
-        choices_now = choices()
-        items = [v.lower() for v in _split(value)]
-        bad = [v for v in items if v not in choices_now]
-        if not items or bad:
-            raise click.BadParameter(f"unknown {what} {bad[0] if bad else value!r}; choose from "
-                                     f"{', '.join(choices_now)}")
-        return list(dict.fromkeys(items))
-
-    return parse
-
-
-class _BackendsOption(click.Option):
-    """--backends, whose help lists the backends there are when it is shown."""
-
-    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        self.help = (f"Comma list from: {', '.join(backend_names())}. [default: every backend "
-                     "of the device; 'null' measures the harness itself]")
-        return super().get_help_record(ctx)
-
-
-def _parse_warmup(_ctx: Any, _param: Any, value: str) -> tuple[int, float]:
-    """"5" = 5 iterations, "0.5s" = 0.5 seconds, "5,0.5s" = at least both."""
-    iters, seconds = 0, 0.0
-    try:
-        for item in _split(value):
-            if item.endswith("s"):
-                seconds = float(item[:-1])
-            else:
-                iters = int(item)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give iterations and/or seconds, e.g. 5, 0.5s or "
-                                 "5,0.5s") from None
-    if not math.isfinite(seconds):
-        raise click.BadParameter(f"{value!r}: warm-up seconds must be a finite number")
-    if iters < 0 or seconds < 0:
-        raise click.BadParameter(f"{value!r}: warm-up cannot be negative")
-    if iters > MAX_ITERS or seconds > MAX_SECONDS:
-        raise click.BadParameter(f"{value!r}: warm-up is at most {MAX_ITERS} iterations and "
-                                 f"{MAX_SECONDS} s ({SECONDS_REASON})")
-    return iters, seconds
 
 
 # -- the output folder and memory: checked before anything is measured ----------------------
@@ -191,25 +125,6 @@ def main() -> None:
     """Benchmark the ResNet family on every backend this machine has."""
 
 
-def free_threads(window_s: float = 1.0) -> tuple[int, str | None]:
-    """Threads the machine can give: the usable cores less what other processes used over
-    ``window_s`` (at least 1), and a line saying so where that is fewer than the cores. Eager
-    torch's OpenMP threads spin while they wait for a core, so more threads than free cores
-    collapse it (the issue's 674 ms at batch 8 against 6.7 ms at batch 1)."""
-    cores = usable_cores()
-    before = load_snapshot()
-    time.sleep(window_s)
-    others = others_cores(before, load_snapshot())
-    if others is None:
-        return cores, None
-    free = max(1, min(cores, int(cores - others + 0.5)))
-    if free >= cores:
-        return cores, None
-    return free, (f"the machine is busy (other processes used {others:.1f} of {cores} cores): "
-                  f"{free} thread(s), so eager torch's threads do not spin against them "
-                  "(--threads to choose)")
-
-
 @main.command("run", cls=DefaultCommand)
 @model_options(default="resnet50")
 @click.option("--list-models", is_flag=True, expose_value=False, is_eager=True,
@@ -219,11 +134,11 @@ def free_threads(window_s: float = 1.0) -> tuple[int, str | None]:
 @click.option("--artifacts", type=click.Path(path_type=Path), default=None,
               help="Benchmark exported artifacts: a folder with manifest.json (or sub-folders "
                    "with one each), as written by resnet-export.")
-@click.option("--backends", cls=_BackendsOption, callback=_parse_choices(backend_names, "backend"),
-              default=None)
-@click.option("--batch-sizes", callback=_parse_batches, default=None,
+@click.option("--backends", cls=BackendsOption, default=None,
+              callback=parse_choices(matrix.backend_names, "backend"))
+@click.option("--batch-sizes", callback=parse_batches, default=None,
               help="Comma list, e.g. 1,8. [default: 1,8 on CPU, 1,32 on CUDA]")
-@click.option("--precision", "precisions", callback=_parse_choices(lambda: PRECISIONS, "precision"),
+@click.option("--precision", "precisions", callback=parse_choices(lambda: PRECISIONS, "precision"),
               default=None, help="Comma list from fp32, fp16, bf16, int8 (bf16: torch autocast "
                                  "and OpenVINO where the CPU has native BF16; int8: ONNX Runtime "
                                  "and OpenVINO on a QDQ model quantized on the fly). "
@@ -235,7 +150,7 @@ def free_threads(window_s: float = 1.0) -> tuple[int, str | None]:
               is_flag=False, flag_value="on", show_default=True,
               help="torch on CUDA: replay the forward as a CUDA graph (eager: CUDAGraph capture; "
                    "torch.compile: mode=reduce-overhead); 'both' measures with and without.")
-@click.option("--warmup", default="2,0.5s", show_default=True, callback=_parse_warmup,
+@click.option("--warmup", default="2,0.5s", show_default=True, callback=parse_warmup,
               help="Warm-up: iterations and/or seconds, e.g. 5, 0.5s, 5,0.5s (at least both).")
 @click.option("--steady-warmup/--no-steady-warmup", default=True, show_default=True,
               help="Also warm up until the latency settles (median of the last 3 iterations "
@@ -278,12 +193,7 @@ def free_threads(window_s: float = 1.0) -> tuple[int, str | None]:
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr. [default: only when stderr is a terminal]")
 @one_line_errors
-def run(depth: int | None, model: str | None, input_size: int | None, artifacts: Path | None,
-        backends: list[str] | None, batch_sizes: list[int] | None, precisions: list[str] | None,
-        device: str, channels_last: bool, cuda_graphs: str, warmup: tuple[int, float],
-        steady_warmup: bool, warmup_max_time: float, min_iters: int, min_time: float,
-        rounds: int, throughput: bool, threads: int | None, ort_opt_level: str, seed: int,
-        cache_dir: Path | None, out: Path | None, overwrite: bool, progress: bool) -> None:
+def run(**given: Any) -> None:
     """Measure latency and throughput; write bench.json, .csv, .md and .png.
 
     \b
@@ -296,78 +206,83 @@ def run(depth: int | None, model: str | None, input_size: int | None, artifacts:
     resnet-bench --backends null,torch --depth 18 --batch-sizes 1   the harness's own overhead
     resnet-bench report RUN1 RUN2                  merge runs into one table and plot
     """
-    name = resolve_model_name(depth, model) if (depth is not None or model is not None) \
-        else "resnet50"
-    spec = default_spec(name, input_size=input_size)
-    dev = resolve_device(device)
-    threads_note = None
-    if threads is None:
-        threads, threads_note = free_threads()
-    if progress is None:
-        progress = sys.stderr.isatty()
-    batches = batch_sizes or DEFAULT_BATCHES[dev]
-    timing = TimingConfig(warmup[0], warmup[1], min_iters, min_time, steady=steady_warmup,
-                          warmup_max_time=warmup_max_time, rounds=rounds)
-    rule = NoiseRule()
-    graphs = {"off": (False,), "on": (True,), "both": (False, True)}[cuda_graphs]
-    if out is not None:  # someone else's files, or our earlier run without --overwrite
-        check_claimable(out, overwrite)
-    if cache_dir is not None:
-        check_out_folder(cache_dir, "--cache-dir")
-        probe_folder(cache_dir, "--cache-dir", "nothing was measured")
-
-    previous_threads = torch.get_num_threads()
-    previous_benchmark = torch.backends.cudnn.benchmark
-    torch.set_num_threads(threads)
-    if dev == "cuda":
-        torch.backends.cudnn.benchmark = True  # pick the fastest convolution per shape
-    try:
-        request = Request(spec, dev, backends, precisions, channels_last, graphs, threads, seed,
-                          ort_opt_level, cache_dir, artifacts, throughput)
-        cases = plan(request)
-        candidates, skipped, models = cases.candidates, cases.skipped, cases.models
-        if not candidates:  # one line, and no report that holds nothing
-            reasons = list(dict.fromkeys(s.reason for s in skipped))
+    opts = RunOptions(**given)
+    spec, dev = opts.spec(), resolve_device(opts.device)
+    threads, threads_note = (opts.threads, None) if opts.threads is not None \
+        else free_threads()
+    warmup_iters, warmup_s = opts.warmup
+    timing = TimingConfig(warmup_iters, warmup_s, opts.min_iters, opts.min_time,
+                          steady=opts.steady_warmup, warmup_max_time=opts.warmup_max_time,
+                          rounds=opts.rounds)
+    if opts.out is not None:  # someone else's files, or our earlier run without --overwrite
+        check_claimable(opts.out, opts.overwrite)
+    if opts.cache_dir is not None:
+        check_out_folder(opts.cache_dir, "--cache-dir")
+        probe_folder(opts.cache_dir, "--cache-dir", "nothing was measured")
+    with _torch_settings(threads, cudnn_benchmark=dev == "cuda"):
+        cases = matrix.build(opts.request(spec, dev, threads))
+        if not cases.candidates:  # one line, and no report that holds nothing
+            reasons = list(dict.fromkeys(s.reason for s in cases.skipped))
             raise UserError("nothing to measure: " + "; ".join(reasons))
-        spec = cases.spec  # --artifacts: the first manifest's model (all: "models")
-        config = {
-            "model": spec.to_dict(), "input_size": spec.input_size,
-            "models": [s.to_dict() for s in cases.specs], "device": dev,
-            "backends": backends or "default", "batch_sizes": batches,
-            "precisions": precisions or "default", "channels_last": channels_last,
-            "cuda_graphs": cuda_graphs, "threads": threads, "threads_note": threads_note,
-            "seed": seed,
-            "ort_opt_level": ort_opt_level, "artifacts": str(artifacts) if artifacts else None,
-            "timing": timing.to_dict(),
-            "throughput_rows": throughput,
-            "noise_rule": rule.to_dict(), "percentiles": "numpy linear interpolation",
-            "cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "input": "seeded uniform [0,1) pixels normalised with the model's mean/std",
-            "macs_per_image": models.macs(spec) if candidates else None,
-        }
-        measured, too_big = memory_skips(candidates, batches, dev)
+        batches = opts.batch_sizes or DEFAULT_BATCHES[dev]
+        measured, too_big = memory_skips(cases.candidates, batches, dev)
         if not measured:
             raise UserError("nothing to measure: " + too_big[0].reason)
         if threads_note:  # once the run goes ahead
             click.echo(f"note: {threads_note}", err=True)
         # new, empty or ours; creatable and writable: before the first measurement
-        out, _created = claim_out(out, overwrite)
+        out, _created = claim_out(opts.out, opts.overwrite)
+        rule = NoiseRule()
+        config = _config(opts, cases, dev, threads, threads_note, batches, timing, rule)
         doc = report.new_document(environment.collect(threads), config)
-        doc["skipped"] = [s.to_dict() for s in [*skipped, *too_big]]
+        doc["skipped"] = [s.to_dict() for s in [*cases.skipped, *too_big]]
         failure = None
         try:
-            sweep(doc, candidates, timing, measured, seed, threads, models.macs, rule, progress)
+            sweep(doc, cases.candidates, timing, measured, opts.seed, threads, cases.models.macs,
+                  rule, sys.stderr.isatty() if opts.progress is None else opts.progress)
             thread_collapse(doc["results"])
         except Exception as exc:  # not turned into a skip by the sweep: keep what was measured
             failure = first_line(exc)
             doc["interrupted"] = True
             doc["skipped"].append(Skip("run", f"the run stopped: {failure}").to_dict())
         doc["environment"]["cpu"]["load_average_end"] = environment.load_average()
+    _write_and_end(doc, out, failure)
+
+
+@contextlib.contextmanager
+def _torch_settings(threads: int, cudnn_benchmark: bool) -> Iterator[None]:
+    """torch's intra-op threads (and cuDNN's per-shape algorithm search on CUDA) for the run,
+    put back as they were afterwards."""
+    previous_threads = torch.get_num_threads()
+    previous_benchmark = torch.backends.cudnn.benchmark
+    torch.set_num_threads(threads)
+    if cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True  # pick the fastest convolution per shape
+    try:
+        yield
     finally:
         torch.set_num_threads(previous_threads)
         torch.backends.cudnn.benchmark = previous_benchmark
 
-    _write_and_end(doc, out, failure)
+
+def _config(opts: RunOptions, cases: Cases, dev: str, threads: int, threads_note: str | None,
+            batches: list[int], timing: TimingConfig, rule: NoiseRule) -> dict[str, Any]:
+    """The run's configuration as the report records it."""
+    spec = cases.spec  # --artifacts: the first manifest's model (all: "models")
+    return {
+        "model": spec.to_dict(), "input_size": spec.input_size,
+        "models": [s.to_dict() for s in cases.specs], "device": dev,
+        "backends": opts.backends or "default", "batch_sizes": batches,
+        "precisions": opts.precisions or "default", "channels_last": opts.channels_last,
+        "cuda_graphs": opts.cuda_graphs, "threads": threads, "threads_note": threads_note,
+        "seed": opts.seed, "ort_opt_level": opts.ort_opt_level,
+        "artifacts": str(opts.artifacts) if opts.artifacts else None,
+        "timing": timing.to_dict(), "throughput_rows": opts.throughput,
+        "noise_rule": rule.to_dict(), "percentiles": "numpy linear interpolation",
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "input": "seeded uniform [0,1) pixels normalised with the model's mean/std",
+        "macs_per_image": cases.models.macs(spec),
+    }
 
 
 def _write_and_end(doc: dict[str, Any], out: Path, failure: str | None) -> None:

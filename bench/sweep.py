@@ -30,6 +30,7 @@ from . import load
 from .candidates import Candidate, Skip
 from .model_backends import HARNESS
 from .stats import NoiseRule, round_summary, summarize
+from .throughput import measure_throughput
 from .timing import (
     ClockTimer,
     Contender,
@@ -63,8 +64,9 @@ class _Timed(Contender):
 
 
 class _Throughput(Contender):
-    """OpenVINO's benchmark_app-style throughput: a window of asynchronous requests in flight
-    per slice (``runner.measure_throughput``); one latency per completed request."""
+    """A runtime's own throughput mode, benchmark_app-style: a window of asynchronous requests
+    in flight per slice (:func:`.throughput.measure_throughput`); one latency per completed
+    request."""
 
     def __init__(self, runner: Any, batch: Any):
         super().__init__(lambda: None)
@@ -78,18 +80,19 @@ class _Throughput(Contender):
 
     def warm_up(self, config: TimingConfig) -> tuple[int, float, bool | None]:
         t0 = time.perf_counter()
-        first = self.runner.measure_throughput(self.batch, min_time_s=0.0, min_iters=1)
+        first = measure_throughput(self.runner, self.batch, min_time_s=0.0, min_iters=1)
         self.first_s = time.perf_counter() - t0  # includes the THROUGHPUT model's compilation
         self.info["compile_s"] = first["compile_s"]
         if not (config.warmup_iters or config.warmup_time):
             return 0, 0.0, None
-        res = self.runner.measure_throughput(self.batch, min_time_s=config.warmup_time,
+        res = measure_throughput(self.runner, self.batch, min_time_s=config.warmup_time,
                                              min_iters=config.warmup_iters)
         return res["iterations"], res["duration_s"], None
 
     def run_slice(self, min_iters: int, min_time: float, discard: int, sink: array) -> float:
-        # each window starts with one untimed round of every request (measure_throughput's own)
-        res = self.runner.measure_throughput(self.batch, min_time_s=min_time, min_iters=min_iters)
+        # each window starts with one untimed round of every request
+        res = measure_throughput(self.runner, self.batch, min_time_s=min_time,
+                                 min_iters=min_iters)
         sink.extend(v / 1e3 for v in res["latencies_ms"])
         self.info.update({k: res[k] for k in ("requests", "num_streams", "inference_num_threads",
                                               "effective_precision")})
@@ -198,7 +201,7 @@ class Sweep:
             if compute is not None:
                 entries.append(_Entry(cand, runner, setup, "compute",
                                       _Timed(compute, make_timer(runner), progress)))
-            if cand.throughput and hasattr(runner, "measure_throughput"):
+            if cand.throughput and runner.throughput_mode:
                 entries.append(_Entry(cand, runner, setup, "throughput",
                                       _Throughput(runner, batch)))
         return entries

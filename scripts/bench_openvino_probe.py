@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from bench.environment import cpu_model
+from bench.throughput import measure_throughput
 from export.convert.onnx_export import export_onnx, save_onnx
 from export.core import cpu_features
 from export.core.errors import BackendUnavailable
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("openvino fp32", "openvino bf16"):
             if name in ov_runners:
                 for b in batches:
-                    res = ov_runners[name].measure_throughput(b, min_time_s=args.tput_seconds)
+                    res = measure_throughput(ov_runners[name], inputs[b],
+                                             min_time_s=args.tput_seconds)
                     throughput.setdefault(f"{name} b={b}", []).append(res)
     load_after = os.getloadavg()
 

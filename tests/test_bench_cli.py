@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import bench.cases as backends
+import bench.matrix as matrix
 from bench import report
 from bench.cli import main
 
@@ -123,10 +123,10 @@ def test_cuda_request_without_a_gpu_is_one_line_and_writes_nothing(tmp_path):
 
 def test_default_backends_on_cpu_list_the_rest_as_skipped(monkeypatch):
     calls = []
-    monkeypatch.setattr(backends.Planner, "_plan_model_backend",
+    monkeypatch.setattr(matrix.MatrixBuilder, "_model_backend",
                         lambda self, b, spec: calls.append(b))
-    cases = backends.plan(backends.Request(
-        backends.ModelSpec.create("resnet18"), "cpu"))
+    cases = matrix.build(matrix.Request(
+        matrix.ModelSpec.create("resnet18"), "cpu"))
     skipped = cases.skipped
     assert calls == ["torch", "onnxruntime", "openvino"]
     reasons = {s.backend: s.reason for s in skipped}
@@ -163,13 +163,13 @@ def test_warmup_and_cuda_graph_option_forms(tmp_path, monkeypatch):
         seen["timing"] = real_timing_config(*args, **kwargs)
         return seen["timing"]
 
-    def fake_plan(request):
+    def fake_build(request):
         seen["graphs"] = request.cuda_graphs
-        return backends.Cases([], [backends.Skip("torch", "stubbed out")], backends.Models(0),
+        return matrix.Cases([], [matrix.Skip("torch", "stubbed out")], matrix.Models(0),
                               [request.spec])
 
     monkeypatch.setattr("bench.cli.TimingConfig", recording_timing_config)
-    monkeypatch.setattr("bench.cli.plan", fake_plan)
+    monkeypatch.setattr("bench.matrix.build", fake_build)
     for flag, graphs in ((["--cuda-graphs"], (True,)), (["--cuda-graphs", "both"], (False, True)),
                          ([], (False,))):
         args = [a for a in FAST if a != "--no-steady-warmup"]  # the default: steady warm-up
@@ -191,7 +191,7 @@ def test_ctrl_c_keeps_what_was_measured_and_exits_130(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return np.zeros((batch.shape[0], 10), np.float32)
 
-    monkeypatch.setattr(backends.NullRunner, "_infer", infer)
+    monkeypatch.setattr(matrix.NullRunner, "_infer", infer)
     result = invoke([*FAST, "--backends", "null,torch", "--batch-sizes", "1,2",
                      "--min-iters", "1000", "--out", str(tmp_path)])
     assert result.exit_code == 130
@@ -213,7 +213,7 @@ def test_a_backend_failing_at_one_batch_size_is_skipped_and_the_run_goes_on(tmp_
             raise RuntimeError("CUDA out of memory. Tried to allocate 9 GiB\nmore detail")
         return np.zeros((batch.shape[0], 10), np.float32)
 
-    monkeypatch.setattr(backends.NullRunner, "_infer", infer)
+    monkeypatch.setattr(matrix.NullRunner, "_infer", infer)
     result = invoke([*FAST, "--backends", "null", "--batch-sizes", "1,2,4", "--out",
                      str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -230,7 +230,7 @@ def _write_artifact(folder, onnx_path, batch_range, passed=True):
 
     folder.mkdir()
     shutil.copy(onnx_path, folder / "model.onnx")
-    spec = backends.ModelSpec.create("resnet18", input_size=32)
+    spec = matrix.ModelSpec.create("resnet18", input_size=32)
     write_manifest(folder, build_manifest(
         fmt="onnx", precision="fp32", artifact="model.onnx",
         files=[file_entry(folder, "model.onnx", "model")], model=spec.to_dict(), class_names=None,
@@ -247,14 +247,14 @@ def test_artifacts_are_measured_through_their_manifest_within_the_batch_range(
     (onnx_path,) = cache_dir.glob("resnet18-*.onnx")
     _write_artifact(tmp_path / "good", onnx_path, {"min": 1, "opt": 2, "max": 2})
     _write_artifact(tmp_path / "failed", onnx_path, {"min": 1, "opt": 2, "max": 2}, passed=False)
-    real_loader = backends.load_artifact  # export.runtime.load_artifact
+    real_loader = matrix.load_artifact  # export.runtime.load_artifact
     calls = []
 
     def spy(folder, **kwargs):
         calls.append((folder.name, kwargs))
         return real_loader(folder, **kwargs)
 
-    monkeypatch.setattr(backends, "load_artifact", spy)
+    monkeypatch.setattr(matrix, "load_artifact", spy)
     out = tmp_path / "out"
     result = invoke([*FAST, "--artifacts", str(tmp_path), "--batch-sizes", "1,4",
                      "--threads", "1", "--backends", "onnxruntime,tensorrt", "--out", str(out)])
@@ -307,10 +307,10 @@ def test_validate_rejects_broken_documents(cpu_run):
 
 
 def test_inputs_are_seeded_normalised_and_never_constant():
-    spec = backends.ModelSpec.create("resnet18", input_size=32)
-    a, b = backends.make_input(4, spec, 0), backends.make_input(4, spec, 0)
+    spec = matrix.ModelSpec.create("resnet18", input_size=32)
+    a, b = matrix.make_input(4, spec, 0), matrix.make_input(4, spec, 0)
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, backends.make_input(4, spec, 1))
+    assert not np.array_equal(a, matrix.make_input(4, spec, 1))
     assert a.dtype == np.float32 and a.shape == (4, 3, 32, 32) and a.std() > 0.5
     pixels = a * np.reshape(spec.std, (1, 3, 1, 1)) + np.reshape(spec.mean, (1, 3, 1, 1))
     assert pixels.min() >= -1e-5 and pixels.max() < 1 + 1e-5
@@ -439,16 +439,16 @@ def test_lower_precisions_are_compared_with_fp32_of_the_same_runtime(cpu_run):
 
 
 def test_busy_machine_gets_the_threads_it_can_give(monkeypatch):
-    import bench.cli as cli
+    import bench.load as load
     from export.core.hardware import usable_cores
 
-    monkeypatch.setattr(cli, "others_cores", lambda before, after: float(usable_cores()))
-    threads, note = cli.free_threads(0.01)
+    monkeypatch.setattr(load, "others_cores", lambda before, after: float(usable_cores()))
+    threads, note = load.free_threads(0.01)
     assert threads == 1
     if usable_cores() > 1:
         assert "the machine is busy" in note and "1 thread(s)" in note
-    monkeypatch.setattr(cli, "others_cores", lambda before, after: 0.0)
-    assert cli.free_threads(0.01) == (usable_cores(), None)
+    monkeypatch.setattr(load, "others_cores", lambda before, after: 0.0)
+    assert load.free_threads(0.01) == (usable_cores(), None)
 
 
 def test_no_progress_bar_off_a_terminal(tmp_path, cache_dir):

@@ -32,8 +32,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import bench.cases as plan
 import bench.cli as bench_cli
+import bench.matrix as matrix
 from bench import report
 from bench.cli import main
 
@@ -169,14 +169,14 @@ def test_only_sizes_too_large_for_memory_is_nothing_to_measure(tmp_path):
 
 
 def test_a_memory_error_making_one_batch_is_a_skip_of_that_size(tmp_path, monkeypatch):
-    real = plan.Candidate.make_batch
+    real = matrix.Candidate.make_batch
 
     def make_batch(self, batch_size, seed):
         if batch_size == 2:
             raise MemoryError("Unable to allocate 9.00 GiB for an array")
         return real(self, batch_size, seed)
 
-    monkeypatch.setattr(plan.Candidate, "make_batch", make_batch)
+    monkeypatch.setattr(matrix.Candidate, "make_batch", make_batch)
     result = invoke([*NULL, "--batch-sizes", "1,2,4", "--out", tmp_path])
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "bench.json").read_text())
@@ -191,7 +191,7 @@ def test_an_unexpected_failure_mid_run_keeps_and_writes_what_was_measured(tmp_pa
             raise TypeError("something no sweep expects")
         return np.zeros((batch.shape[0], 10), np.float32)
 
-    monkeypatch.setattr(plan.NullRunner, "_infer", infer)
+    monkeypatch.setattr(matrix.NullRunner, "_infer", infer)
     result = invoke([*NULL, "--batch-sizes", "1,2,4", "--out", tmp_path])
     line = error_line(result)
     assert line == (f"Error: the run stopped: TypeError: something no sweep expects; kept 1 "
@@ -231,7 +231,7 @@ def _artifact(folder, onnx_path, edit=None):
 
     folder.mkdir(parents=True)
     shutil.copy(onnx_path, folder / "model.onnx")
-    spec = plan.ModelSpec.create("resnet18", input_size=32)
+    spec = matrix.ModelSpec.create("resnet18", input_size=32)
     manifest = build_manifest(
         fmt="onnx", precision="fp32", artifact="model.onnx",
         files=[file_entry(folder, "model.onnx", "artifact")], model=spec.to_dict(),

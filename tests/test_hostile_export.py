@@ -501,7 +501,7 @@ def test_verify_recovers_an_interrupted_replacement_first(cwd, art):
 
 
 def test_bench_never_measures_staging_folders_or_leftovers(tmp_path, art):
-    from bench.cases import find_manifests
+    from bench.matrix import find_manifests
 
     shutil.copytree(art, tmp_path / "resnet20-onnx")
     shutil.copytree(art, tmp_path / f".resnet20-onnx.{dead_pid()}-abc.partial")

@@ -145,5 +145,5 @@ def test_the_check_sees_real_edges():
     graph = _graph()
     assert "export.core.models" in graph["export.runtime.tensorrt_runner"] or \
         "export.core.errors" in graph["export.runtime.tensorrt_runner"]
-    assert "export.runtime.loader" in graph["bench.cases"]
+    assert "export.runtime.loader" in graph["bench.matrix"]
     assert "export.core.artifact" in graph["export.runtime.loader"]

@@ -146,18 +146,6 @@ def test_int8_runs_a_qdq_file_in_int8_and_refuses_a_float_one(source, onnx_file,
         OpenVINORunner(qdq, "fp32").activate()
 
 
-def test_throughput_mode(onnx_file):
-    with OpenVINORunner(onnx_file, "fp32", threads=2) as runner:
-        result = runner.measure_throughput(4, min_time_s=0.3, min_iters=20)
-        again = runner.measure_throughput(4, min_time_s=0, min_iters=3)  # a second window
-    assert result["images_per_s"] > 0 and result["requests"] >= 1
-    assert result["iterations"] >= 20 and result["batch"] == 4
-    assert result["effective_precision"] == "f32"
-    assert len(result["latencies_ms"]) == result["iterations"]  # one per completed request
-    assert again["compile_s"] < result["compile_s"]  # the THROUGHPUT model is compiled once
-    assert again["iterations"] >= 3 and len(again["latencies_ms"]) == again["iterations"]
-
-
 def test_refusals(onnx_file, monkeypatch):
     with pytest.raises(ValueError, match="precision"):
         OpenVINORunner(onnx_file, "int4")

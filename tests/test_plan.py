@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
+import bench.matrix as matrix
 from bench.candidates import Request
-from bench.cases import plan as bench_plan
 from export import pipeline
 from export.core.artifact import read_manifest, verify_files
 from export.core.errors import UserError
@@ -112,7 +112,7 @@ def test_deploy_is_what_load_artifact_predict_and_bench_run(planned):
     explicit = load_artifact(out / "chosen", runtime="onnxruntime", threads=1)
     assert explicit.backend == "onnxruntime" and explicit.threads == 1
     spec = default_spec("resnet20", None, None, 16)
-    cases = bench_plan(Request(spec, "cpu", artifacts=out / "chosen"))
+    cases = matrix.build(Request(spec, "cpu", artifacts=out / "chosen"))
     (cand,) = [c for c in cases.candidates if c.artifact]
     assert (cand.backend, cand.precision, cand.extra["deploy"]) == (
         deploy["runtime"], deploy["precision"], deploy["settings"])

@@ -148,14 +148,14 @@ def test_a_registered_runtime_appears_in_bench_predict_and_plan(small_artifact, 
     from click.testing import CliRunner
     from PIL import Image
 
-    import bench.cases as matrix
+    import bench.matrix as matrix
     from bench.cli import main as bench_main
     from export.plan.space import candidates_for
     from export.predict.cli import main as predict_main
 
     # bench: a default CPU run measures it on the on-the-fly ONNX file, built by its factory
     spec = ModelSpec.create("resnet20", input_size=16)
-    cases = matrix.plan(matrix.Request(spec, "cpu", None, ["fp32"], threads=1,
+    cases = matrix.build(matrix.Request(spec, "cpu", None, ["fp32"], threads=1,
                                        cache_dir=tmp_path / "cache"))
     (cand,) = [c for c in cases.candidates if c.backend == "numpy"]
     runner, _ = cand.prepare()

@@ -56,11 +56,28 @@ class RunTarget:
     options: Mapping[str, Any] = field(default_factory=dict)  # the runner's keyword options
 
 
+@dataclass
+class RequestQueue:
+    """A runtime's own throughput mode: asynchronous requests of one batch to keep in flight.
+
+    ``queue`` starts a request (``start_async(userdata=...)``), calls back when one completes
+    (``set_callback(fn(request, userdata))``) and waits for all (``wait_all()``), as OpenVINO's
+    ``AsyncInferQueue`` does; ``facts`` is what the compiled model says (streams, threads, ...).
+    """
+
+    queue: Any
+    requests: int
+    compile_s: float
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
 class Runner(abc.ABC):
     """activate, infer (or compute), deactivate; the contract is checked before every call."""
 
     #: short runtime name used in reports, e.g. "torch", "onnxruntime", "openvino", "tensorrt"
     backend: str = "?"
+    #: whether :meth:`request_queue` gives the runtime's own throughput mode
+    throughput_mode: bool = False
 
     def __init__(self, precision: str = "fp32", device: str = "cpu",
                  contract: InputContract | None = None):
@@ -129,6 +146,10 @@ class Runner(abc.ABC):
         self._require_active()
         self.check_input(np.shape(batch))
         return self._compute_fn(np.ascontiguousarray(batch, dtype=np.float32))
+
+    def request_queue(self, batch: np.ndarray, requests: int | None = None) -> RequestQueue:
+        """Asynchronous requests of ``batch`` to keep in flight (where :attr:`throughput_mode`)."""
+        raise NotImplementedError(f"{self.label} has no throughput mode")
 
     def synchronize(self) -> None:
         """Wait for work the runner queued on its device (nothing to wait for on the host)."""

@@ -1,5 +1,6 @@
 """OpenVINO (CPU plugin) as a runtime: an ONNX file compiled by ``openvino.Core`` at an explicit
-precision, for synchronous latency and for benchmark_app-style throughput.
+precision, for synchronous latency and for benchmark_app-style throughput (its requests:
+:meth:`OpenVINORunner.request_queue`; :mod:`bench.throughput` keeps them in flight and times them).
 
 Precision is always explicit. On a CPU with AMX or AVX512-BF16 the CPU plugin runs FP32 models in
 BF16 unless told otherwise (its ``INFERENCE_PRECISION_HINT`` defaults to bf16 there), so a runner
@@ -46,7 +47,7 @@ import numpy as np
 
 from ..core import cpu_features
 from ..core.errors import BackendUnavailable
-from .base import InputContract, Runner, RunTarget
+from .base import InputContract, RequestQueue, Runner, RunTarget
 
 #: runner precision -> INFERENCE_PRECISION_HINT value
 #: the runner's precision (an artifact's contract) -> the inference precision it is compiled at.
@@ -100,6 +101,7 @@ class OpenVINORunner(Runner):
     """
 
     backend = "openvino"
+    throughput_mode = True
 
     def __init__(self, onnx_path: str | Path, precision: str = "fp32", threads: int | None = None,
                  *, static_shapes: bool = True, execution_mode: str = "ACCURACY",
@@ -329,28 +331,17 @@ class OpenVINORunner(Runner):
 
     # -- throughput ------------------------------------------------------------------------
 
-    def measure_throughput(self, batch: int | np.ndarray, min_time_s: float = 10.0,
-                           min_iters: int = 0, requests: int | None = None) -> dict[str, Any]:
-        """Images/s the way ``benchmark_app -hint throughput`` measures it.
-
-        A separately compiled static-shape model (``PERFORMANCE_HINT`` THROUGHPUT, the runner's
-        precision, mode and threads), an ``AsyncInferQueue`` of ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``
-        requests (or ``requests``) whose inputs are filled once, one warm-up round, then requests
-        kept in flight until both ``min_time_s`` and ``min_iters`` are reached; images/s is
-        completed iterations x batch / wall time from the first start to the last completion.
-        The THROUGHPUT model is compiled on the first call for a shape and kept until
-        :meth:`deactivate` (``compile_s`` is 0 afterwards), so windows can be repeated, e.g.
-        interleaved with other measurements.
-        """
-        if not self.active:
-            raise RuntimeError(f"{self.label} used before activate()")
+    def request_queue(self, batch: np.ndarray, requests: int | None = None) -> RequestQueue:
+        """``benchmark_app -hint throughput``'s requests: an ``AsyncInferQueue`` of a separately
+        compiled static-shape model (``PERFORMANCE_HINT`` THROUGHPUT, the runner's precision,
+        mode and threads) with ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` requests (or ``requests``),
+        each input set to ``batch`` once. The THROUGHPUT model is compiled on the first call for
+        a shape and kept until :meth:`deactivate` (``compile_s`` is 0 afterwards), so windows
+        can be repeated, e.g. interleaved with other measurements; :mod:`bench.throughput`
+        keeps the requests in flight and times them."""
+        self._require_active()
         ov = self._ov
-        if isinstance(batch, np.ndarray):
-            data = np.ascontiguousarray(batch, dtype=self.input_dtype)
-        else:
-            shape = [int(batch), *[d.get_length() for d in
-                                   self._model.inputs[0].get_partial_shape()[1:]]]
-            data = np.random.default_rng(0).standard_normal(shape).astype(self.input_dtype)
+        data = np.ascontiguousarray(batch, dtype=self.input_dtype)
         t0 = time.perf_counter()
         compiled = self._throughput_compiled.get(tuple(data.shape))
         if compiled is None:  # compiled once per shape: repeated windows (rounds) reuse it
@@ -362,39 +353,11 @@ class OpenVINORunner(Runner):
         queue = ov.AsyncInferQueue(compiled, nreq)
         for i in range(len(queue)):
             queue[i].set_input_tensor(ov.Tensor(data.copy()))
-        latencies: list[float] = []
-
-        def done(request: Any, started: float) -> None:
-            latencies.append(time.perf_counter() - started)
-
-        queue.set_callback(done)
-        for _ in range(nreq):  # warm-up round, not counted
-            queue.start_async(userdata=time.perf_counter())
-        queue.wait_all()
-        latencies.clear()
-        iters = 0
-        start = time.perf_counter()
-        while iters < min_iters or time.perf_counter() - start < min_time_s:
-            queue.start_async(userdata=time.perf_counter())
-            iters += 1
-        queue.wait_all()
-        elapsed = time.perf_counter() - start
-        lat = np.array(latencies) * 1e3
-        return {
-            "images_per_s": iters * data.shape[0] / elapsed,
-            "batch": int(data.shape[0]),
-            "iterations": iters,
-            "duration_s": elapsed,
-            "requests": nreq,
+        return RequestQueue(queue, nreq, compile_s, {
             "num_streams": int(compiled.get_property("NUM_STREAMS")),
             "inference_num_threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
             "effective_precision": _precision_name(compiled.get_property(
-                "INFERENCE_PRECISION_HINT")),
-            "latency_ms_median": float(np.median(lat)) if lat.size else None,
-            "latencies_ms": lat.tolist(),  # one per completed request, start to completion
-            "compile_s": compile_s,
-        }
-
+                "INFERENCE_PRECISION_HINT"))})
 
 def build(target: RunTarget) -> OpenVINORunner:
     """The registry's factory: the ONNX file at the target's explicit precision."""

@@ -1,6 +1,6 @@
 """Backend selection: which runners a benchmark run builds, and the stated reason for every other.
 
-A run asks for backends, precisions and options; :func:`plan` answers with candidates (each one
+A run asks for backends, precisions and options; :func:`build` answers with candidates (each one
 knows how to build its runner, its input shape and its batch range) and skips (backend, reason).
 The backends are bench's own (:mod:`.model_backends`: eager PyTorch, torch.compile, the
 harness) and every runtime of the registry, read when asked (a runtime registered later is
@@ -85,7 +85,7 @@ def _extra_precisions(name: str, own: str) -> tuple[str, ...]:
     return tuple(p for p in EXECUTION_PRECISIONS.get((name, own), ()) if p != own)
 
 
-class Planner:
+class MatrixBuilder:
     """Turns a :class:`Request` into candidates and skips."""
 
     def __init__(self, request: Request):
@@ -99,27 +99,27 @@ class Planner:
         if skip not in self.skipped:  # e.g. the same reason for the with/without-graphs variants
             self.skipped.append(skip)
 
-    def plan(self) -> tuple[list[Candidate], list[Skip]]:
+    def build(self) -> tuple[list[Candidate], list[Skip]]:
         req = self.req
         if req.artifacts is not None:
-            self._plan_artifacts(req.artifacts)
+            self._from_artifacts(req.artifacts)
             # the eager baseline of each distinct model: the manifest's own model description
             # (classes, channels, input size), seeded weights (timing does not need trained ones)
             model_backends = ([EAGER] if req.backends is None else
                               [b for b in req.backends if b in MODEL_BACKENDS])
-            planned = len(self.candidates)
+            before = len(self.candidates)
             for spec in self.specs:
                 for backend in model_backends:
-                    self._plan_model_backend(backend, spec,
+                    self._model_backend(backend, spec,
                                              ["fp32"] if req.backends is None else None)
-            for cand in self.candidates[planned:]:
+            for cand in self.candidates[before:]:
                 cand.baseline = is_model(cand.backend)
             # baselines first: each model's report section starts with its eager row
             self.candidates.sort(key=lambda c: c.artifact is not None)
             return self.candidates, self.skipped
         names = req.backends if req.backends is not None else default_backends(req.device)
         for backend in names:
-            self._plan_model_backend(backend, req.spec)
+            self._model_backend(backend, req.spec)
         if req.backends is None:
             for backend in backend_names():
                 reason = not_default_reason(req.device, backend)
@@ -134,11 +134,11 @@ class Planner:
             return self.req.precisions
         return ["fp32", "fp16"] if self.req.device == "cuda" else ["fp32"]
 
-    def _plan_model_backend(self, backend: str, spec: ModelSpec,
+    def _model_backend(self, backend: str, spec: ModelSpec,
                             precisions: list[str] | None = None) -> None:
         precisions = precisions or self._precisions()
         if backend in MODEL_BACKENDS:
-            self._plan_own(MODEL_BACKENDS[backend], spec, precisions)
+            self._own_backend(MODEL_BACKENDS[backend], spec, precisions)
             return
         if backend not in RUNTIMES:  # pragma: no cover - the CLI validates names
             raise UserError(f"unknown backend {backend!r}")
@@ -155,7 +155,7 @@ class Planner:
                 continue
             self._add_onnx(info, spec, precision)
 
-    def _plan_own(self, backend: ModelBackend, spec: ModelSpec, precisions: list[str]) -> None:
+    def _own_backend(self, backend: ModelBackend, spec: ModelSpec, precisions: list[str]) -> None:
         """Bench's own backends: the model in PyTorch (eager or compiled), or the harness."""
         if backend.harness:
             self.candidates.append(Candidate(
@@ -248,7 +248,7 @@ class Planner:
 
     # -- exported artifacts (through their manifest) ------------------------------------
 
-    def _plan_artifacts(self, root: Path) -> None:
+    def _from_artifacts(self, root: Path) -> None:
         manifests = find_manifests(root)
         if not manifests:
             raise UserError(f"no manifest.json in {root} or its sub-folders")
@@ -263,7 +263,7 @@ class Planner:
             if spec not in self.specs:
                 self.specs.append(spec)
             formats.add(manifest["format"])
-            self._plan_artifact(path.parent, manifest, spec)
+            self._one_artifact(path.parent, manifest, spec)
         wanted = self.req.backends or default_backends(self.req.device)
         for name in wanted:  # a runtime asked for that no artifact here is for
             info = RUNTIMES.get(name)
@@ -273,7 +273,7 @@ class Planner:
                 self._skip(Skip(name, f"no artifact it runs (format {', '.join(direct)}) "
                                       f"under {root}"))
 
-    def _plan_artifact(self, folder: Path, manifest: Manifest, spec: ModelSpec) -> None:
+    def _one_artifact(self, folder: Path, manifest: Manifest, spec: ModelSpec) -> None:
         """One artifact on every runtime of the run that runs its format and flavour."""
         fmt, precision = manifest["format"], manifest["precision"]
         rng = manifest["batch_range"]
@@ -358,8 +358,8 @@ def find_manifests(root: Path) -> list[Path]:
                   if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def plan(request: Request) -> Cases:
+def build(request: Request) -> Cases:
     """The candidates and skips for ``request``; ``request`` itself is left as it was."""
-    planner = Planner(request)
-    candidates, skipped = planner.plan()
-    return Cases(candidates, skipped, planner.models, planner.specs or [request.spec])
+    builder = MatrixBuilder(request)
+    candidates, skipped = builder.build()
+    return Cases(candidates, skipped, builder.models, builder.specs or [request.spec])

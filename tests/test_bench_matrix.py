@@ -1,6 +1,7 @@
-"""resnet-bench's plan and rows for the CPU runtimes: OpenVINO latency and throughput rows, the
-precision of each runtime or the reason it is skipped, INT8 on the fly, and exported artifacts of
-several models, each compared with an eager baseline of its own model."""
+"""resnet-bench's matrix (what a run measures) and rows for the CPU runtimes: OpenVINO latency
+and throughput rows, the precision of each runtime or the reason it is skipped, INT8 on the fly,
+and exported artifacts of several models, each compared with an eager baseline of its own
+model."""
 
 import json
 import shutil
@@ -8,7 +9,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-import bench.cases as plan
+import bench.matrix as matrix
 from bench import report
 from bench.cli import main
 from bench.onnx_cache import cached_onnx
@@ -22,14 +23,14 @@ SPEC = ModelSpec.create("resnet18", input_size=32)
 
 def _openvino(reason):
     """The registry's probes, with OpenVINO's answer replaced by ``reason``."""
-    real = plan._unavailable
+    real = matrix._unavailable
     return lambda backend: reason if backend == "openvino" else real(backend)
 
 
-def _plan(monkeypatch, backends, precisions, device="cpu", **patches):
+def _build(monkeypatch, backends, precisions, device="cpu", **patches):
     for name, value in patches.items():
-        monkeypatch.setattr(plan, name, value)
-    cases = plan.plan(plan.Request(SPEC, device, backends, precisions))
+        monkeypatch.setattr(matrix, name, value)
+    cases = matrix.build(matrix.Request(SPEC, device, backends, precisions))
     candidates, skipped = cases.candidates, cases.skipped
     got = {(c.backend, c.precision) for c in candidates}
     reasons = {(s.backend, s.precision): s.reason for s in skipped}
@@ -38,7 +39,7 @@ def _plan(monkeypatch, backends, precisions, device="cpu", **patches):
 
 def test_openvino_rows_with_an_explicit_precision_and_the_reason_for_each_skip(monkeypatch):
     monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: True)
-    candidates, got, reasons = _plan(
+    candidates, got, reasons = _build(
         monkeypatch, ["torch", "onnxruntime", "openvino"], ["fp32", "bf16", "int8", "fp16"],
         _unavailable=_openvino(None),
         int8_quantizer_unavailable=lambda: "INT8 quantizer not available (test)")
@@ -55,13 +56,12 @@ def test_openvino_rows_with_an_explicit_precision_and_the_reason_for_each_skip(m
     assert by[("openvino", "fp32")].throughput and by[("onnxruntime", "fp32")].throughput
     from export.runtime.openvino_runner import OpenVINORunner
     from export.runtime.ort_runner import OnnxRuntimeRunner
-    assert hasattr(OpenVINORunner, "measure_throughput")
-    assert not hasattr(OnnxRuntimeRunner, "measure_throughput")
+    assert OpenVINORunner.throughput_mode and not OnnxRuntimeRunner.throughput_mode
     assert "autocast" in by[("torch", "bf16")].note
 
     # a CPU without native BF16: no bf16 row anywhere, and the reason names the CPU
     monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: False)
-    _, got, reasons = _plan(monkeypatch, ["torch", "openvino"], ["bf16"],
+    _, got, reasons = _build(monkeypatch, ["torch", "openvino"], ["bf16"],
                             _unavailable=_openvino(None))
     assert not got
     assert "no native BF16" in reasons[("openvino", "bf16")]
@@ -69,7 +69,7 @@ def test_openvino_rows_with_an_explicit_precision_and_the_reason_for_each_skip(m
 
 
 def test_int8_rows_on_both_onnx_runtimes_when_the_quantizer_is_there(monkeypatch):
-    candidates, got, reasons = _plan(monkeypatch, ["onnxruntime", "openvino"], ["fp32", "int8"],
+    candidates, got, reasons = _build(monkeypatch, ["onnxruntime", "openvino"], ["fp32", "int8"],
                                      _unavailable=_openvino(None),
                                      int8_quantizer_unavailable=lambda: None)
     assert got == {(b, p) for b in ("onnxruntime", "openvino") for p in ("fp32", "int8")}
@@ -78,18 +78,18 @@ def test_int8_rows_on_both_onnx_runtimes_when_the_quantizer_is_there(monkeypatch
 
 
 def test_openvino_missing_or_on_cuda_is_skipped_with_the_reason(monkeypatch):
-    _, got, reasons = _plan(monkeypatch, None, None,
+    _, got, reasons = _build(monkeypatch, None, None,
                             _unavailable=_openvino("openvino is not installed (test)"))
     assert ("openvino", "fp32") not in got and ("torch", "fp32") in got
     assert reasons[("openvino", "fp32")] == "openvino is not installed (test)"
     # a CUDA run leaves the CPU runtimes out, saying how to measure them ...
-    _, got, reasons = _plan(monkeypatch, None, ["fp32"], device="cuda",
+    _, got, reasons = _build(monkeypatch, None, ["fp32"], device="cuda",
                             _unavailable=_openvino(None))
     assert ("openvino", "fp32") not in got
     assert reasons[("openvino", None)] == ("cpu runtime: measured with --device cpu (or "
                                            "--backends openvino)")
     # ... and runs one that is named
-    _, got, _ = _plan(monkeypatch, ["openvino"], ["fp32"], device="cuda",
+    _, got, _ = _build(monkeypatch, ["openvino"], ["fp32"], device="cuda",
                       _unavailable=_openvino(None))
     assert got == {("openvino", "fp32")}
 
@@ -127,8 +127,8 @@ def two_models(tmp_path_factory):
 
 def test_artifacts_of_two_models_get_one_eager_baseline_each(two_models, monkeypatch):
     root, small = two_models
-    monkeypatch.setattr(plan, "_unavailable", _openvino(None))
-    cases = plan.plan(plan.Request(SPEC, "cpu", artifacts=root))
+    monkeypatch.setattr(matrix, "_unavailable", _openvino(None))
+    cases = matrix.build(matrix.Request(SPEC, "cpu", artifacts=root))
     candidates = cases.candidates
     assert cases.specs == [SPEC, small]  # resnet18-onnx, then resnet20-onnx
     baselines = [c for c in candidates if c.backend == "torch"]
@@ -176,8 +176,8 @@ def test_a_report_over_two_models_has_a_section_and_a_baseline_per_model(two_mod
 
 def test_int8_rows_beside_fp32_on_onnx_runtime_and_openvino(tmp_path):
     pytest.importorskip("openvino", reason="openvino is not installed")
-    if plan.int8_quantizer_unavailable():
-        pytest.skip(plan.int8_quantizer_unavailable())
+    if matrix.int8_quantizer_unavailable():
+        pytest.skip(matrix.int8_quantizer_unavailable())
     out = tmp_path / "out"
     result = CliRunner().invoke(main, [
         *FAST, "--model", "resnet20", "--backends", "onnxruntime,openvino", "--precision",
@@ -199,15 +199,15 @@ def test_int8_rows_beside_fp32_on_onnx_runtime_and_openvino(tmp_path):
 
 def test_an_fp32_artifact_also_runs_at_bf16_on_openvino_when_asked(two_models, monkeypatch):
     root, _ = two_models
-    monkeypatch.setattr(plan, "_unavailable", _openvino(None))
+    monkeypatch.setattr(matrix, "_unavailable", _openvino(None))
     monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: True)
-    cases = plan.plan(plan.Request(SPEC, "cpu", ["openvino"], ["fp32", "bf16"],
+    cases = matrix.build(matrix.Request(SPEC, "cpu", ["openvino"], ["fp32", "bf16"],
                                                     artifacts=root))
     candidates, skipped = cases.candidates, cases.skipped
     assert sorted((c.precision, c.spec.name) for c in candidates) == [
         ("bf16", "resnet18"), ("bf16", "resnet20"), ("fp32", "resnet18"), ("fp32", "resnet20")]
     monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: False)
-    cases = plan.plan(plan.Request(SPEC, "cpu", ["openvino"], ["fp32", "bf16"],
+    cases = matrix.build(matrix.Request(SPEC, "cpu", ["openvino"], ["fp32", "bf16"],
                                                     artifacts=root))
     candidates, skipped = cases.candidates, cases.skipped
     assert {c.precision for c in candidates} == {"fp32"}
