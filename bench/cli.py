@@ -64,7 +64,7 @@ from .options import (
 )
 from .outdir import check_claimable, check_not_in_artifact, claim_out, probe_folder
 from .stats import NoiseRule, thread_collapse
-from .sweep import sweep
+from .sweep import SweepSettings, sweep
 from .timing import TimingConfig
 
 DEFAULT_BATCHES = {"cpu": [1, 8], "cuda": [1, 32]}
@@ -238,8 +238,10 @@ def run(**given: Any) -> None:
         doc["skipped"] = [s.to_dict() for s in [*cases.skipped, *too_big]]
         failure = None
         try:
-            sweep(doc, cases.candidates, timing, measured, opts.seed, threads, cases.models.macs,
-                  rule, sys.stderr.isatty() if opts.progress is None else opts.progress)
+            progress = sys.stderr.isatty() if opts.progress is None else opts.progress
+            sweep(doc, cases.candidates,
+                  SweepSettings(timing, measured, opts.seed, threads, rule, progress),
+                  cases.models.macs)
             thread_collapse(doc["results"])
         except Exception as exc:  # not turned into a skip by the sweep: keep what was measured
             failure = first_line(exc)

@@ -111,7 +111,7 @@ class MatrixBuilder:
             for spec in self.specs:
                 for backend in model_backends:
                     self._model_backend(backend, spec,
-                                             ["fp32"] if req.backends is None else None)
+                                        ["fp32"] if req.backends is None else None)
             for cand in self.candidates[before:]:
                 cand.baseline = is_model(cand.backend)
             # baselines first: each model's report section starts with its eager row
@@ -127,7 +127,7 @@ class MatrixBuilder:
                     self._skip(Skip(backend, reason))
         return self.candidates, self.skipped
 
-    # -- backends that run a model built here ---------------------------------------------
+    # -- a model built here: eager, compiled, or exported on the fly -------------------------
 
     def _precisions(self) -> list[str]:
         if self.req.precisions is not None:
@@ -135,7 +135,9 @@ class MatrixBuilder:
         return ["fp32", "fp16"] if self.req.device == "cuda" else ["fp32"]
 
     def _model_backend(self, backend: str, spec: ModelSpec,
-                            precisions: list[str] | None = None) -> None:
+                       precisions: list[str] | None = None) -> None:
+        """A model built here: in PyTorch (bench's own backends), or exported on the fly to
+        ONNX for a registry runtime that runs ONNX files."""
         precisions = precisions or self._precisions()
         if backend in MODEL_BACKENDS:
             self._own_backend(MODEL_BACKENDS[backend], spec, precisions)

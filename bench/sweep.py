@@ -16,6 +16,7 @@ import sys
 import time
 from array import array
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -108,13 +109,27 @@ class _Entry:
         self.timing, self.contender = timing, contender
 
 
+@dataclass(frozen=True)
+class SweepSettings:
+    """How a sweep measures: the timing, the batch sizes, the inputs' seed, the threads the row
+    records, the noise rule, and whether a progress bar is shown."""
+
+    timing: TimingConfig
+    batches: list[int]
+    seed: int
+    threads: int
+    rule: NoiseRule
+    progress: bool = False
+
+
 class Sweep:
     """Measures each candidate at each batch size; keeps rows and skips as it goes."""
 
-    def __init__(self, doc: dict[str, Any], timing: TimingConfig, batches: list[int], seed: int,
-                 threads: int, macs: Callable[[ModelSpec], int], rule: NoiseRule, bar: Any):
-        self.doc, self.timing, self.batches, self.seed = doc, timing, batches, seed
-        self.threads, self.macs, self.rule, self.bar = threads, macs, rule, bar
+    def __init__(self, doc: dict[str, Any], settings: SweepSettings,
+                 macs: Callable[[ModelSpec], int], bar: Any):
+        self.doc, self.timing, self.batches = doc, settings.timing, settings.batches
+        self.seed, self.threads, self.rule = settings.seed, settings.threads, settings.rule
+        self.macs, self.bar = macs, bar
         self.active: list[tuple[Candidate, Runner, dict[str, Any]]] = []
         self.run_id = f"{int(time.time())}-{next(_RUNS)}"
         self.cores = usable_cores()
@@ -303,15 +318,14 @@ def _runtime_facts(runner: Runner) -> dict[str, Any] | None:
         return {"error": first_line(exc)}
 
 
-def sweep(doc: dict[str, Any], candidates: list[Candidate], timing: TimingConfig,
-          batches: list[int], seed: int, threads: int, macs: Callable[[ModelSpec], int],
-          rule: NoiseRule, progress: bool) -> None:
+def sweep(doc: dict[str, Any], candidates: list[Candidate], settings: SweepSettings,
+          macs: Callable[[ModelSpec], int]) -> None:
     """Measure every candidate; Ctrl-C stops here and marks the document interrupted."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(batches) * timing.rounds, file=sys.stderr, unit="round",
-               disable=not progress, dynamic_ncols=True, leave=False)
-    run = Sweep(doc, timing, batches, seed, threads, macs, rule, bar)
+    bar = tqdm(total=len(settings.batches) * settings.timing.rounds, file=sys.stderr,
+               unit="round", disable=not settings.progress, dynamic_ncols=True, leave=False)
+    run = Sweep(doc, settings, macs, bar)
     # SIGTERM/SIGHUP (`timeout 120 resnet-bench ...`, a closed terminal) stop the run like
     # Ctrl-C: results are kept.
     try:
@@ -319,7 +333,7 @@ def sweep(doc: dict[str, Any], candidates: list[Candidate], timing: TimingConfig
             for cand in candidates:
                 run.prepare(cand)
             run.drop_lonely_baselines()
-            for b in batches:
+            for b in settings.batches:
                 run.run_batch(b)
     except KeyboardInterrupt:
         doc["interrupted"] = True

@@ -77,6 +77,7 @@ def test_manifest_and_folder_are_readable_by_others(artifact):
     (lambda m: m.update(kind="something"), "not a resnet-deploy artifact manifest"),
     (lambda m: m.update(format="tflite"), "unknown format"),
     (lambda m: m.update(artifact="other.onnx"), "not among its files"),
+    (lambda m: m.update(int8=5), "int8 must be an object or null"),
 ])
 def test_bad_manifests_are_refused_with_one_line(copy_of, edit, message):
     path = copy_of / "manifest.json"

@@ -1,4 +1,6 @@
-"""What every command line shares: one-line errors, model naming, a group with a default command."""
+"""What every command line shares: one-line errors and exit codes, SIGTERM/SIGHUP handled as
+Ctrl-C, option types (thread counts, bounded numbers, choices read when used), model naming and
+the family table, and a group with a default command."""
 
 from __future__ import annotations
 
@@ -44,8 +46,10 @@ class OneLineCommand(click.Command):
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the errors a user can cause into one line on stderr and a non-zero exit; SIGTERM
-    and SIGHUP stop the command as Ctrl-C does (:func:`signals_as_interrupt`)."""
+    """Turn the errors a user can cause into one ``Error: ...`` line on stderr: a bad option or
+    model name exits 2, a :class:`UserError` or a missing runtime exits 1, and Ctrl-C, SIGTERM
+    or SIGHUP (:func:`signals_as_interrupt`) print "interrupted" and exit 130. Any other
+    exception is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -75,9 +79,11 @@ def _raise_interrupt(_signum: int, _frame: Any) -> None:
 
 @contextlib.contextmanager
 def signals_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt for the duration, so they clean up exactly
-    like Ctrl-C (staging folders removed, measured rows kept, exit 130). The one place these
-    semantics live: every command (export, bench, train) uses it. Only the main thread can
+    """SIGTERM and SIGHUP (:data:`STOP_SIGNALS`) raise KeyboardInterrupt for the duration, so
+    they clean up exactly like Ctrl-C (staging folders removed, measured rows kept, exit 130).
+    The one place these semantics live: every command gets it from :func:`one_line_errors`, and
+    the work that must clean up (an export, a benchmark sweep, a plan) holds it too, for callers
+    that are not commands. The previous handlers come back on exit. Only the main thread can
     install a handler; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -88,10 +94,6 @@ def signals_as_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-#: the former name (SIGTERM only); SIGHUP is now handled the same way
-sigterm_as_interrupt = signals_as_interrupt
 
 
 def thread_option(option: str, minimum: int = 1) -> click.ParamType:
@@ -260,6 +262,5 @@ __all__ = [
     "print_family_table",
     "resolve_model_name",
     "signals_as_interrupt",
-    "sigterm_as_interrupt",
     "thread_option",
 ]

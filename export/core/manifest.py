@@ -1,8 +1,9 @@
 """The artifact manifest: its schema (checked in one place), its typed shape, and writing it.
 
-Every reader goes through :func:`check_manifest` (via :func:`export.core.artifact.read_manifest`)
-and every writer through :func:`build_manifest`, so the schema lives here alone. The keys are
-documented in docs/export.md:
+Every reader goes through :func:`check_manifest` (via :func:`export.core.artifact.read_manifest`);
+an export assembles its manifest with :func:`build_manifest`, and every write (the export's, the
+planner's ``deploy`` section) goes through :func:`write_manifest`, which seals it with its digest;
+so the schema lives here alone. The keys are documented in docs/export.md:
 
     schema_version  1
     kind            "resnet-deploy-artifact"
@@ -21,7 +22,8 @@ documented in docs/export.md:
     fp16            the converter's report (FP16 formats) or null
     int8            {"flavour", "quantizer": report, "calibration": {...}, "max_accuracy_drop":
                     the gate's limit in points of top-1} (INT8 formats) or null
-    tensorrt        build settings (trt format) or null
+    tensorrt        the engine's build settings, its "built_from" naming one of its files (trt
+                    format), or null
     gpu             {"name", "compute_capability"} for engines, else null
     versions        {"python", "torch", "onnx", "onnxruntime", "tensorrt" (null if absent)}
     parity          {"passed", "runs": [verdict per candidate runtime], "inputs": {...}}
@@ -29,7 +31,6 @@ documented in docs/export.md:
                      "plan"}: how the artifact runs by default (load_artifact honours it)
     created         ISO 8601 UTC
     tool            {"name": "resnet-deploy", "version": export.__version__}
-    deploy          (optional) how to run it, written by the planner after export
     manifest_sha256 sha256 of the manifest's own canonical JSON without this key and without
                     ``deploy`` (see :func:`manifest_digest`); absent in older manifests
 
@@ -139,7 +140,7 @@ def check_manifest(data: Any, where: Path) -> Manifest:
         raise _fail(where, "class_names", "must be a list of strings or null")
     if data.get("opset") is not None and not _is_int(data["opset"]):
         raise _fail(where, "opset", f"must be an integer, got {_short(data['opset'])}")
-    for key in ("fp16", "gpu", "normalization"):
+    for key in ("fp16", "int8", "gpu", "normalization"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise _fail(where, key, f"must be an object or null, got {_short(data[key])}")
     versions = data["versions"]
@@ -383,6 +384,7 @@ class Manifest(TypedDict, total=False):
 
 
 def library_versions(tensorrt_version: str | None) -> dict[str, str | None]:
+    """The ``versions`` an artifact records: Python and the libraries that made and judged it."""
     import onnx
     import onnxruntime
     import torch
@@ -398,6 +400,7 @@ def file_entry(folder: Path, name: str, role: str) -> FileEntry:
 
 
 def now_utc() -> str:
+    """``created``: now, ISO 8601 in UTC, to the second."""
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
@@ -408,7 +411,8 @@ def build_manifest(*, fmt: str, precision: str, artifact: str, files: list[FileE
                    opset: int, fp16: dict | None, tensorrt: dict | None, gpu: dict | None,
                    versions: dict[str, Any], parity: dict[str, Any],
                    int8: dict | None = None) -> Manifest:
-    """Assemble a manifest in the documented key order."""
+    """Assemble an export's manifest in the documented key order (``parity`` as the gate
+    judged it; no ``deploy``, no digest: :func:`write_manifest` seals it)."""
     from .. import __version__
 
     if fmt not in FORMATS:

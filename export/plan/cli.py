@@ -21,7 +21,7 @@ from ..core.cli import (
     model_options,
     one_line_errors,
     resolve_model_name,
-    sigterm_as_interrupt,
+    signals_as_interrupt,
 )
 from ..core.errors import UserError
 from ..gate.parity import TOLERANCES
@@ -81,7 +81,7 @@ def run(depth: int | None, model: str | None, checkpoint: Path | None, input_siz
                        batch_size, latency_budget, max_accuracy_drop, time_budget, out)
     plan = Plan(opts, click.echo, lambda line: click.echo(line, err=True))
     try:
-        with sigterm_as_interrupt():
+        with signals_as_interrupt():
             plan.run()
     except KeyboardInterrupt:
         doc = plan.finish(partial=True) if plan.staging is not None else None
@@ -109,7 +109,7 @@ def verify(folder: Path, seconds: float) -> None:
     """Check the chosen artifact and re-time the leaders here (exit 1 if the choice changed)."""
     from .verify import verify_plan
 
-    with sigterm_as_interrupt():
+    with signals_as_interrupt():
         verdict = verify_plan(folder, seconds, click.echo)
     click.echo(verdict.message)
     if not verdict.holds:

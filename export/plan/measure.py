@@ -21,7 +21,7 @@ import torch
 from bench.candidates import Candidate, Models
 from bench.model_backends import EAGER
 from bench.stats import NoiseRule
-from bench.sweep import sweep
+from bench.sweep import SweepSettings, sweep
 from bench.timing import TimingConfig
 
 from ..core.artifact import read_manifest
@@ -127,14 +127,15 @@ def run_phase(cands: list[PlanCandidate], extra: list[tuple[PlanCandidate, Candi
               spec: ModelSpec, batch: int, phase: Phase, objective: str, cores: int,
               echo: Callable[[str], None]) -> bool:
     """Time ``cands`` (and ``extra`` such as the eager baseline) interleaved; store each one's
-    row in ``c.screen`` or ``c.confirm``. Returns False when interrupted (Ctrl-C, SIGTERM)."""
+    row in ``c.screen`` or ``c.confirm``. Returns False when interrupted (Ctrl-C, SIGTERM,
+    SIGHUP)."""
     pairs = [(c, _bench_candidate(c, spec, objective)) for c in cands] + list(extra)
     doc: dict[str, Any] = {"results": [], "skipped": []}
     previous = torch.get_num_threads()
     torch.set_num_threads(cores)
     try:
-        sweep(doc, [b for _, b in pairs], phase.config(), [batch], 0, cores,
-              Models(0).macs, NoiseRule(), progress=False)
+        sweep(doc, [b for _, b in pairs],
+              SweepSettings(phase.config(), [batch], 0, cores, NoiseRule()), Models(0).macs)
     finally:
         torch.set_num_threads(previous)
     for plan, cand in pairs:

@@ -1,14 +1,19 @@
 """Loading an artifact: a folder with manifest.json -> a ready-to-activate runner.
 
-:func:`load_artifact` is the one way the benchmark, ``resnet-export verify`` and prediction open an
-exported artifact. It reads the manifest (schema checked in :mod:`export.core.manifest`), checks
-every file's sha256, and returns the runner for the artifact's format, with the artifact's input
-contract, so a batch it does not promise (wrong C/H/W, or N outside the batch range) is one clear
-``ValueError`` instead of a runtime's stack of shape errors.
+:func:`load_artifact` is the one way the benchmark, prediction (and serving through it) and the
+deployment planner open an exported artifact. It puts right what a killed replacement of the
+folder left, reads the manifest (schema checked in :mod:`export.core.manifest`), refuses an
+artifact whose parity gate failed (or a precision the gate did not judge), checks every file's
+sha256, and returns the runner that the runtime's factory in the registry (:mod:`.registry`)
+builds: the runtime named, else the one the manifest's ``deploy`` section names, else the
+format's own. The runner carries the artifact's input contract, so a batch it does not promise
+(wrong C/H/W, or N outside the batch range) is one clear ``ValueError`` instead of a runtime's
+stack of shape errors. :func:`runner_for` is the same for a manifest already read and checked
+(the parity gate uses it on the folder it is building).
 
 The manifest itself is never trusted: its model, I/O, class names and normalisation are
 checked against the ONNX file (graph and stamped metadata, :mod:`export.core.agreement`) before
-a runner is made, and ``verify`` also checks the manifest's own digest.
+a runner is made, and with ``verify`` (the default) the manifest's own digest is checked too.
 
 Every file is opened at its real path inside the folder (:func:`artifact_file`: a listed file
 that is a link out of the folder is refused, with or without the sha256 check), and an ONNX
@@ -86,7 +91,8 @@ def load_artifact(folder: str | Path, providers: list[str] | None = None, verify
                   **runner_kwargs: Any) -> Runner:
     """Artifact folder -> runner (not yet activated).
 
-    ``providers``: ONNX Runtime execution providers for ONNX artifacts (default CPU).
+    ``providers``: ONNX Runtime execution providers, overriding the runtime entry's
+    (``onnxruntime``: CPU).
     ``runtime`` / ``precision``: see :func:`runner_for`; a precision the artifact's gate did not
     judge (``parity.contracts``) is refused.
     ``verify``: check every file's sha256 against the manifest first (default on).
