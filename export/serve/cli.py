@@ -1,4 +1,5 @@
-"""``resnet-serve``: serve artifacts over the Open Inference Protocol on Ray Serve, and
+"""``resnet-serve``: serve artifacts over the Open Inference Protocol (single-machine engine or
+Ray Serve), and
 ``resnet-serve bench``: load a running server (or one it starts) at several concurrencies."""
 
 from __future__ import annotations
@@ -64,26 +65,65 @@ def main() -> None:
                    "Ray here; artifacts must be readable at the same path on every node.")
 @click.option("--metrics-port", type=click.IntRange(min=1, max=65535), default=None,
               help="Serve Ray's Prometheus metrics (request counts, latencies, batch sizes) on "
-                   "this port (local Ray only).")
+                   "this port (Ray engine, local Ray only).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default=None,
+              help="local: uvicorn on this machine, the runners in its process(es); ray: Ray "
+                   "Serve [default: ray with --address, else local].")
+@click.option("--grpc-port", type=click.IntRange(min=1, max=65535), default=None,
+              help="Also serve the protocol's gRPC service on this port (local engine).")
+@click.option("--request-timeout", type=click.FloatRange(min=0.1, max=3600), default=5.0,
+              show_default=True,
+              help="Seconds a request's headers and body may take to arrive (408 past it).")
+@click.option("--keep-alive", type=click.FloatRange(min=1, max=3600), default=5.0,
+              show_default=True, help="Seconds an idle keep-alive connection stays open.")
+@click.option("--max-connections", type=click.IntRange(min=1, max=1_000_000), default=2048,
+              show_default=True,
+              help="Open connections per replica; past it 503 with Retry-After (local engine).")
+@click.option("--max-queue", type=click.IntRange(min=1), default=None,
+              help="Images waiting per replica before requests get 503 with Retry-After "
+                   "[default: four batches].")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=50_000_000,
+              show_default=True,
+              help="Largest image (width x height) the image route decodes; read from the "
+                   "header before decoding. A request's images may add up to 4x this.")
+@click.option("--drain-timeout", type=click.FloatRange(min=0, max=3600), default=10.0,
+              show_default=True,
+              help="Seconds given to requests already received when stopping.")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Accept NaN and infinite values in binary tensors (refused by default).")
+@click.option("--verbose", is_flag=True, help="Show the server's and Ray's own log lines.")
 @one_line_errors
 def start(artifacts: tuple[Path, ...], names: tuple[str, ...], runtime: str, replicas: int,
           threads: int | None, max_batch: int | None, batch_wait_ms: float, host: str,
-          port: int, address: str | None, metrics_port: int | None) -> None:
-    """Serve ARTIFACT... over the Open Inference Protocol on Ray Serve.
+          port: int, address: str | None, metrics_port: int | None, engine: str | None,
+          grpc_port: int | None, request_timeout: float, keep_alive: float,
+          max_connections: int, max_queue: int | None, max_image_pixels: int,
+          drain_timeout: float, allow_nonfinite: bool, verbose: bool) -> None:
+    """Serve ARTIFACT... over the Open Inference Protocol.
 
     Each artifact is checked as resnet-predict checks it (sha256 of its files, gate passed,
     precision contract) and served at /v2/models/<name> with dynamic batching; /v2/health/live
-    and /v2/health/ready answer for the service. Ctrl-C or SIGTERM drains and exits 0.
+    and /v2/health/ready answer for the service. The single-machine engine (uvicorn, the
+    runners in the serving processes) is the default; Ray Serve serves with --engine ray or
+    --address. Ctrl-C or SIGTERM drains (answers what was received) and exits 0; a second
+    Ctrl-C stops at once.
 
     \b
-    resnet-serve artifacts/resnet20-onnx
+    resnet-serve artifacts/resnet20-digits-onnx
     resnet-serve artifacts/resnet50-onnx --replicas 2 --runtime openvino
-    resnet-serve bench http://127.0.0.1:8000 --concurrency 1,4,16,64
+    resnet-serve artifacts/resnet50-onnx --engine ray --address auto
+    resnet-serve bench artifacts/resnet20-digits-onnx
     """
     from .server import ServeConfig, run
 
+    if metrics_port is not None and (engine or ("ray" if address else "local")) == "local":
+        raise click.BadParameter("is served by Ray (--engine ray); the local engine's "
+                                 "statistics are at /v2/models/<name>/stats",
+                                 param_hint="--metrics-port")
     cfg = ServeConfig(list(artifacts), list(names), runtime, replicas, threads, max_batch,
-                      batch_wait_ms, host, port, address, metrics_port)
+                      batch_wait_ms, host, port, address, metrics_port, engine, grpc_port,
+                      request_timeout, keep_alive, max_connections, max_queue, max_image_pixels,
+                      drain_timeout, allow_nonfinite, verbose)
     run(cfg, _echo, _wait_for_signal)
 
 
