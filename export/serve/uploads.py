@@ -33,6 +33,7 @@ from .protocol import ProtocolError, decompress
 MAX_IMAGE_PIXELS = 50_000_000
 #: the most bytes an image route reads (a few photos)
 UPLOAD_LIMIT = 64 << 20
+LINGER = 8 << 20  # bytes past a limit read and dropped so the client reads its 413
 _DECODER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode")
 _LARGE = 4_000_000  # pixels past which memory is handed back after decoding
 
@@ -49,15 +50,21 @@ class Limits:
 
 
 async def _chunks(request: Request, limit: int) -> bytes:
+    """The body, or 413 past ``limit``. A body up to :data:`LINGER` bytes past the limit is
+    read to its end and dropped before the answer, so a client still sending it reads the 413
+    instead of a broken pipe; a longer one is refused at once and its connection closed."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdigit() and int(declared) > limit + LINGER:
         raise ProtocolError(413, f"body of {declared} bytes exceeds the limit of {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise ProtocolError(413, f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+        if size > limit + LINGER:
+            break
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit:
+        raise ProtocolError(413, f"body exceeds the limit of {limit} bytes")
     return b"".join(chunks)
 
 
