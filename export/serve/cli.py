@@ -156,20 +156,25 @@ def _concurrencies(_ctx: Any, _param: Any, value: str) -> list[int]:
               help="Replicas of the server it starts (ARTIFACT only).")
 @click.option("--serve-arg", "serve_args", multiple=True,
               help="More options for the server it starts (ARTIFACT only), e.g. "
-                   "--serve-arg=--runtime=openvino.")
+                   "--serve-arg=--engine=ray.")
+@click.option("--grpc", is_flag=True,
+              help="Also measure the served gRPC service (ARTIFACT only).")
+@click.option("--rounds", type=click.IntRange(min=1, max=100), default=3, show_default=True,
+              help="Interleaved rounds per concurrency (ARTIFACT only).")
 @one_line_errors
 def bench(target: str, model: str | None, concurrency: list[int], count: int, duration: float,
           batch: int, json_tensors: bool, out: Path, replicas: int,
-          serve_args: tuple[str, ...]) -> None:
+          serve_args: tuple[str, ...], grpc: bool, rounds: int) -> None:
     """Load a server at each concurrency: p50/p99 latency, throughput, errors, batches formed.
 
     URL: a running server (resnet-serve, Triton or any Open Inference Protocol server).
-    ARTIFACT: start resnet-serve on it (127.0.0.1, a free port), load it, stop it.
+    ARTIFACT: serve it (127.0.0.1, a free port) and measure it in-process and served (HTTP,
+    and gRPC with --grpc) in interleaved rounds: the serving overhead as one ratio.
     """
     from .loadgen import BenchConfig, run_bench
 
     cfg = BenchConfig(target, model, concurrency, count, duration, batch, not json_tensors,
-                      out, replicas, list(serve_args))
+                      out, replicas, list(serve_args), grpc, rounds)
     run_bench(cfg, _echo, click.echo)
 
 

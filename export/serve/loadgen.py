@@ -44,6 +44,8 @@ class BenchConfig:
     out: Path = Path("artifacts/bench/serve")
     replicas: int = 1
     serve_args: list[str] = field(default_factory=list)
+    grpc: bool = False  # also measure the served gRPC service (ARTIFACT only)
+    rounds: int = 3  # interleaved rounds per concurrency (ARTIFACT only)
 
 
 @dataclass
@@ -153,7 +155,7 @@ def pick_model(base: str, model: str | None) -> tuple[str, dict[str, Any]]:
         raise UserError(f"cannot read model {model!r} at {base}: {exc}") from None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -164,7 +166,7 @@ def start_server(artifact: str, replicas: int, extra: list[str], echo: Echo,
                  ) -> tuple[subprocess.Popen[bytes], str]:
     """``resnet-serve ARTIFACT`` in a child process on a free local port, once it is ready
     (its messages go to ``stderr``, a file, or this process's stderr)."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "export.serve.cli", artifact, "--port", str(port),
            "--replicas", str(replicas), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
@@ -274,30 +276,38 @@ def sweep(cfg: BenchConfig, base: str, echo: Echo) -> dict[str, Any]:
         echo(f"concurrency {level}: {rows[-1]['requests_per_s']:.1f} req/s, "
              f"{rows[-1]['errors']} error(s)")
     return {"schema": SCHEMA, "schema_version": 1, "url": base, "model": model,
+            "engine": server_engine(base),
             "batch": cfg.batch, "binary": cfg.binary, "count": cfg.count,
             "duration_s": cfg.duration, "load_average": list(os.getloadavg()), "rows": rows}
 
 
+def server_engine(base: str) -> str:
+    """The engine a server names in its ``/v2`` metadata ("unknown" for one that names none,
+    such as Triton)."""
+    try:
+        return str(_get(f"{base}/v2").get("engine", "unknown"))
+    except Exception:
+        return "unknown"
+
+
 def run_bench(cfg: BenchConfig, echo: Echo, out: Echo) -> dict[str, Any]:
-    """The sweep against ``cfg.target`` (a URL, or an artifact it serves for the run)."""
-    proc = None
+    """A URL: the sweep against that server. An artifact: in-process vs served, interleaved
+    (:func:`.compare.compare`)."""
     base = cfg.target.rstrip("/")
     if not base.startswith(("http://", "https://")):
         if not Path(cfg.target, "manifest.json").is_file():
             raise UserError(f"{cfg.target} is neither a URL nor an artifact folder")
-        proc, base = start_server(cfg.target, cfg.replicas, cfg.serve_args, echo)
-    try:
-        doc = sweep(cfg, base, echo)
-    finally:
-        if proc is not None:
-            stop_server(proc)
-    if proc is not None:
-        doc["served"] = {"artifact": cfg.target, "replicas": cfg.replicas,
-                         "args": cfg.serve_args}
+        from .compare import compare
+
+        return compare(cfg, echo, out, cfg.rounds)
+    if cfg.grpc:
+        raise UserError("--grpc measures a server it starts: give an ARTIFACT")
+    doc = sweep(cfg, base, echo)
     cfg.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(cfg.out / "serve-bench.json") as tmp:
         tmp.write_text(json.dumps(doc, indent=2))
     write_plot(doc, cfg.out / "serve-bench.png")
+    out(f"engine: {doc['engine']}")
     out(format_table(doc["rows"]))
     echo(f"wrote {cfg.out / 'serve-bench.json'}, {cfg.out / 'serve-bench.png'}")
     return doc

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -95,16 +96,37 @@ def deploy(cfg: Any, checked: list[Any], info: AppInfo, echo: Echo,
     return f"http://{cfg.host}:{cfg.port}"
 
 
-def shutdown(echo: Echo) -> None:
+@contextlib.contextmanager
+def _stderr_muted(mute: bool) -> Iterator[None]:
+    """Ray prints its controller's normal exit ("Task ServeController.graceful_shutdown
+    failed ... killed by `ray.kill`") straight to the terminal; keep it out unless verbose."""
+    if not mute:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def shutdown(echo: Echo, verbose: bool = False) -> None:
     """Drain (Serve lets each replica finish what it holds) and stop Ray."""
     import ray
     from ray import serve
 
     echo("draining in-flight requests and shutting down")
-    try:
-        serve.shutdown()
-    finally:
-        ray.shutdown()
+    with _stderr_muted(not verbose):
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
 
 
 __all__ = ["deploy", "shutdown", "start_ray"]

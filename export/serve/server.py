@@ -156,13 +156,13 @@ def _run_ray(cfg: ServeConfig, checked: list[Checked], echo: Echo,
         url = deploy(cfg, checked, _info(cfg, checked), echo,
                      lambda cpus: size_threads(cfg, len(checked), cpus))
     except KeyboardInterrupt:
-        shutdown(echo)
+        shutdown(echo, cfg.verbose)
         raise
     except UserError:
         raise
     except Exception as exc:
         try:
-            shutdown(echo)
+            shutdown(echo, cfg.verbose)
         except Exception:
             pass
         raise UserError(f"could not deploy: {first_line(exc)}") from None
@@ -171,7 +171,7 @@ def _run_ray(cfg: ServeConfig, checked: list[Checked], echo: Echo,
         wait()
     except KeyboardInterrupt:
         pass
-    shutdown(echo)
+    shutdown(echo, cfg.verbose)
 
 
 def run(cfg: ServeConfig, echo: Echo, wait: Callable[[], None]) -> None:
