@@ -182,10 +182,11 @@ class _Replicas:
 
 
 def serve_local(settings: WorkerSettings, opts: EngineOptions, echo: Echo,
-                announce: Callable[[], None]) -> None:
-    """Bind, start the replicas, ``announce()`` once they serve, run until a signal, drain."""
+                announce: Callable[[], None], sock: socket.socket | None = None) -> None:
+    """Serve on ``sock`` (bound here if None): start the replicas, ``announce()`` once they
+    serve, run until a signal, drain."""
     _quiet_logging(opts.verbose)
-    sock = bind(opts.host, opts.port)
+    sock = sock if sock is not None else bind(opts.host, opts.port)
     worker = WorkerApp(settings)
     try:
         if opts.replicas == 1:

@@ -13,7 +13,6 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .engine import bind
 from .routes import AppInfo
 
 Echo = Callable[[str], None]
@@ -71,7 +70,6 @@ def deploy(cfg: Any, checked: list[Any], info: AppInfo, echo: Echo,
     from .deployment import ModelOptions, model_app, root_app
     from .protocol import ModelSignature
 
-    bind(cfg.host, cfg.port).close()  # a taken port: one line now, not Ray's tracebacks later
     _quiet(cfg.verbose)
     cpus = start_ray(cfg, usable_cores())
     threads, reserve, why = threads_for(cpus)

@@ -130,7 +130,7 @@ def _info(cfg: ServeConfig, checked: list[Checked]) -> Any:
 
 
 def _run_local(cfg: ServeConfig, checked: list[Checked], echo: Echo,
-               announce: Callable[[str], None]) -> None:
+               announce: Callable[[str], None], sock: Any) -> None:
     from .batcher import BatchSettings
     from .engine import EngineOptions, serve_local
     from .guard import Guard
@@ -145,7 +145,7 @@ def _run_local(cfg: ServeConfig, checked: list[Checked], echo: Echo,
     settings = WorkerSettings(entries, _info(cfg, checked), grpc)
     opts = EngineOptions(cfg.host, cfg.port, cfg.replicas, cfg.keep_alive, cfg.drain_timeout,
                          Guard(cfg.request_timeout, cfg.max_connections), cfg.verbose)
-    serve_local(settings, opts, echo, lambda: announce(f"http://{cfg.host}:{cfg.port}"))
+    serve_local(settings, opts, echo, lambda: announce(f"http://{cfg.host}:{cfg.port}"), sock)
 
 
 def _run_ray(cfg: ServeConfig, checked: list[Checked], echo: Echo,
@@ -176,10 +176,16 @@ def _run_ray(cfg: ServeConfig, checked: list[Checked], echo: Echo,
 
 def run(cfg: ServeConfig, echo: Echo, wait: Callable[[], None]) -> None:
     """Check, serve, print where it listens, run until interrupted, then drain and stop."""
+    from .engine import bind
+
     started = time.perf_counter()
-    if cfg.grpc_port is not None and (cfg.engine_name() == "ray" or cfg.replicas > 1):
+    engine = cfg.engine_name()
+    if cfg.grpc_port is not None and (engine == "ray" or cfg.replicas > 1):
         raise BadOption("--grpc-port is served by the single-machine engine with --replicas 1")
     checked = check_models(cfg)
+    sock = bind(cfg.host, cfg.port)  # a taken port: refused now, in one line naming it
+    if engine == "ray":
+        sock.close()  # Ray's proxy binds it
     for c in checked:
         m = c.manifest
         echo(f"{c.name}: {c.folder} ({m['model']['name']} {m['format']}, {m['precision']} "
@@ -188,7 +194,6 @@ def run(cfg: ServeConfig, echo: Echo, wait: Callable[[], None]) -> None:
         if m["source"].get("kind") == "seed":
             echo(f"warning: {c.name} was exported from UNTRAINED (seeded) weights; its "
                  "predictions mean nothing")
-    engine = cfg.engine_name()
     grpc = f"; gRPC on {cfg.host}:{cfg.grpc_port}" if cfg.grpc_port else ""
 
     def announce(url: str) -> None:
@@ -199,7 +204,7 @@ def run(cfg: ServeConfig, echo: Echo, wait: Callable[[], None]) -> None:
     if engine == "ray":
         _run_ray(cfg, checked, echo, announce, wait)
     else:
-        _run_local(cfg, checked, echo, announce)
+        _run_local(cfg, checked, echo, announce, sock)
     echo("stopped")
 
 
