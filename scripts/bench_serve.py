@@ -146,8 +146,17 @@ async def slow_clients(url: str, body: bytes, headers: dict[str, str], seconds: 
                     break
             writer.close()
 
-    tasks = [asyncio.ensure_future(attacker("slow")) for _ in range(slow)]
-    tasks += [asyncio.ensure_future(attacker("idle")) for _ in range(idle)]
+    if os.environ.get("BENCH_SERVE_ATTACKER"):  # the attackers' own process
+        tasks = [asyncio.ensure_future(attacker("slow")) for _ in range(slow)]
+        tasks += [asyncio.ensure_future(attacker("idle")) for _ in range(idle)]
+        await asyncio.sleep(float(os.environ["BENCH_SERVE_ATTACKER"]))
+        done.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        print(json.dumps(closed))
+        return closed
+    attackers = subprocess.Popen(
+        [PY, __file__, url, "--attack", str(seconds + 4)], stdout=subprocess.PIPE,
+        env=dict(os.environ, BENCH_SERVE_ATTACKER=str(seconds + 4)))
     await asyncio.sleep(3.0)  # let them all connect
     latencies, errors = [], 0
     async with aiohttp.ClientSession() as session:
@@ -166,8 +175,8 @@ async def slow_clients(url: str, body: bytes, headers: dict[str, str], seconds: 
                 latencies.append(time.perf_counter() - t0)
             else:
                 errors += 1
-    done.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    out, _ = await asyncio.to_thread(attackers.communicate)
+    closed = json.loads(out.decode().strip().splitlines()[-1])
     lat = np.asarray(latencies or [np.nan]) * 1000
     return {"slow_clients": slow, "idle_connections": idle, "good_ok": len(latencies),
             "good_errors": errors, "p50_ms": float(np.percentile(lat, 50)),
@@ -248,10 +257,15 @@ async def sigint_under_load(proc: subprocess.Popen[bytes], url: str, body: bytes
 @click.option("--out", type=click.Path(path_type=Path), default=Path("artifacts/bench/serve"))
 @click.option("--noop-port", type=int, default=None, hidden=True,
               help="Be the no-op server of step 1 on this port.")
+@click.option("--attack", type=float, default=None, hidden=True,
+              help="Be the slow and idle clients of step 2 against ARTIFACT (a URL).")
 def main(artifact: str, seconds: float, rounds: int, ray: bool, out: Path,
-         noop_port: int | None) -> None:
+         noop_port: int | None, attack: float | None) -> None:
     if noop_port is not None:
         noop(artifact, noop_port)
+        return
+    if attack is not None:
+        asyncio.run(slow_clients(artifact, b"", {}, attack))
         return
     out.mkdir(parents=True, exist_ok=True)
     cli = [PY, "-m", "export.serve.cli", artifact]

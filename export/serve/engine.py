@@ -125,7 +125,8 @@ def _serve_here(worker: WorkerApp, sock: socket.socket, opts: EngineOptions,
             await asyncio.sleep(0.02)
         await task
 
-    factory = config.get_loop_factory()  # uvloop where installed
+    get_factory = getattr(config, "get_loop_factory", None)  # uvloop where installed
+    factory = get_factory() if get_factory is not None else None
     loop = factory() if factory is not None else asyncio.new_event_loop()
     try:
         loop.run_until_complete(main())

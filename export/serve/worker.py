@@ -45,6 +45,11 @@ def load_model(entry: ModelEntry) -> LocalModel:
     from ..predict.predictor import Predictor
 
     predictor = Predictor.load(entry.folder, entry.runtime, entry.threads)
+    options = getattr(predictor.runner, "session_config", None)
+    if isinstance(options, dict):
+        # ONNX Runtime's pool threads spin after every batch by default; in a server they would
+        # take the cores from the event loop reading the next requests (and from other replicas)
+        options.setdefault("session.intra_op.allow_spinning", "0")
     predictor.runner.activate()
     model = LocalModel(predictor, ModelSignature.from_manifest(entry.name, predictor.manifest),
                        entry.batch)
