@@ -14,6 +14,9 @@
 4. Ready time (process start to /v2/health/ready 200) and SIGINT under load (16 clients):
    requests answered, refused (after the socket closed) and cut off.
 
+``--defaults`` instead serves the candidate defaults side by side (1 or 2 replicas, 1 or 2
+threads, batch wait 0, 2 or 5 ms) and loads them in interleaved rounds at concurrency 1, 16, 64.
+
 ``noop`` is the script's own sub-command: the no-op server of step 1.
 """
 
@@ -249,6 +252,45 @@ async def sigint_under_load(proc: subprocess.Popen[bytes], url: str, body: bytes
     return {"outcomes": outcomes, "exit_status": code, "exit_s": time.perf_counter() - sent}
 
 
+SETTINGS = {"1 replica x 2 threads, wait 2 ms": [],
+            "2 replicas x 1 thread, wait 2 ms": ["--replicas", "2"],
+            "1 replica x 1 thread, wait 2 ms": ["--threads", "1"],
+            "1 replica x 2 threads, wait 0 ms": ["--batch-wait-ms", "0"],
+            "1 replica x 2 threads, wait 5 ms": ["--batch-wait-ms", "5"]}
+
+
+def defaults(artifact: str, out: Path, seconds: float, rounds: int) -> list[dict[str, Any]]:
+    """The candidate defaults served side by side, loaded in interleaved rounds."""
+    cli = [PY, "-m", "export.serve.cli", artifact]
+    procs, urls = {}, {}
+    try:
+        for i, (label, extra) in enumerate(SETTINGS.items()):
+            port = free_port()
+            procs[label], _ = spawn(cli + extra, port, out / f"defaults-{i}.log")
+            urls[label] = f"http://127.0.0.1:{port}"
+        name, meta = pick_model(next(iter(urls.values())), None)
+        clients = {label: Client(url, name, meta, 1, True) for label, url in urls.items()}
+
+        async def run() -> list[dict[str, Any]]:
+            rows = []
+            for level in (1, 16, 64):
+                got: dict[str, list[Step]] = {label: [] for label in clients}
+                for _ in range(rounds):
+                    for label, client in clients.items():
+                        got[label].append(await _step(client, level, 10**6, seconds / rounds))
+                for label, steps in got.items():
+                    rows.append(_merge(steps).row(1) | {"setting": label})
+                    r = rows[-1]
+                    print(f"  c={level:<3} {label:>34}: {r['requests_per_s']:8.1f} req/s  p50 "
+                          f"{r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms", flush=True)
+            return rows
+
+        return asyncio.run(run())
+    finally:
+        for proc in procs.values():
+            stop(proc)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("artifact")
 @click.option("--seconds", default=6.0, show_default=True, help="Per mode and concurrency.")
@@ -259,13 +301,21 @@ async def sigint_under_load(proc: subprocess.Popen[bytes], url: str, body: bytes
               help="Be the no-op server of step 1 on this port.")
 @click.option("--attack", type=float, default=None, hidden=True,
               help="Be the slow and idle clients of step 2 against ARTIFACT (a URL).")
+@click.option("--defaults", "sweep", is_flag=True,
+              help="Only compare the candidate defaults (replicas, threads, batch wait).")
 def main(artifact: str, seconds: float, rounds: int, ray: bool, out: Path,
-         noop_port: int | None, attack: float | None) -> None:
+         noop_port: int | None, attack: float | None, sweep: bool) -> None:
     if noop_port is not None:
         noop(artifact, noop_port)
         return
     if attack is not None:
         asyncio.run(slow_clients(artifact, b"", {}, attack))
+        return
+    if sweep:
+        out.mkdir(parents=True, exist_ok=True)
+        rows = defaults(artifact, out, seconds, rounds)
+        (out / "bench-serve-defaults.json").write_text(json.dumps(
+            {"artifact": artifact, "load": os.getloadavg(), "rows": rows}, indent=2))
         return
     out.mkdir(parents=True, exist_ok=True)
     cli = [PY, "-m", "export.serve.cli", artifact]
