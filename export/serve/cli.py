@@ -171,11 +171,16 @@ def bench(target: str, model: str | None, concurrency: list[int], count: int, du
     ARTIFACT: serve it (127.0.0.1, a free port) and measure it in-process and served (HTTP,
     and gRPC with --grpc) in interleaved rounds: the serving overhead as one ratio.
     """
-    from .loadgen import BenchConfig, run_bench
+    from .loadgen import BenchConfig, is_url, run_bench
 
     cfg = BenchConfig(target, model, concurrency, count, duration, batch, not json_tensors,
                       out, replicas, list(serve_args), grpc, rounds)
-    run_bench(cfg, _echo, click.echo)
+    if is_url(target):
+        run_bench(cfg, _echo, click.echo)
+    else:
+        from .compare import compare
+
+        compare(cfg, _echo, click.echo, rounds)
 
 
 if __name__ == "__main__":

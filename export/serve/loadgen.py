@@ -290,16 +290,19 @@ def server_engine(base: str) -> str:
         return "unknown"
 
 
-def run_bench(cfg: BenchConfig, echo: Echo, out: Echo) -> dict[str, Any]:
-    """A URL: the sweep against that server. An artifact: in-process vs served, interleaved
-    (:func:`.compare.compare`)."""
-    base = cfg.target.rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        if not Path(cfg.target, "manifest.json").is_file():
-            raise UserError(f"{cfg.target} is neither a URL nor an artifact folder")
-        from .compare import compare
+def is_url(target: str) -> bool:
+    """A server's URL, else an artifact folder (refused in one line if it is neither)."""
+    if target.startswith(("http://", "https://")):
+        return True
+    if not Path(target, "manifest.json").is_file():
+        raise UserError(f"{target} is neither a URL nor an artifact folder")
+    return False
 
-        return compare(cfg, echo, out, cfg.rounds)
+
+def run_bench(cfg: BenchConfig, echo: Echo, out: Echo) -> dict[str, Any]:
+    """The sweep against the server at ``cfg.target`` (a URL; an artifact is
+    :func:`.compare.compare`'s)."""
+    base = cfg.target.rstrip("/")
     if cfg.grpc:
         raise UserError("--grpc measures a server it starts: give an ARTIFACT")
     doc = sweep(cfg, base, echo)
@@ -313,5 +316,6 @@ def run_bench(cfg: BenchConfig, echo: Echo, out: Echo) -> dict[str, Any]:
     return doc
 
 
-__all__ = ["BenchConfig", "Client", "format_table", "run_bench", "start_server", "stop_server",
+__all__ = ["BenchConfig", "Client", "format_table", "is_url", "run_bench", "start_server",
+           "stop_server",
            "sweep"]
