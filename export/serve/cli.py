@@ -55,8 +55,10 @@ def main() -> None:
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Most images one batch may hold [default and limit: each artifact's batch "
                    "range max].")
-@click.option("--batch-wait-ms", type=click.FloatRange(min=0, max=10_000), default=2.0,
-              show_default=True, help="How long a batch waits to fill after its first request.")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0, max=10_000), default=0.0,
+              show_default=True,
+              help="How long a batch may wait to fill after its first request (0: batches "
+                   "form from what arrives while the previous one computes).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 for every interface).")
 @click.option("--port", type=click.IntRange(min=1, max=65535), default=8000, show_default=True)

@@ -95,7 +95,7 @@ def _in_process(artifact: str, cfg: BenchConfig, threads: int) -> Any:
 
     (checked,) = check_models(ServeConfig([Path(artifact)]))
     wait = next((float(a.split("=", 1)[1]) for a in cfg.serve_args
-                 if a.startswith("--batch-wait-ms=")), 2.0)
+                 if a.startswith("--batch-wait-ms=")), ServeConfig([]).batch_wait_ms)
     return load_model(ModelEntry(str(checked.folder), checked.name, "auto", threads,
                                  BatchSettings(checked.max_batch, wait / 1000.0,
                                                4 * checked.max_batch)))

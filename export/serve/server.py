@@ -36,7 +36,7 @@ class ServeConfig:
     replicas: int = 1
     threads: int | None = None
     max_batch: int | None = None
-    batch_wait_ms: float = 2.0
+    batch_wait_ms: float = 0.0
     host: str = "127.0.0.1"
     port: int = 8000
     address: str | None = None
