@@ -89,7 +89,7 @@ async def overhead(artifact: str, urls: dict[str, str], seconds: float, rounds: 
     manifest = json.loads(Path(artifact, "manifest.json").read_text())
     top = manifest["batch_range"]["max"]
     model = load_model(ModelEntry(str(Path(artifact).resolve()), name, "auto",
-                                  os.cpu_count() or 1, BatchSettings(top, 0.002, 4 * top)))
+                                  os.cpu_count() or 1, BatchSettings(top, 0.0, 4 * top)))
     model.batcher.start()
     x = np.zeros((1, *meta["inputs"][0]["shape"][1:]), np.float32)
 
