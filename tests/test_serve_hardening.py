@@ -1,7 +1,7 @@
 """The single-machine engine against hostile clients, on loopback, bounded in count and time:
 slow-body and idle connections while good clients are answered, oversize chunked and multipart
 bodies refused while streaming, a 9000x9000 PNG refused from its header, a taken port refused
-in one line, every socket on --host, and SIGTERM exits 0 promptly."""
+in one line, every socket on --host, and SIGTERM exits 0 within its bound."""
 
 import json
 import signal
@@ -186,12 +186,12 @@ def test_every_listening_socket_is_on_host(server):
     assert ours == [f"127.0.0.1:{port_of(url)}"], ours
 
 
-def test_sigterm_when_idle_exits_0_promptly(server):
+def test_sigterm_when_idle_exits_0_within_the_drain_bound(server):
     proc, url, log = server
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(15) == 0
-    assert time.monotonic() - started < 5
+    assert proc.wait(20) == 0
+    assert time.monotonic() - started < 10 + 5  # --drain-timeout + the runtime's teardown
     text = log.read_text()
     assert "draining" in text and "Traceback" not in text
     with pytest.raises(OSError):
