@@ -114,13 +114,11 @@ async def overhead(artifact: str, urls: dict[str, str], seconds: float, rounds: 
     return rows
 
 
-async def slow_clients(url: str, body: bytes, headers: dict[str, str], seconds: float,
-                       slow: int = 600, idle: int = 500) -> dict[str, Any]:
-    import aiohttp
-
-    port = int(url.rsplit(":", 1)[1])
-    head = (b"POST /v2/models/x/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
-            )
+async def attack(port: int, seconds: float, slow: int, idle: int) -> dict[str, int]:
+    """``slow`` clients sending a body a byte every 2 s and ``idle`` connections that send
+    nothing, each reconnecting when the server closes it, for ``seconds``; how often the server
+    closed them."""
+    head = b"POST /v2/models/x/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
     closed = {"slow": 0, "idle": 0}
     done = asyncio.Event()
 
@@ -149,26 +147,30 @@ async def slow_clients(url: str, body: bytes, headers: dict[str, str], seconds: 
                     break
             writer.close()
 
-    if os.environ.get("BENCH_SERVE_ATTACKER"):  # the attackers' own process
-        tasks = [asyncio.ensure_future(attacker("slow")) for _ in range(slow)]
-        tasks += [asyncio.ensure_future(attacker("idle")) for _ in range(idle)]
-        await asyncio.sleep(float(os.environ["BENCH_SERVE_ATTACKER"]))
-        done.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        print(json.dumps(closed))
-        return closed
-    attackers = subprocess.Popen(
-        [PY, __file__, url, "--attack", str(seconds + 4)], stdout=subprocess.PIPE,
-        env=dict(os.environ, BENCH_SERVE_ATTACKER=str(seconds + 4)))
+    tasks = [asyncio.ensure_future(attacker("slow")) for _ in range(slow)]
+    tasks += [asyncio.ensure_future(attacker("idle")) for _ in range(idle)]
+    await asyncio.sleep(seconds)
+    done.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return closed
+
+
+async def slow_clients(url: str, body: bytes, headers: dict[str, str], seconds: float,
+                       slow: int = 600, idle: int = 500) -> dict[str, Any]:
+    """The attackers in a process of their own; one good client here, timed."""
+    import aiohttp
+
+    attackers = subprocess.Popen([PY, __file__, url, "--attack", str(seconds + 4)],
+                                 stdout=subprocess.PIPE)
     await asyncio.sleep(3.0)  # let them all connect
+    infer = f"{url}/v2/models/{pick_model(url, None)[0]}/infer"
     latencies, errors = [], 0
     async with aiohttp.ClientSession() as session:
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
             t0 = time.perf_counter()
             try:
-                async with session.post(f"{url}/v2/models/{pick_model(url, None)[0]}/infer",
-                                        data=body, headers=headers,
+                async with session.post(infer, data=body, headers=headers,
                                         timeout=aiohttp.ClientTimeout(total=10)) as resp:
                     await resp.read()
                     ok = resp.status == 200
@@ -299,17 +301,18 @@ def defaults(artifact: str, out: Path, seconds: float, rounds: int) -> list[dict
 @click.option("--out", type=click.Path(path_type=Path), default=Path("artifacts/bench/serve"))
 @click.option("--noop-port", type=int, default=None, hidden=True,
               help="Be the no-op server of step 1 on this port.")
-@click.option("--attack", type=float, default=None, hidden=True,
+@click.option("--attack", "attack_s", type=float, default=None, hidden=True,
               help="Be the slow and idle clients of step 2 against ARTIFACT (a URL).")
 @click.option("--defaults", "sweep", is_flag=True,
               help="Only compare the candidate defaults (replicas, threads, batch wait).")
 def main(artifact: str, seconds: float, rounds: int, ray: bool, out: Path,
-         noop_port: int | None, attack: float | None, sweep: bool) -> None:
+         noop_port: int | None, attack_s: float | None, sweep: bool) -> None:
     if noop_port is not None:
         noop(artifact, noop_port)
         return
-    if attack is not None:
-        asyncio.run(slow_clients(artifact, b"", {}, attack))
+    if attack_s is not None:
+        print(json.dumps(asyncio.run(attack(int(artifact.rsplit(":", 1)[1]), attack_s, 600,
+                                            500))))
         return
     if sweep:
         out.mkdir(parents=True, exist_ok=True)
