@@ -4,9 +4,7 @@ Ray Serve), and
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +16,6 @@ from ..predict.runtimes import RUNTIME_CHOICES
 
 def _echo(text: str) -> None:
     click.echo(text, err=True)
-
-
-def _wait_for_signal() -> None:
-    """Sleep until Ctrl-C or SIGTERM (both raise KeyboardInterrupt here)."""
-    stop = threading.Event()
-
-    def _stop(_signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    while not stop.wait(0.5):
-        pass
 
 
 @click.group(cls=DefaultGroup, default_command="start",
@@ -126,7 +111,7 @@ def start(artifacts: tuple[Path, ...], names: tuple[str, ...], runtime: str, rep
                       batch_wait_ms, host, port, address, metrics_port, engine, grpc_port,
                       request_timeout, keep_alive, max_connections, max_queue, max_image_pixels,
                       drain_timeout, allow_nonfinite, verbose)
-    run(cfg, _echo, _wait_for_signal)
+    run(cfg, _echo)
 
 
 def _concurrencies(_ctx: Any, _param: Any, value: str) -> list[int]:

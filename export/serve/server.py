@@ -10,9 +10,12 @@ line before any engine starts.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,33 +151,54 @@ def _run_local(cfg: ServeConfig, checked: list[Checked], echo: Echo,
     serve_local(settings, opts, echo, lambda: announce(f"http://{cfg.host}:{cfg.port}"), sock)
 
 
+@contextlib.contextmanager
+def _stop_on_signal() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set the event (from the first moment: a Ctrl-C while Ray starts stops it
+    in order once it is up, rather than raising inside Ray's start-up)."""
+    stop = threading.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+
+    def install() -> None:
+        for sig in signals:
+            signal.signal(sig, lambda *_: stop.set())
+
+    install()
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _run_ray(cfg: ServeConfig, checked: list[Checked], echo: Echo,
-             announce: Callable[[str], None], wait: Callable[[], None]) -> None:
+             announce: Callable[[str], None]) -> None:
     from .ray_engine import deploy, shutdown
 
-    try:
-        url = deploy(cfg, checked, _info(cfg, checked), echo,
-                     lambda cpus: size_threads(cfg, len(checked), cpus))
-    except KeyboardInterrupt:
-        shutdown(echo, cfg.verbose)
-        raise
-    except UserError:
-        raise
-    except Exception as exc:
+    with _stop_on_signal() as stop:
         try:
-            shutdown(echo, cfg.verbose)
-        except Exception:
+            url = deploy(cfg, checked, _info(cfg, checked), echo,
+                         lambda cpus: size_threads(cfg, len(checked), cpus))
+        except UserError:
+            raise
+        except BaseException as exc:
+            try:
+                shutdown(echo, cfg.verbose)
+            except Exception:
+                pass
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise UserError(f"could not deploy: {first_line(exc)}") from None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())  # ray.init installed its own SIGTERM's
+        if not stop.is_set():
+            announce(url)
+        while not stop.wait(0.5):
             pass
-        raise UserError(f"could not deploy: {first_line(exc)}") from None
-    announce(url)
-    try:
-        wait()
-    except KeyboardInterrupt:
-        pass
-    shutdown(echo, cfg.verbose)
+        shutdown(echo, cfg.verbose)
 
 
-def run(cfg: ServeConfig, echo: Echo, wait: Callable[[], None]) -> None:
+def run(cfg: ServeConfig, echo: Echo) -> None:
     """Check, serve, print where it listens, run until interrupted, then drain and stop."""
     from .engine import bind
 
@@ -202,7 +226,7 @@ def run(cfg: ServeConfig, echo: Echo, wait: Callable[[], None]) -> None:
              f"replica(s) each{grpc}); Ctrl-C to stop")
 
     if engine == "ray":
-        _run_ray(cfg, checked, echo, announce, wait)
+        _run_ray(cfg, checked, echo, announce)
     else:
         _run_local(cfg, checked, echo, announce, sock)
     echo("stopped")
