@@ -130,6 +130,10 @@ def _serve_here(worker: WorkerApp, sock: socket.socket, opts: EngineOptions,
     loop = factory() if factory is not None else asyncio.new_event_loop()
     try:
         loop.run_until_complete(main())
+        if server.force_exit:  # a second Ctrl-C: what is still running is dropped, now
+            echo("stopped at once; requests still in flight were not answered")
+            sys.stderr.flush()
+            os._exit(130)
     finally:
         loop.close()
 
