@@ -1,5 +1,5 @@
-"""The Open Inference Protocol codec and the server's plan, without starting Ray: every rule of
-a request body, the binary extension's lengths, and the checks resnet-serve makes before Ray."""
+"""The Open Inference Protocol codec and the server's plan, without starting a server: every rule of
+a request body, the binary extension's lengths, and the checks resnet-serve makes before serving."""
 
 import gzip
 import json
@@ -21,7 +21,7 @@ from export.serve.protocol import (
     encode_infer,
     encode_request,
 )
-from export.serve.server import ServeConfig, plan_models, plan_threads
+from export.serve.server import ServeConfig, check_models, size_threads
 
 MANIFEST = {"model": {"name": "resnet20", "num_classes": 3, "in_chans": 1, "input_size": 4,
                       "shortcut": "A", "mean": [0.5], "std": [0.5], "stem": "small"},
@@ -150,7 +150,7 @@ def test_metadata_says_what_the_manifest_says():
 def test_threads_never_oversubscribe_by_default(cpus, models, replicas, threads, want_threads,
                                                 oversubscribed):
     cfg = ServeConfig([], replicas=replicas, threads=threads)
-    got, reserve, why = plan_threads(cfg, models, cpus)
+    got, reserve, why = size_threads(cfg, models, cpus)
     assert got == want_threads
     assert ("OVERSUBSCRIBED" in why) == oversubscribed
     assert reserve * models * replicas <= cpus + 1e-6
@@ -162,14 +162,14 @@ def artifact(onnx_artifact):
     return onnx_artifact
 
 
-def test_plan_checks_artifacts_before_ray(artifact, tmp_path):
-    (planned,) = plan_models(ServeConfig([artifact]))
+def test_artifacts_are_checked_before_any_engine_starts(artifact, tmp_path):
+    (planned,) = check_models(ServeConfig([artifact]))
     assert planned.name == "resnet20-onnx" and planned.max_batch == 8
     with pytest.raises(BadOption, match="above"):
-        plan_models(ServeConfig([artifact], max_batch=9))
+        check_models(ServeConfig([artifact], max_batch=9))
     with pytest.raises(BadOption, match="--name for each"):
-        plan_models(ServeConfig([artifact, artifact]))
-    assert [p.name for p in plan_models(ServeConfig([artifact, artifact], ["a", "b"]))] == [
+        check_models(ServeConfig([artifact, artifact]))
+    assert [p.name for p in check_models(ServeConfig([artifact, artifact], ["a", "b"]))] == [
         "a", "b"]
 
 

@@ -1,5 +1,6 @@
 """resnet-serve under load (slow: each test starts its own server): a replica killed mid-run
-never yields a wrong answer and is replaced; the bench sweep forms batches."""
+never yields a wrong answer and is replaced (both engines); the Ray engine answers Triton's
+client as the single-machine engine does; the bench compares in-process and served."""
 
 import asyncio
 import json
@@ -9,11 +10,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytest.importorskip("ray.serve", reason="the serve extra (Ray Serve) is not installed")
+pytest.importorskip("uvicorn", reason="the serve extra is not installed")
 
 from export.predict import Predictor
 from export.serve.loadgen import start_server, stop_server
@@ -80,7 +82,11 @@ def per_s(log, start, end):
     return sum(1 for t, o in log if o == "ok" and start <= t < end) / (end - start)
 
 
-def test_killing_one_of_two_replicas_gives_no_wrong_answer_and_recovers(artifact, tmp_path):
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_killing_one_of_two_replicas_gives_no_wrong_answer_and_recovers(artifact, tmp_path,
+                                                                        engine):
+    if engine == "ray":
+        pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
     sig = ModelSignature.from_manifest(MODEL, json.loads((artifact / "manifest.json").read_text()))
     rng = np.random.default_rng(1)
     xs = [rng.standard_normal((1, *sig.input.shape[1:])).astype(np.float32) for _ in range(8)]
@@ -88,7 +94,8 @@ def test_killing_one_of_two_replicas_gives_no_wrong_answer_and_recovers(artifact
         want = [predictor.logits(x) for x in xs]
     bodies = [encode_request(sig.input, x) for x in xs]
     with open(tmp_path / "server.log", "wb") as fh:
-        proc, url = start_server(str(artifact), 2, ["--threads", "1"], print, 180, fh)
+        proc, url = start_server(str(artifact), 2, ["--threads", "1", "--engine", engine],
+                                 print, 180, fh)
     try:
         pids = replica_pids(url, 2)
         assert len(pids) == 2
@@ -102,7 +109,7 @@ def test_killing_one_of_two_replicas_gives_no_wrong_answer_and_recovers(artifact
         assert len(errors) <= 16, outcomes  # about the requests in flight on the victim
         assert sum(1 for t, o in log if o == "ok" and t > 12) > 20  # answering again
         new = replica_pids(url, 2, timeout=60)
-        assert victim not in new and len(new) == 2  # Ray Serve replaced it
+        assert victim not in new and len(new) == 2  # the engine replaced it
         kinds = sorted({o for o in outcomes if o != "ok"})
         print(f"\nkill at 6.0s: {len(log)} requests, {outcomes.count('ok')} right, 0 wrong, "
               f"{len(errors)} errors {kinds} between {min(errors, default=0):.1f}s and "
@@ -112,16 +119,42 @@ def test_killing_one_of_two_replicas_gives_no_wrong_answer_and_recovers(artifact
         stop_server(proc)
 
 
-def test_bench_sweep_on_an_artifact_forms_batches(artifact, tmp_path):
+def test_bench_on_an_artifact_compares_in_process_and_served(artifact, tmp_path):
     out = tmp_path / "bench"
     result = subprocess.run([sys.executable, "-m", "export.serve.cli", "bench", str(artifact),
-                             "--concurrency", "1,16", "--requests", "300", "--duration", "8",
+                             "--concurrency", "1,16", "--requests", "600", "--duration", "6",
                              "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     doc = json.loads((out / "serve-bench.json").read_text())
-    one, sixteen = doc["rows"]
-    assert one["errors"] == 0 and sixteen["errors"] == 0
-    assert one["ok"] > 0 and sixteen["ok"] > 0
-    assert sixteen["mean_batch"] > 1.5  # requests in flight together were batched
+    assert doc["engine"] == "local" and doc["rounds"] == 3
+    rows = {(r["concurrency"], r["mode"]): r for r in doc["rows"]}
+    assert set(rows) == {(c, m) for c in (1, 16) for m in ("in-process", "http")}
+    assert all(r["errors"] == 0 and r["ok"] > 0 for r in rows.values())
+    assert rows[16, "http"]["mean_batch"] > 1.5  # requests in flight together were batched
+    assert 0 < rows[1, "http"]["throughput_ratio"] < 1.5
     assert (out / "serve-bench.png").stat().st_size > 0
-    assert "p99 ms" in result.stdout
+    assert "engine: local" in result.stdout and "vs in-process" in result.stdout
+
+
+def test_ray_engine_answers_triton_client_like_the_local_engine(artifact, tmp_path):
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    x = np.random.default_rng(2).standard_normal((3, 1, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    answers = {}
+    for engine in ("local", "ray"):
+        with open(tmp_path / f"{engine}.log", "wb") as fh:
+            proc, url = start_server(str(artifact), 1, ["--engine", engine], print, 240, fh)
+        try:
+            with urllib.request.urlopen(f"{url}/v2", timeout=10) as resp:
+                assert json.loads(resp.read())["engine"] == engine
+            client = Path(__file__).with_name("serve_client.py")
+            subprocess.run([sys.executable, str(client), url, MODEL, str(tmp_path / "x.npy"),
+                            str(tmp_path / f"{engine}.npz")], check=True, timeout=120)
+            answers[engine] = np.load(tmp_path / f"{engine}.npz")["binary"]
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(90) == 0
+        assert "Traceback" not in (tmp_path / f"{engine}.log").read_text()
+        assert "graceful_shutdown failed" not in (tmp_path / f"{engine}.log").read_text()
+    np.testing.assert_array_equal(answers["local"], answers["ray"])

@@ -1,11 +1,10 @@
-"""``resnet-serve``: serve artifacts over the Open Inference Protocol on Ray Serve, and
+"""``resnet-serve``: serve artifacts over the Open Inference Protocol (single-machine engine or
+Ray Serve), and
 ``resnet-serve bench``: load a running server (or one it starts) at several concurrencies."""
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,6 @@ from ..predict.runtimes import runtime_choices
 
 def _echo(text: str) -> None:
     click.echo(text, err=True)
-
-
-def _wait_for_signal() -> None:
-    """Sleep until Ctrl-C or SIGTERM (both raise KeyboardInterrupt here)."""
-    stop = threading.Event()
-
-    def _stop(_signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    while not stop.wait(0.5):
-        pass
 
 
 @click.group(cls=DefaultGroup, default_command="start",
@@ -54,8 +40,10 @@ def main() -> None:
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Most images one batch may hold [default and limit: each artifact's batch "
                    "range max].")
-@click.option("--batch-wait-ms", type=click.FloatRange(min=0, max=10_000), default=2.0,
-              show_default=True, help="How long a batch waits to fill after its first request.")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0, max=10_000), default=0.0,
+              show_default=True,
+              help="How long a batch may wait to fill after its first request (0: batches "
+                   "form from what arrives while the previous one computes).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 for every interface).")
 @click.option("--port", type=click.IntRange(min=1, max=65535), default=8000, show_default=True)
@@ -64,27 +52,66 @@ def main() -> None:
                    "Ray here; artifacts must be readable at the same path on every node.")
 @click.option("--metrics-port", type=click.IntRange(min=1, max=65535), default=None,
               help="Serve Ray's Prometheus metrics (request counts, latencies, batch sizes) on "
-                   "this port (local Ray only).")
+                   "this port (Ray engine, local Ray only).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default=None,
+              help="local: uvicorn on this machine, the runners in its process(es); ray: Ray "
+                   "Serve [default: ray with --address, else local].")
+@click.option("--grpc-port", type=click.IntRange(min=1, max=65535), default=None,
+              help="Also serve the protocol's gRPC service on this port (local engine).")
+@click.option("--request-timeout", type=click.FloatRange(min=0.1, max=3600), default=5.0,
+              show_default=True,
+              help="Seconds a request's headers and body may take to arrive (408 past it).")
+@click.option("--keep-alive", type=click.FloatRange(min=1, max=3600), default=5.0,
+              show_default=True, help="Seconds an idle keep-alive connection stays open.")
+@click.option("--max-connections", type=click.IntRange(min=1, max=1_000_000), default=2048,
+              show_default=True,
+              help="Open connections per replica; past it 503 with Retry-After (local engine).")
+@click.option("--max-queue", type=click.IntRange(min=1), default=None,
+              help="Images waiting per replica before requests get 503 with Retry-After "
+                   "[default: four batches].")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=50_000_000,
+              show_default=True,
+              help="Largest image (width x height) the image route decodes; read from the "
+                   "header before decoding. A request's images may add up to 4x this.")
+@click.option("--drain-timeout", type=click.FloatRange(min=0, max=3600), default=10.0,
+              show_default=True,
+              help="Seconds given to requests already received when stopping.")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Accept NaN and infinite values in binary tensors (refused by default).")
+@click.option("--verbose", is_flag=True, help="Show the server's and Ray's own log lines.")
 @one_line_errors
 def start(artifacts: tuple[Path, ...], names: tuple[str, ...], runtime: str, replicas: int,
           threads: int | None, max_batch: int | None, batch_wait_ms: float, host: str,
-          port: int, address: str | None, metrics_port: int | None) -> None:
-    """Serve ARTIFACT... over the Open Inference Protocol on Ray Serve.
+          port: int, address: str | None, metrics_port: int | None, engine: str | None,
+          grpc_port: int | None, request_timeout: float, keep_alive: float,
+          max_connections: int, max_queue: int | None, max_image_pixels: int,
+          drain_timeout: float, allow_nonfinite: bool, verbose: bool) -> None:
+    """Serve ARTIFACT... over the Open Inference Protocol.
 
     Each artifact is checked as resnet-predict checks it (sha256 of its files, gate passed,
     precision contract) and served at /v2/models/<name> with dynamic batching; /v2/health/live
-    and /v2/health/ready answer for the service. Ctrl-C or SIGTERM drains and exits 0.
+    and /v2/health/ready answer for the service. The single-machine engine (uvicorn, the
+    runners in the serving processes) is the default; Ray Serve serves with --engine ray or
+    --address. Ctrl-C or SIGTERM drains (answers what was received) and exits 0; a second
+    Ctrl-C stops at once.
 
     \b
-    resnet-serve artifacts/resnet20-onnx
+    resnet-serve artifacts/resnet20-digits-onnx
     resnet-serve artifacts/resnet50-onnx --replicas 2 --runtime openvino
-    resnet-serve bench http://127.0.0.1:8000 --concurrency 1,4,16,64
+    resnet-serve artifacts/resnet50-onnx --engine ray --address auto
+    resnet-serve bench artifacts/resnet20-digits-onnx
     """
     from .server import ServeConfig, run
 
+    if metrics_port is not None and (engine or ("ray" if address else "local")) == "local":
+        raise click.BadParameter("is served by Ray (--engine ray); the local engine's "
+                                 "statistics are at /v2/models/<name>/stats",
+                                 param_hint="--metrics-port")
     cfg = ServeConfig(list(artifacts), list(names), runtime, replicas, threads, max_batch,
-                      batch_wait_ms, host, port, address, metrics_port)
-    run(cfg, _echo, _wait_for_signal)
+                      batch_wait_ms, host, port, address, metrics_port, engine, grpc_port,
+                      request_timeout, keep_alive, max_connections, max_queue, max_image_pixels,
+                      drain_timeout, allow_nonfinite, verbose)
+    run(cfg, _echo)
 
 
 def _concurrencies(_ctx: Any, _param: Any, value: str) -> list[int]:
@@ -116,21 +143,31 @@ def _concurrencies(_ctx: Any, _param: Any, value: str) -> list[int]:
               help="Replicas of the server it starts (ARTIFACT only).")
 @click.option("--serve-arg", "serve_args", multiple=True,
               help="More options for the server it starts (ARTIFACT only), e.g. "
-                   "--serve-arg=--runtime=openvino.")
+                   "--serve-arg=--engine=ray.")
+@click.option("--grpc", is_flag=True,
+              help="Also measure the served gRPC service (ARTIFACT only).")
+@click.option("--rounds", type=click.IntRange(min=1, max=100), default=3, show_default=True,
+              help="Interleaved rounds per concurrency (ARTIFACT only).")
 @one_line_errors
 def bench(target: str, model: str | None, concurrency: list[int], count: int, duration: float,
           batch: int, json_tensors: bool, out: Path, replicas: int,
-          serve_args: tuple[str, ...]) -> None:
+          serve_args: tuple[str, ...], grpc: bool, rounds: int) -> None:
     """Load a server at each concurrency: p50/p99 latency, throughput, errors, batches formed.
 
     URL: a running server (resnet-serve, Triton or any Open Inference Protocol server).
-    ARTIFACT: start resnet-serve on it (127.0.0.1, a free port), load it, stop it.
+    ARTIFACT: serve it (127.0.0.1, a free port) and measure it in-process and served (HTTP,
+    and gRPC with --grpc) in interleaved rounds: the serving overhead as one ratio.
     """
-    from .loadgen import BenchConfig, run_bench
+    from .loadgen import BenchConfig, is_url, run_bench
 
     cfg = BenchConfig(target, model, concurrency, count, duration, batch, not json_tensors,
-                      out, replicas, list(serve_args))
-    run_bench(cfg, _echo, click.echo)
+                      out, replicas, list(serve_args), grpc, rounds)
+    if is_url(target):
+        run_bench(cfg, _echo, click.echo)
+    else:
+        from .compare import compare
+
+        compare(cfg, _echo, click.echo, rounds)
 
 
 if __name__ == "__main__":

@@ -1,50 +1,27 @@
-"""The Ray Serve applications: one per model at ``/v2/models/<name>``, one for ``/v2``.
+"""The Ray Serve engine's applications: one per model at ``/v2/models/<name>``, one for ``/v2``,
+each serving the shared application of :mod:`.routes` (so a route is written once).
 
-Each model is its own Serve application whose FastAPI ingress *is* the model replica, so a
-request goes proxy -> replica with no second hop; Ray's proxy picks the longest route prefix, so
+Each model is its own Serve application whose ingress *is* the model replica, so a request goes
+proxy -> replica with no second hop; Ray's proxy picks the longest route prefix, so
 ``/v2/models/<name>/...`` reaches the model and everything else under ``/v2`` (health, server
-metadata, an unknown model) reaches the small root application. Dynamic batching is
-``@serve.batch`` counting rows, not requests (``batch_size_fn``), so a batch never exceeds
-``--max-batch`` images; the runner runs in a worker thread so the replica keeps reading requests
-(and forming the next batch) while a batch computes.
+metadata, an unknown model) reaches the small root application. A replica holds the same
+:class:`~.batcher.LocalModel` as the single-machine engine (runner, asyncio batcher counting
+images, bounded queue).
 """
 
+from __future__ import annotations
 
-import asyncio
-import os
-import tempfile
-import threading
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
 from ray import serve
-from starlette.exceptions import HTTPException
 
-from ..core.errors import UserError
-from ..data import preprocess, read_image
-from ..predict.predictor import Predictor, conversion, top_k
-from .protocol import (
-    HEADER_LENGTH,
-    ModelSignature,
-    ProtocolError,
-    decode_infer,
-    decompress,
-    encode_infer,
-)
-from .stats import Stats
-
-# No ``from __future__ import annotations`` here: FastAPI reads the route methods' annotations
-# (``request: Request``) at runtime, after Ray Serve has rebuilt their signatures.
-
-SERVER_NAME = "resnet-serve"
-EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository",
-              "classify"]
+from .batcher import BatchSettings
+from .protocol import ModelSignature, ProtocolError
+from .routes import AppInfo, build_app
+from .worker import ModelEntry, load_model
 
 
 @dataclass(frozen=True)
@@ -58,273 +35,100 @@ class ModelOptions:
     max_batch: int
     batch_wait_s: float
     config: dict[str, Any]  # Triton's model configuration, for the model_configuration route
+    max_queue: int = 0  # images queued per replica before 503 (0: four batches)
+    info: AppInfo = field(default_factory=lambda: AppInfo("ray", ""))
+
+    def batch(self) -> BatchSettings:
+        return BatchSettings(self.max_batch, self.batch_wait_s,
+                             self.max_queue or 4 * self.max_batch)
 
 
-def _error(exc: ProtocolError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+def full_paths(app: Any) -> Any:
+    """Ray mounts an application under its route prefix (``root_path``); the shared
+    application routes full paths, so the prefix is put back into the path."""
 
+    async def mounted(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            root, path = scope.get("root_path", ""), scope["path"]
+            if root and not path.startswith(root):
+                path = root + path
+            scope = dict(scope, root_path="", path=path, raw_path=path.encode())
+        await app(scope, receive, send)
 
-class _RootSlash:
-    """``/v2/models/<name>`` (no trailing slash) is the metadata route itself, not a redirect:
-    the application sees it as an empty path under its route prefix."""
-
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        root = scope.get("root_path")
-        if scope["type"] == "http" and root and scope["path"] == root:
-            scope = dict(scope, path=root + "/")
-        await self.app(scope, receive, send)
-
-
-def _protocol_errors(api: FastAPI) -> FastAPI:
-    """FastAPI's own errors (405, 404, a bad query) in the protocol's ``{"error": ...}`` form;
-    the application's own URL answers without a redirect."""
-    api.add_middleware(_RootSlash)
-
-    @api.exception_handler(HTTPException)
-    async def _http(_req: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
-
-    @api.exception_handler(RequestValidationError)
-    async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": str(exc.errors()[0].get("msg", exc))}, status_code=400)
-
-    return api
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, inflated, refusing (413) one longer than ``limit`` before reading it
-    all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ProtocolError(413, f"body of {declared} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ProtocolError(413, f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return decompress(b"".join(chunks), request.headers.get("content-encoding"), limit)
-
-
-def read_upload(data: bytes, name: str) -> np.ndarray:
-    """An uploaded image -> uint8 C x H x W through ``resnet-predict``'s own reader (EXIF
-    orientation, 8-bit conversion, decompression bombs refused), which reads regular files
-    only: the bytes go through a private temporary file, and errors name the upload."""
-    with tempfile.TemporaryDirectory(prefix="resnet-serve-") as tmp:
-        path = Path(tmp) / "upload"
-        path.write_bytes(data)
-        try:
-            return read_image(path)
-        except UserError as exc:
-            raise ProtocolError(400, str(exc).replace(str(path), name)) from None
-
-
-def _rows(items: list[np.ndarray]) -> int:
-    return sum(len(x) for x in items)
-
-
-model_api = _protocol_errors(FastAPI(title="resnet-serve model", openapi_url=None))
+    return mounted
 
 
 @serve.deployment
-@serve.ingress(model_api)
+@serve.ingress()
 class ModelServer:
     """One replica of one model: the artifact loaded as ``resnet-predict`` loads it."""
 
     def __init__(self, opts: ModelOptions):
         self.opts = opts
         # the same checks as load_artifact: sha256, gate passed, contract, engine vs GPU
-        self.predictor = Predictor.load(opts.folder, opts.runtime, opts.threads)
-        self.predictor.runner.activate()
-        self.sig = ModelSignature.from_manifest(opts.name, self.predictor.manifest)
-        self.limit = self.sig.body_limit()
-        self.lock = threading.Lock()  # OpenVINO's infer request is not re-entrant
-        self.stats = Stats(opts.name)
-        self._batched.set_max_batch_size(opts.max_batch)  # type: ignore[attr-defined]
-        self._batched.set_batch_wait_timeout_s(opts.batch_wait_s)  # type: ignore[attr-defined]
-        self._run(np.zeros((1, *self.sig.input.shape[1:]), dtype=np.float32))  # warm up
-        self.stats = Stats(opts.name)  # count requests, not the warm-up
+        self.model = load_model(ModelEntry(opts.folder, opts.name, opts.runtime, opts.threads,
+                                           opts.batch()))
+        configs = dict(opts.info.configs, **{opts.name: opts.config})
+        self.info = AppInfo("ray", opts.info.version, opts.info.limits, configs)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        started = time.perf_counter_ns()
-        with self.lock:
-            logits = self.predictor.logits(x, min(self.opts.max_batch, self.sig.max_batch))
-        self.stats.batch(len(x), time.perf_counter_ns() - started)
-        return logits
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002, batch_size_fn=_rows)
-    async def _batched(self, items: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
-        x = np.concatenate(items) if len(items) > 1 else items[0]
-        logits = await asyncio.to_thread(self._run, x)
-        out, start = [], 0
-        for item in items:
-            out.append((logits[start:start + len(item)], len(x)))
-            start += len(item)
-        return out
-
-    async def logits(self, x: np.ndarray) -> tuple[np.ndarray, int]:
-        """Logits for ``x``: batched with other requests when it fits a batch, else alone."""
-        if len(x) > self.opts.max_batch:
-            return await asyncio.to_thread(self._run, x), len(x)
-        result: tuple[np.ndarray, int] = await self._batched(x)
-        return result
-
-    # -- the protocol ----------------------------------------------------------------------
-
-    @model_api.get("/")
-    @model_api.get("/versions/{version}")
-    def metadata(self, version: str = "1") -> Response:
-        if version != "1":
-            return _error(ProtocolError(404, f"model {self.sig.name!r} has no version "
-                                             f"{version!r} (it has 1)"))
-        return JSONResponse(self.sig.metadata())
-
-    @model_api.get("/ready")
-    @model_api.get("/versions/{version}/ready")
-    def ready(self, version: str = "1") -> Response:
-        return Response(status_code=200 if version == "1" else 404)
-
-    @model_api.get("/config")
-    @model_api.get("/versions/{version}/config")
-    def config(self, version: str = "1") -> Response:
-        return JSONResponse(self.opts.config)
-
-    @model_api.get("/stats")
-    @model_api.get("/versions/{version}/stats")
-    def statistics(self, version: str = "1") -> Response:
-        return JSONResponse(self.stats.document(os.getpid()))
-
-    @model_api.post("/infer")
-    @model_api.post("/versions/{version}/infer")
-    async def infer(self, request: Request, version: str = "1") -> Response:
-        started = time.perf_counter_ns()
-        try:
-            if version != "1":
-                raise ProtocolError(404, f"model {self.sig.name!r} has no version {version!r}")
-            body = await read_body(request, self.limit)
-            req = decode_infer(self.sig, body, request.headers.get(HEADER_LENGTH))
-            logits, formed = await self.logits(req.inputs)
-            payload, headers = encode_infer(self.sig, req, logits)
-        except ProtocolError as exc:
-            self.stats.failure(time.perf_counter_ns() - started)
-            return _error(exc)
-        except Exception as exc:  # the runtime's own failure: an error, never a dead replica
-            self.stats.failure(time.perf_counter_ns() - started)
-            return _error(ProtocolError(500, f"inference failed: {type(exc).__name__}: {exc}"))
-        self.stats.success(len(req.inputs), time.perf_counter_ns() - started)
-        headers["x-batch-size"] = str(formed)
-        return Response(payload, headers=headers, media_type=headers.pop("content-type"))
-
-    @model_api.post("/classify")
-    async def classify(self, request: Request, top_k_: int = 5) -> Response:
-        """Image files (multipart ``files``/any file field, or one raw body) -> top-k labels,
-        preprocessed exactly as ``resnet-predict`` does."""
-        k = int(request.query_params.get("top_k", top_k_))
-        try:
-            files = await self._uploads(request)
-            pixels = []
-            for name, data in files:
-                pixels.append((name, await asyncio.to_thread(read_upload, data, name)))
-            x = np.concatenate([preprocess(p[None], self.predictor.spec) for _, p in pixels])
-            logits = np.concatenate([(await self.logits(x[i:i + self.sig.max_batch]))[0]
-                                     for i in range(0, len(x), self.sig.max_batch)])
-        except ProtocolError as exc:
-            return _error(exc)
-        except Exception as exc:  # the runtime's own failure: an error, never a dead replica
-            return _error(ProtocolError(500, f"inference failed: {type(exc).__name__}: {exc}"))
-        tops = top_k(logits, self.sig.class_names, k)
-        return JSONResponse({"model_name": self.sig.name, "results": [
-            {"file": name, "top": [p.to_dict() for p in top],
-             "converted": conversion(px.shape[0], self.predictor.spec.in_chans)}
-            for (name, px), top in zip(pixels, tops)]})
-
-    async def _uploads(self, request: Request) -> list[tuple[str, bytes]]:
-        limit = max(self.limit, 64 << 20)
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            return [("body", await read_body(request, limit))]
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ProtocolError(413, f"body of {declared} bytes exceeds the limit of {limit}")
-        try:
-            form = await request.form(max_files=self.sig.max_batch * 4)
-        except Exception as exc:
-            raise ProtocolError(400, f"not a multipart form: {exc}") from None
-        files = [(getattr(v, "filename", None) or k, await v.read())
-                 for k, v in form.multi_items() if hasattr(v, "read")]
-        if not files:
-            raise ProtocolError(400, "the form holds no file")
-        return files
+    def __serve_build_asgi_app__(self) -> Any:
+        return full_paths(build_app({self.opts.name: self.model}, self.info))
 
     def check_health(self) -> None:
         """Ray's health probe: a replica whose runner broke is replaced."""
-        if self.predictor.runner is None:
+        if not self.model.ready():
             raise RuntimeError("runner gone")
 
 
-root_api = _protocol_errors(FastAPI(title="resnet-serve", openapi_url=None))
+class _Deployed:
+    """A model as the root application sees it: its signature, and whether Ray Serve reports
+    its application running (the model's own routes are answered by its replicas)."""
+
+    def __init__(self, signature: ModelSignature):
+        self._signature = signature
+
+    @property
+    def signature(self) -> ModelSignature:
+        return self._signature
+
+    def ready(self) -> bool:
+        app = serve.status().applications.get(self._signature.name)
+        return str(getattr(app, "status", "")).endswith("RUNNING")
+
+    async def infer(self, batch: np.ndarray) -> np.ndarray:
+        raise ProtocolError(503, f"model {self._signature.name!r} is not running")
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
-@serve.ingress(root_api)
+@serve.ingress()
 class Root:
     """``/v2``: server metadata, liveness, readiness (every model's application running) and
     the protocol's answer for a model that is not served."""
 
-    def __init__(self, models: list[str], version: str):
-        self.models = models
-        self.version = version
+    def __init__(self, signatures: list[ModelSignature], info: AppInfo):
+        self.models = {s.name: _Deployed(s) for s in signatures}
+        self.info = info
 
-    @root_api.get("/")
-    def server_metadata(self) -> Response:
-        return JSONResponse({"name": SERVER_NAME, "version": self.version,
-                             "extensions": EXTENSIONS})
-
-    @root_api.get("/health/live")
-    def live(self) -> Response:
-        return Response(status_code=200)
-
-    async def _states(self) -> dict[str, str]:
-        status = await asyncio.to_thread(serve.status)
-        return {name: str(getattr(status.applications.get(name), "status", "NOT_FOUND"))
-                for name in self.models}
-
-    @root_api.get("/health/ready")
-    async def ready(self) -> Response:
-        states = await self._states()
-        ok = all(s.endswith("RUNNING") for s in states.values())
-        return Response(status_code=200 if ok else 503)
-
-    @root_api.post("/repository/index")
-    async def index(self) -> Response:
-        states = await self._states()
-        return JSONResponse([{"name": n, "version": "1",
-                              "state": "READY" if s.endswith("RUNNING") else "UNAVAILABLE"}
-                             for n, s in states.items()])
-
-    @root_api.api_route("/models/{name}", methods=["GET", "POST"])
-    @root_api.api_route("/models/{name}/{rest:path}", methods=["GET", "POST"])
-    def unknown(self, name: str, rest: str = "") -> Response:
-        return _error(ProtocolError(404, f"unknown model {name!r}; serving: "
-                                         f"{', '.join(self.models)}"))
+    def __serve_build_asgi_app__(self) -> Any:
+        return full_paths(build_app(self.models, self.info))
 
 
 def model_app(opts: ModelOptions, replicas: int, cpus_per_replica: float) -> Any:
     """The bound application for one model; ``max_ongoing_requests`` lets a batch fill (Ray's
-    default of 5 would cap every batch at 5 requests)."""
+    default of 5 would cap every batch at 5 requests); ``max_queued_requests`` bounds what
+    waits in front of the replicas (503 past it)."""
     return ModelServer.options(  # type: ignore[attr-defined]
         name="model", num_replicas=replicas,
         max_ongoing_requests=max(16, 2 * opts.max_batch),
+        max_queued_requests=opts.batch().max_queue,
         ray_actor_options={"num_cpus": cpus_per_replica,
                            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(opts.threads)}}},
         graceful_shutdown_timeout_s=10, health_check_period_s=2, health_check_timeout_s=30,
     ).bind(opts)
 
 
-def root_app(models: list[str], version: str) -> Any:
-    return Root.options(name="root").bind(models, version)  # type: ignore[attr-defined]
+def root_app(signatures: list[ModelSignature], info: AppInfo) -> Any:
+    return Root.options(name="root").bind(signatures, info)  # type: ignore[attr-defined]
 
 
 def folder_of(path: str | Path) -> str:
@@ -332,5 +136,5 @@ def folder_of(path: str | Path) -> str:
     return str(Path(path).resolve())
 
 
-__all__ = ["ModelOptions", "ModelServer", "Root", "folder_of", "model_app", "read_body",
+__all__ = ["ModelOptions", "ModelServer", "Root", "folder_of", "full_paths", "model_app",
            "root_app"]

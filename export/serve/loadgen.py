@@ -44,6 +44,8 @@ class BenchConfig:
     out: Path = Path("artifacts/bench/serve")
     replicas: int = 1
     serve_args: list[str] = field(default_factory=list)
+    grpc: bool = False  # also measure the served gRPC service (ARTIFACT only)
+    rounds: int = 3  # interleaved rounds per concurrency (ARTIFACT only)
 
 
 @dataclass
@@ -153,7 +155,7 @@ def pick_model(base: str, model: str | None) -> tuple[str, dict[str, Any]]:
         raise UserError(f"cannot read model {model!r} at {base}: {exc}") from None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -164,7 +166,7 @@ def start_server(artifact: str, replicas: int, extra: list[str], echo: Echo,
                  ) -> tuple[subprocess.Popen[bytes], str]:
     """``resnet-serve ARTIFACT`` in a child process on a free local port, once it is ready
     (its messages go to ``stderr``, a file, or this process's stderr)."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "export.serve.cli", artifact, "--port", str(port),
            "--replicas", str(replicas), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
@@ -274,34 +276,46 @@ def sweep(cfg: BenchConfig, base: str, echo: Echo) -> dict[str, Any]:
         echo(f"concurrency {level}: {rows[-1]['requests_per_s']:.1f} req/s, "
              f"{rows[-1]['errors']} error(s)")
     return {"schema": SCHEMA, "schema_version": 1, "url": base, "model": model,
+            "engine": server_engine(base),
             "batch": cfg.batch, "binary": cfg.binary, "count": cfg.count,
             "duration_s": cfg.duration, "load_average": list(os.getloadavg()), "rows": rows}
 
 
-def run_bench(cfg: BenchConfig, echo: Echo, out: Echo) -> dict[str, Any]:
-    """The sweep against ``cfg.target`` (a URL, or an artifact it serves for the run)."""
-    proc = None
-    base = cfg.target.rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        if not Path(cfg.target, "manifest.json").is_file():
-            raise UserError(f"{cfg.target} is neither a URL nor an artifact folder")
-        proc, base = start_server(cfg.target, cfg.replicas, cfg.serve_args, echo)
+def server_engine(base: str) -> str:
+    """The engine a server names in its ``/v2`` metadata ("unknown" for one that names none,
+    such as Triton)."""
     try:
-        doc = sweep(cfg, base, echo)
-    finally:
-        if proc is not None:
-            stop_server(proc)
-    if proc is not None:
-        doc["served"] = {"artifact": cfg.target, "replicas": cfg.replicas,
-                         "args": cfg.serve_args}
+        return str(_get(f"{base}/v2").get("engine", "unknown"))
+    except Exception:
+        return "unknown"
+
+
+def is_url(target: str) -> bool:
+    """A server's URL, else an artifact folder (refused in one line if it is neither)."""
+    if target.startswith(("http://", "https://")):
+        return True
+    if not Path(target, "manifest.json").is_file():
+        raise UserError(f"{target} is neither a URL nor an artifact folder")
+    return False
+
+
+def run_bench(cfg: BenchConfig, echo: Echo, out: Echo) -> dict[str, Any]:
+    """The sweep against the server at ``cfg.target`` (a URL; an artifact is
+    :func:`.compare.compare`'s)."""
+    base = cfg.target.rstrip("/")
+    if cfg.grpc:
+        raise UserError("--grpc measures a server it starts: give an ARTIFACT")
+    doc = sweep(cfg, base, echo)
     cfg.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(cfg.out / "serve-bench.json") as tmp:
         tmp.write_text(json.dumps(doc, indent=2))
     write_plot(doc, cfg.out / "serve-bench.png")
+    out(f"engine: {doc['engine']}")
     out(format_table(doc["rows"]))
     echo(f"wrote {cfg.out / 'serve-bench.json'}, {cfg.out / 'serve-bench.png'}")
     return doc
 
 
-__all__ = ["BenchConfig", "Client", "format_table", "run_bench", "start_server", "stop_server",
+__all__ = ["BenchConfig", "Client", "format_table", "is_url", "run_bench", "start_server",
+           "stop_server",
            "sweep"]

@@ -26,12 +26,15 @@ import numpy as np
 
 from ..core.models import ModelSpec
 from ..core.shapes import BatchRange
+from .strict import StrictJSONError, loads, numbers
 
 HEADER_LENGTH = "inference-header-content-length"
 #: the protocol's datatype names for the numpy dtypes a manifest can hold
 DATATYPES = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int64": "INT64",
              "int32": "INT32", "uint8": "UINT8", "int8": "INT8", "bool": "BOOL"}
 NUMPY = {v: np.dtype(k) for k, v in DATATYPES.items()}
+#: the largest JSON request body read (parsed JSON numbers cost ~10x their text in memory)
+JSON_LIMIT = 32 << 20
 
 
 class ProtocolError(Exception):
@@ -94,10 +97,16 @@ class ModelSignature:
     def row_elements(self) -> int:
         return math.prod(self.input.shape[1:])
 
-    def body_limit(self) -> int:
-        """The largest request body worth reading: a full batch as JSON text (about 24 bytes a
-        number at most) plus room for the header; anything longer is refused unread."""
-        return self.max_batch * self.row_elements() * 24 + (1 << 20)
+    def body_limit(self, binary: bool = False) -> int:
+        """The largest request body worth reading; anything longer is refused unread (or as soon
+        as streaming passes it). Binary: a full batch of raw tensor bytes plus 1 MiB for the
+        JSON header. JSON: a full batch as text (about 24 bytes a number at most), capped at
+        :data:`JSON_LIMIT` since parsed JSON costs ~10x its size in memory (send large batches
+        as binary tensors)."""
+        if binary:
+            return self.max_batch * self.row_elements() * NUMPY[self.input.datatype].itemsize \
+                + (1 << 20)
+        return min(self.max_batch * self.row_elements() * 24 + (1 << 20), JSON_LIMIT)
 
 
 @dataclass
@@ -112,7 +121,7 @@ class InferRequest:
 
 def _json(data: bytes, what: str) -> dict[str, Any]:
     try:
-        doc = json.loads(data)
+        doc = loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(400, f"{what} is not JSON: {str(exc).splitlines()[0]}") from None
     if not isinstance(doc, dict):
@@ -171,7 +180,8 @@ def _input_doc(sig: ModelSignature, doc: dict[str, Any]) -> dict[str, Any]:
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError(400, "request has no \"inputs\" list")
-    known = {i.get("name") if isinstance(i, dict) else None for i in inputs}
+    named = [i.get("name") if isinstance(i, dict) else None for i in inputs]
+    known = {n if isinstance(n, str) else None for n in named}
     if known != {sig.input.name} or len(inputs) != 1:
         raise ProtocolError(400, f"model {sig.name!r} takes one input {sig.input.name!r}, got "
                                  f"{sorted(map(str, known))}")
@@ -189,10 +199,10 @@ def _json_data(sig: ModelSignature, item: dict[str, Any], shape: tuple[int, ...]
         raise ProtocolError(400, f"input {sig.input.name!r} has neither \"data\" nor "
                                  "parameters.binary_data_size")
     try:
-        arr = np.asarray(data, dtype=NUMPY[sig.input.datatype])
-    except (TypeError, ValueError) as exc:
+        arr = numbers(data, NUMPY[sig.input.datatype])
+    except StrictJSONError as exc:
         raise ProtocolError(400, f"input {sig.input.name!r}: data is not a (nested) list of "
-                                 f"numbers: {str(exc).splitlines()[0]}") from None
+                                 f"numbers: {exc}") from None
     if arr.size != math.prod(shape):
         raise ProtocolError(400, f"input {sig.input.name!r}: {arr.size} values for shape "
                                  f"{list(shape)} ({math.prod(shape)} values)")
@@ -200,39 +210,73 @@ def _json_data(sig: ModelSignature, item: dict[str, Any], shape: tuple[int, ...]
 
 
 def _binary_size(item: dict[str, Any]) -> int | None:
-    size = (item.get("parameters") or {}).get("binary_data_size")
+    size = _params(item, "input").get("binary_data_size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise ProtocolError(400, f"binary_data_size {size!r} is not a byte count")
     return size
 
 
+def _params(holder: dict[str, Any], what: str) -> dict[str, Any]:
+    params = holder.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(400, f"{what} parameters must be a JSON object, got "
+                                 f"{type(params).__name__}")
+    return params
+
+
+def _flag(params: dict[str, Any], key: str, default: bool) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(400, f"parameter {key} must be true or false, got {value!r:.40}")
+    return value
+
+
 def _outputs(sig: ModelSignature, doc: dict[str, Any], binary_default: bool) -> bool:
     """Whether the output goes back as raw bytes; refuses an output the model does not have."""
-    params = doc.get("parameters") or {}
-    binary = bool(params.get("binary_data_output", binary_default))
-    for out in doc.get("outputs") or []:
+    binary = _flag(_params(doc, "request"), "binary_data_output", binary_default)
+    outputs = doc.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise ProtocolError(400, "\"outputs\" must be a list")
+    for out in outputs:
         name = out.get("name") if isinstance(out, dict) else None
-        if name != sig.output.name:
-            raise ProtocolError(400, f"model {sig.name!r} has no output {name!r} (it has "
+        if not isinstance(out, dict) or name != sig.output.name:
+            raise ProtocolError(400, f"model {sig.name!r} has no output {name!r:.60} (it has "
                                      f"{sig.output.name!r})")
-        oparams = out.get("parameters") or {}
+        oparams = _params(out, "output")
         if oparams.get("classification"):
             raise ProtocolError(400, "the classification extension is not supported; use the "
                                      "classify route for labels")
-        binary = bool(oparams.get("binary_data", binary))
+        binary = _flag(oparams, "binary_data", binary)
     return binary
 
 
-def decode_infer(sig: ModelSignature, body: bytes, header_length: str | None) -> InferRequest:
+def _request_id(doc: dict[str, Any]) -> str | None:
+    rid = doc.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise ProtocolError(400, f"\"id\" must be a string, got {type(rid).__name__}")
+    return rid
+
+
+def _check_finite(sig: ModelSignature, arr: np.ndarray) -> None:
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ProtocolError(400, f"input {sig.input.name!r} holds NaN or infinite values "
+                                 "(refused; the server's --allow-nonfinite accepts them)")
+
+
+def decode_infer(sig: ModelSignature, body: bytes, header_length: str | None,
+                 allow_nonfinite: bool = False) -> InferRequest:
     """A request body (already size-checked and inflated) -> the input batch, or a
-    :class:`ProtocolError` saying what is wrong with it."""
+    :class:`ProtocolError` saying what is wrong with it (NaN/Inf inputs too, unless
+    ``allow_nonfinite``)."""
     length = _header_length(header_length, len(body))
     doc = _json(body if length is None else body[:length], "request body" if length is None
                 else "request header")
     item = _input_doc(sig, doc)
     shape = _check_shape(sig, item.get("shape"))
     size = _binary_size(item)
-    rid = doc.get("id")
+    rid = _request_id(doc)
     if size is None:
         if length is not None and length != len(body):
             raise ProtocolError(400, f"{len(body) - length} binary bytes follow the header but "
@@ -252,8 +296,9 @@ def decode_infer(sig: ModelSignature, body: bytes, header_length: str | None) ->
                                      f"header, the header promises {size}")
         arr = np.frombuffer(body, dtype=dtype.newbyteorder("<"), count=math.prod(shape),
                             offset=length).reshape(shape)
-    return InferRequest(str(rid) if rid is not None else None, arr,
-                        _outputs(sig, doc, binary_default=False), sig.output.name)
+        if not allow_nonfinite:
+            _check_finite(sig, arr)
+    return InferRequest(rid, arr, _outputs(sig, doc, binary_default=False), sig.output.name)
 
 
 def encode_infer(sig: ModelSignature, req: InferRequest, logits: np.ndarray
@@ -267,11 +312,14 @@ def encode_infer(sig: ModelSignature, req: InferRequest, logits: np.ndarray
     if req.id is not None:
         doc["id"] = req.id
     if not req.binary_output:
+        if out.dtype.kind == "f" and not np.isfinite(out).all():
+            raise ProtocolError(500, "the output holds NaN or infinite values, which JSON "
+                                     "cannot carry; ask for binary output")
         tensor["data"] = out.ravel().tolist()
-        return json.dumps(doc).encode(), {"content-type": "application/json"}
+        return json.dumps(doc, allow_nan=False).encode(), {"content-type": "application/json"}
     raw = out.tobytes()
     tensor["parameters"] = {"binary_data_size": len(raw)}
-    header = json.dumps(doc).encode()
+    header = json.dumps(doc, allow_nan=False).encode()
     return header + raw, {"content-type": "application/octet-stream",
                           HEADER_LENGTH: str(len(header))}
 
@@ -308,5 +356,6 @@ def decode_response(body: bytes, header_length: str | None) -> tuple[dict[str, A
     return doc, np.frombuffer(body, dtype=dtype, offset=length).reshape(out["shape"])
 
 
-__all__ = ["HEADER_LENGTH", "InferRequest", "ModelSignature", "ProtocolError", "TensorSpec",
-           "decode_infer", "decode_response", "decompress", "encode_infer", "encode_request"]
+__all__ = ["HEADER_LENGTH", "JSON_LIMIT", "InferRequest", "ModelSignature", "ProtocolError",
+           "TensorSpec", "decode_infer", "decode_response", "decompress", "encode_infer",
+           "encode_request"]

@@ -1,19 +1,19 @@
-"""Start, run and stop the service: check every artifact, size replicas and threads, bring up
-Ray and Ray Serve, deploy, wait; on Ctrl-C or SIGTERM drain and shut Ray down.
+"""Start, run and stop the service: check every artifact, share the cores among replicas, pick
+the engine (single-machine by default, Ray Serve with ``--engine ray`` or ``--address``),
+announce where it listens, and stop in order.
 
 The artifacts are checked here first, in the calling process, exactly as the replicas will
 check them (:meth:`Predictor.load`, i.e. :func:`export.runtime.load_artifact`: sha256 of every
 file, gate passed, the runtime allowed by the contract), so a failed or foreign artifact is one
-line before Ray spends five seconds starting.
+line before any engine starts.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
-import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +24,7 @@ from ..core.artifact import read_manifest
 from ..core.errors import BadOption, UserError, first_line
 from ..core.hardware import usable_cores
 from ..predict.predictor import Predictor
+from .uploads import MAX_IMAGE_PIXELS, Limits
 
 Echo = Callable[[str], None]
 
@@ -38,16 +39,33 @@ class ServeConfig:
     replicas: int = 1
     threads: int | None = None
     max_batch: int | None = None
-    batch_wait_ms: float = 2.0
+    batch_wait_ms: float = 0.0
     host: str = "127.0.0.1"
     port: int = 8000
     address: str | None = None
     metrics_port: int | None = None
+    engine: str | None = None  # "local" or "ray"; None: ray with --address, else local
+    grpc_port: int | None = None
+    request_timeout: float = 5.0
+    keep_alive: float = 5.0
+    max_connections: int = 2048
+    max_queue: int | None = None  # images per replica; None: four batches
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    drain_timeout: float = 10.0
+    allow_nonfinite: bool = False
+    verbose: bool = False
+
+    def engine_name(self) -> str:
+        return self.engine or ("ray" if self.address else "local")
+
+    def limits(self) -> Limits:
+        return Limits(self.request_timeout, self.max_image_pixels, 4 * self.max_image_pixels,
+                      allow_nonfinite=self.allow_nonfinite)
 
 
 @dataclass(frozen=True)
-class Planned:
-    """One model as it will be deployed."""
+class Checked:
+    """One model as it will be served: its folder, name, manifest and batch bound."""
 
     folder: Path
     name: str
@@ -55,14 +73,14 @@ class Planned:
     max_batch: int
 
 
-def plan_models(cfg: ServeConfig) -> list[Planned]:
+def check_models(cfg: ServeConfig) -> list[Checked]:
     """Check every artifact (as load_artifact does) and name it; bad options raise BadOption."""
     from ..convert.triton_repo import check_name, model_name
 
     if cfg.names and len(cfg.names) != len(cfg.artifacts):
         raise BadOption(f"--name given {len(cfg.names)} time(s) for {len(cfg.artifacts)} "
                         "artifact(s): give one per artifact, in order")
-    planned = []
+    checked = []
     for i, folder in enumerate(cfg.artifacts):
         manifest = read_manifest(folder)
         Predictor.load(folder, cfg.runtime, verify=True)  # the replicas' checks, up front
@@ -71,14 +89,14 @@ def plan_models(cfg: ServeConfig) -> list[Planned]:
         if cfg.max_batch is not None and cfg.max_batch > top:
             raise BadOption(f"--max-batch {cfg.max_batch} is above {folder}'s batch range "
                             f"{manifest['batch_range']['min']}..{top}")
-        planned.append(Planned(folder.resolve(), name, manifest, cfg.max_batch or top))
-    names = [p.name for p in planned]
+        checked.append(Checked(folder.resolve(), name, manifest, cfg.max_batch or top))
+    names = [c.name for c in checked]
     if len(set(names)) != len(names):
         raise BadOption(f"two artifacts would both be served as {names!r}; give --name for each")
-    return planned
+    return checked
 
 
-def plan_threads(cfg: ServeConfig, models: int, cpus: int) -> tuple[int, float, str]:
+def size_threads(cfg: ServeConfig, models: int, cpus: int) -> tuple[int, float, str]:
     """(runner threads per replica, CPUs Ray reserves per replica, the sentence saying why).
 
     By default every replica of every model gets an equal share of the cores, so replicas x
@@ -101,112 +119,117 @@ def plan_threads(cfg: ServeConfig, models: int, cpus: int) -> tuple[int, float, 
     return threads, reserve, why
 
 
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Block SIGINT and SIGTERM while Ray starts its processes: they inherit the mask, so a
-    Ctrl-C (sent by the terminal to the whole process group) or a ``kill`` of the group reaches
-    only this process, which then drains and stops Ray in order instead of finding it dead."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def _start_ray(cfg: ServeConfig) -> int:
-    """Start or join Ray; returns the CPUs the replicas may use."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    with _signals_held():
-        return _init_ray(cfg)
-
-
-def _init_ray(cfg: ServeConfig) -> int:
-    import ray
-
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                              "log_to_driver": True, "configure_logging": True}
-    if cfg.address:
-        ray.init(address=cfg.address, **kwargs)
-        nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-        return int(max(nodes or [1]))
-    cpus = usable_cores()
-    if cfg.metrics_port:
-        kwargs["_metrics_export_port"] = cfg.metrics_port
-    ray.init(num_cpus=cpus, **kwargs)
-    return cpus
-
-
-def deploy(cfg: ServeConfig, planned: list[Planned], echo: Echo) -> str:
-    """Bring the applications up; returns the base URL."""
-    from ray import serve
-    from ray.serve.config import HTTPOptions
-    from ray.serve.schema import LoggingConfig
-
-    from .. import __version__
+def _configs(checked: list[Checked]) -> dict[str, dict[str, Any]]:
     from ..convert.triton_repo import RepoOptions, model_config
-    from .deployment import ModelOptions, model_app, root_app
 
-    cpus = _start_ray(cfg)
-    threads, reserve, why = plan_threads(cfg, len(planned), cpus)
+    return {c.name: model_config(c.manifest, c.name, RepoOptions(kind="cpu")) for c in checked}
+
+
+def _info(cfg: ServeConfig, checked: list[Checked]) -> Any:
+    from .. import __version__
+    from .routes import AppInfo
+
+    return AppInfo(cfg.engine_name(), __version__, cfg.limits(), _configs(checked))
+
+
+def _run_local(cfg: ServeConfig, checked: list[Checked], echo: Echo,
+               announce: Callable[[str], None], sock: Any) -> None:
+    from .batcher import BatchSettings
+    from .engine import EngineOptions, serve_local
+    from .guard import Guard
+    from .worker import ModelEntry, WorkerSettings
+
+    threads, _, why = size_threads(cfg, len(checked), usable_cores())
     echo(f"threads: {why}")
-    quiet = LoggingConfig(log_level="WARNING", enable_access_log=False)
-    serve.start(http_options=HTTPOptions(host=cfg.host, port=cfg.port), logging_config=quiet)
-    targets = [serve.RunTarget(root_app([p.name for p in planned], __version__), name="v2",
-                               route_prefix="/v2", logging_config=quiet)]
-    for p in planned:
-        opts = ModelOptions(str(p.folder), p.name, cfg.runtime, threads, p.max_batch,
-                            cfg.batch_wait_ms / 1000.0,
-                            model_config(p.manifest, p.name, RepoOptions(kind="cpu")))
-        targets.append(serve.RunTarget(model_app(opts, cfg.replicas, reserve), name=p.name,
-                                       route_prefix=f"/v2/models/{p.name}",
-                                       logging_config=quiet))
-    serve.run_many(targets)
-    return f"http://{cfg.host}:{cfg.port}"
+    entries = [ModelEntry(str(c.folder), c.name, cfg.runtime, threads, BatchSettings(
+        c.max_batch, cfg.batch_wait_ms / 1000.0, cfg.max_queue or 4 * c.max_batch))
+        for c in checked]
+    grpc = (cfg.host, cfg.grpc_port) if cfg.grpc_port else None
+    settings = WorkerSettings(entries, _info(cfg, checked), grpc)
+    opts = EngineOptions(cfg.host, cfg.port, cfg.replicas, cfg.keep_alive, cfg.drain_timeout,
+                         Guard(cfg.request_timeout, cfg.max_connections), cfg.verbose)
+    serve_local(settings, opts, echo, lambda: announce(f"http://{cfg.host}:{cfg.port}"), sock)
 
 
-def shutdown(echo: Echo) -> None:
-    """Drain (Serve lets each replica finish what it holds) and stop Ray."""
-    import ray
-    from ray import serve
+@contextlib.contextmanager
+def _stop_on_signal() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set the event (from the first moment: a Ctrl-C while Ray starts stops it
+    in order once it is up, rather than raising inside Ray's start-up)."""
+    stop = threading.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
 
-    echo("draining in-flight requests and shutting down")
+    def install() -> None:
+        for sig in signals:
+            signal.signal(sig, lambda *_: stop.set())
+
+    install()
     try:
-        serve.shutdown()
+        yield stop
     finally:
-        ray.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def run(cfg: ServeConfig, echo: Echo, wait: Callable[[], None]) -> None:
-    """Check, deploy, print where it listens, ``wait()`` until interrupted, then shut down."""
-    started = time.perf_counter()
-    planned = plan_models(cfg)
-    for p in planned:
-        m = p.manifest
-        echo(f"{p.name}: {p.folder} ({m['model']['name']} {m['format']}, {m['precision']} "
-             f"contract, batch {m['batch_range']['min']}..{m['batch_range']['max']}; batches of "
-             f"up to {p.max_batch} formed within {cfg.batch_wait_ms:g} ms)")
-        if m["source"].get("kind") == "seed":
-            echo(f"warning: {p.name} was exported from UNTRAINED (seeded) weights; its "
-                 "predictions mean nothing")
-    try:
-        url = deploy(cfg, planned, echo)
-    except KeyboardInterrupt:
-        shutdown(echo)
-        raise
-    except Exception as exc:
+def _run_ray(cfg: ServeConfig, checked: list[Checked], echo: Echo,
+             announce: Callable[[str], None]) -> None:
+    from .ray_engine import deploy, shutdown
+
+    with _stop_on_signal() as stop:
         try:
-            shutdown(echo)
-        except Exception:
+            url = deploy(cfg, checked, _info(cfg, checked), echo,
+                         lambda cpus: size_threads(cfg, len(checked), cpus))
+        except UserError:
+            raise
+        except BaseException as exc:
+            try:
+                shutdown(echo, cfg.verbose)
+            except Exception:
+                pass
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise UserError(f"could not deploy: {first_line(exc)}") from None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())  # ray.init installed its own SIGTERM's
+        if not stop.is_set():
+            announce(url)
+        while not stop.wait(0.5):
             pass
-        raise UserError(f"could not deploy: {first_line(exc)}") from None
-    echo(f"ready in {time.perf_counter() - started:.1f}s: {url}/v2 serving "
-         f"{', '.join(p.name for p in planned)} ({cfg.replicas} replica(s) each); Ctrl-C to stop")
-    try:
-        wait()
-    except KeyboardInterrupt:
-        pass
-    shutdown(echo)
+        shutdown(echo, cfg.verbose)
 
 
-__all__ = ["Planned", "ServeConfig", "deploy", "plan_models", "plan_threads", "run", "shutdown"]
+def run(cfg: ServeConfig, echo: Echo) -> None:
+    """Check, serve, print where it listens, run until interrupted, then drain and stop."""
+    from .engine import bind
+
+    started = time.perf_counter()
+    engine = cfg.engine_name()
+    if cfg.grpc_port is not None and (engine == "ray" or cfg.replicas > 1):
+        raise BadOption("--grpc-port is served by the single-machine engine with --replicas 1")
+    checked = check_models(cfg)
+    sock = bind(cfg.host, cfg.port)  # a taken port: refused now, in one line naming it
+    if engine == "ray":
+        sock.close()  # Ray's proxy binds it
+    for c in checked:
+        m = c.manifest
+        echo(f"{c.name}: {c.folder} ({m['model']['name']} {m['format']}, {m['precision']} "
+             f"contract, batch {m['batch_range']['min']}..{m['batch_range']['max']}; batches of "
+             f"up to {c.max_batch} formed within {cfg.batch_wait_ms:g} ms)")
+        if m["source"].get("kind") == "seed":
+            echo(f"warning: {c.name} was exported from UNTRAINED (seeded) weights; its "
+                 "predictions mean nothing")
+    grpc = f"; gRPC on {cfg.host}:{cfg.grpc_port}" if cfg.grpc_port else ""
+
+    def announce(url: str) -> None:
+        echo(f"ready in {time.perf_counter() - started:.1f}s: {url}/v2 serving "
+             f"{', '.join(c.name for c in checked)} (engine {engine}, {cfg.replicas} "
+             f"replica(s) each{grpc}); Ctrl-C to stop")
+
+    if engine == "ray":
+        _run_ray(cfg, checked, echo, announce)
+    else:
+        _run_local(cfg, checked, echo, announce, sock)
+    echo("stopped")
+
+
+__all__ = ["Checked", "ServeConfig", "check_models", "run", "size_threads"]
