@@ -81,8 +81,9 @@ def say(line: str) -> None:
               help="Images per runner call [default: the plan's, else the artifact's opt].")
 @click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Images per committed shard (the unit of resumption).")
-@click.option("--workers", type=thread_option("--workers"), default=None,
-              help="Decode worker processes [default: half the cores].")
+@click.option("--workers", type=thread_option("--workers", minimum=0), default=None,
+              help="Decode worker processes [default: half the cores; 0: decode in the main "
+                   "process].")
 @click.option("--threads", type=thread_option("--threads"), default=None,
               help="Runtime threads [default: the cores the workers leave].")
 @click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="auto",

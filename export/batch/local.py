@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.errors import BackendUnavailable, UserError, first_line
+from ..core.models import ModelSpec
 from ..predict.predictor import Predictor
 from .decode import Decoded, decode_chunk, init_worker
 from .shards import ChunkOutcome
@@ -39,12 +40,13 @@ class Threads:
     @classmethod
     def split(cls, cores: int, workers: int | None, runtime: int | None) -> Threads:
         """Half the cores decode, the rest infer, unless told otherwise."""
-        w = workers or max(1, cores // 2)
+        w = workers if workers is not None else max(1, cores // 2)
         return cls(w, runtime or max(1, cores - w))
 
     def describe(self, cores: int) -> str:
-        return (f"{self.workers} decode worker process(es), {self.runtime} runtime thread(s) "
-                f"on {cores} usable core(s)")
+        decode = (f"{self.workers} decode worker process(es)" if self.workers
+                  else "decoding in the main process")
+        return f"{decode}, {self.runtime} runtime thread(s) on {cores} usable core(s)"
 
 
 def chunks(shard: Shard, size: int) -> list[list[Item]]:
@@ -100,6 +102,19 @@ def _noop() -> None:
     return None
 
 
+class _Later:
+    """A chunk decoded in the main process when its result is asked for (--workers 0)."""
+
+    def __init__(self, chunk: list[Item], spec: ModelSpec):
+        self.chunk, self.spec = chunk, spec
+
+    def result(self) -> Decoded:
+        return decode_chunk(self.chunk, self.spec)
+
+    def cancel(self) -> bool:
+        return True
+
+
 class LocalEngine:
     """Decode workers + the main process's runner; :meth:`process` yields finished shards."""
 
@@ -113,17 +128,17 @@ class LocalEngine:
 
     def start(self) -> None:
         """Fork the workers before the runtime starts its threads, then load the runner."""
-        context = multiprocessing.get_context("fork")
-        self.pool = ProcessPoolExecutor(self.threads.workers, mp_context=context,
-                                        initializer=_init,
-                                        initargs=(self.predictor.spec.to_dict(),))
-        self.pool.submit(_noop).result()  # a fork context starts every worker at once
+        if self.threads.workers:
+            context = multiprocessing.get_context("fork")
+            self.pool = ProcessPoolExecutor(self.threads.workers, mp_context=context,
+                                            initializer=_init,
+                                            initargs=(self.predictor.spec.to_dict(),))
+            self.pool.submit(_noop).result()  # a fork context starts every worker at once
         activate(self.predictor)
 
     def process(self, shards: Iterator[Shard]) -> Iterator[tuple[Shard, list[ChunkOutcome]]]:
         """Each shard with its chunks' outcomes, in shard order."""
-        assert self.pool is not None, "start() first"
-        queue: deque[tuple[Shard, int, int, Future[Decoded]]] = deque()
+        queue: deque[tuple[Shard, int, int, Future[Decoded] | _Later]] = deque()
         todo = _numbered(shards, self.batch)
         done: list[ChunkOutcome] = []
         try:
@@ -133,7 +148,7 @@ class LocalEngine:
                     if nxt is None:
                         break
                     shard, j, n, chunk = nxt
-                    queue.append((shard, j, n, self.pool.submit(decode_chunk, chunk)))
+                    queue.append((shard, j, n, self._submit(chunk)))
                 if not queue:
                     return
                 shard, j, n, future = queue.popleft()
@@ -147,6 +162,11 @@ class LocalEngine:
         finally:
             for *_, future in queue:
                 future.cancel()
+
+    def _submit(self, chunk: list[Item]) -> Future[Decoded] | _Later:
+        if self.pool is None:
+            return _Later(chunk, self.predictor.spec)
+        return self.pool.submit(decode_chunk, chunk)
 
     def close(self) -> None:
         if self.pool is not None:

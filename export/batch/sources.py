@@ -95,6 +95,10 @@ def check_sources(paths: list[Path], column: str | None) -> list[tuple[str, Path
         kinds.append((source_kind(path), path))
     if any(k == "parquet" for k, _ in kinds) and not column:
         raise UserError("a Parquet source needs --column NAME: the column of encoded image bytes")
+    for kind, path in kinds:
+        if kind == "parquet":
+            assert column is not None
+            parquet_file(path, column)
     return kinds
 
 
@@ -199,13 +203,11 @@ def _tar_sample(path: Path, st: os.stat_result, sample: str,
                    member.size, st.st_mtime_ns)
 
 
-def _parquet(path: Path, column: str) -> Iterator[Item]:
-    """Rows of ``column`` (binary) in file order, keyed ``file.parquet#row``; the bytes travel
-    with the item. The file is stat'ed before and after: a file rewritten meanwhile refuses."""
+def parquet_file(path: Path, column: str) -> Any:
+    """The open Parquet file, its ``column`` checked to hold bytes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    before = os.stat(path)
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
@@ -217,6 +219,16 @@ def _parquet(path: Path, column: str) -> Iterator[Item]:
     if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
         raise UserError(f"column {column!r} of {path} is {kind}, not binary: it must hold "
                         "each image's encoded bytes (PNG/JPEG)")
+    return pf
+
+
+def _parquet(path: Path, column: str) -> Iterator[Item]:
+    """Rows of ``column`` (binary) in file order, keyed ``file.parquet#row``; the bytes travel
+    with the item. The file is stat'ed before and after: a file rewritten meanwhile refuses."""
+    import pyarrow as pa
+
+    before = os.stat(path)
+    pf = parquet_file(path, column)
     row = 0
     try:
         for batch in pf.iter_batches(batch_size=1024, columns=[column]):
@@ -268,9 +280,8 @@ def count(kinds: list[tuple[str, Path]], column: str | None = None) -> int:
     total = 0
     for kind, path in kinds:
         if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            total += pq.ParquetFile(path).metadata.num_rows
+            assert column is not None
+            total += parquet_file(path, column).metadata.num_rows
         else:
             total += sum(1 for _ in items([(kind, path)], column))
     return total
