@@ -47,12 +47,13 @@ def run_job(options: BatchOptions) -> tuple[Totals, Any]:
         started = (job or {}).get("started") if resumed else now()
         jobs.write_job(options.out, ident, status="running", started=started or now())
         say(f"{printable(options.artifact)}: {printable(predictor.describe())}")
-        say(f"{options.engine if not options.address else 'ray'} engine: "
-            f"{threads.describe(cores)}; batch {batch}, shards of {options.shard_size}"
-            + (f"; resuming ({removed} uncommitted part(s) dropped)" if resumed else ""))
         totals = Totals()
         engine = _engine(options, predictor, threads, batch)
         try:
+            engine.start()
+            say(f"{options.engine} engine: {engine.describe()}; batch {batch}, shards of "
+                f"{options.shard_size}"
+                + (f"; resuming ({removed} uncommitted part(s) dropped)" if resumed else ""))
             stream(options, engine, kinds, parts.OutputOptions(
                 predictor.class_names, options.top, options.logits), totals)
         finally:

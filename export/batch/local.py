@@ -163,6 +163,9 @@ class LocalEngine:
             for *_, future in queue:
                 future.cancel()
 
+    def describe(self) -> str:
+        return self.threads.describe(self.threads.workers + self.threads.runtime)
+
     def _submit(self, chunk: list[Item]) -> Future[Decoded] | _Later:
         if self.pool is None:
             return _Later(chunk, self.predictor.spec)

@@ -52,6 +52,7 @@ class BatchOptions:
 
 class Engine(Protocol):
     def start(self) -> None: ...
+    def describe(self) -> str: ...
     def process(self, shards: Iterator[Shard]) -> Iterator[tuple[Shard, list[Any]]]: ...
     def close(self) -> None: ...
 
@@ -138,7 +139,6 @@ def stream(options: BatchOptions, engine: Engine, kinds: list[tuple[str, Path]],
               dynamic_ncols=True, smoothing=0.1, desc="resnet-batch") as bar:
         if not bar.disable:
             _count_in_background(kinds, options.column, bar)
-        engine.start()
         for shard, outcomes in engine.process(pending(options.out, listing, totals)):
             predictions, errors = parts.tables(shard, outcomes, options_out)
             totals.count(parts.commit(options.out, shard, predictions, errors))
