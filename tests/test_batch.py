@@ -271,3 +271,19 @@ def test_kill_9_at_several_moments_then_rerun(onnx_artifact, tmp_path):
     assert rows(out) == rows(tmp_path / "whole")
     keys = predictions(out)["key"].to_pylist()
     assert len(keys) == len(set(keys)) == 600
+
+
+@pytest.mark.slow
+def test_ray_data_gives_the_local_engines_rows(onnx_artifact, digits, tmp_path):
+    """A local Ray (2 CPUs) in a process of its own; the same rows, bit for bit."""
+    pytest.importorskip("ray.data", reason="needs Ray Data (the batch extra)")
+    root, _ = digits
+    run(onnx_artifact, root, "--out", tmp_path / "local", "--workers", "0", "--shard-size", "8")
+    done = subprocess.run([sys.executable, "-m", "export.batch.cli", str(onnx_artifact),
+                           str(root), "--out", str(tmp_path / "ray"), "--engine", "ray",
+                           "--shard-size", "8"],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "Ray actor(s) x 1 runtime thread(s)" in done.stderr
+    assert rows(tmp_path / "ray") == rows(tmp_path / "local")
