@@ -244,6 +244,19 @@ def test_bad_input_is_one_line(onnx_artifact, tmp_path, case):
         assert sorted(p.name for p in out.iterdir()) == ["report.csv"]
 
 
+def test_a_shards_top_k_is_the_predictors_value_for_value():
+    from export.batch.shards import top_arrays
+    from export.predict.predictor import top_k
+
+    logits = np.random.default_rng(1).standard_normal((50, 10)).astype(np.float32)
+    logits[3, [2, 7]] = logits[3].max() + 1  # a tie: the lower class first, as argmax says
+    index, probs = top_arrays(logits, 4)
+    want = top_k(logits, [str(i) for i in range(10)], 4)
+    assert index.tolist() == [[p.index for p in row] for row in want]
+    assert probs.tolist() == [[p.probability for p in row] for row in want]
+    assert index[3, :2].tolist() == [2, 7]
+
+
 def _kill_at(args: list[str], env: dict, seconds: float) -> None:
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

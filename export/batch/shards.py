@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..predict.predictor import top_k
 from .sources import Shard
 
 PREDICTIONS = "predictions"
@@ -56,6 +55,20 @@ class OutputOptions:
         return pa.schema(fields)
 
 
+def top_arrays(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`export.predict.predictor.top_k` for a whole shard at once (the same softmax in
+    float64, the same stable order: ties go to the lower class), as arrays: class indices and
+    probabilities, ``N x k``. A test holds the two equal, value for value."""
+    logits = np.asarray(logits, dtype=np.float64)
+    k = max(1, min(k, logits.shape[1]))
+    if not len(logits):
+        return np.zeros((0, k), dtype=np.int64), np.zeros((0, k))
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(probs, order, axis=1)
+
+
 def folder_label(key: str, class_names: Sequence[str]) -> str | None:
     """The class an image's folder names (the layout resnet-train reads), or None."""
     parent = key.rsplit("/", 1)[0].rsplit("/", 1)[-1] if "/" in key else ""
@@ -77,13 +90,14 @@ def tables(shard: Shard, outcomes: Sequence[ChunkOutcome], options: OutputOption
     order = sorted(rows)
     logits = (np.stack([rows[i] for i in order]) if order
               else np.zeros((0, len(options.class_names)), dtype=np.float32))
-    tops = top_k(logits, options.class_names, options.top) if order else []
+    index, probs = top_arrays(logits, options.top)
+    names = np.asarray(options.class_names, dtype=object)
     keys = [shard.items[i].key for i in order]
     data: dict[str, Any] = {
         "key": keys, "label": [folder_label(k, options.class_names) for k in keys],
-        "class": [t[0].label for t in tops], "probability": [t[0].probability for t in tops],
-        "top_classes": [[p.label for p in t] for t in tops],
-        "top_probabilities": [[p.probability for p in t] for t in tops]}
+        "class": names[index[:, 0]].tolist() if order else [],
+        "probability": probs[:, 0] if order else np.zeros(0),
+        "top_classes": names[index].tolist(), "top_probabilities": list(probs)}
     if options.logits:
         data["logits"] = [row.astype(np.float32).tolist() for row in logits]
     errors.sort()
