@@ -4,63 +4,14 @@ Parquet, resumable with every image exactly once (docs/batch.md)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ..core.cli import OneLineCommand, OneLineUsageError, one_line_errors, thread_option
-from ..core.errors import printable
-from ..core.hardware import usable_cores
-from ..predict.predictor import Predictor
+from ..core.errors import UserError, printable
 from ..predict.runtimes import RUNTIME_CHOICES
 from ..predict.scoring import format_score
-from . import job as jobs
-from . import shards as parts
-from . import sources
-from .local import LocalEngine, Threads
-from .run import BatchOptions, Totals, batch_size, finish, identity, now, stream
-
-
-def _engine(options: BatchOptions, predictor: Predictor, threads: Threads, batch: int) -> Any:
-    if options.engine == "ray" or options.address:
-        from .distributed import RayEngine
-
-        return RayEngine(predictor, options, threads, batch)
-    return LocalEngine(predictor, threads, batch)
-
-
-def run_job(options: BatchOptions) -> tuple[Totals, Any]:
-    """Check everything, take the folder, run the pending shards, record the job."""
-    kinds = sources.check_sources(options.sources, options.column)
-    cores = usable_cores()
-    threads = Threads.split(cores, options.workers, options.threads)
-    jobs.check_folder(options.out)
-    predictor = Predictor.load(options.artifact, options.runtime, threads.runtime)
-    batch = batch_size(options, predictor)
-    ident = identity(options, predictor, kinds, batch)
-    jobs.prepare(options.out)
-    held = jobs.lock(options.out)
-    try:
-        job = jobs.check_folder(options.out)
-        resumed = jobs.resume_or_refuse(options.out, ident, job, options.restart)
-        removed = parts.drop_uncommitted(options.out)
-        started = (job or {}).get("started") if resumed else now()
-        jobs.write_job(options.out, ident, status="running", started=started or now())
-        say(f"{printable(options.artifact)}: {printable(predictor.describe())}")
-        totals = Totals()
-        engine = _engine(options, predictor, threads, batch)
-        try:
-            engine.start()
-            say(f"{options.engine} engine: {engine.describe()}; batch {batch}, shards of "
-                f"{options.shard_size}"
-                + (f"; resuming ({removed} uncommitted part(s) dropped)" if resumed else ""))
-            stream(options, engine, kinds, parts.OutputOptions(
-                predictor.class_names, options.top, options.logits), totals)
-        finally:
-            engine.close()
-        return totals, finish(options, ident, totals, predictor, started or now())
-    finally:
-        held.close()
+from .options import BatchOptions
 
 
 def say(line: str) -> None:
@@ -120,7 +71,14 @@ def main(artifact: Path, source: tuple[Path, ...], out: Path, top: int, logits: 
                            "ray" if address else engine, address, restart)
     if options.top < 1:
         raise OneLineUsageError("--top-k must be at least 1")
-    totals, scored = run_job(options)
+    try:
+        import pyarrow  # noqa: F401 - the output format
+    except ImportError:
+        raise UserError("resnet-batch needs pyarrow: pip install 'resnet-deploy[batch]'"
+                        ) from None
+    from .run import run_job
+
+    totals, scored = run_job(options, say)
     rate = totals.run_images / totals.seconds if totals.seconds else 0.0
     say(f"{totals.images} image(s) in {totals.shards} shard(s): {totals.predicted} predicted, "
         f"{totals.errors} unreadable" + (" (listed in errors.parquet)" if totals.errors else ""))

@@ -17,37 +17,19 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from ..core.errors import BadOption
+from ..core.errors import BadOption, printable
+from ..core.hardware import usable_cores
 from ..predict.predictor import Predictor
 from ..predict.scoring import Score
 from . import job as jobs
 from . import shards as parts
 from . import sources
+from .local import LocalEngine, Threads
+from .options import BatchOptions
 from .report import job_score
 from .sources import Shard, SourceChanged
 
 Echo = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """Everything a job is told (resnet-batch's options)."""
-
-    artifact: Path
-    sources: list[Path]
-    out: Path
-    top: int = 5
-    logits: bool = False
-    column: str | None = None
-    batch_size: int | None = None
-    shard_size: int = 1000
-    workers: int | None = None
-    threads: int | None = None
-    runtime: str = "auto"
-    engine: str = "local"
-    address: str | None = None
-    restart: bool = False
-    progress: bool | None = None  # None: on a terminal only
 
 
 class Engine(Protocol):
@@ -174,3 +156,45 @@ def finish(options: BatchOptions, ident: jobs.Identity, totals: Totals,
                              "first_commit_s": totals.first_commit_s, **totals.extra},
                    evaluation=scored.to_dict() if scored is not None else None)
     return scored
+
+
+def _engine(options: BatchOptions, predictor: Predictor, threads: Threads, batch: int) -> Any:
+    if options.engine == "ray" or options.address:
+        from .distributed import RayEngine
+
+        return RayEngine(predictor, options, threads, batch)
+    return LocalEngine(predictor, threads, batch)
+
+
+def run_job(options: BatchOptions, echo: Echo) -> tuple[Totals, Score | None]:
+    """Check everything, take the folder, run the pending shards, record the job."""
+    kinds = sources.check_sources(options.sources, options.column)
+    cores = usable_cores()
+    threads = Threads.split(cores, options.workers, options.threads)
+    jobs.check_folder(options.out)
+    predictor = Predictor.load(options.artifact, options.runtime, threads.runtime)
+    batch = batch_size(options, predictor)
+    ident = identity(options, predictor, kinds, batch)
+    jobs.prepare(options.out)
+    held = jobs.lock(options.out)
+    try:
+        job = jobs.check_folder(options.out)
+        resumed = jobs.resume_or_refuse(options.out, ident, job, options.restart)
+        removed = parts.drop_uncommitted(options.out)
+        started = (job or {}).get("started") if resumed else now()
+        jobs.write_job(options.out, ident, status="running", started=started or now())
+        echo(f"{printable(options.artifact)}: {printable(predictor.describe())}")
+        totals = Totals()
+        engine = _engine(options, predictor, threads, batch)
+        try:
+            engine.start()
+            echo(f"{options.engine} engine: {engine.describe()}; batch {batch}, shards of "
+                 f"{options.shard_size}"
+                 + (f"; resuming ({removed} uncommitted part(s) dropped)" if resumed else ""))
+            stream(options, engine, kinds, parts.OutputOptions(
+                predictor.class_names, options.top, options.logits), totals)
+        finally:
+            engine.close()
+        return totals, finish(options, ident, totals, predictor, started or now())
+    finally:
+        held.close()
