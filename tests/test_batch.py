@@ -206,6 +206,33 @@ def test_a_source_changed_while_the_job_runs_stops_it(onnx_artifact, tmp_path, m
     assert not (out / "_committed/part-000002.json").exists()
 
 
+def test_a_full_disk_stops_in_one_line_and_the_rerun_completes(onnx_artifact, digits,
+                                                                tmp_path, monkeypatch):
+    import errno
+
+    from export.batch import shards
+
+    root, _ = digits
+    run(onnx_artifact, root, "--out", tmp_path / "whole", "--workers", "0", "--shard-size", "8")
+    out = tmp_path / "out"
+    real, writes = shards.pq.write_table, []
+
+    def fill_up(table, where, *args, **kwargs):
+        writes.append(where)
+        if len(writes) == 5:  # shard 2's predictions
+            Path(where).write_bytes(b"PAR1")  # half a file, as a full disk leaves it
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(table, where, *args, **kwargs)
+
+    monkeypatch.setattr(shards.pq, "write_table", fill_up)
+    text = run(onnx_artifact, root, "--out", out, "--workers", "0", "--shard-size", "8", code=1)
+    assert "cannot write part-000002" in text.splitlines()[-1] and "No space left" in text
+    monkeypatch.setattr(shards.pq, "write_table", real)
+    run(onnx_artifact, root, "--out", out, "--workers", "0", "--shard-size", "8")
+    assert rows(out) == rows(tmp_path / "whole")
+    assert not [p for p in out.rglob(".*") if p.name != ".resnet-batch.lock"]
+
+
 def test_bad_image_goes_to_errors_and_the_job_goes_on(onnx_artifact, tmp_path):
     write_digits(tmp_path / "images", 9)
     (tmp_path / "images" / "3" / "broken.png").write_bytes(b"not a png at all")

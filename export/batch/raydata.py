@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import BackendUnavailable, UserError
+from ..core.errors import BackendUnavailable, UserError, first_line
 
 SUPPORTED = ">=2.40,<3"
 
@@ -67,7 +67,11 @@ def map_rows(rows: list[dict[str, Any]], actor: type, args: tuple[Any, ...], act
         pool = {"concurrency": actors}
     mapped = dataset.map_batches(actor, batch_size=1, fn_constructor_args=args, num_cpus=cpus,
                                  batch_format="numpy", **pool)
-    yield from mapped.iter_rows()
+    try:
+        yield from mapped.iter_rows()
+    except ray.exceptions.RayError as exc:  # an actor that cannot load the artifact, ...
+        raise UserError(f"Ray Data stopped: {first_line(exc)}; rerun the same command to "
+                        "continue from the committed shards") from None
 
 
 def shutdown() -> None:

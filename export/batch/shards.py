@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..core.errors import UserError
 from .sources import Shard
 
 PREDICTIONS = "predictions"
@@ -129,7 +130,17 @@ def _write_durably(path: Path, write: Any) -> None:
 
 
 def commit(out: Path, shard: Shard, predictions: pa.Table, errors: pa.Table) -> dict[str, Any]:
-    """Write the shard's parts, then its marker: from here on the shard is done."""
+    """Write the shard's parts, then its marker: from here on the shard is done. A write that
+    fails (a full disk) is one line; the shard stays uncommitted and the rerun does it."""
+    try:
+        return _commit(out, shard, predictions, errors)
+    except OSError as exc:
+        raise UserError(f"cannot write {shard.name} in {out}: {exc.strerror or exc}; rerun the "
+                        "same command to continue from the committed shards") from None
+
+
+def _commit(out: Path, shard: Shard, predictions: pa.Table, errors: pa.Table
+            ) -> dict[str, Any]:
     for folder, table in ((PREDICTIONS, predictions), (ERRORS, errors)):
         (out / folder).mkdir(exist_ok=True)
         _write_durably(out / folder / f"{shard.name}.parquet",
