@@ -86,7 +86,9 @@ def main(artifact: Path, source: tuple[Path, ...], out: Path, top: int, logits: 
         + (f", {totals.skipped_shards} shard(s) already committed" if totals.skipped_shards
            else "")
         + (f", first shard committed after {totals.first_commit_s:.1f}s"
-           if totals.first_commit_s is not None else ""))
+           if totals.first_commit_s is not None else "")
+        + (f" ({totals.extra['first_commit_since_process_start_s']:.1f}s since the command "
+           "started)" if totals.extra.get("first_commit_since_process_start_s") else ""))
     if scored is not None:
         click.echo(format_score(scored, 10).replace("in --json", "in job.json"))
     say(f"wrote {printable(out)}/predictions/ and {printable(out)}/job.json")
