@@ -12,6 +12,7 @@ pickles  CIFAR's pickles: a restricted unpickler whose result is bounded before 
 from .pixels import (
                      IMAGE_SUFFIXES,
                      channel_stats,
+                     decode_image,
                      image_files,
                      normalise,
                      preprocess,
@@ -41,7 +42,7 @@ from .splits import (
 )
 
 __all__ = ["DEFAULT_TEST_FRACTION", "DEFAULT_VAL_FRACTION", "IMAGE_SUFFIXES", "Labelled",
-           "Scanned", "Split", "TrainingData", "channel_stats", "describe_source",
+           "Scanned", "Split", "TrainingData", "channel_stats", "decode_image", "describe_source",
            "describe_split", "image_files", "indices_digest", "load_training_data", "normalise",
            "preprocess", "read_image",
            "reference_images", "resize_array", "scan", "source_name", "split_images",

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,23 @@ def read_image(path: Path, size: int | None = None) -> np.ndarray:
     as image viewers do, so a photo taken with the camera turned is read upright. Only a
     regular file is opened: a FIFO named ``x.png`` is refused, never read.
     """
+    return _decode(lambda: open_regular(path), path, size)
+
+
+def decode_image(data: bytes, name: str | Path, size: int | None = None) -> np.ndarray:
+    """Encoded image bytes (a tar member, a Parquet cell, a file already read) as
+    :func:`read_image` reads a file: the same pixels, the same errors naming ``name``."""
+    return _decode(lambda: io.BytesIO(data), Path(name), size)
+
+
+def _decode(opener: Callable[[], Any], path: Path, size: int | None) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with open_regular(path) as fh, Image.open(fh) as opened:
+            with opener() as fh, Image.open(fh) as opened:
                 opened.load()
                 img: Any = ImageOps.exif_transpose(opened)
                 img = _eight_bit(img, path)
