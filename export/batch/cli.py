@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..core.cli import OneLineCommand, OneLineUsageError, one_line_errors, thread_option
+from ..core.cli import LazyChoice, OneLineCommand, OneLineUsageError, one_line_errors, thread_option
 from ..core.errors import UserError, printable
-from ..predict.runtimes import RUNTIME_CHOICES
+from ..predict.runtimes import runtime_choices
 from ..predict.scoring import format_score
 from .options import BatchOptions
 
@@ -38,7 +38,7 @@ def say(line: str) -> None:
                    "process].")
 @click.option("--threads", type=thread_option("--threads"), default=None,
               help="Runtime threads [default: the cores the workers leave].")
-@click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="auto",
+@click.option("--runtime", type=LazyChoice(runtime_choices), default="auto",
               show_default=True, help="What runs the artifact (as resnet-predict --runtime).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
               show_default=True, help="local: this machine's processes; ray: Ray Data.")
