@@ -134,6 +134,22 @@ def test_a_candidate_2_points_less_accurate_fails(trained_project, release, digi
     assert "resnet-gate: FAIL (exit 1)" in result.stdout
 
 
+def test_a_changed_release_fails_its_verify_check(onnx_artifact, release, tmp_path):
+    onnx_file = next(release.glob("*.onnx"))
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-1] + b"\0")  # one byte changed
+    junit = tmp_path / "gate.xml"
+    result = invoke(main, [onnx_artifact, "--baseline", release, "--skip", "speed", "--junit",
+                           junit], catch_exceptions=True)
+    assert result.exit_code == 1, result.output
+    cases = check_junit_shape(junit)
+    failure = cases[f"release verify ({release.name})"].find("failure")
+    assert failure is not None and "sha256" in failure.get("message", "")
+    assert cases[f"candidate verify ({onnx_artifact.name})"].find("failure") is None
+    skipped = cases["top-1 accuracy vs release"].find("skipped")
+    assert skipped is not None and "release failed its artifact checks" in \
+        skipped.get("message", "")
+
+
 @pytest.mark.parametrize("args, words", [
     (["--baseline", "{missing}"], "not an artifact folder"),
     (["--max-slowdown", "-5"], "--max-slowdown"),

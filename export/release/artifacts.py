@@ -15,7 +15,7 @@ from typing import Any
 
 from ..core.agreement import check_digest
 from ..core.artifact import read_manifest, verify_files
-from ..core.errors import BadOption, ParityFailed
+from ..core.errors import BadOption, ParityFailed, UserError, printable
 from ..core.manifest import FORMATS, MANIFEST_NAME, Manifest
 from ..core.shapes import BatchRange
 from ..pipeline import ExportRequest, export_artifacts, verify_artifact
@@ -104,12 +104,15 @@ def verify_check(role: str, folder: Path, echo: Echo, regate: bool = True) -> Ch
     lines: list[str] = []
     with timed(check):
         if not regate:
-            _files_only(folder, check)
+            try:
+                _files_only(folder, check)
+            except UserError as exc:
+                check.status, check.message = Status.FAILED, printable(exc)
             return check
         try:
             parity = verify_artifact(folder, _collect(echo, lines))
-        except ParityFailed as exc:
-            check.status, check.message = Status.FAILED, str(exc)
+        except UserError as exc:  # a failed gate, a changed file, an edited manifest
+            check.status, check.message = Status.FAILED, printable(exc)
         else:
             check.message = (f"{folder}: every file matches its sha256; parity gate passed on "
                              f"{len(parity.get('runs', []))} runtime(s)")

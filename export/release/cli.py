@@ -76,6 +76,7 @@ def main(candidate: Path, config_path: Path | None, json_path: Path | None,
     config = read_config(config_path) if config_path is not None else {}
     given["json"] = json_path
     given["skip"] = tuple(given["skip"])
+    given["overwrite"] = given["overwrite"] or None  # absent: the config file's, else False
     options = merge(config, given)
     outcome = run_gate(candidate, options, echo=lambda line: click.echo(line, err=True))
     click.echo(format_outcome(outcome))

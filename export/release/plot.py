@@ -33,6 +33,8 @@ def plot_speed(path: Path, checks: list[Check]) -> bool:
             ax.annotate(LABELS[check.status], (x, max(max(ratios), limit)),
                         textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
         ax.axhline(1.0, color="grey", linewidth=0.8)
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high + 0.1 * (high - low))  # room for the verdicts
         ax.set_xticks(range(len(timed)), [c.name for c in timed], fontsize=8)
         ax.set_xlim(-0.6, len(timed) - 0.4)
         ax.set_ylabel("candidate / release p50, per round")
