@@ -7,8 +7,9 @@ release artifact exported from R.pt, and a candidate exactly 2 points less accur
 (R.pt with one class's bias raised: tests/gate_data.py). Then, each a full ``resnet-gate`` run
 with JUnit and JSON: the same checkpoint as the release 3 times, 3 times more beside a busy
 neighbour (``timeout 120 python -c "while True: pass"``), the 2-points-worse candidate and the
-deeper family member D.pt (e.g. resnet56 trained on the same digits). Prints one line per run:
-exit code, wall time, each check's status and the figures that decided it.
+deeper family member D.pt (e.g. resnet56 trained on the same digits); with ``--only
+resnet50``, the same checkpoint of a ResNet-50 (seeded weights) against its release. Prints
+one line per run: exit code, wall time, each check's status and the figures that decided it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,24 @@ def prepare(work: Path, release_ckpt: Path) -> tuple[Path, Path, Path]:
     if not worse.is_file():
         worse_checkpoint(release_ckpt, worse, data, lost=20)
     return data, release, worse
+
+
+def resnet50(work: Path) -> tuple[Path, Path]:
+    """A ResNet-50 checkpoint (seeded weights, the digits' 10 classes, RGB 224 px: the
+    grayscale PNGs are replicated to RGB as prediction does) and its release artifact."""
+    from export.core.checkpoint import save_checkpoint
+    from export.core.models import ModelSpec
+    from export.pipeline import ExportRequest, export_artifact
+
+    ckpt = work / "resnet50.pt"
+    if not ckpt.is_file():
+        spec = ModelSpec.create("resnet50", num_classes=10, in_chans=3)
+        save_checkpoint(ckpt, spec.build().eval(), spec, [str(i) for i in range(10)])
+    release = work / "release" / "resnet50-onnx"
+    if not release.is_dir():
+        export_artifact(ExportRequest(checkpoint=ckpt, out=release), echo=lambda _: None,
+                        warn=lambda _: None)
+    return ckpt, release
 
 
 def gate(work: Path, name: str, candidate: Path, release: Path, data: Path,
@@ -80,7 +99,8 @@ def main() -> None:
     parser.add_argument("work", type=Path)
     parser.add_argument("--release-checkpoint", type=Path, required=True)
     parser.add_argument("--deeper", type=Path, required=True)
-    parser.add_argument("--only", default="same,busy,worse,deeper")
+    parser.add_argument("--only", default="same,busy,worse,deeper",
+                        help="comma-separated: same, busy, worse, deeper, resnet50")
     args = parser.parse_args()
     work = args.work.resolve()
     data, release, worse = prepare(work, args.release_checkpoint.resolve())
@@ -101,6 +121,9 @@ def main() -> None:
                 neighbour.wait()
     if "worse" in wanted:
         results.append(gate(work, "worse", worse, release, data, []))
+    if "resnet50" in wanted:
+        r50, r50_release = resnet50(work)
+        results.append(gate(work, "resnet50-same", r50, r50_release, data, []))
     if "deeper" in wanted:
         results.append(gate(work, "deeper", args.deeper.resolve(), release, data,
                             ["--max-slowdown", "30"]))
