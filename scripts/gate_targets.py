@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -67,6 +68,7 @@ def gate(work: Path, name: str, candidate: Path, release: Path, data: Path,
          extra: list[str]) -> dict:
     out = work / "runs" / name
     started = time.perf_counter()
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = subprocess.run([*GATE, str(candidate), "--baseline", str(release), "--data", str(data),
                           "--out-dir", str(work / "candidates" / name), "--junit",
                           str(out / "gate.xml"), "--json", str(out / "gate.json"),
@@ -74,13 +76,17 @@ def gate(work: Path, name: str, candidate: Path, release: Path, data: Path,
                          cwd=work, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
     doc = json.loads((out / "gate.json").read_text()) if (out / "gate.json").exists() else {}
     checks = "; ".join(f"{c['name']}: {c['status']}" + _figures(c) for c in doc.get("checks", []))
     load = os.getloadavg()[0]
-    print(f"{name}: exit {run.returncode}, {wall:.0f} s, load {load:.1f} | {checks}", flush=True)
+    print(f"{name}: exit {run.returncode}, {wall:.0f} s wall, {cpu:.0f} s CPU, load {load:.1f} | "
+          f"{checks}", flush=True)
     if run.returncode not in (0, 1):
         print(run.stderr[-2000:])
-    return {"name": name, "exit": run.returncode, "wall_s": wall, "checks": doc.get("checks")}
+    return {"name": name, "exit": run.returncode, "wall_s": wall, "cpu_s": cpu, "load": load,
+            "checks": doc.get("checks")}
 
 
 def _figures(check: dict) -> str:

@@ -76,9 +76,13 @@ def default_batches(release: Path, latency_batch: int, throughput_batch: int | N
 
 
 def timing_config(rounds: int, seconds: float) -> TimingConfig:
-    """``seconds`` of timed work per model and batch size, cut into ``rounds`` slices."""
-    return TimingConfig(warmup_iters=2, warmup_time=min(0.5, seconds / 4), min_iters=2 * rounds,
-                        min_time=seconds, warmup_max_time=max(2.0, seconds), rounds=rounds)
+    """``seconds`` of timed work per model and batch size, cut into ``rounds`` slices of at
+    least 3 iterations. Every slice starts with one untimed iteration for both models alike:
+    the harness skips it for runners faster than 0.1 s, and two models either side of that
+    line would be treated differently at every switch (a bias in every round's ratio)."""
+    return TimingConfig(warmup_iters=2, warmup_time=min(0.5, seconds / 4), min_iters=3 * rounds,
+                        min_time=seconds, warmup_max_time=max(2.0, seconds), rounds=rounds,
+                        round_warmup=1, round_warmup_max=1e9)
 
 
 def measure(req: SpeedRequest, echo: Echo) -> dict[str, Any]:
