@@ -154,6 +154,7 @@ def test_a_changed_release_fails_its_verify_check(onnx_artifact, release, tmp_pa
     (["--baseline", "{missing}"], "not an artifact folder"),
     (["--max-slowdown", "-5"], "--max-slowdown"),
     (["--data", "{missing}"], "--data"),
+    (["--data", "{here}"], "--data needs --baseline"),
     (["--rounds", "2"], "--rounds"),
     (["--config", "{config}"], "max-slowdwn is not a setting"),
     (["--baseline", "{candidate}"], "same folder"),
@@ -161,7 +162,8 @@ def test_a_changed_release_fails_its_verify_check(onnx_artifact, release, tmp_pa
 def test_usage_errors_exit_2(onnx_artifact, tmp_path, args, words):
     config = tmp_path / "gate.toml"
     config.write_text("max-slowdwn = 5\n")
-    args = [a.format(missing=tmp_path / "nope", config=config, candidate=onnx_artifact)
+    args = [a.format(missing=tmp_path / "nope", config=config, candidate=onnx_artifact,
+                     here=tmp_path)
             for a in args]
     line = error_line(invoke(main, [onnx_artifact, *args], catch_exceptions=True), code=2)
     assert words in line

@@ -45,6 +45,9 @@ def check_inputs(candidate: Path, options: GateOptions) -> None:
     if options.data is not None and not options.data.is_dir():
         raise BadOption(f"--data {options.data}: not a folder (give a folder with one "
                         "sub-folder of images per class)")
+    if options.baseline is None and options.data is not None:
+        raise BadOption("--data needs --baseline: the accuracy check compares the candidate "
+                        "with the release")
     if options.baseline is not None and options.baseline.resolve() == candidate.resolve():
         raise BadOption("the candidate and --baseline are the same folder: give the release's "
                         "artifact as --baseline")
@@ -81,15 +84,15 @@ def accuracy(arts: Artifacts, options: GateOptions) -> Check:
         (None if options.data is not None else "no --data (a labelled folder)")
     if blocked:
         return _not_run(name, "accuracy", blocked)
-    assert arts.candidate is not None and arts.release is not None and options.data is not None
+    candidate, release, data = arts.candidate, arts.release, options.data
+    assert candidate is not None and release is not None and data is not None
 
     def body(check: Check) -> None:
         _same_classes(arts)
-        manifest = read_manifest(arts.release)  # type: ignore[arg-type]
+        manifest = read_manifest(release)
         names = [str(n) for n in manifest.get("class_names") or
                  range(manifest["model"]["num_classes"])]
-        accuracy_check(check, arts.candidate, arts.release, options.data,  # type: ignore
-                       options.max_accuracy_drop, names)
+        accuracy_check(check, candidate, release, data, options.max_accuracy_drop, names)
 
     return run_check(Check(name, "accuracy"), body)
 
