@@ -11,6 +11,7 @@ no two modules import each other (directly or round a loop).
     bench, predict   resnet-bench / resnet-predict, on top of the runtime and the exporters
     plan, serve      resnet-plan / resnet-serve, on top of everything
     batch            resnet-batch, on top of everything (reuses predict's Predictor and scoring)
+    release          resnet-gate: a candidate checked against a release, on top of everything
 
 Imports inside functions count too: a lazy import is still a dependency.
 """
@@ -25,7 +26,8 @@ PACKAGES = ("export", "bench")
 #: (module prefix, rank); the first prefix that matches decides
 LAYERS = [("export.core", 0), ("export.data", 1), ("export.runtime", 1), ("export.train", 2),
           ("export.convert", 3), ("export.gate", 3), ("export.predict", 5), ("export.plan", 6),
-          ("export.serve", 6), ("export.batch", 6), ("export", 4), ("bench", 5)]
+          ("export.serve", 6), ("export.batch", 6), ("export.release", 6), ("export", 4),
+          ("bench", 5)]
 #: ranks whose packages are leaves: siblings of the same rank may not import each other
 LEAF_RANKS = (5, 6)
 #: edges that the ranks allow but the architecture does not: CLIs and orchestration are leaves
