@@ -24,7 +24,7 @@ import torch
 
 from bench.candidates import Candidate, Models
 from bench.stats import NoiseRule, ratio_spread, round_ratios
-from bench.sweep import sweep
+from bench.sweep import SweepSettings, sweep
 from bench.timing import TimingConfig
 
 from ..core.artifact import read_manifest
@@ -95,9 +95,9 @@ def measure(req: SpeedRequest, echo: Echo) -> dict[str, Any]:
     echo(f"timing candidate and release in {req.rounds} interleaved rounds at batch "
          f"{', '.join(str(b) for _, b in req.batches)} ({req.seconds:g} s each)")
     try:
-        sweep(doc, cands, timing_config(req.rounds, req.seconds),
-              sorted({b for _, b in req.batches}), 0, cores, Models(0).macs, NoiseRule(),
-              progress=False)
+        sweep(doc, cands, SweepSettings(timing_config(req.rounds, req.seconds),
+                                        sorted({b for _, b in req.batches}), 0, cores,
+                                        NoiseRule()), Models(0).macs)
     finally:
         torch.set_num_threads(previous)
     if doc.get("interrupted"):
