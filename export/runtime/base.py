@@ -46,6 +46,8 @@ class Runner(abc.ABC):
 
     #: short runtime name used in reports, e.g. "torch", "onnxruntime", "openvino", "tensorrt"
     backend: str = "?"
+    #: what loading re-checked on this machine (:mod:`.recheck`); None: nothing was due
+    recheck: Any = None
 
     def __init__(self, precision: str = "fp32", device: str = "cpu",
                  contract: InputContract | None = None):
