@@ -119,14 +119,26 @@ def test_a_failing_re_check_refuses_in_one_line(int8_folder, tmp_path, monkeypat
     assert result.output.strip().splitlines()[-1].startswith("Error: refusing")
 
 
-def test_an_older_artifact_counts_as_judged_elsewhere(int8_folder, tmp_path, monkeypatch):
-    def older(manifest, copy):
-        for run in manifest["parity"]["runs"]:
-            del run["judged_on"]
-        del manifest["parity"]["recheck"]
-        (copy / REFERENCE_NAME).unlink()
-    old = _copy(int8_folder, tmp_path, older)
-    with pytest.raises(UserError, match="carries no gate reference to re-check it here"):
+def _older(manifest, copy):
+    """What an older release wrote: no judged_on, no gate reference."""
+    for run in manifest["parity"]["runs"]:
+        del run["judged_on"]
+    del manifest["parity"]["recheck"]
+    (copy / REFERENCE_NAME).unlink()
+
+
+def test_an_older_artifact_is_re_checked_from_its_source(int8_folder, tmp_path, capsys):
+    check = load_artifact(_copy(int8_folder, tmp_path, _older)).recheck
+    assert check is not None and check.passed and check.images >= 8
+    assert "judged on an unrecorded CPU" in capsys.readouterr().err
+
+
+def test_an_older_artifact_without_its_source_is_refused(int8_folder, tmp_path, monkeypatch):
+    def gone(manifest, copy):
+        _older(manifest, copy)
+        manifest["source"].update(path=str(tmp_path / "gone.pt"), relative_path=None)
+    old = _copy(int8_folder, tmp_path, gone)
+    with pytest.raises(UserError, match="neither a gate reference nor its source weights"):
         load_artifact(old)
     monkeypatch.setenv(NO_RECHECK_ENV, "1")
     assert load_artifact(old).recheck is None

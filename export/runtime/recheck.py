@@ -11,8 +11,9 @@ FP32 logits, listed in ``files`` with its sha256) through the runner, against th
 floors recorded beside them at export. A failure refuses the artifact in one line.
 :data:`NO_RECHECK_ENV` opts out.
 
-An artifact of an older release records neither: it counts as judged elsewhere, and without a
-reference file it is refused with the remedy (re-export here) unless the user opts out.
+An artifact of an older release records neither: it counts as judged elsewhere, and is
+re-checked on its gate's real images and eager logits rebuilt from the recorded source weights
+and dataset (as ``verify`` does); where those are gone it is refused unless the user opts out.
 """
 
 from __future__ import annotations
@@ -115,13 +116,49 @@ def _judge(reference: np.ndarray, candidate: np.ndarray, tol: dict[str, float]
     return cosine, top1, failures
 
 
-def _run(folder: Path, runner: Runner, section: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _stored(folder: Path, section: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The reference file's images (as float32) and eager logits."""
     with np.load(artifact_file(folder, section["file"]), allow_pickle=False) as data:
-        images, logits = data["images"].astype(np.float32), data["logits"]
-    step = int(section["batch"])
+        return data["images"].astype(np.float32), data["logits"]
+
+
+def _answers(runner: Runner, manifest: Manifest, images: np.ndarray) -> np.ndarray:
+    """The runner's logits for ``images``, fed in batches within the artifact's range (a
+    remainder that would fall below it is left out)."""
+    rng = manifest["batch_range"]
+    step = max(int(rng["min"]), min(int(rng["max"]), len(images)))
     with runner:
-        answers = [runner.infer(images[i:i + step]) for i in range(0, len(images), step)]
-    return logits, np.concatenate(answers)
+        return np.concatenate([runner.infer(images[i:i + step])
+                               for i in range(0, len(images) - step + 1, step)])
+
+
+def _rebuilt(folder: Path, manifest: Manifest, precision: str
+             ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """An older artifact without a reference: its gate's real images and their eager logits
+    rebuilt from the recorded dataset and source weights (sha256 checked, as ``verify`` does),
+    with the floors of its recorded verdict; None where the weights or the data are gone."""
+    from ..core.models import ModelSpec
+    from ..core.shapes import BatchRange
+    from ..core.weights import source_from_manifest
+    from ..data import reference_images
+    from .torch_runner import TorchRunner
+
+    runs = [r for r in manifest["parity"].get("runs") or [] if isinstance(r, dict)]
+    tol = next((r["tolerance"] for r in runs if r.get("precision") == precision
+                and isinstance(r.get("tolerance"), dict)), None)
+    dataset = ((manifest["parity"].get("inputs") or {}).get("real") or {}).get("dataset")
+    spec, batch = ModelSpec.from_dict(manifest["model"]), BatchRange.from_dict(
+        manifest["batch_range"])
+    try:
+        source = source_from_manifest(manifest, folder)
+        images = reference_images(dataset or source.dataset, spec, limit=batch.max)
+    except UserError:
+        return None
+    if tol is None or not len(images):
+        return None
+    images = images[np.arange(max(batch.min, len(images))) % len(images)]
+    with TorchRunner(source.model, device="cpu") as eager:
+        return images, eager.infer(images), tol
 
 
 def recheck_where_judged(folder: Path, manifest: Manifest, runner: Runner, runtime: str,
@@ -140,21 +177,27 @@ def recheck_where_judged(folder: Path, manifest: Manifest, runner: Runner, runti
     opt_out = f"set {NO_RECHECK_ENV}=1 to run it unchecked"
     section = manifest["parity"].get("recheck")
     section = section if isinstance(section, dict) else {}
-    tol = (section.get("tolerances") or {}).get(precision)
-    if not isinstance(tol, dict):
-        raise UserError(f"refusing {folder}: its {precision} verdict was judged on {judged}, "
-                        f"not on a machine like this one ({where}), and it carries no gate "
-                        f"reference to re-check it here; re-export it here, or {opt_out}")
+    tolerances = section.get("tolerances")
+    tol = tolerances.get(precision) if isinstance(tolerances, dict) else None
     try:
-        reference, answers = _run(folder, runner, section)
-    except (KeyError, ValueError, OSError) as exc:
+        if isinstance(tol, dict):
+            images, reference = _stored(folder, section)
+        elif (rebuilt := _rebuilt(folder, manifest, precision)) is not None:
+            images, reference, tol = rebuilt
+        else:
+            raise UserError(f"refusing {folder}: its {precision} verdict was judged on "
+                            f"{judged}, not on a machine like this one ({where}), and neither "
+                            "a gate reference nor its source weights and data are here to "
+                            f"re-check it; re-export it here, or {opt_out}")
+        answers = _answers(runner, manifest, images)
+        cosine, top1, failures = _judge(reference[:len(answers)], answers, tol)
+    except (KeyError, TypeError, ValueError, OSError) as exc:
         raise UserError(f"refusing {folder}: its gate reference does not read ({exc})") from None
-    cosine, top1, failures = _judge(reference, answers, tol)
-    result = Recheck(precision, runtime, here, judged, len(reference), cosine, top1, failures)
+    result = Recheck(precision, runtime, here, judged, len(answers), cosine, top1, failures)
     if failures:
         raise UserError(f"refusing {folder}: its {precision} verdict was judged on {judged}; "
-                        f"re-checked here ({where}) on {len(reference)} gate images it FAILS: "
+                        f"re-checked here ({where}) on {len(answers)} gate images it FAILS: "
                         f"{'; '.join(failures)}; re-export it on this machine, or {opt_out}")
     print(f"note: {folder}: {precision} verdict judged on {judged}; re-checked here ({where}) "
-          f"on {len(reference)} gate images: pass (min cosine {cosine:.4f})", file=sys.stderr)
+          f"on {len(answers)} gate images: pass (min cosine {cosine:.4f})", file=sys.stderr)
     return result
