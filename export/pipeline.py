@@ -35,6 +35,7 @@ from .convert.calibration import calibration_set
 from .convert.fp16 import convert_to_fp16
 from .convert.int8 import METHODS, quantize_qdq
 from .convert.onnx_export import export_onnx, io_signature, save_onnx, stamp_metadata
+from .core import cpu_features
 from .core.agreement import check_digest
 from .core.artifact import artifact_file, read_manifest, verify_files
 from .core.errors import ParityFailed, UserError
@@ -68,6 +69,7 @@ from .core.weights import (
 )
 from .gate.judge import judge_artifact
 from .gate.parity import TOLERANCES, Verdict
+from .gate.reference import write_gate_reference
 from .request import (
     ExportRequest,
     check_limits,
@@ -187,7 +189,7 @@ def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelP
                 failed_note = f"kept for inspection in {failed}"
             raise ParityFailed(f"parity gate FAILED for {spec.name} {req.fmt}: "
                                f"{_first_failure(verdicts)}; {failed_note}"
-                               f"{_int8_help(req, manifest)}")
+                               f"{_int8_help(req, manifest, verdicts)}")
         # again, right before: the folder may have changed while the export ran
         previous = check_out(out, manifest["source"], manifest["model"], req.overwrite, warn)
         _announce_replacement(out, previous, warn)
@@ -209,10 +211,20 @@ def _announce_replacement(out: Path, previous: Manifest | None, warn: Echo) -> N
              f"{previous['created']})")
 
 
-def _int8_help(req: ExportRequest, manifest: Manifest) -> str:
-    """What may get an INT8 artifact through its gate, after a failure."""
+def _int8_help(req: ExportRequest, manifest: Manifest, verdicts: list[Verdict]) -> str:
+    """What may get an INT8 artifact through its gate, after a failure: only what can help the
+    failure seen. Where one runtime passed the same file the ranges are sound and the other
+    runtime's kernels differ on this CPU: more images or another method cannot help that."""
     if req.precision != "int8":
         return ""
+    judged = [v for v in verdicts if v.precision == "int8"]
+    passed = [v.candidate for v in judged if v.passed]
+    if passed:
+        failed = ", ".join(v.candidate for v in judged if not v.passed)
+        return (f"; the calibration is sound (it passed on {', '.join(passed)}): {failed} "
+                f"computes this file differently on this CPU ({cpu_features.isa_class()}), "
+                "which more calibration images or another method cannot change; --keep-failed "
+                "keeps the file for inspection")
     count = ((manifest.get("int8") or {}).get("calibration") or {}).get("count")
     others = [m for m in METHODS if m != req.calib_method]
     return (f"; what may help: more calibration images (--calib-count, {count} now), "
@@ -295,6 +307,10 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
         int8=int8_report)
     parity, verdicts = judge_artifact(staging, manifest, source, echo)
     manifest["parity"] = parity
+    carried = write_gate_reference(staging, manifest, source)  # INT8/BF16: re-checked elsewhere
+    if carried is not None:
+        manifest["files"].append(carried[0])
+        manifest["parity"]["recheck"] = carried[1]
     write_manifest(staging, manifest)
     return manifest, verdicts
 

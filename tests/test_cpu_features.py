@@ -66,3 +66,18 @@ def test_describe_is_json_ready():
 def test_this_machine_answers_without_error():
     assert isinstance(cf.summary(), str)
     assert cf.native_bf16() in (True, False, None)
+
+
+@pytest.mark.parametrize("text,isa", [
+    (SAPPHIRE_RAPIDS, "amx"), (COOPER_LAKE, "avx512-bf16"), (CASCADE_LAKE, "avx512-vnni"),
+    (ALDER_LAKE, "avx-vnni"), (SKYLAKE_X, "avx512"), (HASWELL, "avx2"), (GRAVITON3, "neon"),
+])
+def test_isa_class_names_the_kernels_int8_and_bf16_get(text, isa, monkeypatch):
+    monkeypatch.delenv(cf.ISA_CLASS_ENV, raising=False)
+    assert cf.isa_class(cf.cpu_features(text)) == isa
+    monkeypatch.setenv(cf.ISA_CLASS_ENV, "avx2")  # the override plays another CPU
+    assert cf.isa_class(cf.cpu_features(text)) == "avx2"
+
+
+def test_cpu_model_is_read_from_cpuinfo():
+    assert cf.cpu_model(SAPPHIRE_RAPIDS) == "Intel(R) Xeon(R) Platinum 8480+"

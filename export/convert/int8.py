@@ -23,13 +23,17 @@ Two flavours, because the fast form differs between runtimes (figures in
 
 ``"cpu"`` - ONNX Runtime and OpenVINO on x86:
     uint8 *asymmetric* activations, int8 *symmetric* per-channel weights, int32 biases,
-    ``reduce_range=False``. This is ONNX Runtime's documented recommendation for x86 with VNNI,
-    and the only form measured to run in integer kernels end to end on ORT CPU (every Conv and
-    Add fused into QLinearConv/QLinearAdd). With symmetric int8 activations the ReLU cannot be
-    folded into the quantized range, stays between Conv and Q, and blocks that fusion for many
-    convolutions: measured at or below FP32 speed. ``reduce_range`` (7-bit weights) exists for
-    pre-VNNI CPUs, whose 16-bit intermediate sums could saturate; with VNNI/AMX it showed no
-    speed gain and only costs weight resolution. OpenVINO ran every QDQ form equally fast.
+    ``reduce_range=True`` (7-bit weights, -64..63). u8 x s8 is the only form measured to run in
+    integer kernels end to end on ORT CPU (every Conv and Add fused into QLinearConv/QLinearAdd);
+    with symmetric int8 activations the ReLU cannot be folded into the quantized range, stays
+    between Conv and Q, and blocks that fusion: measured at or below FP32 speed. Without VNNI
+    (AVX2 only) ORT's u8 x s8 kernels multiply through ``vpmaddubsw``, whose 16-bit sum of two
+    products saturates with full-range weights (2 x 255 x 127 > 32767): the reporter's AVX2 EPYC
+    fell to cosine ~0.7, and emulating an AVX2-only CPU here reproduced it. 7-bit weights keep
+    that sum in range (2 x 255 x 64 < 32767), ONNX Runtime's documented remedy. An artifact
+    travels to CPUs other than the one that built it, so the flavour always uses it: its cost
+    on VNNI/AMX is weight resolution only (figures in docs/export.md, INT8), not speed.
+    OpenVINO ran every QDQ form equally fast.
 
 ``"tensorrt"`` - TensorRT explicit quantization (strongly typed network from Q/DQ):
     - int8 *symmetric* activations AND weights, so every zero point is 0 (TensorRT supports
@@ -141,9 +145,10 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "cpu": Recipe(
-        flavour="cpu", target="ONNX Runtime / OpenVINO CPU (x86, VNNI/AMX u8s8 kernels)",
+        flavour="cpu", target="ONNX Runtime / OpenVINO CPU (x86 u8s8 kernels, with or without "
+                              "VNNI: 7-bit weights)",
         activation_type="uint8", activation_symmetric=False,
-        weight_type="int8", weight_symmetric=True, per_channel=True, reduce_range=False,
+        weight_type="int8", weight_symmetric=True, per_channel=True, reduce_range=True,
         quantize_bias=True, dedicated_qdq_pair=False, op_types=None),
     "tensorrt": Recipe(
         flavour="tensorrt", target="TensorRT explicit quantization (Q/DQ, strongly typed)",

@@ -11,10 +11,19 @@ The one-word :func:`summary` labels benchmark figures: a CPU's numbers mean litt
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Mapping
 
 CPUINFO = "/proc/cpuinfo"
+#: Set to an ISA class (:data:`ISA_CLASSES`) to make :func:`isa_class` answer it instead of the
+#: probe: how tests (and a user checking an artifact's re-check) play another CPU.
+ISA_CLASS_ENV = "RESNET_DEPLOY_ISA_CLASS"
+#: The classes of CPU whose integer (u8 x s8) and BF16 kernels differ, best first: AMX tiles;
+#: AVX-512 with BF16 (and VNNI); AVX-512 VNNI; VNNI on 256-bit registers; AVX-512 without VNNI;
+#: AVX2 (u8 x s8 through vpmaddubsw, whose 16-bit sums saturate); anything else.
+ISA_CLASSES = ("amx", "avx512-bf16", "avx512-vnni", "avx-vnni", "avx512", "avx2", "neon",
+               "other", "unknown")
 
 #: our name -> the /proc/cpuinfo flag that says it (Linux kernel spelling)
 FEATURE_FLAGS: dict[str, str] = {
@@ -86,6 +95,32 @@ def summary(features: Mapping[str, bool | None] | None = None) -> str:
     if f.get("neon"):
         return "NEON+SVE" if f.get("sve") else "NEON"
     return "SSE" if platform.machine().lower() in ("x86_64", "amd64", "i686") else "unknown"
+
+
+def isa_class(features: Mapping[str, bool | None] | None = None) -> str:
+    """The class of CPU that decides which integer and BF16 kernels a runtime picks (one of
+    :data:`ISA_CLASSES`): an INT8 or BF16 verdict holds for the class it was judged on.
+    :data:`ISA_CLASS_ENV` overrides the probe."""
+    forced = os.environ.get(ISA_CLASS_ENV)
+    if forced:
+        return forced
+    f = cpu_features() if features is None else features
+    if all(v is None for v in f.values()):
+        return "unknown"
+    ladder = (("amx", ("amx_int8", "amx_bf16")), ("avx512-bf16", ("avx512_bf16",)),
+              ("avx512-vnni", ("avx512_vnni",)), ("avx-vnni", ("avx_vnni",)),
+              ("avx512", ("avx512bw",)), ("avx2", ("avx2",)), ("neon", ("neon",)))
+    return next((name for name, flags in ladder if any(f.get(k) for k in flags)), "other")
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name (``model name`` in /proc/cpuinfo), else what platform knows."""
+    text = _read_cpuinfo() if cpuinfo is None else cpuinfo
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == "model name":
+            return value.strip()
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def native_bf16(features: Mapping[str, bool | None] | None = None) -> bool | None:

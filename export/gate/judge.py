@@ -16,6 +16,7 @@ from ..core.shapes import BatchRange
 from ..core.weights import SourceModel
 from ..runtime.base import Runner
 from ..runtime.loader import runner_for
+from ..runtime.recheck import judged_here
 from ..runtime.registry import EXECUTION_PRECISIONS, runtimes_for
 from ..runtime.torch_runner import TorchRunner
 from .inputs import accuracy_set, parity_inputs
@@ -32,6 +33,7 @@ class GateCandidate:
 
     runner: Runner
     contract: str
+    runtime: str = ""  # the registry's name for it (recorded with the verdict)
 
 
 def not_judged(manifest: Manifest) -> list[str]:
@@ -65,17 +67,18 @@ def gate_candidates(folder: Path, manifest: Manifest) -> list[GateCandidate]:
         if not info.judges or info.unavailable() is not None:
             continue
         found.append(GateCandidate(runner_for(folder, manifest, runtime=info.name,
-                                              file=built_from), own))
+                                              file=built_from), own, info.name))
         for extra in EXECUTION_PRECISIONS.get((info.name, own), ()):
             if extra == own or info.not_native(extra) is not None:
                 continue  # not native here: never judged, never emulated
             try:
                 found.append(GateCandidate(runner_for(folder, manifest, runtime=info.name,
-                                                      precision=extra, file=built_from), extra))
+                                                      precision=extra, file=built_from), extra,
+                                           info.name))
             except BackendUnavailable:
                 pass
     if built_from is not None:
-        found.append(GateCandidate(runner_for(folder, manifest), own))
+        found.append(GateCandidate(runner_for(folder, manifest), own, "tensorrt"))
     return found
 
 
@@ -100,8 +103,9 @@ def judge_artifact(folder: Path, manifest: Manifest, source: SourceModel, echo: 
         notes.append(f"random inputs are not judged at {manifest['precision']}: they lie "
                      "outside the ranges it was calibrated for")
     reference = TorchRunner(source.model, device="cpu")
-    verdicts = []
+    verdicts, places = [], []
     for found in gate_candidates(folder, manifest):
+        places.append(judged_here(found.runtime))
         candidate = found.runner
         started = time.perf_counter()
         echo(table_header(found.contract, candidate.label, reference.label,
@@ -130,7 +134,8 @@ def judge_artifact(folder: Path, manifest: Manifest, source: SourceModel, echo: 
         contracts[verdict.precision] = contracts.get(verdict.precision, True) and verdict.passed
     # the artifact passes on its own contract; others (bf16 execution) are recorded beside it
     parity = {"passed": contracts[manifest["precision"]], "contracts": contracts,
-              "inputs": described, "runs": [v.to_dict() for v in verdicts],
+              "inputs": described,
+              "runs": [{**v.to_dict(), "judged_on": where} for v, where in zip(verdicts, places)],
               "not_judged": absent}
     return parity, verdicts
 

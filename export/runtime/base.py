@@ -78,6 +78,8 @@ class Runner(abc.ABC):
     backend: str = "?"
     #: whether :meth:`request_queue` gives the runtime's own throughput mode
     throughput_mode: bool = False
+    #: what loading re-checked on this machine (:mod:`.recheck`); None: nothing was due
+    recheck: Any = None
 
     def __init__(self, precision: str = "fp32", device: str = "cpu",
                  contract: InputContract | None = None):

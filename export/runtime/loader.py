@@ -31,6 +31,7 @@ from ..core.errors import UserError
 from ..core.folders import recover_interrupted
 from ..core.manifest import Manifest
 from .base import InputContract, Runner, RunTarget
+from .recheck import recheck_where_judged
 from .registry import EXECUTION_PRECISIONS, default_runtime, get_runtime, runtimes_for
 
 
@@ -99,6 +100,8 @@ def load_artifact(folder: str | Path, providers: list[str] | None = None, verify
     ``allow_failed``: also load an artifact whose parity gate failed.
     ``deploy``: with no runtime, precision or providers named, run the artifact the way its
     manifest's ``deploy`` section says (runtime, precision, settings), if it has one.
+    An INT8 or BF16 run on a machine unlike every one that judged it is re-checked first
+    (:mod:`.recheck`; refused in one line if it fails).
     Raises :class:`UserError` for a bad folder, a tampered file or an incompatible engine, and
     :class:`BackendUnavailable` when the runtime is missing.
     """
@@ -121,4 +124,7 @@ def load_artifact(folder: str | Path, providers: list[str] | None = None, verify
                         **runner_kwargs)  # checks the manifest against the file: says what differs
     if verify:
         check_digest(folder, manifest)  # any other edit
+    # INT8/BF16 judged on another kind of CPU or runtime version: re-checked before any answer
+    runner.recheck = recheck_where_judged(folder, manifest, runner, runtime or default_runtime(
+        manifest["format"]), precision or manifest["precision"])
     return runner
