@@ -1042,7 +1042,9 @@ def test_calibration_on_other_data_is_judged(tmp_path, mnist):
 
     root, _ = mnist
     other = write_torchvision(tmp_path / "copy", gray28())  # same pixels, other files
-    _calibrated_on(root, other)()  # files are the identity: a copy is other data
+    labelled, described = _calibrated_on(root, other)()  # files are the identity: a copy is
+    assert described["dataset"]["path"] == str(root)     # other data, and the root is judged
+    assert described["count"] == len(labelled.labels) > 0
 
 
 # ---------------------------------------------------------------------------------------------
