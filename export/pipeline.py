@@ -1,21 +1,25 @@
 """Export and verify, end to end: the only module that knows the order of the steps.
 
-Export: check prerequisites -> check the output folder and the memory the gate needs -> eager
-reference -> FP32 ONNX -> (FP16 ONNX) -> (TensorRT engine) -> parity gate -> manifest -> into
-place. Everything is written into a hidden staging folder beside the output
-(``.<out>.<pid>-XXXX.partial``); only an artifact that passed its gate is moved to the output
-folder, atomically replacing a previous artifact there (:func:`replace_folder`). A failed artifact
-is deleted (or, with ``keep_failed``, moved to ``<out>.FAILED`` with its manifest saying so) and
-the command exits 1. ``--fmt trt`` checks for TensorRT and a GPU before anything is created.
+Export (:func:`export_artifacts`, one or several formats of one model): the options that go
+together and, for ``trt``, TensorRT and a GPU are checked before anything is read or created ->
+the source weights -> the limits and memory the gate needs -> each output folder (ours to
+replace?) -> ONE dynamo export to FP32 ONNX. Then per format, in a hidden staging folder beside
+its output (``.<out>.<pid>-XXXX.partial``): the FP32, FP16 or INT8 (calibrated) ONNX -> (the
+TensorRT engine) -> the gate on every runtime here that runs it (:mod:`.gate.judge`) -> the
+manifest -> renamed into place, replacing a previous artifact there in one step
+(:func:`replace_folder`). A format that fails its gate is deleted (or, with ``keep_failed``,
+moved to ``<out>.FAILED``), the formats that passed are kept, and :class:`ParityFailed` names the
+failures.
 
 The output folder is only ever replaced when it is provably an artifact of this tool (our
 manifest, and nothing in the folder but the files it lists), never when it lies inside another
 artifact, and - without ``overwrite`` - only by an export of the same source weights
 (docs/export.md, "The output folder").
 
-Verify: manifest -> every file's sha256 -> (engine compatibility) -> rebuild the eager reference
-from the recorded weights (sha256 checked) or seed -> the same gate -> exit 1 on failure.
-Verify never modifies the artifact.
+Verify (:func:`verify_artifact`): what a killed replacement left beside the folder is put right
+first; then the manifest -> every file's sha256 -> (engine compatibility) -> the eager reference
+rebuilt from the recorded weights (sha256 checked) or seed -> the same gate. The artifact's own
+files are never modified; a failure raises :class:`ParityFailed`.
 """
 
 from __future__ import annotations
@@ -49,7 +53,6 @@ from .core.folders import (
 )
 from .core.manifest import (
     FAILED_SUFFIX,
-    FORMATS,
     MANIFEST_NAME,
     STAGING_SUFFIX,
     Manifest,
@@ -71,6 +74,7 @@ from .gate.parity import TOLERANCES, Verdict
 from .request import (
     ExportRequest,
     check_limits,
+    check_options,
     default_out,
     merge_batch,
     normalization_of,
@@ -105,22 +109,14 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
     are kept even if another fails, and :class:`ParityFailed` then names the failures.
     """
     formats = list(dict.fromkeys(formats))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise UserError(f"unknown format {unknown[0] if unknown else None!r}; choose from "
-                        f"{', '.join(FORMATS)}")
+    check_options(req, formats)
     requests = [dataclasses.replace(req, fmt=f) for f in formats]
-    if req.out is not None and len(requests) > 1:
-        raise UserError("--out names one folder; give --out-dir for several formats")
     trt_version, gpu = None, None
     if "trt" in formats:  # before anything is read or created
         from .convert.tensorrt_build import require_tensorrt
 
         trt, gpu = require_tensorrt()
         trt_version = str(trt.__version__)
-    if req.io_fp16 and not any(r.precision == "fp16" for r in requests):
-        raise UserError("--fp16-io needs an FP16 artifact (--fmt onnx-fp16, or trt with "
-                        "--trt-precision fp16)")
 
     # fresh weights are planned before they are made (calibrating them is the first cost)
     source = resolve_source(req) if req.checkpoint is not None else None

@@ -55,6 +55,7 @@ from export.pipeline import ExportRequest, export_artifact
 from export.runtime import load_artifact
 
 from cli_helpers import error_line, invoke, no_traceback
+from damage import scaled_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--depth", "20", "--input-size", "16", "--batch-range", "1:1:2"]
@@ -292,22 +293,11 @@ def test_out_that_is_a_link_is_refused(cwd, art):
     assert (cwd / "link").is_symlink() and list((cwd / "real").iterdir()) == []
 
 
-def _damaging_save(real_save):
-    from onnx import numpy_helper
-
-    def save(proto, path):
-        init = next(t for t in proto.graph.initializer if len(t.dims) == 4)
-        w = numpy_helper.to_array(init)
-        init.CopyFrom(numpy_helper.from_array((w * 1.5).astype(w.dtype), init.name))
-        return real_save(proto, path)
-    return save
-
-
 def test_keep_failed_never_deletes_a_failed_folder_that_is_not_ours(cwd, monkeypatch):
     failed = cwd / "out.FAILED"
     failed.mkdir()
     (failed / "notes.txt").write_text("my notes on why it failed")
-    monkeypatch.setattr(pipeline, "save_onnx", _damaging_save(pipeline.save_onnx))
+    monkeypatch.setattr(pipeline, "save_onnx", scaled_weights(pipeline.save_onnx))
     line = error_line(run(*SMALL, "--out", "out", "--keep-failed"))
     assert "--keep-failed would replace out.FAILED" in line and "not an artifact folder" in line
     assert tree(failed) == ["notes.txt"]
@@ -315,7 +305,7 @@ def test_keep_failed_never_deletes_a_failed_folder_that_is_not_ours(cwd, monkeyp
 
 
 def test_keep_failed_replaces_its_own_previous_failure(cwd, monkeypatch):
-    monkeypatch.setattr(pipeline, "save_onnx", _damaging_save(pipeline.save_onnx))
+    monkeypatch.setattr(pipeline, "save_onnx", scaled_weights(pipeline.save_onnx))
     assert run(*SMALL, "--out", "out", "--keep-failed").exit_code == 1
     created = read_manifest(cwd / "out.FAILED")["created"]
     second = run(*SMALL, "--out", "out", "--keep-failed")

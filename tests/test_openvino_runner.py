@@ -14,7 +14,8 @@ from export.core import cpu_features
 from export.core.errors import BackendUnavailable
 from export.core.models import ModelSpec
 from export.core.weights import fresh_source
-from export.gate.parity import TOLERANCES, compare
+from export.gate.parity import compare
+from export.gate.tolerances import TOLERANCES
 from export.runtime.openvino_runner import OpenVINORunner
 
 SPEC = ModelSpec.create("resnet20", num_classes=10, in_chans=1)

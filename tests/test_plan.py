@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from onnx import numpy_helper
 
 from bench.candidates import Request
 from bench.cases import plan as bench_plan
@@ -24,21 +23,9 @@ from export.plan.exports import accuracy_missed
 from export.predict.predictor import Predictor
 from export.runtime import load_artifact
 
+from damage import scaled_int8_scale
+
 FRESH = ["--depth", "20", "--input-size", "16"]
-
-
-def _damage_int8(real_save):
-    """save_onnx that multiplies one activation scale near the classifier of every INT8 artifact
-    by 100 (its values then quantize to a few levels: the logits lose most of the image)."""
-    def save(proto, path):
-        quantize = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
-        if ".int8" in str(path) and quantize:  # the INT8 file, not the FP32 one it came from
-            q = quantize[-2]
-            init = next(t for t in proto.graph.initializer if t.name == q.input[1])
-            scale = numpy_helper.to_array(init)
-            init.CopyFrom(numpy_helper.from_array((scale * 100).astype(scale.dtype), init.name))
-        return real_save(proto, path)
-    return save
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +33,7 @@ def planned(tmp_path_factory):
     """One plan with a damaged INT8 export: (plan folder, CLI result)."""
     out = tmp_path_factory.mktemp("plan") / "resnet20-cpu"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "save_onnx", _damage_int8(pipeline.save_onnx))
+        mp.setattr(pipeline, "save_onnx", scaled_int8_scale(pipeline.save_onnx, -2))
         result = CliRunner().invoke(plan_cli, [*FRESH, "--time-budget", "10", "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out, result
