@@ -117,6 +117,22 @@ def _topk_sets_clear(ref: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.n
     return top, gap > allowed[rows, kth] + allowed[rows, nxt]
 
 
+def _top5(ref: np.ndarray, cand: np.ndarray, allowed: np.ndarray, tol: Tolerance,
+          failures: list[str]) -> tuple[np.ndarray, float | None]:
+    """Top-5 overlap per sample, and the agreement of the sets where the 5th and 6th reference
+    logits are clearly apart (judged: a failure is added to ``failures``)."""
+    k = min(5, ref.shape[1])
+    top5_ref, clear5 = _topk_sets_clear(ref, allowed, k)
+    top5_cand = np.argsort(-np.where(np.isfinite(cand), cand, -np.inf), axis=1,
+                           kind="stable")[:, :k]
+    overlap = np.array([len(set(a) & set(b)) / k for a, b in zip(top5_ref, top5_cand)])
+    clear_top5 = float((overlap[clear5] == 1.0).mean()) if clear5.any() else None
+    if clear_top5 is not None and clear_top5 < tol.min_clear_top5:
+        failures.append(f"top-{k} set differs on {int((overlap[clear5] < 1).sum())} of "
+                        f"{int(clear5.sum())} samples with a clear top-{k}")
+    return overlap, clear_top5
+
+
 def compare(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance, name: str = "",
             kind: str = "") -> Comparison:
     """Judge one batch of candidate logits against the reference's."""
@@ -160,16 +176,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance, name: 
         failures.append(f"top-1 differs on {int((~agree[clear1]).sum())} of {int(clear1.sum())} "
                         "samples with a clear margin")
 
-    k = min(5, ref.shape[1])
-    top5_ref, clear5 = _topk_sets_clear(safe_ref, allowed, k)
-    top5_cand = np.argsort(-np.where(np.isfinite(cand), cand, -np.inf), axis=1,
-                           kind="stable")[:, :k]
-    overlap = np.array([len(set(a) & set(b)) / k for a, b in zip(top5_ref, top5_cand)])
-    clear_top5 = float((overlap[clear5] == 1.0).mean()) if clear5.any() else None
-    if clear_top5 is not None and clear_top5 < tol.min_clear_top5:
-        failures.append(f"top-{k} set differs on {int((overlap[clear5] < 1).sum())} of "
-                        f"{int(clear5.sum())} samples with a clear top-{k}")
-
+    overlap, clear_top5 = _top5(safe_ref, cand, allowed, tol, failures)
     return Comparison(
         name=name, kind=kind, batch_size=n, max_abs_error=float(diff.max()),
         max_rel_error=float(rel.max()), failing_elements=failing, elements=int(diff.size),
