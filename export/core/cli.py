@@ -92,7 +92,7 @@ def signals_as_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-#: the former name (SIGTERM only); SIGHUP is now handled the same way
+#: the former name, kept for callers not yet renamed; it handles SIGHUP too
 sigterm_as_interrupt = signals_as_interrupt
 
 

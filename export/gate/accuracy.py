@@ -21,7 +21,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(both_zero, 1.0, np.nan_to_num(cos, nan=-1.0))
 
 
-
 #: One-sided significance of the paired test that decides whether INT8 really lost images.
 ACCURACY_ALPHA = 0.05
 
