@@ -1,8 +1,8 @@
-"""``resnet-export``: export a model to ONNX / FP16 ONNX / TensorRT and gate it on parity."""
+"""``resnet-export``: export a model to ONNX / FP16 / INT8 ONNX / TensorRT and gate it; verify an
+artifact again; write a Triton model repository."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +161,9 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
     resnet-export verify artifacts/resnet50-onnx   re-run the gate on an existing artifact
     """
     from .pipeline import ExportRequest, export_artifacts
+    from .request import check_options
 
     name = resolve_model_name(depth, model) if (depth is not None or model is not None) else None
-    if batch_range is not None and any(v is not None for v in (min_batch, opt_batch, max_batch)):
-        raise OneLineUsageError("give --batch-range or --min/--opt/--max-batch, not both")
     request = ExportRequest(
         fmt=formats[0], model=name, checkpoint=checkpoint, num_classes=num_classes,
         in_chans=in_chans, input_size=input_size, batch=batch_range,
@@ -173,19 +172,10 @@ def build(depth: int | None, model: str | None, checkpoint: Path | None,
         int8_flavour=int8_flavour, calib_data=calib_data, calib_count=calib_count,
         calib_method=calib_method, max_accuracy_drop=max_accuracy_drop, out_dir=out_dir,
         overwrite=overwrite)
-    if fp16_io and all(dataclasses.replace(request, fmt=f).precision == "int8"
-                       for f in formats):
-        raise OneLineUsageError("--fp16-io applies to FP16 artifacts, not INT8 (INT8 artifacts "
-                                "take FP32 input)")
-    if out is not None and len(set(formats)) > 1:
-        raise OneLineUsageError("--out names one folder; give --out-dir (their parent) for "
-                                "several --fmt")
-    if out is not None and out_dir is not None:
-        raise OneLineUsageError("give --out (one artifact's folder) or --out-dir (their "
-                                "parent), not both")
-    if max_accuracy_drop is not None and "onnx-int8" not in formats and trt_precision != "int8":
-        raise OneLineUsageError("--max-accuracy-drop applies to INT8 artifacts (--fmt onnx-int8, "
-                                "or trt with --trt-precision int8)")
+    try:
+        check_options(request, list(formats))
+    except UserError as exc:
+        raise OneLineUsageError(str(exc)) from None
     with signals_as_interrupt():  # `kill`/`timeout`/hang-up: clean up like Ctrl-C
         export_artifacts(request, list(formats), echo=click.echo,
                          warn=lambda line: click.echo(line, err=True))

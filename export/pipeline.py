@@ -1,21 +1,18 @@
 """Export and verify, end to end: the only module that knows the order of the steps.
 
-Export: check prerequisites -> check the output folder and the memory the gate needs -> eager
-reference -> FP32 ONNX -> (FP16 ONNX) -> (TensorRT engine) -> parity gate -> manifest -> into
-place. Everything is written into a hidden staging folder beside the output
-(``.<out>.<pid>-XXXX.partial``); only an artifact that passed its gate is moved to the output
-folder, atomically replacing a previous artifact there (:func:`replace_folder`). A failed artifact
-is deleted (or, with ``keep_failed``, moved to ``<out>.FAILED`` with its manifest saying so) and
-the command exits 1. ``--fmt trt`` checks for TensorRT and a GPU before anything is created.
+Export (:func:`export_artifacts`): the options and, for ``trt``, TensorRT and a GPU are checked
+before anything is read or created -> source weights -> limits and memory -> each output folder
+(ours to replace?) -> ONE dynamo export to FP32 ONNX. Then per format, in a hidden staging folder
+beside its output (``.<out>.<pid>-XXXX.partial``): FP32, FP16 or calibrated INT8 ONNX -> (TensorRT
+engine) -> the gate (:mod:`.gate.judge`) -> manifest -> renamed into place in one step
+(:func:`replace_folder`). A format that fails its gate is deleted (or moved to ``<out>.FAILED``
+with ``keep_failed``); those that passed are kept, and :class:`ParityFailed` names the failures.
+Only a folder that is provably our artifact is replaced, never one inside another artifact, and
+without ``overwrite`` only by an export of the same weights (docs/export.md, "The output folder").
 
-The output folder is only ever replaced when it is provably an artifact of this tool (our
-manifest, and nothing in the folder but the files it lists), never when it lies inside another
-artifact, and - without ``overwrite`` - only by an export of the same source weights
-(docs/export.md, "The output folder").
-
-Verify: manifest -> every file's sha256 -> (engine compatibility) -> rebuild the eager reference
-from the recorded weights (sha256 checked) or seed -> the same gate -> exit 1 on failure.
-Verify never modifies the artifact.
+Verify (:func:`verify_artifact`): what a killed replacement left is put right first; then the
+manifest -> every file's sha256 -> (engine compatibility) -> the eager reference rebuilt from the
+recorded weights or seed -> the same gate. The artifact's files are never modified.
 """
 
 from __future__ import annotations
@@ -50,7 +47,6 @@ from .core.folders import (
 )
 from .core.manifest import (
     FAILED_SUFFIX,
-    FORMATS,
     MANIFEST_NAME,
     STAGING_SUFFIX,
     Manifest,
@@ -73,6 +69,7 @@ from .gate.reference import write_gate_reference
 from .request import (
     ExportRequest,
     check_limits,
+    check_options,
     default_out,
     merge_batch,
     normalization_of,
@@ -85,6 +82,20 @@ Echo = Callable[[str], None]
 # ---------------------------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Export:
+    """What every format of one export shares: the weights, their FP32 graph (one dynamo
+    export), the batch range, TensorRT and the GPU where an engine is built, and the output."""
+
+    source: SourceModel
+    fp32_proto: onnx.ModelProto
+    batch: BatchRange
+    trt_version: str | None
+    gpu: Any
+    echo: Echo
+    warn: Echo
 
 
 @dataclass
@@ -107,22 +118,14 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
     are kept even if another fails, and :class:`ParityFailed` then names the failures.
     """
     formats = list(dict.fromkeys(formats))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise UserError(f"unknown format {unknown[0] if unknown else None!r}; choose from "
-                        f"{', '.join(FORMATS)}")
+    check_options(req, formats)
     requests = [dataclasses.replace(req, fmt=f) for f in formats]
-    if req.out is not None and len(requests) > 1:
-        raise UserError("--out names one folder; give --out-dir for several formats")
     trt_version, gpu = None, None
     if "trt" in formats:  # before anything is read or created
         from .convert.tensorrt_build import require_tensorrt
 
         trt, gpu = require_tensorrt()
         trt_version = str(trt.__version__)
-    if req.io_fp16 and not any(r.precision == "fp16" for r in requests):
-        raise UserError("--fp16-io needs an FP16 artifact (--fmt onnx-fp16, or trt with "
-                        "--trt-precision fp16)")
 
     # fresh weights are planned before they are made (calibrating them is the first cost)
     source = resolve_source(req) if req.checkpoint is not None else None
@@ -150,11 +153,11 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
     fp32_proto = export_onnx(source.model, spec, req.opset)
     echo(f"  traced and translated in {time.perf_counter() - started:.1f}s")
 
+    shared = _Export(source, fp32_proto, batch, trt_version, gpu, echo, warn)
     results, failures = [], []
     for r, target in zip(requests, targets):
         try:
-            results.append(_export_one(r, source, fp32_proto, batch, target, trt_version, gpu,
-                                       echo, warn))
+            results.append(_export_one(r, shared, target))
         except ParityFailed as exc:
             failures.append(str(exc))
         except OSError as exc:  # disk full, permissions: one line, not a traceback
@@ -164,11 +167,9 @@ def export_artifacts(req: ExportRequest, formats: list[str], echo: Echo = print,
     return results
 
 
-def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelProto,
-                batch: BatchRange, target: Target, trt_version: str | None, gpu: Any,
-                echo: Echo, warn: Echo) -> ExportResult:
+def _export_one(req: ExportRequest, shared: _Export, target: Target) -> ExportResult:
     """One format: staging folder -> files -> gate -> manifest -> into place (or clean up)."""
-    spec = source.spec
+    spec, echo, warn = shared.source.spec, shared.echo, shared.warn
     out = target.out
     created = make_dirs(out.parent)
     staging: Path | None = None
@@ -177,8 +178,7 @@ def _export_one(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelP
         staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out), suffix=STAGING_SUFFIX,
                                         dir=out.parent))
         staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; an artifact is not
-        manifest, verdicts = _build_in(staging, req, source, fp32_proto, batch, trt_version, gpu,
-                                       target.previous, out, echo)
+        manifest, verdicts = _build_in(staging, req, shared, target)
         if not manifest["parity"]["passed"]:
             failed_note = "nothing was written"
             if req.keep_failed:
@@ -241,15 +241,56 @@ def _first_failure(verdicts: list[Verdict]) -> str:
     return "no comparison passed"
 
 
-def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
-              fp32_proto: onnx.ModelProto, batch: BatchRange, trt_version: str | None, gpu: Any,
-              previous: Manifest | None, out: Path, echo: Echo
+@dataclass
+class _OnnxFile:
+    """The ONNX file of one format, as written into the staging folder."""
+
+    name: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    fp16: dict[str, Any] | None = None  # the FP16 converter's report
+    int8: dict[str, Any] | None = None  # the quantizer's and the calibration's section
+
+
+def _build_in(staging: Path, req: ExportRequest, shared: _Export, target: Target
               ) -> tuple[Manifest, list[Verdict]]:
     """Write every file of one format into ``staging``, gate them, write the manifest there."""
+    source, gpu = shared.source, shared.gpu
+    spec = source.spec
+    written = _write_onnx(staging, req, shared)
+    files = [file_entry(staging, written.name, "artifact" if req.fmt != "trt" else "source-onnx")]
+    artifact, tensorrt = written.name, None
+    if req.fmt == "trt":
+        artifact, tensorrt = _build_engine(staging, req, shared, target, written)
+        files.insert(0, file_entry(staging, artifact, "artifact"))
+        files.append(file_entry(staging, TIMING_CACHE, "timing-cache"))
+    manifest = build_manifest(
+        fmt=req.fmt, precision=req.precision, artifact=artifact, files=files,
+        model=spec.to_dict(), class_names=source.class_names,
+        normalization=normalization_of(spec),
+        source=with_relative_path(source.source, target.out), inputs=written.inputs,
+        outputs=written.outputs, batch_range=shared.batch.to_dict(), opset=req.opset,
+        fp16=written.fp16, tensorrt=tensorrt,
+        gpu=gpu.to_dict() if gpu is not None and req.fmt == "trt" else None,
+        versions=library_versions(shared.trt_version), parity={"passed": False, "runs": []},
+        int8=written.int8)
+    parity, verdicts = judge_artifact(staging, manifest, source, shared.echo)
+    manifest["parity"] = parity
+    carried = write_gate_reference(staging, manifest, source)  # INT8/BF16: re-checked elsewhere
+    if carried is not None:
+        manifest["files"].append(carried[0])
+        manifest["parity"]["recheck"] = carried[1]
+    write_manifest(staging, manifest)
+    return manifest, verdicts
+
+
+def _write_onnx(staging: Path, req: ExportRequest, shared: _Export) -> _OnnxFile:
+    """The format's ONNX (FP32, FP16 or calibrated INT8) with our metadata, into ``staging``."""
+    source = shared.source
     spec = source.spec
     started = time.perf_counter()
     metadata = {"model": spec.to_dict(), "normalization": normalization_of(spec),
-                "class_names": source.class_names, "batch_range": batch.to_dict(),
+                "class_names": source.class_names, "batch_range": shared.batch.to_dict(),
                 "source": {k: source.source.get(k) for k in ("kind", "sha256", "seed")}}
     doc = (f"{spec.name}: {spec.num_classes} classes, input {spec.in_chans}x{spec.input_size}x"
            f"{spec.input_size} NCHW normalised with the mean/std in metadata_props; exported by "
@@ -259,60 +300,48 @@ def _build_in(staging: Path, req: ExportRequest, source: SourceModel,
               }.get(req.precision, "")
     onnx_name = f"{spec.name}{suffix}.onnx"
     if req.precision == "fp16":  # the converter works on its own copy
-        proto, report = convert_to_fp16(fp32_proto, io_fp16=req.io_fp16)
+        proto, report = convert_to_fp16(shared.fp32_proto, io_fp16=req.io_fp16)
         fp16_report = report.to_dict()
     elif req.precision == "int8":
-        proto, int8_report = _quantize(req, source, fp32_proto, staging, echo)
+        proto, int8_report = _quantize(req, source, shared.fp32_proto, staging, shared.echo)
     else:
         proto = onnx.ModelProto()
-        proto.CopyFrom(fp32_proto)
+        proto.CopyFrom(shared.fp32_proto)
     stamp_metadata(proto, {**metadata, "precision": req.precision}, doc)
     save_onnx(proto, staging / onnx_name)
     inputs, outputs = io_signature(proto)
-    echo(f"[{req.fmt}] {onnx_name}: {(staging / onnx_name).stat().st_size / 1e6:.1f} MB, passes "
-         f"onnx.checker (full) ({time.perf_counter() - started:.1f}s)")
-    files = [file_entry(staging, onnx_name, "artifact" if req.fmt != "trt" else "source-onnx")]
-    artifact, tensorrt = onnx_name, None
-    if req.fmt == "trt":
-        from .convert.tensorrt_build import (
-            DEFAULT_WORKSPACE,
-            build_engine,
-            timing_cache_reusable,
-        )
+    shared.echo(f"[{req.fmt}] {onnx_name}: {(staging / onnx_name).stat().st_size / 1e6:.1f} MB, "
+                f"passes onnx.checker (full) ({time.perf_counter() - started:.1f}s)")
+    return _OnnxFile(onnx_name, inputs, outputs, fp16_report, int8_report)
 
-        engine_name, cache_name = f"{spec.name}.engine", "timing.cache"
-        reuse = timing_cache_reusable(previous, trt_version, gpu)
-        if reuse and previous is not None and \
-                any(f["path"] == cache_name for f in previous["files"]):
-            try:
-                shutil.copy2(artifact_file(out, cache_name), staging / cache_name)
-            except (UserError, OSError):
-                pass  # gone or not a plain file of the folder: build without it
-        tensorrt = build_engine(staging / onnx_name, staging / engine_name, inputs[0]["name"],
-                                batch.profile_shapes(spec), req.precision,
-                                req.workspace or DEFAULT_WORKSPACE, staging / cache_name,
-                                reuse, echo)
-        artifact = engine_name
-        files.insert(0, file_entry(staging, engine_name, "artifact"))
-        files.append(file_entry(staging, cache_name, "timing-cache"))
 
-    manifest = build_manifest(
-        fmt=req.fmt, precision=req.precision, artifact=artifact, files=files,
-        model=spec.to_dict(), class_names=source.class_names,
-        normalization=normalization_of(spec), source=with_relative_path(source.source, out),
-        inputs=inputs,
-        outputs=outputs, batch_range=batch.to_dict(), opset=req.opset, fp16=fp16_report,
-        tensorrt=tensorrt, gpu=gpu.to_dict() if gpu is not None and req.fmt == "trt" else None,
-        versions=library_versions(trt_version), parity={"passed": False, "runs": []},
-        int8=int8_report)
-    parity, verdicts = judge_artifact(staging, manifest, source, echo)
-    manifest["parity"] = parity
-    carried = write_gate_reference(staging, manifest, source)  # INT8/BF16: re-checked elsewhere
-    if carried is not None:
-        manifest["files"].append(carried[0])
-        manifest["parity"]["recheck"] = carried[1]
-    write_manifest(staging, manifest)
-    return manifest, verdicts
+TIMING_CACHE = "timing.cache"
+
+
+def _build_engine(staging: Path, req: ExportRequest, shared: _Export, target: Target,
+                  written: _OnnxFile) -> tuple[str, dict[str, Any]]:
+    """The TensorRT engine from the staged ONNX, reusing the previous artifact's timing cache
+    where it was made by this TensorRT on this GPU; returns its file name and build record."""
+    from .convert.tensorrt_build import (
+        DEFAULT_WORKSPACE,
+        build_engine,
+        timing_cache_reusable,
+    )
+
+    spec, previous = shared.source.spec, target.previous
+    engine_name = f"{spec.name}.engine"
+    reuse = timing_cache_reusable(previous, shared.trt_version, shared.gpu)
+    if reuse and previous is not None and \
+            any(f["path"] == TIMING_CACHE for f in previous["files"]):
+        try:
+            shutil.copy2(artifact_file(target.out, TIMING_CACHE), staging / TIMING_CACHE)
+        except (UserError, OSError):
+            pass  # gone or not a plain file of the folder: build without it
+    tensorrt = build_engine(staging / written.name, staging / engine_name,
+                            written.inputs[0]["name"], shared.batch.profile_shapes(spec),
+                            req.precision, req.workspace or DEFAULT_WORKSPACE,
+                            staging / TIMING_CACHE, reuse, shared.echo)
+    return engine_name, tensorrt
 
 
 def _quantize(req: ExportRequest, source: SourceModel, fp32_proto: onnx.ModelProto,

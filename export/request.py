@@ -1,9 +1,10 @@
-"""What an export is asked for, and the defaults that suit the model: the source weights, the
-batch range, the output folder's name, the normalisation recorded, and the limits checked before
-any expensive step."""
+"""What an export is asked for, and the defaults that suit the model: the options that go
+together, the source weights, the batch range, the output folder's name, the normalisation
+recorded, and the limits checked before any expensive step."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from .convert.int8 import DEFAULT_METHOD
 from .convert.onnx_export import DEFAULT_OPSET
 from .core.errors import UserError
 from .core.hardware import available_memory, inference_bytes
-from .core.manifest import MAX_BATCH, MAX_INPUT_SIZE
+from .core.manifest import FORMATS, MAX_BATCH, MAX_INPUT_SIZE
 from .core.models import ModelSpec, default_spec
 from .core.shapes import BatchRange
 from .core.weights import (
@@ -71,6 +72,30 @@ class ExportRequest:
         if self.precision != "int8":
             return None
         return "tensorrt" if self.fmt == "trt" else self.int8_flavour
+
+
+def check_options(req: ExportRequest, formats: list[str]) -> None:
+    """Refuse options that do not go together (one line, named as the command line names
+    them); ``resnet-export`` turns this into a usage error (exit 2), the API raises it."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UserError(f"unknown format {unknown[0] if unknown else None!r}; choose from "
+                        f"{', '.join(FORMATS)}")
+    precisions = {dataclasses.replace(req, fmt=f).precision for f in formats}
+    if req.batch is not None and any(v is not None for v in req.batch_parts):
+        raise UserError("give --batch-range or --min/--opt/--max-batch, not both")
+    if req.out is not None and len(set(formats)) > 1:
+        raise UserError("--out names one folder; give --out-dir (their parent) for several "
+                        "--fmt")
+    if req.out is not None and req.out_dir is not None:
+        raise UserError("give --out (one artifact's folder) or --out-dir (their parent), not "
+                        "both")
+    if req.io_fp16 and "fp16" not in precisions:
+        raise UserError("--fp16-io applies to FP16 artifacts (--fmt onnx-fp16, or trt with "
+                        "--trt-precision fp16), not INT8 or FP32 ones: they take FP32 input")
+    if req.max_accuracy_drop is not None and "int8" not in precisions:
+        raise UserError("--max-accuracy-drop applies to INT8 artifacts (--fmt onnx-int8, or trt "
+                        "with --trt-precision int8)")
 
 
 def resolve_source(req: ExportRequest) -> SourceModel:

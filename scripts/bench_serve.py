@@ -323,7 +323,8 @@ def main(artifact: str, seconds: float, rounds: int, ray: bool, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     cli = [PY, "-m", "export.serve.cli", artifact]
     ports = {m: free_port() for m in ("local", "noop", "ray")}
-    procs, doc = {}, {"artifact": artifact, "load_before": os.getloadavg()}
+    procs: dict[str, Any] = {}
+    doc: dict[str, Any] = {"artifact": artifact, "load_before": os.getloadavg()}
     procs["local"], doc["ready_s_local"] = spawn(cli, ports["local"], out / "local.log")
     procs["noop"], _ = spawn([PY, __file__, artifact, "--noop-port", str(ports["noop"])],
                              ports["noop"], out / "noop.log")

@@ -38,11 +38,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from export.core.models import ModelSpec
+    from export.data import TrainingData
+    from export.train.config import TrainConfig
 
 
 def jittered_digits(indices: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,11 +98,13 @@ def write_standin(root: Path, train: int, test: int) -> Path:
     return root
 
 
-def loader_rate(data, spec, config, workers: int, batches: int) -> float:
+def loader_rate(data: TrainingData, spec: ModelSpec, config: TrainConfig, workers: int,
+                batches: int) -> float:
     """Augmented training batches per second, as the training loop gets them (images/s)."""
     from export.train.datasets import Augment, ImageDataset
     from export.train.setup import train_batching
 
+    assert config.batch_size is not None  # a resolved configuration
     train_set = ImageDataset(data.images["train"], data.labels["train"], spec.mean, spec.std,
                              Augment(), config.seed)
     batch, drop = train_batching(len(train_set), config.batch_size)
@@ -113,10 +121,11 @@ def loader_rate(data, spec, config, workers: int, batches: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def train_rate(spec, config, batches: int) -> float:
+def train_rate(spec: ModelSpec, config: TrainConfig, batches: int) -> float:
     """Optimiser steps on one ready batch, forward + backward + step (images/s)."""
     from export.train.steps import build_optimizer
 
+    assert config.batch_size is not None  # a resolved configuration
     torch.manual_seed(0)
     model = spec.build().train()
     optimizer = build_optimizer(model, config)
@@ -173,6 +182,8 @@ def main(n_train: int, n_test: int, model: str, threads: int, loader_batches: in
         train_images = len(split_of(scanned, dataset).train)
         config = TrainConfig(model=model, data=str(root)).resolved(scanned.image_size,
                                                                    train_images)
+        assert config.input_size is not None and config.batch_size is not None  # resolved
+        assert config.epochs is not None
         data = load_training_data(dataset, config.input_size, scanned)
         seconds = time.perf_counter() - start
         total = sum(data.counts().values())

@@ -53,12 +53,13 @@ def benchmark_app_path() -> str:
 def time_runner(path: Path, precision: str, threads: int, min_time: float, min_iters: int,
                 warmup_s: float) -> dict:
     x = np.random.default_rng(0).standard_normal(SHAPE, dtype=np.float32)
-    with OpenVINORunner(path, precision, threads=threads) as runner:
+    runner = OpenVINORunner(path, precision, threads=threads)
+    with runner:
         start = time.perf_counter()
         runner.infer(x)  # compiles the static-shape model
         while time.perf_counter() - start < warmup_s:
             runner.infer(x)
-        times = []
+        times: list[float] = []
         start = time.perf_counter()
         while len(times) < min_iters or time.perf_counter() - start < min_time:
             t0 = time.perf_counter()
@@ -87,9 +88,15 @@ def run_benchmark_app(path: Path, precision: str, threads: int, seconds: int,
         m = re.search(pattern, out)
         return m.group(1) if m else None
 
-    return {"median_ms": float(grab(r"Median:\s+([\d.]+) ms")),
-            "mean_ms": float(grab(r"Average:\s+([\d.]+) ms")),
-            "count": int(grab(r"Count:\s+(\d+) iterations")),
+    def need(pattern: str) -> str:
+        found = grab(pattern)
+        if found is None:
+            raise SystemExit(f"benchmark_app printed no line matching {pattern!r}:\n{out[-3000:]}")
+        return found
+
+    return {"median_ms": float(need(r"Median:\s+([\d.]+) ms")),
+            "mean_ms": float(need(r"Average:\s+([\d.]+) ms")),
+            "count": int(need(r"Count:\s+(\d+) iterations")),
             "inference_precision": grab(r"INFERENCE_PRECISION_HINT: <Type: '(\w+)'>"),
             "threads": grab(r"INFERENCE_NUM_THREADS: (\d+)"),
             "command": " ".join(cmd)}

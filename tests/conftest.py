@@ -10,6 +10,9 @@ import pytest
 from built_artifacts import engine_folder
 from built_artifacts import trained_project as build_trained_project
 
+#: fixtures shared by the test files of one area (each module says which)
+pytest_plugins = ["artifact_fixtures", "bench_fixtures", "train_fixtures"]
+
 
 def _hardware_missing() -> dict[str, str | None]:
     """Why each hardware mark cannot run here (None: it can)."""

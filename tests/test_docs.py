@@ -8,12 +8,18 @@ files declares it in an HTML comment on the line before its fence (invisible whe
     ```python
     ...
 
+A block checks what it prints: the ```text block that follows it behind ``<!-- output -->`` is
+what it must print (``...`` stands for any text, as in doctest's ELLIPSIS; runs of blank space
+compare equal). A block that prints nothing checked must assert what it shows.
+
 Setups: ``trained-artifact`` (``artifacts/train/resnet20-digits/`` from ``resnet-train`` and
 ``artifacts/resnet20-digits-onnx/`` exported from its best.pt, as in the quick start, but trained
 for a few steps only) and ``digit-pngs`` (``digits/0.png`` ... ``digits/9.png``, one test-split
 image of each class, 8x8 grayscale).
 """
 
+import ast
+import doctest
 import os
 import re
 import subprocess
@@ -32,8 +38,8 @@ from built_artifacts import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-BLOCK = re.compile(r"(?:<!--\s*setup:(?P<setup>[^>]*?)-->\n)?```python\n(?P<code>.*?)^```",
-                   re.S | re.M)
+BLOCK = re.compile(r"(?:<!--\s*setup:(?P<setup>[^>]*?)-->\n)?```python\n(?P<code>.*?)^```\n"
+                   r"(?:<!--\s*output\s*-->\n```text\n(?P<output>.*?)^```)?", re.S | re.M)
 
 
 def write_digit_pngs(cwd: Path, _request: object) -> None:
@@ -61,7 +67,7 @@ def blocks():
         for match in BLOCK.finditer(text):
             line = text[:match.start("code")].count("\n")
             setups = [s.strip() for s in (match["setup"] or "").split(",") if s.strip()]
-            found.append(pytest.param(match["code"], setups,
+            found.append(pytest.param(match["code"], setups, match["output"],
                                       id=f"{doc.relative_to(REPO)}:{line}"))
     return found
 
@@ -74,8 +80,10 @@ def test_the_blocks_are_found():
     assert {"README.md", "docs/export.md", "docs/predict.md", "docs/training.md"} <= ids
 
 
-@pytest.mark.parametrize("code,setups", BLOCKS)
-def test_python_block_runs(code, setups, tmp_path, request):
+@pytest.mark.parametrize("code,setups,output", BLOCKS)
+def test_python_block_prints_what_the_doc_shows(code, setups, output, tmp_path, request):
+    asserts = any(isinstance(node, ast.Assert) for node in ast.walk(ast.parse(code)))
+    assert output is not None or asserts, "the block checks nothing: show its output or assert"
     unknown = [s for s in setups if s not in SETUPS]
     assert not unknown, f"unknown setup {unknown}; known: {sorted(SETUPS)}"
     cwd = tmp_path / "cwd"
@@ -86,6 +94,18 @@ def test_python_block_runs(code, setups, tmp_path, request):
     done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, f"the block failed:\n{code}\n{done.stdout}\n{done.stderr}"
+    if output is not None:
+        flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+        assert doctest.OutputChecker().check_output(output, done.stdout, flags), (
+            f"the block printed\n{done.stdout}\nwhere the doc shows\n{output}")
+
+
+def test_output_checks_fail_on_other_output():
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    check = doctest.OutputChecker().check_output
+    assert check("1 10 269434\n", "1  10 269434\n", flags)
+    assert not check("1 10 269434\n", "1 10 269435\n", flags)
+    assert not check("... ...%\n", "3\n", flags)
 
 
 # --- folders named in examples and help texts -------------------------------------------------

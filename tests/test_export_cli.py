@@ -103,7 +103,7 @@ def test_trt_check_comes_before_the_checkpoint_is_even_read(cwd):
     (["--batch-range", "1:8:32", "--max-batch", "64"], 2, "not both"),
     (["--workspace", "lots"], 2, "a size such as 4G"),
     (["--input-size", "4"], 2, "4 is not in the range"),
-    (["--fp16-io", "--depth", "20"], 1, "--fp16-io needs an FP16 artifact"),
+    (["--fp16-io", "--depth", "20"], 2, "--fp16-io applies to FP16 artifacts"),
     (["--fmt", "onnx", "--fmt", "onnx-fp16", "--out", "x"], 2, "--out names one folder"),
 ])
 def test_user_errors_are_one_line_with_the_right_exit_code(cwd, args, exit_code, message):

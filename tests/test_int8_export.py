@@ -5,7 +5,6 @@ its own gate, manifest section, verify, and one-line refusals (exit 2) for what 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from onnx import numpy_helper
 
 import export.pipeline as pipeline
 from export.cli import main as export_cli
@@ -13,6 +12,8 @@ from export.convert.qdq import zero_points
 from export.core.artifact import read_manifest
 from export.core.models import default_spec
 from export.data import split_images
+
+from damage import scaled_int8_scale
 
 FAST = ["--batch-range", "1:8:16"]
 FRESH = ["--depth", "20", "--input-size", "16"]
@@ -94,21 +95,8 @@ def test_tensorrt_flavour_has_only_zero_zero_points(tmp_path):
     assert "openvino" not in " ".join(run["candidate"] for run in manifest["parity"]["runs"])
 
 
-def _scale_times_100(real_save):
-    """save_onnx that multiplies one activation scale of the INT8 artifact by 100."""
-    def save(proto, path):
-        quantize = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
-        if ".int8" in str(path) and quantize:  # the INT8 file, not the FP32 one it came from
-            q = quantize[5]
-            init = next(t for t in proto.graph.initializer if t.name == q.input[1])
-            scale = numpy_helper.to_array(init)
-            init.CopyFrom(numpy_helper.from_array((scale * 100).astype(scale.dtype), init.name))
-        return real_save(proto, path)
-    return save
-
-
 def test_a_damaged_int8_artifact_fails_its_gate(tmp_path, monkeypatch, checkpoint):
-    monkeypatch.setattr(pipeline, "save_onnx", _scale_times_100(pipeline.save_onnx))
+    monkeypatch.setattr(pipeline, "save_onnx", scaled_int8_scale(pipeline.save_onnx, 5))
     result = _export(tmp_path, "--fmt", "onnx-int8", source=("--checkpoint", str(checkpoint)))
     assert result.exit_code == 1, result.output
     assert "verdict: FAIL" in result.output
@@ -119,7 +107,7 @@ def test_a_damaged_int8_artifact_fails_its_gate(tmp_path, monkeypatch, checkpoin
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--fmt", "onnx-int8", "--fp16-io"], "--fp16-io applies to FP16 artifacts, not INT8"),
+    (["--fmt", "onnx-int8", "--fp16-io"], "--fp16-io applies to FP16 artifacts"),
     (["--fmt", "onnx-int8", "--calib-count", "10"], "10 is not in the range 32<=x<=100000"),
 ])
 def test_unsupported_int8_options_are_one_line_exit_2(tmp_path, args, message):
@@ -198,7 +186,9 @@ def _flip(logits, labels, n):
 def test_one_flip_on_a_small_split_does_not_fail_and_a_real_loss_does(checkpoint):
     """60 images: one flip is 1.67 points, beyond the 1.0-point limit, but no test can tell one
     image from chance (it used to fail); losing 8 of them (13 points) is a loss the data shows."""
-    from export.gate.parity import TOLERANCES, accuracy_line, judge_accuracy
+    from export.gate.accuracy import judge_accuracy
+    from export.gate.table import accuracy_line
+    from export.gate.tolerances import TOLERANCES
 
     logits, labels = _digits_logits(checkpoint, 60)
     tol = TOLERANCES["int8"]

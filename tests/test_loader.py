@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from export.core import cpu_features
 from export.core.errors import UserError
 from export.core.shapes import BatchRange
 from export.pipeline import ExportRequest, export_artifact
@@ -54,7 +55,8 @@ def test_openvino_runs_the_artifact_and_bf16_only_where_the_gate_judged_it(fp32_
         np.testing.assert_allclose(ov.infer(x), ort.infer(x), atol=1e-4)
     judged = manifest["parity"]["contracts"]
     assert judged["fp32"] is True
-    if "bf16" in judged:  # this CPU runs BF16 natively: the gate judged it
+    assert ("bf16" in judged) is bool(cpu_features.native_bf16())  # judged where it is native
+    if "bf16" in judged:
         with load_artifact(fp32_artifact, runtime="openvino", precision="bf16") as ov16:
             assert ov16.effective_precision == "bf16"
     copy = tmp_path / "copy"

@@ -7,7 +7,6 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from onnx import numpy_helper
 
 import export.pipeline as pipeline
 from export.cli import main as export_cli
@@ -15,16 +14,13 @@ from export.core.fileio import sha256_file
 from export.core.manifest import write_manifest
 from export.core.models import ModelSpec
 from export.core.shapes import BatchRange
-from export.gate.parity import (
-    TOLERANCES,
-    Tolerance,
-    compare,
-    format_table,
-    random_inputs,
-    real_inputs,
-    run_gate,
-)
+from export.gate.inputs import random_inputs, real_inputs
+from export.gate.parity import compare, run_gate
+from export.gate.table import format_table
+from export.gate.tolerances import TOLERANCES, Tolerance
 from export.runtime.torch_runner import TorchRunner
+
+from damage import scaled_weights
 
 FP32, FP16 = TOLERANCES["fp32"], TOLERANCES["fp16"]
 
@@ -158,22 +154,11 @@ def test_run_gate_passes_the_same_model_and_fails_another():
 # ---------------------------------------------------------------------------------------------
 
 
-def _damaging_save(real_save):
-    """save_onnx that perturbs one convolution's weights first: a broken exporter."""
-    def save(proto, path):
-        init = next(t for t in proto.graph.initializer if t.name.startswith("layer2")
-                    and len(t.dims) == 4)
-        w = numpy_helper.to_array(init)
-        init.CopyFrom(numpy_helper.from_array((w * 1.5).astype(w.dtype), init.name))
-        return real_save(proto, path)
-    return save
-
-
 @pytest.mark.parametrize("fmt", ["onnx", "onnx-fp16"])
 def test_damaged_artifact_fails_the_gate_with_exit_1_and_leaves_nothing(tmp_path, monkeypatch,
                                                                           fmt):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(pipeline, "save_onnx", _damaging_save(pipeline.save_onnx))
+    monkeypatch.setattr(pipeline, "save_onnx", scaled_weights(pipeline.save_onnx, "layer2"))
     result = CliRunner().invoke(export_cli, ["--depth", "20", "--fmt", fmt,
                                              "--batch-range", "1:2:4"])
     assert result.exit_code == 1, result.output
@@ -189,7 +174,7 @@ def test_keep_failed_keeps_it_under_a_failed_name_that_loaders_refuse(tmp_path, 
     from export.runtime import load_artifact
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(pipeline, "save_onnx", _damaging_save(pipeline.save_onnx))
+    monkeypatch.setattr(pipeline, "save_onnx", scaled_weights(pipeline.save_onnx, "layer2"))
     result = CliRunner().invoke(export_cli, ["--depth", "20", "--batch-range", "1:2:4",
                                              "--keep-failed"])
     assert result.exit_code == 1
@@ -209,7 +194,7 @@ def test_verify_fails_an_artifact_whose_weights_were_changed_consistently(tmp_pa
     folder = tmp_path / "artifacts" / "resnet20-onnx"
     path = folder / "resnet20.onnx"
     proto = onnx.load(str(path))
-    _damaging_save(lambda p, target: onnx.save(p, str(target)))(proto, path)
+    scaled_weights(lambda p, target: onnx.save(p, str(target)), "layer2")(proto, path)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"][0]["sha256"] = sha256_file(path)
     write_manifest(folder, manifest)  # and its digest: a thorough tamperer
@@ -260,7 +245,7 @@ def test_the_gate_prints_each_row_as_it_is_judged(tmp_path, monkeypatch):
 def test_figures_that_are_not_judged_are_bracketed_and_absent_runtimes_named():
     """INT8 rows used to read `fail 8 ... pass` and `top1 88% ... pass`."""
     from export.gate.judge import not_judged
-    from export.gate.parity import TOLERANCES, table_row
+    from export.gate.table import table_row
     from export.runtime.registry import get_runtime
 
     ref = _logits()

@@ -51,17 +51,24 @@ def test_torch_runner_refusals_on_cpu(kwargs, message):
         TorchRunner(_model(), device="cpu", **kwargs)
 
 
-def test_torch_bf16_on_cpu_is_autocast_where_the_cpu_has_native_bf16(monkeypatch):
+def test_torch_bf16_on_cpu_is_autocast_where_the_cpu_has_native_bf16():
     from export.core import cpu_features
 
+    if not cpu_features.native_bf16():
+        pytest.skip(f"this CPU ({cpu_features.summary()}) has no native BF16")
     model, x = _model(), _batch(4)
-    if cpu_features.native_bf16():
-        with TorchRunner(model) as fp32, TorchRunner(model, precision="bf16") as bf16:
-            a, b = fp32.infer(x), bf16.infer(x)
-            assert bf16.arithmetic == "bf16 (autocast)" and bf16.label == "torch[cpu,bf16]"
-        assert b.dtype == np.float32 and next(model.parameters()).dtype == torch.float32
-        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        assert cos.min() > 0.999 and not np.array_equal(a, b)  # BF16 arithmetic, close to FP32
+    with TorchRunner(model) as fp32, TorchRunner(model, precision="bf16") as bf16:
+        a, b = fp32.infer(x), bf16.infer(x)
+        assert bf16.arithmetic == "bf16 (autocast)" and bf16.label == "torch[cpu,bf16]"
+    assert b.dtype == np.float32 and next(model.parameters()).dtype == torch.float32
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() > 0.999 and not np.array_equal(a, b)  # BF16 arithmetic, close to FP32
+
+
+def test_torch_bf16_on_cpu_without_native_bf16_is_refused(monkeypatch):
+    from export.core import cpu_features
+
+    model = _model()
     monkeypatch.setattr(cpu_features, "native_bf16", lambda *a: False)
     with pytest.raises(BackendUnavailable, match="no native BF16"):
         TorchRunner(model, precision="bf16")

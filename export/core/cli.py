@@ -1,6 +1,6 @@
-"""What every command line shares: one-line errors and exit codes, SIGTERM/SIGHUP handled as
-Ctrl-C, option types (thread counts, bounded numbers, choices read when used), model naming and
-the family table, and a group with a default command."""
+"""What every command line shares: errors as one ``Error:`` line (exit 2 for a bad option, 1
+for a failure), SIGTERM/SIGHUP handled as Ctrl-C, bounded number and thread-count option types,
+the --depth/--model options and the family table, and a group with a default command."""
 
 from __future__ import annotations
 

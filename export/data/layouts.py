@@ -24,8 +24,6 @@ admits only the few numpy constructors those files need and bounds what it built
 from __future__ import annotations
 
 import os
-import re
-import string
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,51 +44,35 @@ from .formats import (
     read_idx,
     unpickle,
 )
-from .npz import npz_member_names, open_npz
+from .layout_names import (
+    EMNIST_CLASSES,
+    FASHION_MNIST_CLASSES,
+    IDX_NAME,
+    KMNIST_CLASSES,
+    KNOWN_CLASSES,
+    KNOWN_NAMES,
+    LAYOUTS,
+    MNIST_CLASSES,
+    NPZ_KEYS,
+    Candidate,
+    detect_layout,
+    find_candidates,
+    norm,
+)
+from .npz import open_npz
+
+#: what other modules import from here (the names and detection live in .layout_names)
+__all__ = ["EMNIST_CLASSES", "FASHION_MNIST_CLASSES", "KMNIST_CLASSES", "LAYOUTS",
+           "MNIST_CLASSES", "LayoutDataset", "detect_layout", "load_layout"]
 
 # CIFAR binary's class-name files are a few hundred bytes; read no more than this of one.
 MAX_NAMES_BYTES = 1 << 20
 
 
-LAYOUTS = ("torchvision-idx", "cifar-python", "cifar-binary", "keras-npz")
-
-MNIST_CLASSES = [str(i) for i in range(10)]
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot"]
-KMNIST_CLASSES = ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
-# EMNIST's mapping files are not kept by torchvision; these are the same lists torchvision uses.
-_EMNIST_MERGED = set("cijklmopsuvwxyz")
-_EMNIST_ALL = sorted(string.digits + string.ascii_letters)
-EMNIST_CLASSES = {
-    "byclass": _EMNIST_ALL,
-    "bymerge": [c for c in _EMNIST_ALL if c not in _EMNIST_MERGED],
-    "balanced": [c for c in _EMNIST_ALL if c not in _EMNIST_MERGED],
-    "letters": ["N/A"] + list(string.ascii_lowercase),
-    "digits": list(string.digits),
-    "mnist": list(string.digits),
-}
-
-# Folder (or .npz stem) names, lower-cased without "-" and "_", and the dataset they hold.
-_KNOWN_NAMES = {"mnist": "MNIST", "fashionmnist": "FashionMNIST", "kmnist": "KMNIST",
-                "emnist": "EMNIST"}
-_KNOWN_CLASSES = {"MNIST": MNIST_CLASSES, "FashionMNIST": FASHION_MNIST_CLASSES,
-                  "KMNIST": KMNIST_CLASSES}
-# Sub-folders of a data root worth looking into; any other sub-folder is left alone.
-_ROOT_CHILDREN = set(_KNOWN_NAMES) | {"cifar10batchespy", "cifar100python", "cifar10batchesbin",
-                                      "cifar100binary"}
-_KERAS_NPZ_NAMES = ("mnist.npz", "fashion_mnist.npz")
-_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-
-_IDX_NAME = re.compile(r"^(?:emnist-(?P<split>[a-z]+)-)?(?P<part>train|t10k|test)-"
-                       r"(?P<kind>images|labels)[-.]idx[13]-ubyte(?P<gz>\.gz)?$")
 _IDX_NDIM = {"images": 3, "labels": 1}
 
 CIFAR_IMAGE_BYTES = 3 * 32 * 32
 _CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
-
-
-def _norm(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "")
 
 
 @dataclass(eq=False)
@@ -118,88 +100,6 @@ class LayoutDataset:
         return f"LayoutDataset({self.describe()})"
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    layout: str
-    path: Path                  # the folder (or .npz file) that holds the dataset's files
-    idx_set: str | None = None  # torchvision-idx: "" for MNIST-style names, an EMNIST split, or
-                                # None for "whichever single set the folder holds"
-
-
-# ---------------------------------------------------------------------------------------------
-# Detection: file names only
-# ---------------------------------------------------------------------------------------------
-
-
-def detect_layout(path: str | os.PathLike) -> str | None:
-    """The layout at ``path``, judged by file names alone (cheap); None if it is none of them.
-
-    None lets the caller fall back to its own readers (an image folder, a plain ``x``/``y``
-    ``.npz``). A folder holding several datasets reports the first one's layout, and
-    :func:`load_layout` then asks the user to pick one.
-    """
-    candidates = _candidates(Path(path).expanduser())
-    return candidates[0].layout if candidates else None
-
-
-def _candidates(path: Path) -> list[_Candidate]:
-    try:
-        if path.is_file():
-            found = _file_candidate(path)
-            return [found] if found else []
-        if not path.is_dir():
-            return []
-        own = _folder_candidate(path)
-        if own:
-            return [own]
-        candidates: list[_Candidate] = []
-        for entry in sorted(os.scandir(path), key=lambda e: e.name):
-            if entry.is_dir() and _norm(entry.name) in _ROOT_CHILDREN:
-                child = _folder_candidate(Path(entry.path))
-            elif entry.is_file() and entry.name in _KERAS_NPZ_NAMES:
-                child = _file_candidate(Path(entry.path))
-            else:
-                child = None
-            if child:
-                candidates.append(child)
-        return candidates
-    except OSError:
-        return []
-
-
-def _file_candidate(path: Path) -> _Candidate | None:
-    if path.suffix.lower() == ".npz":
-        return _Candidate("keras-npz", path) if _npz_has_split_keys(path) else None
-    match = _IDX_NAME.match(path.name)
-    if match:  # any file of a set selects that set (the way to pick one EMNIST split)
-        return _Candidate("torchvision-idx", path.parent, match["split"] or "")
-    return None
-
-
-def _npz_has_split_keys(path: Path) -> bool:
-    """Whether the archive's member names are the four Keras arrays (reads the zip directory)."""
-    names = npz_member_names(path)
-    return all(f"{key}.npy" in names for key in _NPZ_KEYS)
-
-
-def _folder_candidate(folder: Path) -> _Candidate | None:
-    names = set(os.listdir(folder))
-
-    def has(*files: str) -> bool:  # a FIFO of such a name counts, and is refused on loading
-        return all(f in names and not (folder / f).is_dir() for f in files)
-
-    if any(_IDX_NAME.match(n) for n in names):
-        return _Candidate("torchvision-idx", folder)
-    raw = folder / "raw"
-    if "raw" in names and raw.is_dir() and any(_IDX_NAME.match(n) for n in os.listdir(raw)):
-        return _Candidate("torchvision-idx", raw)
-    if has("data_batch_1", "test_batch") or has("train", "test", "meta"):
-        return _Candidate("cifar-python", folder)
-    if has("data_batch_1.bin", "test_batch.bin") or has("train.bin", "test.bin"):
-        return _Candidate("cifar-binary", folder)
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +110,7 @@ def load_layout(path: str | os.PathLike) -> LayoutDataset:
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"data path not found: {p}")
-    candidates = _candidates(p)
+    candidates = find_candidates(p)
     if not candidates:
         raise UserError(f"{p}: not a dataset layout this reader knows (torchvision MNIST-style "
                         "idx files, CIFAR python or binary batches, Keras .npz with x_train, "
@@ -285,11 +185,11 @@ def _shape(x: np.ndarray) -> str:
 # -- torchvision idx --------------------------------------------------------------------------
 
 
-def _load_idx(found: _Candidate) -> LayoutDataset:
+def _load_idx(found: Candidate) -> LayoutDataset:
     folder = found.path
     sets: dict[str, dict[tuple[str, str], Path]] = {}
     for name in sorted(os.listdir(folder)):
-        match = _IDX_NAME.match(name)
+        match = IDX_NAME.match(name)
         if not match:
             continue
         part = "train" if match["part"] == "train" else "test"
@@ -322,8 +222,8 @@ def _load_idx(found: _Candidate) -> LayoutDataset:
             arrays[(part, "images")] = np.ascontiguousarray(images.transpose(0, 2, 1))
     else:
         owner = folder.parent if folder.name == "raw" else folder
-        name = _KNOWN_NAMES.get(_norm(owner.name), owner.name)
-        class_names = _KNOWN_CLASSES.get(name)
+        name = KNOWN_NAMES.get(norm(owner.name), owner.name)
+        class_names = KNOWN_CLASSES.get(name)
     for part in ("train", "test"):
         images, labels = arrays[(part, "images")], arrays[(part, "labels")]
         if len(images) != len(labels):
@@ -347,7 +247,7 @@ def _idx_file_name(idx_set: str, part: str, kind: str) -> str:
 # -- CIFAR, python pickles --------------------------------------------------------------------
 
 
-def _load_cifar_python(found: _Candidate) -> LayoutDataset:
+def _load_cifar_python(found: Candidate) -> LayoutDataset:
     folder = found.path
     if os.path.lexists(folder / "data_batch_1"):
         name, train, test, meta = "CIFAR10", _CIFAR10_TRAIN, ["test_batch"], "batches.meta"
@@ -379,7 +279,7 @@ def _train_and_test(folder: Path, groups: tuple[list[str], list[str]],
 # -- CIFAR, binary records --------------------------------------------------------------------
 
 
-def _load_cifar_binary(found: _Candidate) -> LayoutDataset:
+def _load_cifar_binary(found: Candidate) -> LayoutDataset:
     folder = found.path
     if os.path.lexists(folder / "data_batch_1.bin"):
         name, names_file, label_bytes = "CIFAR10", "batches.meta.txt", 1
@@ -410,18 +310,18 @@ def _load_cifar_binary(found: _Candidate) -> LayoutDataset:
 # -- Keras .npz -------------------------------------------------------------------------------
 
 
-def _load_keras_npz(found: _Candidate) -> LayoutDataset:
+def _load_keras_npz(found: Candidate) -> LayoutDataset:
     path = found.path
     with open_npz(path) as npz:
-        arrays = {key: npz.array(key, limit=MAX_ARRAY_BYTES) for key in _NPZ_KEYS}
-    stem = _norm(path.stem)
-    name = _KNOWN_NAMES.get(stem, path.stem)
+        arrays = {key: npz.array(key, limit=MAX_ARRAY_BYTES) for key in NPZ_KEYS}
+    stem = norm(path.stem)
+    name = KNOWN_NAMES.get(stem, path.stem)
     x_train = _npz_images(arrays["x_train"], path, "x_train")
     x_test = _npz_images(arrays["x_test"], path, "x_test")
     y_train = _npz_labels(arrays["y_train"], path, "y_train")
     y_test = _npz_labels(arrays["y_test"], path, "y_test")
     return _finish(name, "keras-npz", path, (x_train, y_train, path), (x_test, y_test, path),
-                   _KNOWN_CLASSES.get(name), [path])
+                   KNOWN_CLASSES.get(name), [path])
 
 
 def _npz_images(x: np.ndarray, path: Path, key: str) -> np.ndarray:

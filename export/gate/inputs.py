@@ -3,6 +3,8 @@ judges, and (INT8) the held-out labelled test split whose accuracy decides the c
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,10 +14,48 @@ from ..core.models import ModelSpec
 from ..core.shapes import BatchRange
 from ..data import describe_source, indices_digest, reference_images, split_images
 from ..data.identity import shared_images
-from .parity import LabelledInput, ParityInput, random_inputs, real_inputs
 
 RANDOM_SEED = 1234
 ACCURACY_LIMIT = 1000  # held-out images the accuracy check runs (all of a smaller test split)
+
+
+@dataclass
+class ParityInput:
+    """One named batch fed to both runners."""
+
+    name: str  # e.g. "real b=8", "random b=1"
+    kind: str  # "real" or "random"
+    batch: np.ndarray  # float32 NCHW, normalised
+
+
+@dataclass
+class LabelledInput:
+    """Held-out labelled images for a contract's accuracy check (never calibration data)."""
+
+    images: np.ndarray  # float32 NCHW, normalised
+    labels: np.ndarray
+    batch_size: int  # fed in batches of this size (within the artifact's batch range)
+
+
+def random_inputs(shape: tuple[int, int, int], batch_sizes: Iterable[int], seed: int = RANDOM_SEED
+                  ) -> list[ParityInput]:
+    """Seeded N(0, 1) batches (inputs are normalised, so this is image-like in scale)."""
+    out = []
+    for b in batch_sizes:
+        rng = np.random.default_rng(seed + b)
+        out.append(ParityInput(f"random b={b}", "random",
+                               rng.standard_normal((b, *shape), dtype=np.float32)))
+    return out
+
+
+def real_inputs(images: np.ndarray, batch_sizes: Iterable[int]) -> list[ParityInput]:
+    """Real images in batches of the given sizes (cycled when there are fewer images)."""
+    out = []
+    for b in batch_sizes:
+        idx = np.arange(b) % len(images)
+        out.append(ParityInput(f"real b={b}", "real",
+                               np.ascontiguousarray(images[idx], dtype=np.float32)))
+    return out
 
 
 def parity_inputs(spec: ModelSpec, batch: BatchRange, dataset: dict[str, Any] | None

@@ -1,5 +1,5 @@
 """Judging an artifact: every runtime here that runs it, each against the eager FP32 model, by
-the contract it is held to (:mod:`.parity`'s tolerance table); one table per runtime."""
+the contract it is held to (:mod:`.tolerances`' table); one table per runtime."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from ..runtime.recheck import judged_here
 from ..runtime.registry import EXECUTION_PRECISIONS, runtimes_for
 from ..runtime.torch_runner import TorchRunner
 from .inputs import accuracy_set, parity_inputs
-from .parity import TOLERANCES, Verdict, run_gate, table_footer, table_header, table_row
+from .parity import TOLERANCES, Verdict, run_gate
+from .table import table_footer, table_header, table_row
 
 Echo = Callable[[str], None]
 #: the ONNX format an engine of each precision is built from

@@ -18,7 +18,8 @@ import numpy as np
 
 from ..core.errors import BadOption, UserError
 from ..data import IMAGE_SUFFIXES
-from ..gate.parity import Accuracy, Tolerance, judge_accuracy, min_lost_images
+from ..gate.accuracy import Accuracy, judge_accuracy, min_lost_images
+from ..gate.tolerances import Tolerance
 from ..predict import FileResult, Predictor
 from ..predict.predictor import find_images
 from ..predict.scoring import folder_labels
