@@ -18,8 +18,7 @@ Steps of :func:`quantize_qdq`:
 4. ``onnx.checker`` on the result, and a report of what the file now holds (counted from the
    graph, not assumed from the settings).
 
-Two flavours, because the fast form differs between runtimes (figures in
-``docs/results/int8-probe.md``):
+Two flavours, because the fast form differs between runtimes (docs/export.md, INT8):
 
 ``"cpu"`` - ONNX Runtime and OpenVINO on x86:
     uint8 *asymmetric* activations, int8 *symmetric* per-channel weights, int32 biases,
@@ -54,8 +53,8 @@ Two flavours, because the fast form differs between runtimes (figures in
 
 Calibration methods (``method``): ``"minmax"`` (observed range; the default, measured best),
 ``"entropy"`` (KL divergence between the FP32 and quantized histograms, TensorRT's classic
-choice), ``"percentile"`` (99.999th percentile of |x|, 2048 bins). Figures in
-``docs/results/int8-probe.md``.
+choice), ``"percentile"`` (99.999th percentile of |x|, 2048 bins). Figures in docs/export.md
+(INT8, the calibration methods).
 
 The calibration array is float32 NCHW, already normalised exactly as the model's input (what
 ``export.data.reference_images`` and the training pipeline produce). It must come from training
@@ -87,7 +86,7 @@ from .qdq import describe_qdq, load_onnx, unquantize_residual_branch
 
 FLAVOURS = ("cpu", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")
-#: Measured in docs/results/int8-probe.md on the trained digits models: minmax was as accurate
+#: Measured on the trained digits models (docs/export.md, INT8): minmax was as accurate
 #: as percentile (99.999) or slightly better, in both flavours and at every calibration count,
 #: and faster; entropy clipped too much (top-1 -6 points on ResNet-18) and is ~10x slower.
 DEFAULT_METHOD = "minmax"

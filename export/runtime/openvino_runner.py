@@ -14,7 +14,7 @@ that left the default would report BF16 numbers under an FP32 label. Every compi
   bf16). What it adds: it also turns off the plugin's other accuracy-for-speed trades that
   PERFORMANCE allows silently (dynamic quantization of activations,
   ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` 32 -> 0; u8 KV caches). None of them applies to a ResNet
-  today; ACCURACY keeps it that way, and costs no latency here (docs/results/openvino-probe.md).
+  today; ACCURACY keeps it that way, and costs no latency here (measured with resnet-bench).
 - ``PERFORMANCE_HINT`` LATENCY (one stream) and ``INFERENCE_NUM_THREADS`` when threads are given.
 
 After compiling, the precision that will actually run is read back from the compiled model
@@ -28,7 +28,7 @@ FP32 and not what a "bf16" row should mean.
 
 Shapes: the exported files have a dynamic batch dimension. OpenVINO's CPU plugin runs a
 dynamic-shape model 4-10% slower than the same model reshaped to a static shape (ResNet-50,
-2 threads, measured; docs/results/openvino-probe.md), and ``benchmark_app -shape`` measures the
+2 threads, measured with resnet-bench), and ``benchmark_app -shape`` measures the
 static one. With ``static_shapes=True`` (the default) the runner compiles one static-shape model
 per input shape on first sight of that shape, like the torch runner's one CUDA graph per shape:
 the first call at a new batch size pays a compile (~0.3 s for ResNet-50), which any warm-up
