@@ -30,9 +30,8 @@ import onnx
 
 from .convert.calibration import calibration_set
 from .convert.fp16 import convert_to_fp16
-from .convert.int8 import METHODS, quantize_qdq
+from .convert.int8 import quantize_qdq
 from .convert.onnx_export import export_onnx, io_signature, save_onnx, stamp_metadata
-from .core import cpu_features
 from .core.agreement import check_digest
 from .core.artifact import artifact_file, read_manifest, verify_files
 from .core.errors import ParityFailed, UserError
@@ -63,6 +62,7 @@ from .core.weights import (
     source_from_manifest,
     with_relative_path,
 )
+from .failures import first_failure, int8_help
 from .gate.judge import judge_artifact
 from .gate.parity import TOLERANCES, Verdict
 from .gate.reference import write_gate_reference
@@ -188,8 +188,8 @@ def _export_one(req: ExportRequest, shared: _Export, target: Target) -> ExportRe
                 replace_folder(staging, failed)
                 failed_note = f"kept for inspection in {failed}"
             raise ParityFailed(f"parity gate FAILED for {spec.name} {req.fmt}: "
-                               f"{_first_failure(verdicts)}; {failed_note}"
-                               f"{_int8_help(req, manifest, verdicts)}")
+                               f"{first_failure(verdicts)}; {failed_note}"
+                               f"{int8_help(req, manifest, verdicts)}")
         # again, right before: the folder may have changed while the export ran
         previous = check_out(out, manifest["source"], manifest["model"], req.overwrite, warn)
         _announce_replacement(out, previous, warn)
@@ -209,36 +209,6 @@ def _announce_replacement(out: Path, previous: Manifest | None, warn: Echo) -> N
     if previous is not None:
         warn(f"replacing {out} (previous {previous['format']} artifact from "
              f"{previous['created']})")
-
-
-def _int8_help(req: ExportRequest, manifest: Manifest, verdicts: list[Verdict]) -> str:
-    """What may get an INT8 artifact through its gate, after a failure: only what can help the
-    failure seen. Where one runtime passed the same file the ranges are sound and the other
-    runtime's kernels differ on this CPU: more images or another method cannot help that."""
-    if req.precision != "int8":
-        return ""
-    judged = [v for v in verdicts if v.precision == "int8"]
-    passed = [v.candidate for v in judged if v.passed]
-    if passed:
-        failed = ", ".join(v.candidate for v in judged if not v.passed)
-        return (f"; the calibration is sound (it passed on {', '.join(passed)}): {failed} "
-                f"computes this file differently on this CPU ({cpu_features.isa_class()}), "
-                "which more calibration images or another method cannot change; --keep-failed "
-                "keeps the file for inspection")
-    count = ((manifest.get("int8") or {}).get("calibration") or {}).get("count")
-    others = [m for m in METHODS if m != req.calib_method]
-    return (f"; what may help: more calibration images (--calib-count, {count} now), "
-            f"another --calib-method ({' or '.join(others)})")
-
-
-def _first_failure(verdicts: list[Verdict]) -> str:
-    for v in verdicts:
-        for c in v.comparisons:
-            if not c.passed:
-                return f"{v.candidate} on '{c.name}': {c.failures[0]}"
-        if v.accuracy is not None and not v.accuracy.passed:
-            return f"{v.candidate} on the held-out accuracy check: {v.accuracy.failures[0]}"
-    return "no comparison passed"
 
 
 @dataclass
@@ -404,7 +374,7 @@ def verify_artifact(folder: Path, echo: Echo = print) -> dict[str, Any]:
     source = source_from_manifest(manifest, folder)
     parity, verdicts = judge_artifact(folder, manifest, source, echo)
     if not parity["passed"]:
-        raise ParityFailed(f"parity gate FAILED on {folder}: {_first_failure(verdicts)}")
+        raise ParityFailed(f"parity gate FAILED on {folder}: {first_failure(verdicts)}")
     if not manifest["parity"].get("passed"):
         echo("note: the manifest records a failed gate at export; it passes now")
     return parity
