@@ -38,6 +38,18 @@ def main() -> None:
     """Serve exported artifacts over the Open Inference Protocol (KServe v2, Triton's URLs)."""
 
 
+def _bounds(_ctx: Any, _param: Any, value: str | None) -> tuple[int, int] | None:
+    """``MIN:MAX`` replicas, 1 <= MIN <= MAX <= 256."""
+    if value is None:
+        return None
+    low, sep, high = value.partition(":")
+    if not (sep and low.strip().isdigit() and high.strip().isdigit()
+            and 1 <= int(low) <= int(high) <= 256):
+        raise click.BadParameter(f"wants MIN:MAX replicas with 1 <= MIN <= MAX <= 256, got "
+                                 f"{value!r}")
+    return int(low), int(high)
+
+
 @main.command("start", cls=DefaultCommand, hidden=True)
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path),
                 metavar="ARTIFACT...")
@@ -65,10 +77,14 @@ def main() -> None:
 @click.option("--metrics-port", type=click.IntRange(min=1, max=65535), default=None,
               help="Serve Ray's Prometheus metrics (request counts, latencies, batch sizes) on "
                    "this port (local Ray only).")
+@click.option("--autoscale", default=None, metavar="MIN:MAX", callback=_bounds,
+              help="Let Ray Serve scale each model between MIN and MAX replicas with its load "
+                   "(instead of --replicas).")
 @one_line_errors
 def start(artifacts: tuple[Path, ...], names: tuple[str, ...], runtime: str, replicas: int,
           threads: int | None, max_batch: int | None, batch_wait_ms: float, host: str,
-          port: int, address: str | None, metrics_port: int | None) -> None:
+          port: int, address: str | None, metrics_port: int | None,
+          autoscale: tuple[int, int] | None) -> None:
     """Serve ARTIFACT... over the Open Inference Protocol on Ray Serve.
 
     Each artifact is checked as resnet-predict checks it (sha256 of its files, gate passed,
@@ -78,12 +94,18 @@ def start(artifacts: tuple[Path, ...], names: tuple[str, ...], runtime: str, rep
     \b
     resnet-serve artifacts/resnet20-onnx
     resnet-serve artifacts/resnet50-onnx --replicas 2 --runtime openvino
+    resnet-serve artifacts/resnet50-onnx --address auto --autoscale 2:8
     resnet-serve bench http://127.0.0.1:8000 --concurrency 1,4,16,64
     """
     from .server import ServeConfig, run
 
+    from ..core.errors import BadOption
+
+    if autoscale and replicas != 1:
+        raise BadOption("--replicas and --autoscale both given: give one (--autoscale MIN:MAX "
+                        "sets the replica count)")
     cfg = ServeConfig(list(artifacts), list(names), runtime, replicas, threads, max_batch,
-                      batch_wait_ms, host, port, address, metrics_port)
+                      batch_wait_ms, host, port, address, metrics_port, autoscale)
     run(cfg, _echo, _wait_for_signal)
 
 

@@ -311,11 +311,24 @@ class Root:
                                          f"{', '.join(self.models)}"))
 
 
-def model_app(opts: ModelOptions, replicas: int, cpus_per_replica: float) -> Any:
+def scaling(replicas: int, autoscale: tuple[int, int] | None, max_batch: int) -> dict[str, Any]:
+    """A fixed replica count, or Ray Serve's autoscaling between ``autoscale``'s bounds: a
+    replica is added while each holds more than a full batch of requests on average (they
+    batch, so a few in flight are not yet a queue)."""
+    if autoscale is None:
+        return {"num_replicas": replicas}
+    low, high = autoscale
+    return {"autoscaling_config": {"min_replicas": low, "initial_replicas": low,
+                                   "max_replicas": high,
+                                   "target_ongoing_requests": max(2, max_batch)}}
+
+
+def model_app(opts: ModelOptions, replicas: int, cpus_per_replica: float,
+              autoscale: tuple[int, int] | None = None) -> Any:
     """The bound application for one model; ``max_ongoing_requests`` lets a batch fill (Ray's
     default of 5 would cap every batch at 5 requests)."""
     return ModelServer.options(  # type: ignore[attr-defined]
-        name="model", num_replicas=replicas,
+        name="model", **scaling(replicas, autoscale, opts.max_batch),
         max_ongoing_requests=max(16, 2 * opts.max_batch),
         ray_actor_options={"num_cpus": cpus_per_replica,
                            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(opts.threads)}}},
@@ -333,4 +346,4 @@ def folder_of(path: str | Path) -> str:
 
 
 __all__ = ["ModelOptions", "ModelServer", "Root", "folder_of", "model_app", "read_body",
-           "root_app"]
+           "root_app", "scaling"]

@@ -43,6 +43,7 @@ class ServeConfig:
     port: int = 8000
     address: str | None = None
     metrics_port: int | None = None
+    autoscale: tuple[int, int] | None = None  # (min, max) replicas: Ray Serve's autoscaling
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def plan_threads(cfg: ServeConfig, models: int, cpus: int) -> tuple[int, float, 
     threads never exceeds them. Asked for more, the threads are honoured and Ray's reservation
     shrinks to a fair share so the replicas can still be placed (and the sentence says it
     oversubscribes)."""
-    count = models * cfg.replicas
+    count = models * (cfg.autoscale[0] if cfg.autoscale else cfg.replicas)
     if cfg.threads is None:
         threads = max(1, cpus // count)
         why = (f"{count} replica(s) x {threads} thread(s) on {cpus} core(s) (threads default to "
@@ -158,7 +159,8 @@ def deploy(cfg: ServeConfig, planned: list[Planned], echo: Echo) -> str:
         opts = ModelOptions(str(p.folder), p.name, cfg.runtime, threads, p.max_batch,
                             cfg.batch_wait_ms / 1000.0,
                             model_config(p.manifest, p.name, RepoOptions(kind="cpu")))
-        targets.append(serve.RunTarget(model_app(opts, cfg.replicas, reserve), name=p.name,
+        targets.append(serve.RunTarget(model_app(opts, cfg.replicas, reserve, cfg.autoscale),
+                                       name=p.name,
                                        route_prefix=f"/v2/models/{p.name}",
                                        logging_config=quiet))
     serve.run_many(targets)
@@ -200,8 +202,10 @@ def run(cfg: ServeConfig, echo: Echo, wait: Callable[[], None]) -> None:
         except Exception:
             pass
         raise UserError(f"could not deploy: {first_line(exc)}") from None
+    each = (f"{cfg.autoscale[0]}..{cfg.autoscale[1]} replicas" if cfg.autoscale
+            else f"{cfg.replicas} replica(s)")
     echo(f"ready in {time.perf_counter() - started:.1f}s: {url}/v2 serving "
-         f"{', '.join(p.name for p in planned)} ({cfg.replicas} replica(s) each); Ctrl-C to stop")
+         f"{', '.join(p.name for p in planned)} ({each} each); Ctrl-C to stop")
     try:
         wait()
     except KeyboardInterrupt:
