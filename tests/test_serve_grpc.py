@@ -300,6 +300,31 @@ def test_stop_lets_calls_already_received_finish():
         assert err.value.code().name in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 
+def test_calls_beyond_the_concurrency_bound_are_refused_not_queued():
+    model = FakeModel()
+    model.mode = "slow"
+    with serving({"fake": model}, max_concurrent_rpcs=2) as (_, _, target):
+        codes, together = [], threading.Barrier(4)
+
+        def one():
+            with grpc.insecure_channel(target) as channel:
+                grpc.channel_ready_future(channel).result(timeout=10)
+                together.wait(10)
+                try:
+                    pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request(batch(1)),
+                                                                         timeout=10)
+                    codes.append("OK")
+                except grpc.RpcError as exc:
+                    codes.append(exc.code().name)
+
+        callers = [threading.Thread(target=one) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(15)
+    assert sorted(codes) == ["OK", "OK", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED"]
+
+
 def test_grpc_load_counts_every_answer(fake):
     model, target = fake
     model.mode = "ok"

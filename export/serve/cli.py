@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ..core.cli import DefaultCommand, DefaultGroup, OneLineCommand, one_line_errors
+from ..core.errors import BadOption
 from ..predict.runtimes import RUNTIME_CHOICES
 
 
@@ -98,8 +99,6 @@ def start(artifacts: tuple[Path, ...], names: tuple[str, ...], runtime: str, rep
     resnet-serve bench http://127.0.0.1:8000 --concurrency 1,4,16,64
     """
     from .server import ServeConfig, run
-
-    from ..core.errors import BadOption
 
     if autoscale and replicas != 1:
         raise BadOption("--replicas and --autoscale both given: give one (--autoscale MIN:MAX "

@@ -42,6 +42,8 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
          503: grpc.StatusCode.UNAVAILABLE}
 #: idle connections are closed after this long; a client reconnects transparently
 IDLE_MS = 5 * 60 * 1000
+#: calls in progress at once (each may hold a message of up to the limit); more are refused
+MAX_CONCURRENT = 1024
 _PORTS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
@@ -164,12 +166,15 @@ def _address(host: str, port: int) -> str:
 
 
 async def start_grpc(models: Models, host: str, port: int, *, server_name: str, version: str,
-                     max_message_bytes: int | None = None) -> grpc.aio.Server:
+                     max_message_bytes: int | None = None,
+                     max_concurrent_rpcs: int | None = MAX_CONCURRENT) -> grpc.aio.Server:
     """Serve ``models`` on ``host:port`` (only that address; port 0: a free one, see
     :func:`bound_port`). A port already taken, by any program, is a :class:`UserError` naming
-    it: port reuse is off, so two servers never share a port."""
+    it: port reuse is off, so two servers never share a port. Messages over
+    ``max_message_bytes`` (default: :func:`message_limit`) and calls beyond
+    ``max_concurrent_rpcs`` in progress are refused with RESOURCE_EXHAUSTED, unread."""
     limit = max_message_bytes or message_limit(models)
-    server = grpc.aio.server(options=[
+    server = grpc.aio.server(maximum_concurrent_rpcs=max_concurrent_rpcs, options=[
         ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", -1),
