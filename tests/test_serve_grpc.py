@@ -157,9 +157,13 @@ def test_triton_grpc_client_gets_the_models_answer(fake):
     with pytest.raises(InferenceServerException, match="unknown model 'nope'") as err:
         client.get_model_metadata("nope")
     assert err.value.status() == "StatusCode.NOT_FOUND"
+    index = client.get_model_repository_index(as_json=True)["models"]
+    assert index == [{"name": "fake", "version": "1", "state": "READY"}]
     model.mode = "down"
     try:
         assert not client.is_server_ready() and not client.is_model_ready("fake")
+        assert client.get_model_repository_index(as_json=True)["models"][0]["state"] == \
+            "UNAVAILABLE"
     finally:
         model.mode = "ok"
     client.close()

@@ -141,6 +141,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             name=sig.name, versions=["1"], platform=sig.platform,
             inputs=[_tensor_meta(sig.input)], outputs=[_tensor_meta(sig.output)])
 
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        index = [pb.RepositoryIndexResponse.ModelIndex(
+            name=name, version="1", state="READY" if model.ready() else "UNAVAILABLE")
+            for name, model in self.models.items()]
+        return pb.RepositoryIndexResponse(
+            models=[m for m in index if m.state == "READY" or not request.ready])
+
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         try:
             model = self._model(request.model_name, request.model_version)
