@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from export.serve.cli import main
 from export.serve.server import ServeConfig, plan_threads
 
+MODEL = "resnet20-onnx"
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ray_two_nodes.py"
 
 
@@ -75,3 +76,69 @@ def test_two_node_cluster_same_answers_and_a_node_killed_under_load(onnx_artifac
     assert doc["left_running"] == 0
     http = [line for line in doc["listening"] if line.endswith(f":{doc['http_port']}")]
     assert http and all(" 127.0.0.1:" in line for line in http)  # the proxies bind --host
+
+
+async def _load_and_watch(url, body, headers, concurrency, seconds, settle):
+    """Closed-loop load on the model while one task reads which replica answers /stats;
+    stops ``settle`` seconds after a second replica appears, or after ``seconds``. Returns
+    ({pid: first seen at}, outcome counts)."""
+    import asyncio
+    import time
+
+    import aiohttp
+
+    seen, counts, start = {}, {}, time.monotonic()
+    stop_at = [start + seconds]
+
+    async def infer(session):
+        while time.monotonic() < stop_at[0]:
+            try:
+                async with session.post(f"{url}/v2/models/{MODEL}/infer", data=body,
+                                        headers=headers) as resp:
+                    await resp.read()
+                    kind = "ok" if resp.status == 200 else f"http {resp.status}"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                kind = type(exc).__name__
+            counts[kind] = counts.get(kind, 0) + 1
+
+    async def watch(session):
+        while time.monotonic() < stop_at[0]:
+            async with session.get(f"{url}/v2/models/{MODEL}/stats") as resp:
+                pid = (await resp.json())["replica"]["pid"]
+            if pid not in seen:
+                seen[pid] = round(time.monotonic() - start, 1)
+                if len(seen) == 2:
+                    stop_at[0] = min(stop_at[0], time.monotonic() + settle)
+            await asyncio.sleep(0.25)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        await asyncio.gather(watch(session), *(infer(session) for _ in range(concurrency)))
+    return seen, counts
+
+
+@pytest.mark.slow
+def test_autoscale_adds_a_replica_under_load(onnx_artifact, tmp_path):
+    """--autoscale 1:2 on local Ray: one replica idle, a second one while 48 requests are in
+    flight (more than a full batch of 8 per replica), answering without errors."""
+    pytest.importorskip("ray.serve", reason="the serve extra (Ray Serve) is not installed")
+    import asyncio
+
+    import numpy as np
+
+    from export.serve.loadgen import start_server, stop_server
+    from export.serve.protocol import ModelSignature, encode_request
+
+    sig = ModelSignature.from_manifest(MODEL, json.loads((onnx_artifact / "manifest.json")
+                                                         .read_text()))
+    x = np.zeros((1, *sig.input.shape[1:]), np.float32)
+    body, headers = encode_request(sig.input, x)
+    with open(tmp_path / "server.log", "wb") as fh:
+        proc, url = start_server(str(onnx_artifact), 1, ["--autoscale", "1:2", "--threads", "1"],
+                                 print, 240, fh)
+    try:
+        seen, counts = asyncio.run(_load_and_watch(url, body, headers, 48, 150, 5))
+    finally:
+        stop_server(proc)
+    print(f"\nreplicas first seen at (s): {sorted(seen.values())}; outcomes {counts}")
+    assert len(seen) == 2, (seen, (tmp_path / "server.log").read_text()[-2000:])
+    assert set(counts) == {"ok"}
