@@ -345,6 +345,40 @@ def test_grpc_load_counts_every_answer(fake):
     assert step.errors == {"grpc UNAVAILABLE": 10} and not step.latencies
 
 
+def test_nonfinite_input_is_served_only_when_the_server_allows_it():
+    """One rule with HTTP: NaN/Inf refused by default (above), answered with allow_nonfinite
+    (the server's --allow-nonfinite)."""
+    x = batch(2)
+    x[0, 0, 0, 0] = np.nan
+    with serving({"fake": FakeModel()}, allow_nonfinite=True) as (_, _, target), \
+            grpc.insecure_channel(target) as channel:
+        resp = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request(x), timeout=10)
+    got = np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(got, fake_logits(x))
+
+
+def test_bench_client_calls_return_the_batch_the_answer_was_computed_in(fake):
+    """resnet-serve bench ARTIFACT --grpc's caller: one ModelInfer per call; the batch comes
+    back in the response's batch_size parameter (the request's own size without a batcher)."""
+    from export.serve.grpc_load import bench_client
+
+    async def calls():
+        call = bench_client(fake[1], "fake", batch(3))
+        try:
+            return [await call() for _ in range(3)]
+        finally:
+            await call.close()
+
+    fake[0].mode = "ok"
+    assert asyncio.run(calls()) == [3, 3, 3]
+    fake[0].mode = "broken"
+    try:
+        with pytest.raises(grpc.aio.AioRpcError):
+            asyncio.run(calls())
+    finally:
+        fake[0].mode = "ok"
+
+
 def test_triton_grpc_client_gets_resnet_predicts_answer(onnx_artifact):
     from sklearn.datasets import load_digits
 
