@@ -365,7 +365,7 @@ def test_bench_client_calls_return_the_batch_the_answer_was_computed_in(fake):
     async def calls():
         call = bench_client(fake[1], "fake", batch(3))
         try:
-            return [await call() for _ in range(3)]
+            return list(await asyncio.gather(*(call() for _ in range(3))))  # 3 first calls
         finally:
             await call.close()
 

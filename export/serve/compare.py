@@ -70,7 +70,12 @@ async def _loop(call: Call, level: int, count: int, duration: float, rows: int) 
                 step.rows_seen += rows
                 step.batches += rows / formed
 
-    await asyncio.gather(*(call() for _ in range(max(2, level))))  # warm-up, not counted
+    try:
+        await asyncio.gather(*(call() for _ in range(max(2, level))))  # warm-up, not counted
+    except Exception as exc:
+        detail = getattr(exc, "details", lambda: None)() or str(exc)
+        raise UserError(f"the warm-up call failed: {type(exc).__name__}: "
+                        f"{detail.splitlines()[0] if detail else ''}") from None
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(level)))
     step.wall = time.perf_counter() - started

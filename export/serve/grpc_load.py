@@ -102,24 +102,29 @@ class BenchCall:
         self.target = target
         self.model = model
         self.x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
+        self.channel: Any = None
         self.stub: Any = None
         self.request: Any = None
+        self.opening: asyncio.Lock | None = None
 
     async def _open(self) -> None:
         options = [("grpc.max_receive_message_length", MAX_MESSAGE),
                    ("grpc.max_send_message_length", MAX_MESSAGE)]
         self.channel = grpc.aio.insecure_channel(self.target, options=options)
-        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
-        meta = await _metadata(self.stub, self.target, self.model)
-        inp = meta.inputs[0]
+        stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        inp = (await _metadata(stub, self.target, self.model)).inputs[0]
         self.request = pb.ModelInferRequest(
             model_name=self.model, inputs=[pb.ModelInferRequest.InferInputTensor(
                 name=inp.name, datatype=inp.datatype, shape=list(self.x.shape))],
             raw_input_contents=[self.x.tobytes()])
+        self.stub = stub  # last: concurrent first calls wait for the request to be built
 
     async def __call__(self) -> int:
         if self.stub is None:
-            await self._open()
+            self.opening = self.opening or asyncio.Lock()
+            async with self.opening:
+                if self.stub is None:
+                    await self._open()
         resp = await self.stub.ModelInfer(self.request, timeout=60)
         if not resp.raw_output_contents or not resp.outputs or \
                 resp.outputs[0].shape[0] != len(self.x):
@@ -128,7 +133,7 @@ class BenchCall:
             if "batch_size" in resp.parameters else 0
 
     async def close(self) -> None:
-        if self.stub is not None:
+        if self.channel is not None:
             await self.channel.close()
 
 
