@@ -33,6 +33,16 @@ def test_autoscale_and_replicas_together_are_refused(tmp_path):
         "replica count)"]
 
 
+def test_autoscale_is_the_ray_engines_and_implies_it(tmp_path):
+    result = CliRunner().invoke(main, [str(tmp_path), "--engine", "local", "--autoscale", "1:2"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "Error: --autoscale is Ray Serve's (--engine ray); the local engine serves a fixed "
+        "--replicas"]
+    assert ServeConfig([], autoscale=(1, 2)).engine_name() == "ray"
+    assert ServeConfig([]).engine_name() == "local"
+
+
 def test_threads_are_shared_among_the_minimum_replicas():
     cfg = ServeConfig([], autoscale=(2, 6))
     assert size_threads(cfg, models=1, cpus=8)[:2] == (4, 4.0)
