@@ -1,5 +1,6 @@
 """The Open Inference Protocol's gRPC service (``inference.GRPCInferenceService``) on grpc.aio,
-written against :data:`~.served.Models` only, so either engine can serve it.
+written against :data:`~.served.Models` only, so any engine can serve it (the local engine
+does, on ``--grpc-port``, beside its HTTP routes).
 
 The service definition is the one ``tritonclient[grpc]`` ships (``service_pb2``,
 ``service_pb2_grpc``), so Triton's and KServe's gRPC clients work unchanged. Requests are checked
