@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ..core.cli import DefaultCommand, DefaultGroup, LazyChoice, OneLineCommand, one_line_errors
+from ..core.errors import BadOption
 from ..predict.runtimes import runtime_choices
 
 
@@ -22,6 +23,18 @@ def _echo(text: str) -> None:
              context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Serve exported artifacts over the Open Inference Protocol (KServe v2, Triton's URLs)."""
+
+
+def _bounds(_ctx: Any, _param: Any, value: str | None) -> tuple[int, int] | None:
+    """``MIN:MAX`` replicas, 1 <= MIN <= MAX <= 256."""
+    if value is None:
+        return None
+    low, sep, high = value.partition(":")
+    if not (sep and low.strip().isdigit() and high.strip().isdigit()
+            and 1 <= int(low) <= int(high) <= 256):
+        raise click.BadParameter(f"wants MIN:MAX replicas with 1 <= MIN <= MAX <= 256, got "
+                                 f"{value!r}")
+    return int(low), int(high)
 
 
 @main.command("start", cls=DefaultCommand, hidden=True)
@@ -78,6 +91,9 @@ def main() -> None:
               help="Seconds given to requests already received when stopping.")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Accept NaN and infinite values in binary tensors (refused by default).")
+@click.option("--autoscale", default=None, metavar="MIN:MAX", callback=_bounds,
+              help="Let Ray Serve scale each model between MIN and MAX replicas with its load "
+                   "(instead of --replicas; implies --engine ray).")
 @click.option("--verbose", is_flag=True, help="Show the server's and Ray's own log lines.")
 @one_line_errors
 def start(artifacts: tuple[Path, ...], names: tuple[str, ...], runtime: str, replicas: int,
@@ -85,7 +101,8 @@ def start(artifacts: tuple[Path, ...], names: tuple[str, ...], runtime: str, rep
           port: int, address: str | None, metrics_port: int | None, engine: str | None,
           grpc_port: int | None, request_timeout: float, keep_alive: float,
           max_connections: int, max_queue: int | None, max_image_pixels: int,
-          drain_timeout: float, allow_nonfinite: bool, verbose: bool) -> None:
+          drain_timeout: float, allow_nonfinite: bool, verbose: bool,
+          autoscale: tuple[int, int] | None) -> None:
     """Serve ARTIFACT... over the Open Inference Protocol.
 
     Each artifact is checked as resnet-predict checks it (sha256 of its files, gate passed,
@@ -99,18 +116,22 @@ def start(artifacts: tuple[Path, ...], names: tuple[str, ...], runtime: str, rep
     resnet-serve artifacts/resnet20-digits-onnx
     resnet-serve artifacts/resnet50-onnx --replicas 2 --runtime openvino
     resnet-serve artifacts/resnet50-onnx --engine ray --address auto
+    resnet-serve artifacts/resnet50-onnx --address auto --autoscale 2:8
     resnet-serve bench artifacts/resnet20-digits-onnx
     """
     from .server import ServeConfig, run
 
-    if metrics_port is not None and (engine or ("ray" if address else "local")) == "local":
-        raise click.BadParameter("is served by Ray (--engine ray); the local engine's "
-                                 "statistics are at /v2/models/<name>/stats",
-                                 param_hint="--metrics-port")
+    if autoscale and replicas != 1:
+        raise BadOption("--replicas and --autoscale both given: give one (--autoscale MIN:MAX "
+                        "sets the replica count)")
     cfg = ServeConfig(list(artifacts), list(names), runtime, replicas, threads, max_batch,
                       batch_wait_ms, host, port, address, metrics_port, engine, grpc_port,
                       request_timeout, keep_alive, max_connections, max_queue, max_image_pixels,
-                      drain_timeout, allow_nonfinite, verbose)
+                      drain_timeout, allow_nonfinite, verbose, autoscale)
+    if metrics_port is not None and cfg.engine_name() == "local":
+        raise click.BadParameter("is served by Ray (--engine ray); the local engine's "
+                                 "statistics are at /v2/models/<name>/stats",
+                                 param_hint="--metrics-port")
     run(cfg, _echo)
 
 

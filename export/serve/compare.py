@@ -41,9 +41,10 @@ Call = Callable[[], Awaitable[int]]  # one request; returns the batch it was com
 
 
 def grpc_caller(target: str, model: str, x: np.ndarray) -> Any:
-    """The gRPC client of the served model (None where the gRPC service is not built in)."""
+    """The gRPC client of the served model (None where grpcio/tritonclient[grpc] are not
+    installed)."""
     try:
-        from .grpc_service import bench_client  # type: ignore[import-not-found,unused-ignore]
+        from .grpc_load import bench_client
     except ImportError:
         return None
     return bench_client(target, model, x)
@@ -69,7 +70,12 @@ async def _loop(call: Call, level: int, count: int, duration: float, rows: int) 
                 step.rows_seen += rows
                 step.batches += rows / formed
 
-    await asyncio.gather(*(call() for _ in range(max(2, level))))  # warm-up, not counted
+    try:
+        await asyncio.gather(*(call() for _ in range(max(2, level))))  # warm-up, not counted
+    except Exception as exc:
+        detail = getattr(exc, "details", lambda: None)() or str(exc)
+        raise UserError(f"the warm-up call failed: {type(exc).__name__}: "
+                        f"{detail.splitlines()[0] if detail else ''}") from None
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(level)))
     step.wall = time.perf_counter() - started
@@ -113,7 +119,7 @@ async def _rounds(cfg: BenchConfig, base: str, model: Any, echo: Echo, rounds: i
 
     grpc = grpc_caller(grpc_target, name, x) if grpc_target else None
     if grpc_target and grpc is None:
-        raise UserError("--grpc: this build has no gRPC service (export/serve/grpc_service.py)")
+        raise UserError("--grpc needs the gRPC client: pip install 'tritonclient[grpc]'")
     rows = []
     for level in cfg.concurrency:
         got: dict[str, list[Step]] = {"in-process": [], "http": []}
@@ -136,6 +142,8 @@ async def _rounds(cfg: BenchConfig, base: str, model: Any, echo: Echo, rounds: i
             rows.append(row)
         echo(f"concurrency {level}: " + ", ".join(
             f"{r['mode']} {r['requests_per_s']:.0f} req/s" for r in rows[-len(got):]))
+    if grpc is not None:
+        await grpc.close()
     return name, rows
 
 

@@ -113,12 +113,26 @@ class Root:
         return full_paths(build_app(self.models, self.info))
 
 
-def model_app(opts: ModelOptions, replicas: int, cpus_per_replica: float) -> Any:
+def scaling(replicas: int, autoscale: tuple[int, int] | None,
+            max_batch: int) -> dict[str, Any]:
+    """A fixed replica count, or Ray Serve's autoscaling between ``autoscale``'s bounds: a
+    replica is added while each holds more than a full batch of requests on average (they
+    batch, so a few in flight are not yet a queue)."""
+    if autoscale is None:
+        return {"num_replicas": replicas}
+    low, high = autoscale
+    return {"autoscaling_config": {"min_replicas": low, "initial_replicas": low,
+                                   "max_replicas": high,
+                                   "target_ongoing_requests": max(2, max_batch)}}
+
+
+def model_app(opts: ModelOptions, replicas: int, cpus_per_replica: float,
+              autoscale: tuple[int, int] | None = None) -> Any:
     """The bound application for one model; ``max_ongoing_requests`` lets a batch fill (Ray's
     default of 5 would cap every batch at 5 requests); ``max_queued_requests`` bounds what
     waits in front of the replicas (503 past it)."""
     return ModelServer.options(  # type: ignore[attr-defined]
-        name="model", num_replicas=replicas,
+        name="model", **scaling(replicas, autoscale, opts.max_batch),
         max_ongoing_requests=max(16, 2 * opts.max_batch),
         max_queued_requests=opts.batch().max_queue,
         ray_actor_options={"num_cpus": cpus_per_replica,
@@ -137,4 +151,4 @@ def folder_of(path: str | Path) -> str:
 
 
 __all__ = ["ModelOptions", "ModelServer", "Root", "folder_of", "full_paths", "model_app",
-           "root_app"]
+           "root_app", "scaling"]

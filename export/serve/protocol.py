@@ -186,11 +186,44 @@ def _input_doc(sig: ModelSignature, doc: dict[str, Any]) -> dict[str, Any]:
         raise ProtocolError(400, f"model {sig.name!r} takes one input {sig.input.name!r}, got "
                                  f"{sorted(map(str, known))}")
     item = inputs[0]
-    if item.get("datatype") != sig.input.datatype:
-        raise ProtocolError(400, f"input {sig.input.name!r}: datatype "
-                                 f"{item.get('datatype')!r} is not the model's "
-                                 f"{sig.input.datatype}")
+    _check_datatype(sig, item.get("datatype"))
     return item
+
+
+def _check_datatype(sig: ModelSignature, datatype: Any) -> None:
+    if datatype != sig.input.datatype:
+        raise ProtocolError(400, f"input {sig.input.name!r}: datatype {datatype!r} is not the "
+                                 f"model's {sig.input.datatype}")
+
+
+def check_input(sig: ModelSignature, name: Any, datatype: Any, shape: Any) -> tuple[int, ...]:
+    """One input tensor's name, datatype and shape (the batch within the model's range) against
+    the model, before any data is read: the rules every front end (JSON, binary, gRPC) applies."""
+    if name != sig.input.name:
+        raise ProtocolError(400, f"model {sig.name!r} takes one input {sig.input.name!r}, got "
+                                 f"{name!r}")
+    _check_datatype(sig, datatype)
+    return _check_shape(sig, shape)
+
+
+def raw_input(sig: ModelSignature, shape: tuple[int, ...], data: bytes | memoryview,
+              what: str) -> np.ndarray:
+    """Raw little-endian row-major bytes -> the input batch, refusing a byte count that is not
+    exactly ``shape`` of the input's datatype (``what`` names where the bytes came from)."""
+    dtype = NUMPY[sig.input.datatype]
+    expect = math.prod(shape) * dtype.itemsize
+    if len(data) != expect:
+        raise ProtocolError(400, f"input {sig.input.name!r}: {what} holds {len(data)} bytes, "
+                                 f"not the {expect} bytes of {sig.input.datatype} {list(shape)}")
+    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def check_finite(sig: ModelSignature, arr: np.ndarray) -> None:
+    """Refuse NaN and infinity in a floating-point input (binary or gRPC; JSON cannot spell
+    them): no model answers them meaningfully, unless the server allows them."""
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ProtocolError(400, f"input {sig.input.name!r} holds NaN or infinite values "
+                                 "(refused; the server's --allow-nonfinite accepts them)")
 
 
 def _json_data(sig: ModelSignature, item: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray:
@@ -259,12 +292,6 @@ def _request_id(doc: dict[str, Any]) -> str | None:
     return rid
 
 
-def _check_finite(sig: ModelSignature, arr: np.ndarray) -> None:
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise ProtocolError(400, f"input {sig.input.name!r} holds NaN or infinite values "
-                                 "(refused; the server's --allow-nonfinite accepts them)")
-
-
 def decode_infer(sig: ModelSignature, body: bytes, header_length: str | None,
                  allow_nonfinite: bool = False) -> InferRequest:
     """A request body (already size-checked and inflated) -> the input batch, or a
@@ -286,18 +313,12 @@ def decode_infer(sig: ModelSignature, body: bytes, header_length: str | None,
         if length is None:
             raise ProtocolError(400, "binary_data_size given without an "
                                      "Inference-Header-Content-Length header")
-        dtype = NUMPY[sig.input.datatype]
-        expect = math.prod(shape) * dtype.itemsize
-        if size != expect:
-            raise ProtocolError(400, f"input {sig.input.name!r}: binary_data_size {size} is not "
-                                     f"{expect} bytes of {sig.input.datatype} {list(shape)}")
         if len(body) - length != size:
             raise ProtocolError(400, f"body holds {len(body) - length} binary bytes after the "
                                      f"header, the header promises {size}")
-        arr = np.frombuffer(body, dtype=dtype.newbyteorder("<"), count=math.prod(shape),
-                            offset=length).reshape(shape)
+        arr = raw_input(sig, shape, memoryview(body)[length:], "binary_data_size")
         if not allow_nonfinite:
-            _check_finite(sig, arr)
+            check_finite(sig, arr)
     return InferRequest(rid, arr, _outputs(sig, doc, binary_default=False), sig.output.name)
 
 
@@ -356,6 +377,6 @@ def decode_response(body: bytes, header_length: str | None) -> tuple[dict[str, A
     return doc, np.frombuffer(body, dtype=dtype, offset=length).reshape(out["shape"])
 
 
-__all__ = ["HEADER_LENGTH", "JSON_LIMIT", "InferRequest", "ModelSignature", "ProtocolError",
-           "TensorSpec", "decode_infer", "decode_response", "decompress", "encode_infer",
-           "encode_request"]
+__all__ = ["HEADER_LENGTH", "NUMPY", "InferRequest", "ModelSignature", "ProtocolError",
+           "TensorSpec", "check_finite", "check_input", "decode_infer", "decode_response",
+           "decompress", "encode_infer", "encode_request", "raw_input"]

@@ -87,7 +87,8 @@ def deploy(cfg: Any, checked: list[Any], info: AppInfo, echo: Echo,
                             cfg.batch_wait_ms / 1000.0,
                             model_config(c.manifest, c.name, RepoOptions(kind="cpu")),
                             cfg.max_queue or 0, info)
-        targets.append(serve.RunTarget(model_app(opts, cfg.replicas, reserve), name=c.name,
+        app = model_app(opts, cfg.replicas, reserve, cfg.autoscale)
+        targets.append(serve.RunTarget(app, name=c.name,
                                        route_prefix=f"/v2/models/{c.name}",
                                        logging_config=quiet))
     serve.run_many(targets)

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .protocol import HEADER_LENGTH, ProtocolError, decode_infer, encode_infer
-from .served import Models, Overloaded, ServedModel
+from .served import Models, Overloaded, ServedModel, infer_batched
 from .uploads import Limits, decode_images, read_body, read_files
 
 SERVER_NAME = "resnet-serve"
@@ -113,13 +113,6 @@ class Protocol:
             raise ProtocolError(404, "statistics are kept by the model's replicas")
         return JSONResponse(stats.document(os.getpid()))
 
-    async def _logits(self, model: ServedModel, x: np.ndarray) -> tuple[np.ndarray, int]:
-        batched = getattr(model, "infer_batched", None)
-        if batched is not None:
-            result: tuple[np.ndarray, int] = await batched(x)
-            return result
-        return await model.infer(x), len(x)
-
     async def infer(self, request: Request) -> Response:
         model = self.model(request)
         sig, stats = model.signature, getattr(model, "stats", None)
@@ -129,7 +122,7 @@ class Protocol:
             body = await read_body(request, limit, self.info.limits.request_timeout)
             req = decode_infer(sig, body, request.headers.get(HEADER_LENGTH),
                                self.info.limits.allow_nonfinite)
-            logits, formed = await self._logits(model, req.inputs)
+            logits, formed = await infer_batched(model, req.inputs)
             payload, headers = encode_infer(sig, req, logits)
         except ProtocolError:
             if stats is not None:
@@ -156,7 +149,7 @@ class Protocol:
         prepared = await decode_images(files, self.info.limits, lambda px: (
             preprocess(px[None], spec), conversion(px.shape[0], spec.in_chans)))
         x = np.concatenate([p[0] for p in prepared])
-        logits = np.concatenate([(await self._logits(model, x[i:i + sig.max_batch]))[0]
+        logits = np.concatenate([(await infer_batched(model, x[i:i + sig.max_batch]))[0]
                                  for i in range(0, len(x), sig.max_batch)])
         tops = top_k(logits, sig.class_names, k)
         return JSONResponse({"model_name": sig.name, "results": [

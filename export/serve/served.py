@@ -46,4 +46,15 @@ class ServedModel(Protocol):
 #: the models a server holds, by protocol name
 Models = Mapping[str, ServedModel]
 
-__all__ = ["Models", "Overloaded", "ServedModel"]
+
+async def infer_batched(model: ServedModel, x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Logits and the largest batch they were computed in, where the model reports it (the
+    local engine's batcher); else the request's own size."""
+    batched = getattr(model, "infer_batched", None)
+    if batched is not None:
+        result: tuple[np.ndarray, int] = await batched(x)
+        return result
+    return await model.infer(x), len(x)
+
+
+__all__ = ["Models", "Overloaded", "ServedModel", "infer_batched"]

@@ -54,9 +54,10 @@ class ServeConfig:
     drain_timeout: float = 10.0
     allow_nonfinite: bool = False
     verbose: bool = False
+    autoscale: tuple[int, int] | None = None  # (min, max) replicas: Ray Serve's autoscaling
 
     def engine_name(self) -> str:
-        return self.engine or ("ray" if self.address else "local")
+        return self.engine or ("ray" if self.address or self.autoscale else "local")
 
     def limits(self) -> Limits:
         return Limits(self.request_timeout, self.max_image_pixels, 4 * self.max_image_pixels,
@@ -103,7 +104,7 @@ def size_threads(cfg: ServeConfig, models: int, cpus: int) -> tuple[int, float, 
     threads never exceeds them. Asked for more, the threads are honoured and Ray's reservation
     shrinks to a fair share so the replicas can still be placed (and the sentence says it
     oversubscribes)."""
-    count = models * cfg.replicas
+    count = models * (cfg.autoscale[0] if cfg.autoscale else cfg.replicas)
     if cfg.threads is None:
         threads = max(1, cpus // count)
         why = (f"{count} replica(s) x {threads} thread(s) on {cpus} core(s) (threads default to "
@@ -206,6 +207,9 @@ def run(cfg: ServeConfig, echo: Echo) -> None:
     engine = cfg.engine_name()
     if cfg.grpc_port is not None and (engine == "ray" or cfg.replicas > 1):
         raise BadOption("--grpc-port is served by the single-machine engine with --replicas 1")
+    if cfg.autoscale is not None and engine != "ray":
+        raise BadOption("--autoscale is Ray Serve's (--engine ray); the local engine serves a "
+                        "fixed --replicas")
     checked = check_models(cfg)
     sock = bind(cfg.host, cfg.port)  # a taken port: refused now, in one line naming it
     if engine == "ray":
@@ -219,11 +223,13 @@ def run(cfg: ServeConfig, echo: Echo) -> None:
             echo(f"warning: {c.name} was exported from UNTRAINED (seeded) weights; its "
                  "predictions mean nothing")
     grpc = f"; gRPC on {cfg.host}:{cfg.grpc_port}" if cfg.grpc_port else ""
+    each = (f"{cfg.autoscale[0]}..{cfg.autoscale[1]} replicas" if cfg.autoscale
+            else f"{cfg.replicas} replica(s)")
 
     def announce(url: str) -> None:
         echo(f"ready in {time.perf_counter() - started:.1f}s: {url}/v2 serving "
-             f"{', '.join(c.name for c in checked)} (engine {engine}, {cfg.replicas} "
-             f"replica(s) each{grpc}); Ctrl-C to stop")
+             f"{', '.join(c.name for c in checked)} (engine {engine}, {each} each"
+             f"{grpc}); Ctrl-C to stop")
 
     if engine == "ray":
         _run_ray(cfg, checked, echo, announce)

@@ -89,14 +89,20 @@ class WorkerApp:
             self.on_ready()
 
     async def _start_grpc(self, host: str, port: int) -> None:
-        # the gRPC service (export/serve/grpc_service.py) serves the same ServedModels
-        from .grpc_service import start_grpc  # type: ignore[import-not-found,unused-ignore]
+        """The protocol's gRPC service on the same models (runners and batchers) as HTTP."""
+        from .grpc_service import start_grpc
+        from .routes import SERVER_NAME
 
-        self.grpc = await start_grpc(self.models, host, port)
+        info = self.settings.info
+        self.grpc = await start_grpc(self.models, host, port, server_name=SERVER_NAME,
+                                     version=info.version,
+                                     allow_nonfinite=info.limits.allow_nonfinite)
 
     async def shutdown(self) -> None:
         if self.grpc is not None:
-            await self.grpc.stop(1.0)
+            from .grpc_service import stop_grpc
+
+            await stop_grpc(self.grpc, 1.0)
         for model in self.models.values():
             await model.batcher.stop()
             model.predictor.close()
