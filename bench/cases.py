@@ -26,6 +26,8 @@ from export.runtime.torch_runner import TorchRunner
 
 #: the ONNX Runtime entries of the runtime registry (one per execution provider list)
 from .candidates import Candidate, Cases, Models, NullRunner, Request, Skip, make_input
+from .discover import discover
+from .discover import find_manifests as find_manifests  # where callers found it before
 from .onnx_cache import (
     INT8_CALIBRATION_COUNT,
     INT8_NOTE,
@@ -247,9 +249,12 @@ class Planner:
     # -- exported artifacts (through their manifest) ------------------------------------
 
     def _plan_artifacts(self, root: Path) -> None:
-        manifests = find_manifests(root)
+        manifests, left_out = discover(root)
+        for folder, why in left_out:  # named, never skipped silently
+            self._skip(Skip("artifact", why, artifact=str(folder)))
         if not manifests:
-            raise UserError(f"no manifest.json in {root} or its sub-folders")
+            raise UserError(f"no manifest.json in {root} or its sub-folders"
+                            + "".join(f"; {f}: {why}" for f, why in left_out))
         first_spec = None
         formats = set()
         for path in manifests:
@@ -356,19 +361,6 @@ class Planner:
             return load_artifact(folder), {}
 
         return prepare
-
-
-def find_manifests(root: Path) -> list[Path]:
-    """``root/manifest.json``, else every manifest.json one or two folders below ``root``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"--artifacts {root}: not a folder")
-    if (root / "manifest.json").is_file():
-        return [root / "manifest.json"]
-    found = [*root.glob("*/manifest.json"), *root.glob("*/*/manifest.json")]
-    # hidden folders are an export's staging or leftovers of a killed one, never artifacts
-    return sorted(p for p in found
-                  if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def plan(request: Request) -> Cases:

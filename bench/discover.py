@@ -1,0 +1,62 @@
+"""``--artifacts DIR``: every artifact folder below DIR, at any depth, and what was left out.
+
+An artifact folder is one holding manifest.json; its own sub-folders are never searched (they
+are part of it). A plan folder keeps its artifacts two levels down (``plan/<name>/artifacts/
+onnx-int8``, ``plan/<name>/chosen``), so a fixed depth would miss them. Hidden folders (an
+export's staging, the leftovers of a killed one) and links to folders are not entered; those
+holding a manifest are named with the reason, so nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from export.core.errors import UserError
+
+MANIFEST = "manifest.json"
+HIDDEN = "a hidden folder (an export's staging or what a killed one left), not an artifact"
+LINK = "a symbolic link to a folder (not followed: it may lead out of the tree)"
+
+
+def discover(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(every manifest.json of an artifact folder under ``root``, sorted; the folders holding a
+    manifest that were not entered, each with why)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"--artifacts {root}: not a folder")
+    if (root / MANIFEST).is_file():
+        return [root / MANIFEST], []
+    found: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for dirpath, dirnames, filenames in os.walk(root):  # links to folders are not followed
+        here = Path(dirpath)
+        if here != root and MANIFEST in filenames:
+            found.append(here / MANIFEST)
+            dirnames[:] = []  # an artifact's own sub-folders are part of it
+            continue
+        kept = []
+        for name in sorted(dirnames):
+            path = here / name
+            why = LINK if path.is_symlink() else HIDDEN if name.startswith(".") else None
+            if why is None:
+                kept.append(name)
+            elif _holds_manifest(path):
+                skipped.append((path, why))
+        dirnames[:] = kept
+    return sorted(found), skipped
+
+
+def _holds_manifest(folder: Path) -> bool:
+    try:
+        return (folder / MANIFEST).is_file() or next(folder.rglob(MANIFEST), None) is not None
+    except OSError:
+        return False
+
+
+def find_manifests(root: Path) -> list[Path]:
+    """``root/manifest.json``, else every artifact's manifest.json below ``root``."""
+    return discover(root)[0]
+
+
+__all__ = ["discover", "find_manifests"]
