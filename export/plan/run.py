@@ -151,7 +151,7 @@ class Plan:
         extra = []
         fp32 = next((c for c in todo if c.precision == "fp32" and c.fmt == "onnx"), None)
         if fp32 is not None and self.device == "cpu":
-            base, cand = baseline(Path(str(fp32.artifact)), self.spec)
+            base, cand = baseline(Path(str(fp32.artifact)), self.spec, self.opts.batch_size)
             self.candidates.append(base)
             extra.append((base, cand))
         left = float(self.opts.time_budget_s or 0) - (time.perf_counter() - self.started)
