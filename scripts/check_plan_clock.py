@@ -12,6 +12,10 @@ free cores. The outside clocks run interleaved in ``--rounds`` rounds, each tool
 its own (no thread pool of one runtime spins beside another's), so load that comes and goes hits
 them alike; the ratios to the fastest gated candidate are what to read on a shared machine.
 
+Beside the outside clocks, each round also times the same candidates with the plan's own
+harness (``export.plan.measure.run_phase``, the eager baseline included, one interleaved round),
+so the harness's ratios and the outside ratios are measured side by side under the same load.
+
 The rule checked (exit 1 when broken): the plan's choice is within 10% of the fastest gated
 candidate as the outside clocks time it.
 """
@@ -128,7 +132,7 @@ def _input_shape(path: Path, batch: int) -> str:
 
 
 def _free_threads() -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH
     from bench.cli import free_threads
 
     return free_threads()[0]
@@ -155,6 +159,34 @@ def outside(plan: Path, c: dict[str, Any], batch: int, seconds: float, threads: 
                        OV_PRECISION[c["precision"]], batch, seconds)
 
 
+def harness(plan: Path, pick: list[dict[str, Any]], doc: dict[str, Any],
+            seconds: float) -> dict[str, float]:
+    """One interleaved round of the plan's own harness (``run_phase``, the baseline beside the
+    candidates as a plan times it) over the same candidates: p50 ms by id."""
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH
+    from export.core.hardware import usable_cores
+    from export.core.models import ModelSpec
+    from export.plan.measure import Phase, baseline, run_phase
+    from export.plan.space import PlanCandidate
+
+    spec = ModelSpec.from_dict(doc["model"])
+    cands = [PlanCandidate(c["runtime"], c["precision"], dict(c["settings"]),
+                           str(plan / c["artifact"]), c["format"])
+             for c in pick if c["status"] != "baseline"]
+    fp32 = next(x for x in doc["candidates"] if x.get("format") == "onnx" and x.get("artifact"))
+    extra = [baseline(plan / fp32["artifact"], spec)] if any(
+        c["status"] == "baseline" for c in pick) else []
+    run_phase(cands, extra, spec, doc["batch_size"], Phase("confirm", 1, seconds), "latency",
+              usable_cores(), lambda _line: None)
+    ids = [c["id"] for c in pick if c["status"] != "baseline"]
+    found = {i: c.confirm["objective"] for i, c in zip(ids, cands) if c.confirm}
+    for base, _cand in extra:
+        if base.confirm:
+            found[next(c["id"] for c in pick if c["status"] == "baseline")] = \
+                base.confirm["objective"]
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("plan", type=Path)
@@ -175,19 +207,27 @@ def main(argv: list[str] | None = None) -> int:
     threads = _free_threads()
     print(f"load average {os.getloadavg()}, torch threads {threads} (free cores)")
     rounds: dict[str, list[float]] = {c["id"]: [] for c in pick}
+    ours: dict[str, list[float]] = {c["id"]: [] for c in pick}
     for r in range(args.rounds):
+        for cid, ms in harness(args.plan, pick, doc, args.seconds).items():
+            ours[cid].append(ms)
         for k in range(len(pick)):
             c = pick[(r + k) % len(pick)]
             rounds[c["id"]].append(outside(args.plan, c, doc["batch_size"], args.seconds,
                                            threads))
     median = {cid: statistics.median(v) for cid, v in rounds.items()}
     fastest = min((c for c in pick if c["status"] != "baseline"), key=lambda c: median[c["id"]])
-    print(f"{'candidate':70s} {'plan ms':>9s} {'outside':>9s} {'/fastest':>8s}")
+    print(f"{'':6s} {'candidate':63s} {'plan.json':>9s} {'harness':>9s} {'/fastest':>8s} "
+          f"{'outside':>9s} {'/fastest':>8s}")
     for c in pick:
         plan_ms = (c.get("confirm") or c["screen"])["objective"]
         ratio = statistics.median(a / b for a, b in zip(rounds[c["id"]], rounds[fastest["id"]]))
-        print(f"{c['status'][:6]:6s} {c['id'][:63]:63s} {plan_ms:9.3f} {median[c['id']]:9.3f} "
-              f"{ratio:8.3f}")
+        mine = ours[c["id"]]
+        ours_ratio = statistics.median(a / b for a, b in zip(mine, ours[fastest["id"]])) \
+            if mine and ours[fastest["id"]] else float("nan")
+        print(f"{c['status'][:6]:6s} {c['id'][:63]:63s} {plan_ms:9.3f} "
+              f"{statistics.median(mine) if mine else float('nan'):9.3f} {ours_ratio:8.3f} "
+              f"{median[c['id']]:9.3f} {ratio:8.3f}")
     chosen = next((c for c in pick if c["status"] == "chosen"), None)
     if chosen is None:
         print("the plan chose nothing")

@@ -154,7 +154,7 @@ def candidates_for(folder: Path, manifest: dict[str, Any], sha256: str, device: 
             verdict = verdict_on(manifest, info.name, precision)
             judged = contracts.get(precision) if verdict is None else verdict
             if why is None and judged is not True:
-                status = "gate-failed" if judged is False else "skipped"
+                status = "gate-failed" if verdict is False else "skipped"
                 found.append(PlanCandidate(info.name, precision, status=status, gate=gate,
                                            reason=_refused(info.name, precision, verdict, gate),
                                            **base))
