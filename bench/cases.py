@@ -249,12 +249,9 @@ class Planner:
     # -- exported artifacts (through their manifest) ------------------------------------
 
     def _plan_artifacts(self, root: Path) -> None:
-        manifests, left_out = discover(root)
+        manifests, left_out = discover(root, required=True)
         for folder, why in left_out:  # named, never skipped silently
             self._skip(Skip("artifact", why, artifact=str(folder)))
-        if not manifests:
-            raise UserError(f"no manifest.json in {root} or its sub-folders"
-                            + "".join(f"; {f}: {why}" for f, why in left_out))
         first_spec = None
         formats = set()
         for path in manifests:

@@ -19,10 +19,18 @@ HIDDEN = "a hidden folder (an export's staging or what a killed one left), not a
 LINK = "a symbolic link to a folder (not followed: it may lead out of the tree)"
 
 
-def discover(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+def discover(root: Path, required: bool = False) -> tuple[list[Path], list[tuple[Path, str]]]:
     """(every manifest.json of an artifact folder under ``root``, sorted; the folders holding a
-    manifest that were not entered, each with why)."""
-    root = Path(root)
+    manifest that were not entered, each with why). ``required``: none found is one error line
+    naming what was left out."""
+    found, skipped = _walk(Path(root))
+    if required and not found:
+        raise UserError(f"no manifest.json in {root} or its sub-folders"
+                        + "".join(f"; {folder}: {why}" for folder, why in skipped))
+    return found, skipped
+
+
+def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     if not root.is_dir():
         raise UserError(f"--artifacts {root}: not a folder")
     if (root / MANIFEST).is_file():

@@ -145,6 +145,12 @@ class TimingConfig:
         """Timed seconds per round: the rounds together reach ``min_time``."""
         return self.min_time / self.rounds
 
+    def discard(self, typical_s: float | None) -> int:
+        """Untimed iterations before a slice of a contender this fast per iteration (None: not
+        known)."""
+        return self.round_warmup if typical_s is None or typical_s < self.round_warmup_max \
+            else 0
+
     def settled(self, warm: array) -> bool:
         """The steady rule: the last window's median agrees with the window before it."""
         k = self.steady_window
@@ -288,18 +294,13 @@ def measure_rounds(contenders: list[Contender], config: TimingConfig,
                    sleep: Callable[[float], Any] = time.sleep) -> list[Samples]:
     """Time the contenders interleaved: each warms up, then ``config.rounds`` round-robin rounds.
 
-    Round ``r`` gives every contender one slice (:attr:`TimingConfig.slice_iters` iterations and
-    :attr:`TimingConfig.slice_time` seconds, after :attr:`TimingConfig.round_warmup` untimed
-    iterations where the contender's warm-up median is under
-    :attr:`TimingConfig.round_warmup_max`), starting with contender ``r mod n`` so that no one
-    always follows the same other. ``on_slice(round, index)`` is called before each slice,
-    ``on_round(round)`` after each complete round; with several contenders each slice is
-    preceded by :attr:`TimingConfig.switch_pause` seconds of ``sleep``. A contender that raises
-    one of :data:`CONTENDER_ERRORS` is dropped (its ``error`` says why; what it measured before
-    is kept). Ctrl-C stops everything: every contender keeps what it has, ``complete=False``.
-    Returns one :class:`Samples` per contender (``rounds`` holds each round's latencies), in the
-    order given.
-    """
+    Round ``r`` gives each contender one slice (``slice_iters`` iterations, ``slice_time`` s,
+    after :meth:`TimingConfig.discard` untimed ones) from contender ``r mod n`` on, each after
+    ``switch_pause`` s of ``sleep`` (a contender mostly follows the same other: the pause keeps
+    that one's spinning threads off the cores). ``on_slice(round, index)`` runs before a slice,
+    ``on_round(round)`` after a round. A contender raising :data:`CONTENDER_ERRORS` is dropped
+    (``error`` says why); Ctrl-C stops all (``complete=False``). One :class:`Samples` per
+    contender, in order (``rounds``: each round's latencies; partial ones kept)."""
     n = len(contenders)
     rounds: list[list[np.ndarray]] = [[] for _ in range(n)]
     walls: list[list[float]] = [[] for _ in range(n)]
@@ -328,13 +329,10 @@ def measure_rounds(contenders: list[Contender], config: TimingConfig,
                     on_slice(r, i)
                 if config.switch_pause and n > 1:
                     sleep(config.switch_pause)
-                sink = array("d")
-                typical = getattr(contenders[i], "typical_s", None)
-                discard = config.round_warmup if typical is None or \
-                    typical < config.round_warmup_max else 0
+                sink, skip = array("d"), config.discard(getattr(contenders[i], "typical_s", None))
                 try:
-                    wall = contenders[i].run_slice(config.slice_iters, config.slice_time,
-                                                   discard, sink)
+                    wall = contenders[i].run_slice(config.slice_iters, config.slice_time, skip,
+                                                   sink)
                 except CONTENDER_ERRORS as exc:
                     errors[i] = exc
                     continue

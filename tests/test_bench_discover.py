@@ -54,3 +54,14 @@ def test_bench_measures_the_deep_ones_and_reports_the_skipped(onnx_artifact: Pat
     named = {Path(str(s.artifact)).name: s.reason for s in cases.skipped
              if s.backend == "artifact"}
     assert named == {".resnet20-onnx.123-abc.partial": HIDDEN, "linked": LINK}
+
+
+def test_nothing_found_names_what_was_left_out(tmp_path: Path) -> None:
+    from export.core.errors import UserError
+
+    (tmp_path / ".staging").mkdir()
+    (tmp_path / ".staging" / "manifest.json").write_text("{}")
+    assert discover(tmp_path) == ([], [(tmp_path / ".staging", HIDDEN)])
+    with pytest.raises(UserError, match=r"no manifest.json in .* sub-folders; .*\.staging: a "
+                                        "hidden folder"):
+        discover(tmp_path, required=True)

@@ -145,6 +145,9 @@ def run_phase(cands: list[PlanCandidate], extra: list[tuple[PlanCandidate, Candi
     # eager torch on the free cores, as resnet-bench runs it: its OpenMP threads spin against
     # other load for the cores, and on a busy machine collapse (5.6 s against ~0.1 s measured)
     threads = free_threads()[0] if extra else cores
+    if threads < cores:
+        echo(f"  [{phase.name}] the eager baseline runs on {threads} thread(s): the machine is "
+             "busy (as resnet-bench does)")
     torch.set_num_threads(threads)
     try:
         sweep(doc, [b for _, b in pairs], phase.config(), [batch], 0, threads,
