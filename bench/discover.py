@@ -2,20 +2,25 @@
 
 An artifact folder is one holding manifest.json; its own sub-folders are never searched (they
 are part of it). A plan folder keeps its artifacts two levels down (``plan/<name>/artifacts/
-onnx-int8``, ``plan/<name>/chosen``), so a fixed depth would miss them. Hidden folders (an
-export's staging, the leftovers of a killed one) and links to folders are not entered; those
-holding a manifest are named with the reason, so nothing is skipped silently.
+onnx-int8``, ``plan/<name>/chosen``), so a fixed depth would miss them. Hidden folders and
+links to folders are not entered; those holding a manifest are named with the reason, so no
+artifact is skipped silently (an export's own staging and leftovers, never artifacts, excepted).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from export.core.errors import UserError
+from export.core.manifest import STAGING_SUFFIX
 
 MANIFEST = "manifest.json"
-HIDDEN = "a hidden folder (an export's staging or what a killed one left), not an artifact"
+HIDDEN = "a hidden folder: not entered (hidden folders hold exports in progress or leftovers)"
+#: an export's own staging (``.<name>.<pid>-<x>.partial``) and the previous artifact moved aside
+#: (``.<name>.replaced-<pid>``): never artifacts, passed over without a line
+OURS = re.compile(r"\..+\.(\d+-[A-Za-z0-9_]+" + re.escape(STAGING_SUFFIX) + r"|replaced-\d+)")
 LINK = "a symbolic link to a folder (not followed: it may lead out of the tree)"
 
 
@@ -49,7 +54,7 @@ def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
             why = LINK if path.is_symlink() else HIDDEN if name.startswith(".") else None
             if why is None:
                 kept.append(name)
-            elif _holds_manifest(path):
+            elif not OURS.fullmatch(name) and _holds_manifest(path):
                 skipped.append((path, why))
         dirnames[:] = kept
     return sorted(found), skipped

@@ -22,7 +22,8 @@ def _tree(onnx_artifact: Path, root: Path) -> Path:
     shutil.copytree(onnx_artifact, arts / "resnet20-onnx")
     shutil.copytree(onnx_artifact, arts / "plan" / "resnet20-cpu" / "artifacts" / "onnx")
     shutil.copytree(onnx_artifact, arts / "plan" / "resnet20-cpu" / "chosen")
-    shutil.copytree(onnx_artifact, arts / ".resnet20-onnx.123-abc.partial")
+    shutil.copytree(onnx_artifact, arts / ".resnet20-onnx.123-abc.partial")  # ours: no line
+    shutil.copytree(onnx_artifact, arts / ".old" / "resnet20-onnx")  # a user's: named
     (arts / ".cache" / "nothing").mkdir(parents=True)  # hidden, no manifest: not worth a line
     os.symlink(arts / "resnet20-onnx", arts / "linked")
     return arts
@@ -35,7 +36,7 @@ def test_discover_finds_every_depth_and_names_what_it_left_out(onnx_artifact: Pa
     assert [p.parent.relative_to(arts).as_posix() for p in found] == [
         "plan/resnet20-cpu/artifacts/onnx", "plan/resnet20-cpu/chosen", "resnet20-onnx"]
     assert sorted((p.name, why) for p, why in skipped) == [
-        (".resnet20-onnx.123-abc.partial", HIDDEN), ("linked", LINK)]
+        (".old", HIDDEN), ("linked", LINK)]
     # an artifact folder named itself: only it
     assert discover(arts / "resnet20-onnx") == ([arts / "resnet20-onnx" / "manifest.json"], [])
 
@@ -53,7 +54,7 @@ def test_bench_measures_the_deep_ones_and_reports_the_skipped(onnx_artifact: Pat
                         "resnet20-onnx"}
     named = {Path(str(s.artifact)).name: s.reason for s in cases.skipped
              if s.backend == "artifact"}
-    assert named == {".resnet20-onnx.123-abc.partial": HIDDEN, "linked": LINK}
+    assert named == {".old": HIDDEN, "linked": LINK}
 
 
 def test_nothing_found_names_what_was_left_out(tmp_path: Path) -> None:
