@@ -87,3 +87,32 @@ def test_plan_candidates_and_report_follow_each_verdict(onnx_artifact: Path,
     line = gate_line(manifest)
     assert line.startswith("PASS on openvino[") and "; FAIL on onnxruntime[CPU,fp32]" in line
     assert "openvino" not in line.split("FAIL")[1]
+
+
+def test_verify_holds_a_deployed_artifact_to_its_runtimes_verdict(
+        onnx_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``resnet-export verify`` / ``resnet-plan verify`` of a plan's chosen artifact: a gate that
+    now fails on another runtime than the deployed one does not fail it; failing on the
+    deployed runtime does. (The re-judging is replaced by its recorded outcome.)"""
+    import export.pipeline as pipeline
+    from export.core.errors import ParityFailed
+
+    folder = tmp_path / "chosen"
+    shutil.copytree(onnx_artifact, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    parity = json.loads(json.dumps(manifest["parity"]))
+    for run in parity["runs"]:
+        run["passed"] = runtime_of(run) != "onnxruntime"
+    parity["passed"] = False
+    monkeypatch.setattr(pipeline, "judge_artifact", lambda *_a, **_k: (parity, []))
+    lines: list[str] = []
+    for runtime in ("openvino", "onnxruntime"):
+        manifest["deploy"] = {"runtime": runtime, "precision": "fp32", "settings": {},
+                              "objective": "latency", "batch_size": 1, "plan": {}}
+        write_manifest(folder, manifest)
+        if runtime == "openvino":
+            assert pipeline.verify_artifact(folder, echo=lines.append) is parity
+            assert "passes on openvino, the one this artifact is deployed on" in lines[-1]
+        else:
+            with pytest.raises(ParityFailed):
+                pipeline.verify_artifact(folder, echo=lines.append)
