@@ -127,13 +127,15 @@ class TimingConfig:
                              "switch_pause >= 0")
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as bench.json records them (``steady`` as ``steady_warmup``)."""
+        """The settings as bench.json records them (``steady`` as ``steady_warmup``;
+        ``switch_pause`` only where set)."""
         return {"warmup_iters": self.warmup_iters, "warmup_time": self.warmup_time,
                 "min_iters": self.min_iters, "min_time": self.min_time,
                 "steady_warmup": self.steady, "steady_window": self.steady_window,
                 "steady_tol": self.steady_tol, "warmup_max_time": self.warmup_max_time,
                 "rounds": self.rounds, "round_warmup": self.round_warmup,
-                "round_warmup_max": self.round_warmup_max, "switch_pause": self.switch_pause}
+                "round_warmup_max": self.round_warmup_max,
+                **({"switch_pause": self.switch_pause} if self.switch_pause else {})}
 
     @property
     def slice_iters(self) -> int:
