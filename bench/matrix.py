@@ -25,6 +25,8 @@ from export.runtime.registry import EXECUTION_PRECISIONS, RUNTIMES, RuntimeInfo,
 from export.runtime.torch_runner import TorchRunner
 
 from .candidates import Candidate, Cases, Models, NullRunner, Request, Skip, make_input
+from .discover import discover
+from .discover import find_manifests as find_manifests  # where callers found it before
 from .model_backends import EAGER, MODEL_BACKENDS, ModelBackend, is_model
 from .onnx_cache import (
     INT8_CALIBRATION_COUNT,
@@ -251,9 +253,9 @@ class MatrixBuilder:
     # -- exported artifacts (through their manifest) ------------------------------------
 
     def _from_artifacts(self, root: Path) -> None:
-        manifests = find_manifests(root)
-        if not manifests:
-            raise UserError(f"no manifest.json in {root} or its sub-folders")
+        manifests, left_out = discover(root, required=True)
+        for folder, why in left_out:  # named, never skipped silently
+            self._skip(Skip("artifact", why, artifact=str(folder)))
         formats = set()
         for path in manifests:
             try:  # the schema is checked in one place; a bad manifest is a skip with its line
@@ -345,19 +347,6 @@ class MatrixBuilder:
             throughput=self.req.throughput,
             note=f"as deployed: {backend} {precision} "
                  + ", ".join(f"{k}={v}" for k, v in deploy.get("settings", {}).items())))
-
-
-def find_manifests(root: Path) -> list[Path]:
-    """``root/manifest.json``, else every manifest.json one or two folders below ``root``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"--artifacts {root}: not a folder")
-    if (root / "manifest.json").is_file():
-        return [root / "manifest.json"]
-    found = [*root.glob("*/manifest.json"), *root.glob("*/*/manifest.json")]
-    # hidden folders are an export's staging or leftovers of a killed one, never artifacts
-    return sorted(p for p in found
-                  if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def build(request: Request) -> Cases:

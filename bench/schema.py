@@ -76,7 +76,7 @@ _TIMING = {
     "required": ["warmup_iters", "warmup_time", "min_iters", "min_time"],
     "properties": {key: _NONNEG for key in (
         "warmup_iters", "warmup_time", "min_iters", "min_time", "steady_window", "steady_tol",
-        "warmup_max_time", "rounds", "round_warmup", "round_warmup_max")},
+        "warmup_max_time", "rounds", "round_warmup", "round_warmup_max", "switch_pause")},
 }
 _NOISE_RULE = {"type": "object", "required": ["cv_max", "tail_max"],
                "properties": {key: _NONNEG for key in (

@@ -109,6 +109,10 @@ class TimingConfig:
     #: costs a few milliseconds at most, so for slower ones the untimed iteration would cost more
     #: time than the error it avoids
     round_warmup_max: float = 0.1
+    #: seconds slept before a slice that follows another contender's: the thread pools of what
+    #: ran before (torch's OpenMP workers, ONNX Runtime's intra-op pool) spin for a while after
+    #: their last call and would take cores from the next contender (0: none)
+    switch_pause: float = 0.0
 
     def __post_init__(self) -> None:
         if self.warmup_iters < 0 or self.warmup_time < 0:
@@ -117,17 +121,21 @@ class TimingConfig:
             raise ValueError("min_iters must be >= 1 and min_time >= 0")
         if self.steady_window < 1 or self.steady_tol <= 0 or self.warmup_max_time < 0:
             raise ValueError("steady_window >= 1, steady_tol > 0 and warmup_max_time >= 0")
-        if self.rounds < 1 or self.round_warmup < 0 or self.round_warmup_max < 0:
-            raise ValueError("rounds must be >= 1, round_warmup and round_warmup_max >= 0")
+        if self.rounds < 1 or self.round_warmup < 0 or self.round_warmup_max < 0 \
+                or self.switch_pause < 0:
+            raise ValueError("rounds must be >= 1; round_warmup, round_warmup_max and "
+                             "switch_pause >= 0")
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as bench.json records them (``steady`` as ``steady_warmup``)."""
+        """The settings as bench.json records them (``steady`` as ``steady_warmup``;
+        ``switch_pause`` only where set)."""
         return {"warmup_iters": self.warmup_iters, "warmup_time": self.warmup_time,
                 "min_iters": self.min_iters, "min_time": self.min_time,
                 "steady_warmup": self.steady, "steady_window": self.steady_window,
                 "steady_tol": self.steady_tol, "warmup_max_time": self.warmup_max_time,
                 "rounds": self.rounds, "round_warmup": self.round_warmup,
-                "round_warmup_max": self.round_warmup_max}
+                "round_warmup_max": self.round_warmup_max,
+                **({"switch_pause": self.switch_pause} if self.switch_pause else {})}
 
     @property
     def slice_iters(self) -> int:
@@ -138,6 +146,12 @@ class TimingConfig:
     def slice_time(self) -> float:
         """Timed seconds per round: the rounds together reach ``min_time``."""
         return self.min_time / self.rounds
+
+    def discard(self, typical_s: float | None) -> int:
+        """Untimed iterations before a slice of a contender this fast per iteration (None: not
+        known)."""
+        return self.round_warmup if typical_s is None or typical_s < self.round_warmup_max \
+            else 0
 
     def settled(self, warm: array) -> bool:
         """The steady rule: the last window's median agrees with the window before it."""
@@ -278,20 +292,17 @@ class Contender:
 
 def measure_rounds(contenders: list[Contender], config: TimingConfig,
                    on_round: Callable[[int], Any] | None = None,
-                   on_slice: Callable[[int, int], Any] | None = None) -> list[Samples]:
+                   on_slice: Callable[[int, int], Any] | None = None,
+                   sleep: Callable[[float], Any] = time.sleep) -> list[Samples]:
     """Time the contenders interleaved: each warms up, then ``config.rounds`` round-robin rounds.
 
-    Round ``r`` gives every contender one slice (:attr:`TimingConfig.slice_iters` iterations and
-    :attr:`TimingConfig.slice_time` seconds, after :attr:`TimingConfig.round_warmup` untimed
-    iterations where the contender's warm-up median is under
-    :attr:`TimingConfig.round_warmup_max`), starting with contender ``r mod n`` so that no one
-    always follows the same other. ``on_slice(round, index)`` is called before each slice,
-    ``on_round(round)`` after each complete round. A contender that raises one of
-    :data:`CONTENDER_ERRORS` is dropped (its ``error`` says why; what it measured before is
-    kept). Ctrl-C stops everything: every contender keeps what it has, ``complete=False``.
-    Returns one :class:`Samples` per contender (``rounds`` holds each round's latencies), in the
-    order given.
-    """
+    Round ``r`` gives each contender one slice (``slice_iters`` iterations, ``slice_time`` s,
+    after :meth:`TimingConfig.discard` untimed ones) from contender ``r mod n`` on, each after
+    ``switch_pause`` s of ``sleep`` (a contender mostly follows the same other: the pause keeps
+    that one's spinning threads off the cores). ``on_slice(round, index)`` runs before a slice,
+    ``on_round(round)`` after a round. A contender raising :data:`CONTENDER_ERRORS` is dropped
+    (``error`` says why); Ctrl-C stops all (``complete=False``). One :class:`Samples` per
+    contender, in order (``rounds``: each round's latencies; partial ones kept)."""
     n = len(contenders)
     rounds: list[list[np.ndarray]] = [[] for _ in range(n)]
     walls: list[list[float]] = [[] for _ in range(n)]
@@ -318,13 +329,12 @@ def measure_rounds(contenders: list[Contender], config: TimingConfig,
                     continue
                 if on_slice is not None:
                     on_slice(r, i)
-                sink = array("d")
-                typical = getattr(contenders[i], "typical_s", None)
-                discard = config.round_warmup if typical is None or \
-                    typical < config.round_warmup_max else 0
+                if config.switch_pause and n > 1:
+                    sleep(config.switch_pause)
+                sink, skip = array("d"), config.discard(getattr(contenders[i], "typical_s", None))
                 try:
-                    wall = contenders[i].run_slice(config.slice_iters, config.slice_time,
-                                                   discard, sink)
+                    wall = contenders[i].run_slice(config.slice_iters, config.slice_time, skip,
+                                                   sink)
                 except CONTENDER_ERRORS as exc:
                     errors[i] = exc
                     continue

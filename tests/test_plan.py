@@ -73,9 +73,12 @@ def test_a_damaged_int8_candidate_never_wins_and_is_listed_gate_failed(planned):
     out, _ = planned
     doc = _doc(out)
     damaged = [c for c in doc["candidates"] if c["artifact"] == "artifacts/onnx-int8.FAILED"]
-    (failed,) = damaged  # one entry for the artifact, with the verdict that failed it
-    assert failed["status"] == "gate-failed" and failed["gate"]["passed"] is False
-    assert "cosine" in failed["gate"]["first_failure"] and failed["manifest_sha256"]
+    # each runtime's own verdict decides: gate-failed exactly where its verdict failed
+    failed = [c for c in damaged if c["status"] == "gate-failed"]
+    assert failed and all(c["gate"]["passed"] is False for c in failed)
+    assert all(c["gate"]["passed"] is True for c in damaged if c["status"] != "gate-failed"
+               and c["status"] != "skipped")
+    assert all("cosine" in c["gate"]["first_failure"] and c["manifest_sha256"] for c in failed)
     assert ".FAILED" not in (doc["choice"]["chosen"] or "")
     # it missed its accuracy contract too: one accuracy-controlled retry, recorded as such
     retry = out / "artifacts" / "onnx-int8-kept-float"

@@ -108,7 +108,7 @@ def export_plan_artifacts(req: ExportRequest, plans: list[ExportPlan], root: Pat
 def artifacts_in(root: Path) -> list[Gated]:
     """``--artifacts DIR``: every artifact folder there (as ``resnet-bench --artifacts`` finds
     them), each read through the manifest schema; an unreadable one is one error line."""
-    from bench.matrix import find_manifests
+    from bench.discover import find_manifests
 
     found = []
     for path in find_manifests(root):

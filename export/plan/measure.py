@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from bench.candidates import Candidate, Models
+from bench.candidates import Candidate, Models, make_input
+from bench.load import free_threads
 from bench.model_backends import EAGER
 from bench.stats import NoiseRule
 from bench.sweep import SweepSettings, sweep
-from bench.timing import TimingConfig
+from bench.timing import ClockTimer, TimingConfig, warm_up
 
 from ..core.artifact import read_manifest
 from ..core.models import ModelSpec
@@ -39,6 +40,11 @@ LEADERS = 3
 #: seconds a candidate costs besides its timed slices (runner setup, compile, warm-up), for
 #: sharing the time box out
 OVERHEAD_S = 3.0
+#: seconds between two candidates' slices: the pools of the one before stop spinning (GNU
+#: OpenMP's default spin is of the order of ten milliseconds; ONNX Runtime's shorter)
+SWITCH_PAUSE_S = 0.05
+#: the eager baseline's warm-up: resnet-bench's defaults (until steady, at most 30 s)
+BASELINE_WARMUP = TimingConfig(warmup_iters=2, warmup_time=0.5, warmup_max_time=30.0)
 #: the row figures plan.json keeps of a timing row
 ROW_KEYS = ("timing", "iterations", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "cv",
             "throughput_ips", "rounds", "round_p50_ms", "round_spread", "flags", "flag_reasons",
@@ -57,7 +63,8 @@ class Phase:
     def config(self) -> TimingConfig:
         return TimingConfig(warmup_iters=2, warmup_time=min(0.5, self.seconds / 2),
                             min_iters=2 * self.rounds, min_time=self.seconds,
-                            warmup_max_time=max(1.0, 2 * self.seconds), rounds=self.rounds)
+                            warmup_max_time=max(1.0, 2 * self.seconds), rounds=self.rounds,
+                            switch_pause=SWITCH_PAUSE_S)
 
 
 def phases(remaining_s: float, screened: int) -> tuple[Phase, Phase]:
@@ -85,14 +92,19 @@ def _bench_candidate(c: PlanCandidate, spec: ModelSpec, objective: str) -> Candi
                                  and c.settings.get("performance_hint") == "THROUGHPUT"))
 
 
-def baseline(folder: Path, spec: ModelSpec) -> tuple[PlanCandidate, Candidate]:
-    """Eager PyTorch FP32 on the artifact's own weights: the row every speed-up is against."""
+def baseline(folder: Path, spec: ModelSpec, batch: int = 1) -> tuple[PlanCandidate, Candidate]:
+    """Eager PyTorch FP32 on the artifact's own weights: the row every speed-up is against,
+    timed as resnet-bench times it: on the free cores (:func:`run_phase`) and warmed up until
+    its latency settles (torch's OpenMP threads may need seconds to reach steady speed)."""
     plan = PlanCandidate(EAGER, "fp32", status="baseline",
                          reason="eager PyTorch, the reference every speed-up is measured against")
 
     def prepare() -> tuple[Runner, dict[str, Any]]:
-        return TorchRunner(source_from_manifest(read_manifest(folder), folder).model,
-                           "cpu"), {}
+        runner = TorchRunner(source_from_manifest(read_manifest(folder), folder).model, "cpu")
+        runner.activate()
+        x = make_input(batch, spec, 0)
+        _n, warm_s, steady = warm_up(lambda: runner.infer(x), BASELINE_WARMUP, ClockTimer())
+        return runner, {"baseline_warmup_s": warm_s, "baseline_warmup_steady": steady}
 
     return plan, Candidate(EAGER, "fp32", spec, prepare, extra={"plan_id": plan.id})
 
@@ -132,10 +144,16 @@ def run_phase(cands: list[PlanCandidate], extra: list[tuple[PlanCandidate, Candi
     pairs = [(c, _bench_candidate(c, spec, objective)) for c in cands] + list(extra)
     doc: dict[str, Any] = {"results": [], "skipped": []}
     previous = torch.get_num_threads()
-    torch.set_num_threads(cores)
+    # eager torch on the free cores, as resnet-bench runs it: its OpenMP threads spin against
+    # other load for the cores, and on a busy machine collapse (5.6 s against ~0.1 s measured)
+    threads = free_threads()[0] if extra else cores
+    if threads < cores:
+        echo(f"  [{phase.name}] the eager baseline runs on {threads} thread(s): the machine is "
+             "busy (as resnet-bench does)")
+    torch.set_num_threads(threads)
     try:
         sweep(doc, [b for _, b in pairs],
-              SweepSettings(phase.config(), [batch], 0, cores, NoiseRule()), Models(0).macs)
+              SweepSettings(phase.config(), [batch], 0, threads, NoiseRule()), Models(0).macs)
     finally:
         torch.set_num_threads(previous)
     for plan, cand in pairs:
@@ -152,6 +170,8 @@ def run_phase(cands: list[PlanCandidate], extra: list[tuple[PlanCandidate, Candi
         kept = {k: row.get(k) for k in ROW_KEYS}
         kept.update({"batch_size": batch, "objective": value, "objective_rounds": list(rounds),
                      "phase": phase.name, "seconds_per_candidate": phase.seconds})
+        if plan.status == "baseline":
+            kept["torch_threads"] = threads
         if "runtime_facts" in row:  # the settings the runtime says it ran with
             kept["runtime_facts"] = {k: v for k, v in row["runtime_facts"].items() if k in
                                      ("performance_hint", "num_streams", "inference_num_threads",

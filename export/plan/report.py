@@ -180,36 +180,56 @@ def csv_text(doc: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def plot(doc: dict[str, Any], path: Path) -> None:
-    """Objective against accuracy drop, one point per measured candidate, Pareto front joined."""
+#: marker and size per status: the choice starred, the front as dots, the rest as crosses
+MARKERS = {"chosen": ("*", 15), "pareto": ("o", 8), "baseline": ("s", 8)}
+
+
+def figure(doc: dict[str, Any]) -> Any:
+    """plan.png's figure: objective against accuracy drop, every measured candidate a marker of
+    its own colour
+    and a legend entry, the Pareto front joined, the choice starred. The x axis is logarithmic
+    where the figures span more than 3x (the eager baseline can be tens of times slower than
+    the artifacts; a linear axis put 13 candidates in one pixel column)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    points = [(c, timing["objective"], (c.get("gate") or {}).get("accuracy_drop") or 0.0)
+              for c in doc["candidates"]
+              if (timing := c.get("confirm") or c.get("screen"))
+              and timing.get("objective") is not None]
+    fig, ax = plt.subplots(figsize=(11, 5))
+    colours = plt.get_cmap("tab20")
     front = []
-    for c in doc["candidates"]:
-        timing = c.get("confirm") or c.get("screen")
-        if not timing or timing.get("objective") is None:
-            continue
-        x, y = timing["objective"], (c.get("gate") or {}).get("accuracy_drop") or 0.0
-        style = {"chosen": ("*", 16), "pareto": ("o", 8)}.get(c["status"], ("x", 6))
-        ax.plot(x, y, style[0], markersize=style[1], label=c["id"] if c["status"] in (
-            "chosen", "pareto", "baseline") else None)
+    for i, (c, x, y) in enumerate(points):
+        marker, size = MARKERS.get(c["status"], ("X", 7))
+        ax.plot(x, y, marker, markersize=size, color=colours(i % 20), linestyle="none",
+                label=f"{c['status']}: {c['id']}")
         if c["status"] in ("chosen", "pareto"):
             front.append((x, y))
     if front:
         xs, ys = zip(*sorted(front))
         ax.step(xs, ys, where="post", color="grey", linewidth=1, label="Pareto front")
-    ax.set_xlabel("p50 latency (ms)" if doc["objective"] == "latency" else "images/s")
+    xs_all = [x for _, x, _ in points if x > 0]
+    if xs_all and max(xs_all) / min(xs_all) > 3:
+        ax.set_xscale("log")
+    unit = "p50 latency (ms)" if doc["objective"] == "latency" else "images/s"
+    ax.set_xlabel(unit + (", log scale" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel("top-1 accuracy drop (points; 0 where not measured)")
     ax.set_title(f"{doc['model']['name']} on {doc['device']}: {doc['choice']['chosen'] or 'none'}",
                  fontsize=9)
-    ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return fig
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    """:func:`figure` as plan.png (the legend beside the axes, kept whole)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(doc)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
     plt.close(fig)
 
 
@@ -224,4 +244,4 @@ def write_reports(folder: Path, doc: dict[str, Any]) -> None:
 
 
 __all__ = ["PLAN_KIND", "PLAN_NAME", "PLAN_SCHEMA", "check_plan_out", "csv_text", "markdown",
-           "owned_plan", "plot", "read_plan", "table", "write_chosen", "write_reports"]
+           "figure", "owned_plan", "plot", "read_plan", "table", "write_chosen", "write_reports"]

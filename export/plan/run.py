@@ -116,9 +116,7 @@ class Plan:
         gated = export_plan_artifacts(req, wanted, root / "artifacts",
                                       self.opts.max_accuracy_drop, log.append, log.append)
         for g in gated:
-            runs = g.manifest["parity"].get("runs", [])
-            self.echo(f"  {g.folder.name}: gate {'PASS' if g.passed else 'FAIL'} on "
-                      f"{', '.join(r['candidate'] for r in runs) or 'no runtime'}")
+            self.echo(f"  {g.folder.name}: gate {gate_line(g.manifest)}")
         return gated
 
     def run(self) -> None:
@@ -153,7 +151,7 @@ class Plan:
         extra = []
         fp32 = next((c for c in todo if c.precision == "fp32" and c.fmt == "onnx"), None)
         if fp32 is not None and self.device == "cpu":
-            base, cand = baseline(Path(str(fp32.artifact)), self.spec)
+            base, cand = baseline(Path(str(fp32.artifact)), self.spec, self.opts.batch_size)
             self.candidates.append(base)
             extra.append((base, cand))
         left = float(self.opts.time_budget_s or 0) - (time.perf_counter() - self.started)
@@ -269,10 +267,20 @@ class Plan:
             self.staging = None
 
 
+def gate_line(manifest: dict[str, Any]) -> str:
+    """Each runtime's verdict, as the gate recorded it: "PASS on openvino[cpu,int8]; FAIL on
+    onnxruntime[CPU,int8]" (never one word for all of them)."""
+    runs = manifest["parity"].get("runs", [])
+    parts = [f"{word} on {', '.join(r['candidate'] for r in runs if bool(r.get('passed')) is ok)}"
+             for word, ok in (("PASS", True), ("FAIL", False))
+             if any(bool(r.get("passed")) is ok for r in runs)]
+    return "; ".join(parts) or "judged on no runtime"
+
+
 def _inside(path: Path, root: Path) -> bool:
     path, root = path.resolve(), root.resolve()
     return path == root or root in path.parents
 
 
 __all__ = ["DEFAULT_TIME_BUDGET_S", "SMALL_MODEL_TIME_BUDGET_S", "Plan", "PlanOptions",
-           "default_device", "default_out", "default_time_budget"]
+           "default_device", "default_out", "default_time_budget", "gate_line"]

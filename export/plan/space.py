@@ -15,11 +15,11 @@ from typing import Any
 
 from ..runtime.registry import (
     EXECUTION_PRECISIONS,
-    RUNTIMES,
     RuntimeInfo,
     runtimes_for,
     setting_grid,
 )
+from ..runtime.verdicts import runtime_of, verdict_on
 
 #: what the pipeline can export: (format, precision contract, INT8 flavour, TensorRT precision)
 EXPORTABLE = (
@@ -107,11 +107,10 @@ def export_space(device: str) -> tuple[list[ExportPlan], list[PlanCandidate]]:
 
 def gate_summary(manifest: dict[str, Any], runtime: str, precision: str) -> dict[str, Any] | None:
     """The verdict of ``runtime`` at ``precision`` in the artifact's gate, in short."""
-    info = RUNTIMES.get(runtime)
-    for run in (manifest.get("parity") or {}).get("runs", []):
-        if info is not None and run.get("precision") == precision and info.judged(run):
-            return short_verdict(run)
-    return None
+    runs = [r for r in (manifest.get("parity") or {}).get("runs", [])
+            if r.get("precision") == precision and runtime_of(r) == runtime]
+    return short_verdict(next((r for r in runs if not r.get("passed")), runs[0])) if runs \
+        else None
 
 
 def short_verdict(run: dict[str, Any]) -> dict[str, Any]:
@@ -129,34 +128,36 @@ def short_verdict(run: dict[str, Any]) -> dict[str, Any]:
             "first_failure": failures[0] if failures else None}
 
 
+def _refused(runtime: str, precision: str, verdict: bool | None,
+             gate: dict[str, Any] | None) -> str:
+    if verdict is False:
+        return f"its gate failed on {runtime}: {(gate or {}).get('first_failure')}"
+    return f"the artifact's gate did not judge the {precision} contract on {runtime}"
+
+
 def candidates_for(folder: Path, manifest: dict[str, Any], sha256: str, device: str,
                    cores: int, objective: str) -> list[PlanCandidate]:
     """Every (runtime, precision, settings) that may run this artifact here, and the pruned
-    ones with their reason; a failed gate is one gate-failed candidate with its verdict."""
+    ones with their reason. Each runtime's own verdict decides: an artifact that failed on one
+    runtime and passed on another is a candidate where it passed and gate-failed where not."""
     fmt, own = manifest["format"], manifest["precision"]
     flavour = (manifest.get("int8") or {}).get("flavour")
     base = {"artifact": str(folder), "fmt": fmt, "manifest_sha256": sha256}
-    if not manifest["parity"].get("passed"):
-        failed = next((r for r in manifest["parity"].get("runs", []) if not r.get("passed")),
-                      None)
-        verdict = short_verdict(failed) if failed else None
-        return [PlanCandidate(verdict["judged_on"].split("[")[0] if verdict else "-", own,
-                              status="gate-failed", gate=verdict,
-                              reason=f"its gate failed: {(verdict or {}).get('first_failure')}",
-                              **base)]
     found = []
-    contracts = manifest["parity"].get("contracts") or {own: True}
+    contracts = manifest["parity"].get("contracts") or {own: manifest["parity"].get("passed")}
     for info in runtimes_for(fmt, flavour, device=device, direct=True):
         for precision in (own, *[p for p in EXECUTION_PRECISIONS.get((info.name, own), ())
                                  if p != own]):
             why = _why_not(info, precision, flavour)
             gate = gate_summary(manifest, info.name, precision)
-            if why is None and contracts.get(precision) is not True:
-                status = "gate-failed" if contracts.get(precision) is False else "skipped"
-                judged = "failed" if status == "gate-failed" else "did not judge"
+            # the runtime's own verdict decides; where the gate did not judge it, the contract's
+            verdict = verdict_on(manifest, info.name, precision)
+            judged = contracts.get(precision) if verdict is None else verdict
+            if why is None and judged is not True:
+                status = "gate-failed" if verdict is False else "skipped"
                 found.append(PlanCandidate(info.name, precision, status=status, gate=gate,
-                                           reason=f"the artifact's gate {judged} the "
-                                                  f"{precision} contract", **base))
+                                           reason=_refused(info.name, precision, verdict, gate),
+                                           **base))
                 continue
             if why is not None:
                 found.append(PlanCandidate(info.name, precision, status="skipped", reason=why,

@@ -2,9 +2,10 @@
 
 The chosen artifact's files (sha256) and gate are checked again (:func:`export.pipeline.
 verify_artifact`), then the leaders the plan confirmed are re-timed here in short interleaved
-rounds and chosen between by the same rule. The choice *holds* when the same runtime x precision
-wins, or the recorded choice is in the tie; another CPU may choose differently, and then the
-ISA of both machines is named.
+rounds and chosen between by the same rule. The choice *holds* when the same candidate (runtime,
+precision, artifact AND settings) wins, or the recorded choice is in the tie; otherwise the
+message says what differs (e.g. the performance hint). Another CPU may choose differently, and
+then the ISA of both machines is named.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.environment import collect
 
@@ -47,6 +49,22 @@ def _leaders(doc: dict, folder: Path) -> list[PlanCandidate]:
     return found
 
 
+def differences(recorded: dict[str, Any], now: PlanCandidate) -> str:
+    """What tells the recorded choice from another candidate: "settings: performance_hint
+    THROUGHPUT -> LATENCY", "runtime: onnxruntime -> openvino", ..."""
+    parts = [f"{key}: {recorded.get(key)} -> {getattr(now, key)}"
+             for key in ("runtime", "precision") if recorded.get(key) != getattr(now, key)]
+    if Path(str(recorded.get("artifact"))).name != Path(str(now.artifact)).name:
+        parts.append(f"artifact: {Path(str(recorded.get('artifact'))).name} -> "
+                     f"{Path(str(now.artifact)).name}")
+    then, here = recorded.get("settings") or {}, now.settings
+    changed = [f"{k} {then.get(k, '-')} -> {here.get(k, '-')}"
+               for k in sorted({*then, *here}) if then.get(k) != here.get(k)]
+    if changed:
+        parts.append("settings: " + ", ".join(changed))
+    return "; ".join(parts) or "nothing recorded"
+
+
 def verify_plan(folder: Path, seconds: float, echo: Echo) -> Verdict:
     folder = Path(folder)
     doc = read_plan(folder)
@@ -70,23 +88,24 @@ def verify_plan(folder: Path, seconds: float, echo: Echo) -> Verdict:
     now = choose(timings, doc["objective"], constraints["latency_budget_ms"],
                  constraints["max_accuracy_drop"])
     by_id = {c.id: c for c in leaders}
-
-    def kind(cid: str | None) -> tuple[str, str] | None:
-        c = by_id.get(cid or "")
-        return (c.runtime, c.precision) if c else None
-
-    want = (recorded["runtime"], recorded["precision"])
-    holds = kind(now.chosen) == want or any(kind(t) == want for t in now.tied)
+    winner = by_id.get(now.chosen or "")
+    # the full candidate: runtime, precision, artifact and settings (a settings change matters)
+    holds = now.chosen == recorded["id"] or recorded["id"] in now.tied
     isa_then = doc["environment"]["cpu"]["isa"].get("isa")
     isa_now = collect(cores)["cpu"]["isa"].get("isa")
-    if holds:
+    what = f" (differs in {differences(recorded, winner)})" if winner is not None and \
+        now.chosen != recorded["id"] else ""
+    if holds and now.chosen == recorded["id"]:
         message = f"the choice holds here: {now.chosen} ({now.reason})"
+    elif holds:
+        message = (f"the choice holds here in a tie: the plan chose {recorded['id']}, this "
+                   f"machine's tie goes to {now.chosen}{what} ({now.reason})")
     else:
         message = (f"the choice does NOT hold here: the plan chose {recorded['id']}, this "
-                   f"machine now chooses {now.chosen or 'nothing'} ({now.reason})")
+                   f"machine now chooses {now.chosen or 'nothing'}{what} ({now.reason})")
         if isa_then != isa_now:
             message += f"; the plan ran on a {isa_then} CPU, this one is {isa_now}"
     return Verdict(holds, recorded["id"], now, message)
 
 
-__all__ = ["Verdict", "verify_plan"]
+__all__ = ["Verdict", "differences", "verify_plan"]

@@ -33,6 +33,7 @@ from ..core.manifest import Manifest
 from .base import InputContract, Runner, RunTarget
 from .recheck import recheck_where_judged
 from .registry import EXECUTION_PRECISIONS, default_runtime, get_runtime, runtimes_for
+from .verdicts import usable_runtime
 
 
 def runner_for(folder: Path, manifest: Manifest, providers: list[str] | None = None, *,
@@ -97,7 +98,9 @@ def load_artifact(folder: str | Path, providers: list[str] | None = None, verify
     ``runtime`` / ``precision``: see :func:`runner_for`; a precision the artifact's gate did not
     judge (``parity.contracts``) is refused.
     ``verify``: check every file's sha256 against the manifest first (default on).
-    ``allow_failed``: also load an artifact whose parity gate failed.
+    ``allow_failed``: also load an artifact whose parity gate failed. Otherwise the runtime's
+    own verdict decides (:func:`.verdicts.usable_runtime`): an artifact that failed on one
+    runtime and passed on another runs where it passed (the one chosen when none is named).
     ``deploy``: with no runtime, precision or providers named, run the artifact the way its
     manifest's ``deploy`` section says (runtime, precision, settings), if it has one.
     An INT8 or BF16 run on a machine unlike every one that judged it is re-checked first
@@ -108,11 +111,11 @@ def load_artifact(folder: str | Path, providers: list[str] | None = None, verify
     folder = Path(folder)
     recover_interrupted(folder)  # an export killed while replacing this folder
     manifest = read_manifest(folder)
-    if not manifest["parity"].get("passed") and not allow_failed:
-        raise UserError(f"refusing {folder}: its parity gate failed at export")
     if deploy:
         runtime, precision, runner_kwargs = deployed(dict(manifest), runtime, precision,
                                                      providers, runner_kwargs)
+    if not allow_failed:  # each runtime's own verdict decides for it
+        runtime = usable_runtime(manifest, runtime, precision, str(folder), providers)
     if precision is not None and precision != manifest["precision"]:
         judged = (manifest["parity"].get("contracts") or {}).get(precision)
         if judged is not True:
