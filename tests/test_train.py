@@ -20,7 +20,13 @@ from export.train.cli import main as train_cli
 from export.train.datasets import ImageDataset
 from export.train.devices import Processes, cpu_thread_count, cpu_threads, pick_device
 from export.train.rundir import resolve_run_dir
-from export.train.steps import build_optimizer, evaluate, train_one_epoch, warmup_cosine
+from export.train.steps import (
+    EpochOptions,
+    build_optimizer,
+    evaluate,
+    train_one_epoch,
+    warmup_cosine,
+)
 
 from cli_helpers import command
 
@@ -71,7 +77,7 @@ def test_a_few_steps_lower_the_loss_on_digits():
     with cpu_threads(1):  # steady on a shared machine
         before = loss_on_training_images()
         stats = train_one_epoch(model, loader, optimizer, scheduler, torch.nn.CrossEntropyLoss(),
-                                torch.device("cpu"), scaler, max_steps=15)
+                                torch.device("cpu"), scaler, EpochOptions(max_steps=15))
         after = loss_on_training_images()
     assert stats.steps == 15
     assert after < 0.7 * before

@@ -21,10 +21,14 @@ from .config import (
     BOUNDS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
+    DEFAULT_VAL_FRACTION,
+    DIGITS_TEST_FRACTION,
     EPOCH_BUDGET_IMAGES,
     FINE_TUNE_LR_FACTOR,
+    MIN_AUGMENT_SOURCE,
     MIN_DEFAULT_BATCH_SIZE,
     MIN_STEPS_PER_EPOCH,
+    OWN_DATA_TEST_FRACTION,
     RESUME_CHANGES,
     SMALL_DATA_EPOCHS,
     SMALL_DATA_IMAGES,
@@ -101,13 +105,20 @@ def bounded(option: str) -> click.ParamType:
               help="Stem of resnet18..152: imagenet (7x7 stride 2 + max-pool) or small (3x3 "
                    "stride 1, no max-pool). [default: small for inputs up to "
                    f"{SMALL_STEM_MAX_INPUT} px, else imagenet]")
-@click.option("--augment/--no-augment", default=DEFAULTS.augment,
-              help="Small random rotations, shifts and scaling (never flips).")
-@click.option("--val-fraction", type=bounded("val_fraction"), default=DEFAULTS.val_fraction,
-              help="Share of the data held out for validation (picks best.pt).")
-@click.option("--test-fraction", type=bounded("test_fraction"), default=DEFAULTS.test_fraction,
+@click.option("--augment/--no-augment", default=None,
+              help="Random shifts of the training images by up to an eighth of the side "
+                   "(padded with the mean colour). [default: on, off for images under "
+                   f"{MIN_AUGMENT_SOURCE} px such as the 8x8 digits]")
+@click.option("--hflip/--no-hflip", default=DEFAULTS.hflip,
+              help="Random horizontal flips of the training images: only for classes a mirror "
+                   "image leaves the same (not digits, letters or left/right classes).")
+@click.option("--val-fraction", type=bounded("val_fraction"), default=None,
+              help=f"Share of the data held out for validation (picks best.pt). [default: "
+                   f"{DEFAULT_VAL_FRACTION}]")
+@click.option("--test-fraction", type=bounded("test_fraction"), default=None,
               help="Share of the data held out for the final test (not for datasets with a "
-                   "test split of their own, such as MNIST and CIFAR).")
+                   f"test split of their own, such as MNIST and CIFAR). [default: "
+                   f"{OWN_DATA_TEST_FRACTION} of --data, {DIGITS_TEST_FRACTION} of the digits]")
 @click.option("--seed", type=bounded("seed"), default=DEFAULTS.seed,
               help="Seeds the split, initialisation, shuffling and augmentation.")
 @click.option("--init-weights", type=click.Path(), default=None, metavar="FILE",
