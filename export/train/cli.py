@@ -25,7 +25,6 @@ from .config import (
     DIGITS_TEST_FRACTION,
     EPOCH_BUDGET_IMAGES,
     FINE_TUNE_LR_FACTOR,
-    MIN_AUGMENT_SOURCE,
     MIN_DEFAULT_BATCH_SIZE,
     MIN_STEPS_PER_EPOCH,
     OWN_DATA_TEST_FRACTION,
@@ -105,10 +104,9 @@ def bounded(option: str) -> click.ParamType:
               help="Stem of resnet18..152: imagenet (7x7 stride 2 + max-pool) or small (3x3 "
                    "stride 1, no max-pool). [default: small for inputs up to "
                    f"{SMALL_STEM_MAX_INPUT} px, else imagenet]")
-@click.option("--augment/--no-augment", default=None,
-              help="Random shifts of the training images by up to an eighth of the side "
-                   "(padded with the mean colour). [default: on, off for images under "
-                   f"{MIN_AUGMENT_SOURCE} px such as the 8x8 digits]")
+@click.option("--augment/--no-augment", default=DEFAULTS.augment,
+              help="Small random rotations, shifts and scaling of the training images "
+                   "(flips only with --hflip).")
 @click.option("--hflip/--no-hflip", default=DEFAULTS.hflip,
               help="Random horizontal flips of the training images: only for classes a mirror "
                    "image leaves the same (not digits, letters or left/right classes).")

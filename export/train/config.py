@@ -2,8 +2,8 @@
 
 Several defaults follow the data (:meth:`TrainConfig.resolved` is given the images' size and the
 size of the training split): the input size, the stem of an ImageNet model, the number of
-epochs and the warm-up, the shares held out (:func:`split_fractions`), whether the training
-images are shifted (:func:`default_augment`), and on a small training split the batch size
+epochs and the warm-up, the shares held out (:func:`split_fractions`), and on a small
+training split the batch size
 (with SGD's learning rate in proportion); the learning rate also follows ``--init-weights``.
 :func:`default_notes` says in one line which of them were chosen that way.
 """
@@ -61,9 +61,6 @@ MAX_INPUT_SIZE = 2048
 DEFAULT_VAL_FRACTION = 0.1
 OWN_DATA_TEST_FRACTION = 0.1
 DIGITS_TEST_FRACTION = 0.2
-#: images whose source side is below this are not shifted by default: a shift of an eighth of
-#: the side is a whole pixel of the embedded 8x8 digits (measured: docs/training.md)
-MIN_AUGMENT_SOURCE = 16
 
 
 @dataclass(frozen=True)
@@ -156,7 +153,7 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float | None = None  # None: split_fractions(data)
     test_fraction: float | None = None  # None: split_fractions(data)
-    augment: bool | None = None  # None: default_augment(the data's image size)
+    augment: bool = True  # random shifts (datasets.Augment): safe for any image class
     hflip: bool = False  # random horizontal flips: only the user knows the classes allow them
     init_weights: str | None = None
     device: str = "auto"
@@ -187,6 +184,9 @@ class TrainConfig:
             raise BadOption(f"validation + test fractions ({val_fraction} + "
                             f"{test_fraction}) leave too little to train on; keep their "
                             "sum below 0.9")
+        if self.hflip and self.data is None:
+            raise BadOption("--hflip: a mirrored digit is not the same digit; flips are for "
+                            "classes a mirror image leaves the same")
         if self.stem is not None and self.stem not in STEMS:
             raise BadOption(f"--stem must be one of {', '.join(STEMS)}")
         arch = get_architecture(self.model)
@@ -206,7 +206,7 @@ class TrainConfig:
         return dataclasses.replace(
             self, model=arch.name, lr=lr, epochs=epochs, input_size=input_size, stem=stem,
             optimizer=optimizer, val_fraction=val_fraction, test_fraction=test_fraction,
-            augment=default_augment(image_size) if self.augment is None else self.augment,
+
             batch_size=batch_size,
             # Plain strings: a checkpoint carries the config and is read with weights_only.
             data=None if self.data is None else os.fspath(self.data),
@@ -232,12 +232,6 @@ def split_fractions(config: TrainConfig) -> tuple[float, float]:
     test = OWN_DATA_TEST_FRACTION if config.data is not None else DIGITS_TEST_FRACTION
     return (DEFAULT_VAL_FRACTION if config.val_fraction is None else config.val_fraction,
             test if config.test_fraction is None else config.test_fraction)
-
-
-def default_augment(image_size: int | None) -> bool:
-    """Shift the training images unless their source is smaller than MIN_AUGMENT_SOURCE px
-    (the 8x8 digits); an unknown size is treated as large."""
-    return image_size is None or image_size >= MIN_AUGMENT_SOURCE
 
 
 def small_data(model: str, train_images: int | None, init_weights: Any = None) -> bool:

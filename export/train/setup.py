@@ -168,7 +168,8 @@ class ResumableSampler(DistributedSampler[int]):
 def loaders(data: TrainingData, spec: ModelSpec, config: TrainConfig, procs: Processes,
              device: torch.device) -> tuple[DataLoader, dict[str, DataLoader]]:
     """A sharded, seeded, augmented training loader and plain validation / test loaders."""
-    jitter = Augment(Augment.max_shift if config.augment else 0.0, config.hflip)
+    jitter = Augment(hflip=config.hflip) if config.augment else \
+        Augment(0.0, 0.0, 0.0, hflip=config.hflip)
     train_set = ImageDataset(data.images["train"], data.labels["train"], spec.mean, spec.std,
                              jitter if config.augment or config.hflip else None, config.seed)
     # DistributedSampler even for one process: its order depends only on (seed, epoch), so a
