@@ -1,24 +1,22 @@
 #!/usr/bin/env python3
-"""The yardstick for own-data training: a plain CNN trained for a fixed wall time.
+"""The yardstick for own-data training (docs/training.md): a plain CNN trained for a fixed
+wall time, counted from process start, on every image of TRAIN_DIR (one sub-folder per class,
+same-sized images), then scored on TEST_DIR. No augmentation unless --flip.
 
     python scripts/plain_cnn_baseline.py TRAIN_DIR TEST_DIR --seconds 120 [--flip]
-
-TRAIN_DIR and TEST_DIR hold one sub-folder of same-sized images per class. Four conv blocks,
-Adam at 1e-3, batches of 64, every training image used, no augmentation (``--flip`` adds
-horizontal flips); it trains until ``--seconds`` have passed since the script started, then
-prints its test top-1. docs/training.md runs it beside ``resnet-train`` for the same time.
 """
-import sys
 import time
-from pathlib import Path
 
-import click
-import numpy as np
-import torch
-from PIL import Image
-from torch import nn
+STARTED = time.perf_counter()  # before the imports: resnet-train's wall time counts its own
 
-STARTED = time.perf_counter()
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch import nn  # noqa: E402
 
 
 def read(root: str, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
