@@ -97,7 +97,6 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
         run_dir = resumed.path.parent
     elif config is None:
         raise ValueError("run_training needs a config or a run to resume")
-    asked = config
     checked = config.resolved()  # bad options fail here, before the data is read
     if resumed is not None and resumed.meta.get("epoch", 0) >= checked.epochs \
             and _summarised(run_dir, resumed.meta):
@@ -116,18 +115,19 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
     elif procs.is_main:
         claim = claim_resumed(run_dir)
     try:
-        return _prepare_and_fit(config, asked, dataset, run_dir, resumed, procs, started, echo,
+        return _prepare_and_fit(config, dataset, run_dir, resumed, procs, started, echo,
                                 progress)
     finally:
         if claim is not None:
             claim.release()
 
 
-def _prepare_and_fit(config: TrainConfig, asked: TrainConfig, dataset: dict[str, Any],
-                     run_dir: Path, resumed: Checkpoint | None, procs: Processes,
-                     started: float, echo: Callable[..., Any],
-                     progress: bool | None) -> TrainResult:
-    """Read the data, then train: everything a run does while it holds its folder."""
+def _prepare_and_fit(config: TrainConfig, dataset: dict[str, Any], run_dir: Path,
+                     resumed: Checkpoint | None, procs: Processes, started: float,
+                     echo: Callable[..., Any], progress: bool | None) -> TrainResult:
+    """Read the data, then train: everything a run does while it holds its folder. ``config``
+    is as asked (defaults not filled in): the defaults line compares the two."""
+    asked = config
     device = pick_device(config.device, procs)
     threads = cpu_thread_count(procs, config.threads)
     scanned = scan(dataset)
