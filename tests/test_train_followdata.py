@@ -117,6 +117,8 @@ def test_max_steps_within_an_epoch_resumes_that_epoch(tmp_path, digits_npz):
     last = load_checkpoint(tmp_path / "split" / "last.pt")
     assert (last.meta["epoch"], last.meta["step"], last.meta["epoch_step"]) == (0, 5, 0 + 5)
     assert any(line.startswith("epoch 1/2 (steps 1..5 of 12)") for line in lines), lines
+    assert (f"--max-steps: `resnet-train --resume {tmp_path / 'split'}` goes on from epoch 1 at "
+            "step 5 of 12") in lines, lines
     summary = json.loads((tmp_path / "split" / "summary.json").read_text())
     assert (summary["epochs"], summary["steps"]) == (0, 5)
 

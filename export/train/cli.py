@@ -129,7 +129,8 @@ def bounded(option: str) -> click.ParamType:
                    "when taken]")
 @click.option("--overwrite", is_flag=True, help="Start a new run in an --out that holds one.")
 @click.option("--resume", type=click.Path(), default=None, metavar="RUN",
-              help="Continue the run in this folder (or from this last.pt) where it stopped; "
+              help="Continue the run in this folder (or from this last.pt) where it stopped "
+                   "(Ctrl-C, SIGTERM or --max-steps: the exact command is printed); "
                    "only --epochs, --device, --workers, --threads, --max-steps and --progress "
                    "may change.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=DEFAULTS.device,
@@ -139,7 +140,8 @@ def bounded(option: str) -> click.ParamType:
 @click.option("--threads", type=bounded("threads"), default=DEFAULTS.threads,
               help="CPU threads per process; 0 picks the idle cores (or OMP_NUM_THREADS).")
 @click.option("--max-steps", type=bounded("max_steps"), default=None,
-              help="Stop after this many optimiser steps in this invocation (smoke tests).")
+              help="Stop after this many optimiser steps in this invocation (smoke tests); "
+                   "--resume goes on from that step, within its epoch.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars. [default: only when stderr is a terminal]")
 @click.option("--list-models", is_flag=True, expose_value=False, is_eager=True,

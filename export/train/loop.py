@@ -225,6 +225,8 @@ def _train_epochs(run: FitRun, trainer: Trainer) -> None:
                 taken = _train_epoch(run, trainer, epoch, steps_left, stop, estimate)
                 if steps_left is not None:
                     steps_left -= taken
+            if not stop() and trainer.progress.epoch_step:  # --max-steps within an epoch
+                trainer.say(stopped_line(run, trainer, True).replace("stopped:", "--max-steps:"))
             if stop():
                 if trainer.progress.epoch_step and run.procs.is_main:
                     _save_last(run, trainer, {})  # the partial epoch, not validated
