@@ -199,7 +199,9 @@ def test_progress_bars_only_on_a_terminal(tmp_path, shapes163):
     common = ["--data", shapes163, "--epochs", "1", "--max-steps", "2", "--input-size", "16"]
     quiet = invoke(common + ["--out", tmp_path / "a"])
     assert quiet.exit_code == 0, quiet.output
-    assert "batch/s" not in quiet.output and "epoch 1/1  train loss" in quiet.output
+    # (2 of the epoch's 8 steps: a partial epoch, which --resume would finish)
+    assert "batch/s" not in quiet.output and "epoch 1/1 (steps 1..2 of 8)  train loss" in \
+        quiet.output
     shown = invoke(common + ["--out", tmp_path / "b", "--progress"])
     assert shown.exit_code == 0 and "batch/s" in shown.output
 
@@ -210,10 +212,10 @@ def test_progress_bars_only_on_a_terminal(tmp_path, shapes163):
 def check_good_model(run, shapes163):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["class_names"] == list(CLASSES)
-    assert summary["counts"] == {"train": 114, "val": 16, "test": 33}
+    assert summary["counts"] == {"train": 131, "val": 16, "test": 16}  # 80 / 10 / 10 %
     assert summary["spec"]["input_size"] == 32
     assert summary["train_config"]["batch_size"] == 16
-    assert summary["steps"] == 15 * 7  # 114 images in 7 steps of 16, 2 left over per epoch
+    assert summary["steps"] == 15 * 8  # 131 images in 8 steps of 16, 3 left over per epoch
     assert summary["warnings"] == []
     # chance is 27 % (9 of 33 in the largest class); a good model is far above it
     assert summary["test_top1"] >= 0.85, summary["test_top1"]

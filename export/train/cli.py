@@ -21,10 +21,13 @@ from .config import (
     BOUNDS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
+    DEFAULT_VAL_FRACTION,
+    DIGITS_TEST_FRACTION,
     EPOCH_BUDGET_IMAGES,
     FINE_TUNE_LR_FACTOR,
     MIN_DEFAULT_BATCH_SIZE,
     MIN_STEPS_PER_EPOCH,
+    OWN_DATA_TEST_FRACTION,
     RESUME_CHANGES,
     SMALL_DATA_EPOCHS,
     SMALL_DATA_IMAGES,
@@ -102,12 +105,18 @@ def bounded(option: str) -> click.ParamType:
                    "stride 1, no max-pool). [default: small for inputs up to "
                    f"{SMALL_STEM_MAX_INPUT} px, else imagenet]")
 @click.option("--augment/--no-augment", default=DEFAULTS.augment,
-              help="Small random rotations, shifts and scaling (never flips).")
-@click.option("--val-fraction", type=bounded("val_fraction"), default=DEFAULTS.val_fraction,
-              help="Share of the data held out for validation (picks best.pt).")
-@click.option("--test-fraction", type=bounded("test_fraction"), default=DEFAULTS.test_fraction,
+              help="Small random rotations, shifts and scaling of the training images "
+                   "(flips only with --hflip).")
+@click.option("--hflip/--no-hflip", default=DEFAULTS.hflip,
+              help="Random horizontal flips of the training images: only for classes a mirror "
+                   "image leaves the same (not digits, letters or left/right classes).")
+@click.option("--val-fraction", type=bounded("val_fraction"), default=None,
+              help=f"Share of the data held out for validation (picks best.pt). [default: "
+                   f"{DEFAULT_VAL_FRACTION}]")
+@click.option("--test-fraction", type=bounded("test_fraction"), default=None,
               help="Share of the data held out for the final test (not for datasets with a "
-                   "test split of their own, such as MNIST and CIFAR).")
+                   f"test split of their own, such as MNIST and CIFAR). [default: "
+                   f"{OWN_DATA_TEST_FRACTION} of --data, {DIGITS_TEST_FRACTION} of the digits]")
 @click.option("--seed", type=bounded("seed"), default=DEFAULTS.seed,
               help="Seeds the split, initialisation, shuffling and augmentation.")
 @click.option("--init-weights", type=click.Path(), default=None, metavar="FILE",
@@ -120,7 +129,8 @@ def bounded(option: str) -> click.ParamType:
                    "when taken]")
 @click.option("--overwrite", is_flag=True, help="Start a new run in an --out that holds one.")
 @click.option("--resume", type=click.Path(), default=None, metavar="RUN",
-              help="Continue the run in this folder (or from this last.pt) where it stopped; "
+              help="Continue the run in this folder (or from this last.pt) where it stopped "
+                   "(Ctrl-C, SIGTERM or --max-steps: the exact command is printed); "
                    "only --epochs, --device, --workers, --threads, --max-steps and --progress "
                    "may change.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=DEFAULTS.device,
@@ -130,7 +140,8 @@ def bounded(option: str) -> click.ParamType:
 @click.option("--threads", type=bounded("threads"), default=DEFAULTS.threads,
               help="CPU threads per process; 0 picks the idle cores (or OMP_NUM_THREADS).")
 @click.option("--max-steps", type=bounded("max_steps"), default=None,
-              help="Stop after this many optimiser steps in this invocation (smoke tests).")
+              help="Stop after this many optimiser steps in this invocation (smoke tests); "
+                   "--resume goes on from that step, within its epoch.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars. [default: only when stderr is a terminal]")
 @click.option("--list-models", is_flag=True, expose_value=False, is_eager=True,

@@ -2,9 +2,10 @@
 
 Several defaults follow the data (:meth:`TrainConfig.resolved` is given the images' size and the
 size of the training split): the input size, the stem of an ImageNet model, the number of
-epochs and the warm-up, and on a small training split the batch size (with SGD's learning rate
-in proportion); the learning rate also follows ``--init-weights``. :func:`default_notes` says in
-one line which of them were chosen that way.
+epochs and the warm-up, the shares held out (:func:`split_fractions`), and on a small
+training split the batch size
+(with SGD's learning rate in proportion); the learning rate also follows ``--init-weights``.
+:func:`default_notes` says in one line which of them were chosen that way.
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ SMALL_DATA_INPUT = 32
 SMALL_DATA_OPTIMIZER = "adamw"
 SMALL_DATA_EPOCHS = 30
 MAX_INPUT_SIZE = 2048
+#: the shares of the data held out for validation and test. The user's own folder or arrays keep
+#: 80 % for training (issue 27: holding 30 % out of 2,000 images cost more accuracy than the
+#: held-out figures were worth); the embedded digits keep their reference 70 / 10 / 20 split,
+#: on which the documented figures and the INT8 gates' 359 test images rest
+DEFAULT_VAL_FRACTION = 0.1
+OWN_DATA_TEST_FRACTION = 0.1
+DIGITS_TEST_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -90,8 +98,8 @@ BOUNDS = {
     "input_size": Bound(int, 8, MAX_INPUT_SIZE, optional=True,
                         reason="ResNets are designed for 32 or 224; a side over "
                                f"{MAX_INPUT_SIZE} needs gigabytes per image to train"),
-    "val_fraction": Bound(float, 0, 1, lo_open=True, hi_open=True),
-    "test_fraction": Bound(float, 0, 1, lo_open=True, hi_open=True),
+    "val_fraction": Bound(float, 0, 1, lo_open=True, hi_open=True, optional=True),
+    "test_fraction": Bound(float, 0, 1, lo_open=True, hi_open=True, optional=True),
     "seed": Bound(int, 0, 2**32 - 1, reason="NumPy's generators take 32-bit seeds"),
     "workers": Bound(int, 0, 256),
     "threads": Bound(int, 0, 1024),
@@ -143,9 +151,10 @@ class TrainConfig:
     input_size: int | None = None  # None: default_input_size(model, the data's image size)
     stem: str | None = None  # None: default_stem(model, input_size)
     seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    augment: bool = True
+    val_fraction: float | None = None  # None: split_fractions(data)
+    test_fraction: float | None = None  # None: split_fractions(data)
+    augment: bool = True  # random shifts (datasets.Augment): safe for any image class
+    hflip: bool = False  # random horizontal flips: only the user knows the classes allow them
     init_weights: str | None = None
     device: str = "auto"
     workers: int = 0
@@ -170,10 +179,14 @@ class TrainConfig:
                 raise BadOption(f"{option_flag(name)} must be a path, got {value!r}")
         if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
             raise BadOption(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.val_fraction + self.test_fraction >= 0.9:
-            raise BadOption(f"validation + test fractions ({self.val_fraction} + "
-                            f"{self.test_fraction}) leave too little to train on; keep their "
+        val_fraction, test_fraction = split_fractions(self)
+        if val_fraction + test_fraction >= 0.9:
+            raise BadOption(f"validation + test fractions ({val_fraction} + "
+                            f"{test_fraction}) leave too little to train on; keep their "
                             "sum below 0.9")
+        if self.hflip and self.data is None:
+            raise BadOption("--hflip: a mirrored digit is not the same digit; flips are for "
+                            "classes a mirror image leaves the same")
         if self.stem is not None and self.stem not in STEMS:
             raise BadOption(f"--stem must be one of {', '.join(STEMS)}")
         arch = get_architecture(self.model)
@@ -192,7 +205,8 @@ class TrainConfig:
         lr = self.lr or default_lr(optimizer, batch_size, bool(self.init_weights))
         return dataclasses.replace(
             self, model=arch.name, lr=lr, epochs=epochs, input_size=input_size, stem=stem,
-            optimizer=optimizer,
+            optimizer=optimizer, val_fraction=val_fraction, test_fraction=test_fraction,
+
             batch_size=batch_size,
             # Plain strings: a checkpoint carries the config and is read with weights_only.
             data=None if self.data is None else os.fspath(self.data),
@@ -209,6 +223,15 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def split_fractions(config: TrainConfig) -> tuple[float, float]:
+    """(validation, test) shares of the data: as asked, else DEFAULT_VAL_FRACTION and a test
+    share of OWN_DATA_TEST_FRACTION for ``--data``, DIGITS_TEST_FRACTION for the digits. (A
+    dataset with a test split of its own ignores the test share.)"""
+    test = OWN_DATA_TEST_FRACTION if config.data is not None else DIGITS_TEST_FRACTION
+    return (DEFAULT_VAL_FRACTION if config.val_fraction is None else config.val_fraction,
+            test if config.test_fraction is None else config.test_fraction)
 
 
 def small_data(model: str, train_images: int | None, init_weights: Any = None) -> bool:

@@ -17,11 +17,13 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class Augment:
-    """Small random affine jitter; never flips (a mirrored digit is not the same digit)."""
+    """Small random affine jitter (rotation, shift and scale, the border pixels extended), and
+    horizontal flips only when asked for: a mirrored digit or letter is not the same class."""
 
     max_rotate_deg: float = 10.0
     max_shift: float = 0.1  # of the image side
     max_scale: float = 0.1  # +- relative
+    hflip: bool = False
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -59,6 +61,10 @@ class ImageDataset(torch.utils.data.Dataset):
         angle = math.radians(rng.uniform(-a.max_rotate_deg, a.max_rotate_deg))
         scale = 1.0 + rng.uniform(-a.max_scale, a.max_scale)
         tx, ty = rng.uniform(-a.max_shift, a.max_shift, size=2) * 2.0  # grid units span 2
+        if a.hflip and rng.random() < 0.5:
+            x = x.flip(-1)
+        if not (angle or tx or ty or scale != 1.0):
+            return x
         cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
         theta = torch.tensor([[cos, -sin, tx], [sin, cos, ty]], dtype=torch.float32)[None]
         grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)

@@ -8,31 +8,25 @@ DistributedDataParallel; only rank 0 writes files, shows progress and evaluates.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..core.checkpoint import Checkpoint, load_checkpoint, load_state_into, save_checkpoint
 from ..core.errors import UnknownModelError, UserError, printable
 from ..core.fileio import atomic_path, write_json
-from ..core.models import ModelSpec
 from ..data import (
-    TrainingData,
     describe_source,
     load_training_data,
     scan,
@@ -40,30 +34,32 @@ from ..data import (
     split_of,
 )
 from .adapt import load_init_weights
-from .config import RESUME_CHANGES, TrainConfig, default_notes
+from .config import RESUME_CHANGES, TrainConfig, default_notes, split_fractions
 from .datasets import ImageDataset
 from .devices import Processes, cpu_thread_count, cpu_threads, pick_device, process_group
+from .interrupt import StopRequest, stop_after_step
 from .monitor import Monitor, train_longer
 from .plots import format_confusion, plot_curves
+from .reporting import Estimate, run_summary, say_setup, stopped_line
 from .rundir import claim_resumed, claim_run_dir, holds_run, resolve_run_dir, resume_checkpoint_path
+from .runstate import FitRun, Trainer, TrainResult, writing
 from .setup import (
     Progress,
+    ResumableSampler,
     check_batch_memory,
     loaders,
     model_spec,
     place_model,
     restore,
 )
-from .steps import build_optimizer, evaluate, train_one_epoch, warmup_cosine
-
-
-@dataclass
-class TrainResult:
-    """What a run leaves behind (rank 0; other ranks get an empty summary and no model)."""
-
-    run_dir: Path
-    summary: dict[str, Any] = field(default_factory=dict)
-    model: nn.Module | None = None  # the best model, as evaluated on the test split
+from .steps import (
+    EpochOptions,
+    EpochStats,
+    build_optimizer,
+    evaluate,
+    train_one_epoch,
+    warmup_cosine,
+)
 
 
 def run_training(config: TrainConfig | None, out: str | os.PathLike | None = None,
@@ -101,7 +97,6 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
         run_dir = resumed.path.parent
     elif config is None:
         raise ValueError("run_training needs a config or a run to resume")
-    asked = config
     checked = config.resolved()  # bad options fail here, before the data is read
     if resumed is not None and resumed.meta.get("epoch", 0) >= checked.epochs \
             and _summarised(run_dir, resumed.meta):
@@ -109,8 +104,7 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
                         f"{checked.epochs} epochs: pass a larger --epochs to train longer")
     # (Trained but not summarised, e.g. killed while testing: _fit goes straight to _finish.)
     dataset = (resumed.meta["dataset"] if resumed is not None else
-               describe_source(config.data, config.seed, config.val_fraction,
-                               config.test_fraction))
+               describe_source(config.data, config.seed, *split_fractions(config)))
     claim = None  # rank 0 holds the run folder from here to the end (see rundir.RunClaim)
     if resumed is None and procs.is_main:
         claim = claim_run_dir(out, checked, overwrite, source_name(dataset))
@@ -121,18 +115,19 @@ def run_training(config: TrainConfig | None, out: str | os.PathLike | None = Non
     elif procs.is_main:
         claim = claim_resumed(run_dir)
     try:
-        return _prepare_and_fit(config, asked, dataset, run_dir, resumed, procs, started, echo,
+        return _prepare_and_fit(config, dataset, run_dir, resumed, procs, started, echo,
                                 progress)
     finally:
         if claim is not None:
             claim.release()
 
 
-def _prepare_and_fit(config: TrainConfig, asked: TrainConfig, dataset: dict[str, Any],
-                     run_dir: Path, resumed: Checkpoint | None, procs: Processes,
-                     started: float, echo: Callable[..., Any],
-                     progress: bool | None) -> TrainResult:
-    """Read the data, then train: everything a run does while it holds its folder."""
+def _prepare_and_fit(config: TrainConfig, dataset: dict[str, Any], run_dir: Path,
+                     resumed: Checkpoint | None, procs: Processes, started: float,
+                     echo: Callable[..., Any], progress: bool | None) -> TrainResult:
+    """Read the data, then train: everything a run does while it holds its folder. ``config``
+    is as asked (defaults not filled in): the defaults line compares the two."""
+    asked = config
     device = pick_device(config.device, procs)
     threads = cpu_thread_count(procs, config.threads)
     scanned = scan(dataset)
@@ -145,8 +140,8 @@ def _prepare_and_fit(config: TrainConfig, asked: TrainConfig, dataset: dict[str,
     with process_group(procs, device), cpu_threads(threads):
         if procs.distributed:
             dist.barrier()  # every rank has checked the run folder before rank 0 writes to it
-        return _fit(_Fit(config, data, run_dir, resumed, procs, device, threads, started, echo,
-                         notes, show))
+        return _fit(FitRun(config, data, run_dir, resumed, procs, device, threads, started,
+                           echo, notes, show))
 
 
 def _summarised(run_dir: Path, meta: dict[str, Any]) -> bool:
@@ -159,194 +154,173 @@ def _summarised(run_dir: Path, meta: dict[str, Any]) -> bool:
             and summary.get("steps") == meta.get("step"))
 
 
-@contextlib.contextmanager
-def _writing(path: Path, kept: str) -> Iterator[None]:
-    """A failed write to the run folder (read-only, full, gone) as one line saying what is kept.
-
-    Every file is written to a temporary name and renamed when complete, so what was there
-    before is intact.
-    """
-    try:
-        yield
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
-
-
-@dataclass
-class _Fit:
-    """Everything one training run needs once its data and run folder are settled."""
-
-    config: TrainConfig
-    data: TrainingData
-    run_dir: Path
-    resumed: Any  # the checkpoint being resumed, or None
-    procs: Processes
-    device: torch.device
-    threads: int
-    started: float  # perf_counter() when the command started
-    echo: Callable[[str], None]
-    notes: list[tuple[str, str]]  # the defaults chosen for this data: (phrase, option)
-    show_progress: bool
+def _fit(run: FitRun) -> TrainResult:
+    """Train the epochs left, then (rank 0) test best.pt and write the summary."""
+    trainer = _build(run)
+    if run.procs.is_main:  # also the check that the run folder can be written, before training
+        _open_run_dir(run, trainer.progress)
+    say_setup(run, trainer)
+    _train_epochs(run, trainer)
+    if run.procs.distributed:
+        dist.barrier()
+    if not run.procs.is_main:
+        return TrainResult(run.run_dir)
+    return _finish(run, trainer)
 
 
-def _fit(run: _Fit) -> TrainResult:
-    config, data, run_dir, resumed, procs = run.config, run.data, run.run_dir, run.resumed, \
-        run.procs
-    device, threads, started, echo = run.device, run.threads, run.started, run.echo
-    notes, show_progress = run.notes, run.show_progress
-    main = procs.is_main
+def _build(run: FitRun) -> Trainer:
+    """The model (restored when resuming), optimiser, schedule, loaders and monitor."""
+    config, data, device, main = run.config, run.data, run.device, run.procs.is_main
     # Everything shown is escaped, newlines included: class names, data and folder names come
     # from the user's files and may hold terminal control characters, or a newline that would
     # forge a line of results. (Text of several lines is said one line at a time.)
-    say = (lambda text: echo(printable(text))) if main else (lambda *a, **k: None)
-    spec = model_spec(config, data, resumed)
+    say = (lambda text: run.echo(printable(text))) if main else (lambda *a, **k: None)
+    tell = (tqdm.write if run.show_progress else say) if main else say
+    spec = model_spec(config, data, run.resumed)
     torch.manual_seed(config.seed)
     model = spec.build()
-    if resumed is None and config.init_weights:
+    if run.resumed is None and config.init_weights:
         for note in load_init_weights(model, config):
             say(f"init weights: {note}")
-    check_batch_memory(model, spec, config, data, procs, device)
-    model, train_model = place_model(model, procs, device)
-    train_loader, eval_loaders = loaders(data, spec, config, procs, device)
-
+    check_batch_memory(model, spec, config, data, run.procs, device)
+    model, train_model = place_model(model, run.procs, device)
+    train_loader, eval_loaders = loaders(data, spec, config, run.procs, device)
     optimizer = build_optimizer(model, config)
     steps_per_epoch = len(train_loader)
     scheduler = warmup_cosine(optimizer, round(config.warmup_epochs * steps_per_epoch),
                               config.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     progress = Progress()
-    if resumed is not None:
-        progress = restore(resumed, model, optimizer, scheduler, scaler)
-
-    log_path = run_dir / "metrics.jsonl"
-    if main:  # also the check that the run folder can be written, before any training
-        with _writing(run_dir, "nothing was trained"):
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if resumed is None and holds_run(run_dir):  # --overwrite: the replaced run's
-                for stale in ("summary.json", "curves.png"):  # results go now, its
-                    (run_dir / stale).unlink(missing_ok=True)  # checkpoints at epoch 1
-            with atomic_path(log_path) as tmp:  # a fresh log, or the resumed run's epochs so far
-                tmp.write_text("".join(json.dumps(h) + "\n" for h in progress.history))
-    _say_setup(run, spec, progress, train_loader.batch_size, steps_per_epoch, say)
-    monitor = Monitor(data.num_classes, data.labels["val"], config)
-
-    steps_left = config.max_steps  # per invocation
-    for epoch in range(progress.epoch, config.epochs):
-        if steps_left is not None and steps_left <= 0:
-            break
-        epoch_started = time.perf_counter()
-        assert isinstance(train_loader.sampler, DistributedSampler)  # as _loaders made it
-        assert isinstance(train_loader.dataset, ImageDataset)
-        train_loader.sampler.set_epoch(epoch)
-        train_loader.dataset.set_epoch(epoch)
-        stats = train_one_epoch(train_model, train_loader, optimizer, scheduler, criterion, device,
-                                scaler, steps_left, progress=main and show_progress,
-                                desc=f"epoch {epoch + 1}/{config.epochs}")
-        progress.epoch, progress.step = epoch + 1, progress.step + stats.steps
-        if steps_left is not None:
-            steps_left -= stats.steps
-        if not math.isfinite(stats.loss):
-            raise _diverged(f"the loss is not finite ({stats.loss}) by step {progress.step} "
-                            f"in epoch {epoch + 1}", config, run_dir, epoch)
-        monitor.check_training(stats.loss, epoch + 1, config)  # same on every rank
-        if not main:
-            continue  # rank 0 alone validates and writes; the others go on to the next epoch
-        val = evaluate(model, eval_loaders["val"], device, data.num_classes)
-        if not math.isfinite(val.loss):  # the last step broke the weights
-            raise _diverged(f"the validation loss is not finite ({val.loss}) after epoch "
-                            f"{epoch + 1}", config, run_dir, epoch)
-        monitor.check_validation(val.loss, epoch + 1)
-        record = {"epoch": epoch + 1, "step": progress.step,
-                  "lr": optimizer.param_groups[0]["lr"],
-                  "train_loss": round(stats.loss, 6), "train_top1": round(stats.top1, 6),
-                  "val_loss": round(val.loss, 6), "val_top1": round(val.top1, 6),
-                  "epoch_time_s": round(time.perf_counter() - epoch_started, 3)}
-        progress.history.append(record)
-        improved = progress.improves(val.top1, val.loss)
-        _save_epoch(run, spec, model, progress, record, improved, val,
-                    dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         scaler=scaler.state_dict(), rng_state=torch.get_rng_state()))
-        line = (f"epoch {epoch + 1}/{config.epochs}  train loss {stats.loss:.4f} "
-                f"acc {stats.top1:.2%}  val loss {val.loss:.4f} acc {val.top1:.2%}  "
-                f"lr {record['lr']:.4g}  {record['epoch_time_s']:.1f}s")
-        if show_progress:
-            tqdm.write(line)  # above the progress bar
-        else:
-            say(line)
-        warning = monitor.after_epoch(progress.best[0], epoch + 1)
-        if warning:
-            say(f"warning: {warning}")
-    if procs.distributed:
-        dist.barrier()
-    if not main:
-        return TrainResult(run_dir)
-    return _finish(config, data, spec, run_dir, progress, eval_loaders["test"], device, threads,
-                   procs, started, say, notes, monitor)
+    if run.resumed is not None:
+        progress = restore(run.resumed, model, optimizer, scheduler, scaler)
+    return Trainer(spec, model, train_model, optimizer, scheduler, scaler,
+                   nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), train_loader,
+                   steps_per_epoch, eval_loaders, progress,
+                   Monitor(data.num_classes, data.labels["val"], config), say, tell)
 
 
-def _say_setup(run: _Fit, spec: ModelSpec, progress: Progress, batch: int,
-               steps_per_epoch: int, say: Callable[[str], Any]) -> None:
-    """What a run starts with: the data's notes, what it trains (or that it only finishes), the
-    splits, the defaults chosen for this data and a batch smaller than asked."""
-    config, data, run_dir = run.config, run.data, run.run_dir
-    for note in data.notes:
-        say(note)
-    if run.resumed is not None and progress.epoch >= config.epochs:
-        say(f"finishing {run_dir}: training ended at epoch {progress.epoch}; testing best.pt "
-            "and writing the curves and summary")
-    else:
-        _announce_run(spec, data, config, progress, run.device, run.procs, run.threads, run_dir,
-                      run.resumed, say)
-    counts = data.counts()
-    if data.dataset.get("kind") == "layout":
-        say(f"test split: {data.splits['test']['from']} ({counts['test']} images); validation: "
-            f"{data.splits['val']['from']}")
-    if run.notes:
-        say("defaults for this data: " + "; ".join(phrase for phrase, _ in run.notes) + " ("
-            + ", ".join(option for _, option in run.notes) + " to change)")
-    if batch < config.batch_size:
-        say(f"batch {batch}: the training split holds {counts['train']} images "
-            f"({steps_per_epoch} step{'s' if steps_per_epoch != 1 else ''} per epoch)")
+def _open_run_dir(run: FitRun, progress: Progress) -> None:
+    """Create the run folder and write its log: fresh, or the resumed run's epochs so far."""
+    run_dir = run.run_dir
+    with writing(run_dir, "nothing was trained"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if run.resumed is None and holds_run(run_dir):  # --overwrite: the replaced run's
+            for stale in ("summary.json", "curves.png"):  # results go now, its
+                (run_dir / stale).unlink(missing_ok=True)  # checkpoints at epoch 1
+        with atomic_path(run_dir / "metrics.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(h) + "\n" for h in progress.history))
 
 
-def _save_epoch(run: _Fit, spec: ModelSpec, model: nn.Module, progress: Progress,
-                record: dict[str, Any], improved: bool, val: Any,
-                state: dict[str, Any]) -> None:
-    """best.pt (when validation improved), last.pt (with the optimiser's state) and the log line
-    of one epoch; a failed write says which checkpoints are intact."""
-    run_dir, data, epoch = run.run_dir, run.data, record["epoch"] - 1
-    extra = dict(dataset=data.dataset, train_config=run.config.to_dict())
-    if improved:
+def _train_epochs(run: FitRun, trainer: Trainer) -> None:
+    """The epochs left (or --max-steps of them). A stop signal ends the step in flight, saves
+    last.pt where the run stands and says the command that goes on; then KeyboardInterrupt."""
+    steps_left = run.config.max_steps  # per invocation
+    estimate = Estimate(run, trainer)
+    saved = False
+    with stop_after_step(enabled=not run.procs.distributed) as stop:
+        try:
+            for epoch in range(trainer.progress.epoch, run.config.epochs):
+                if (steps_left is not None and steps_left <= 0) or stop():
+                    break
+                taken = _train_epoch(run, trainer, epoch, steps_left, stop, estimate)
+                if steps_left is not None:
+                    steps_left -= taken
+            if not stop() and trainer.progress.epoch_step:  # --max-steps within an epoch
+                trainer.say(stopped_line(run, trainer, True).replace("stopped:", "--max-steps:"))
+            if stop():
+                if trainer.progress.epoch_step and run.procs.is_main:
+                    _save_last(run, trainer, {})  # the partial epoch, not validated
+                saved = True
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            trainer.say(stopped_line(run, trainer, saved))
+            raise
+
+
+def _train_epoch(run: FitRun, trainer: Trainer, epoch: int, steps_left: int | None,
+                 stop: StopRequest, estimate: Estimate) -> int:
+    """Train (the rest of) one epoch, or as many steps as are left; validate and save unless a
+    stop signal cut it short. Returns the steps taken."""
+    config, progress, loader = run.config, trainer.progress, trainer.train_loader
+    started = time.perf_counter()
+    sampler, dataset = loader.sampler, loader.dataset
+    assert isinstance(sampler, ResumableSampler) and isinstance(dataset, ImageDataset)
+    skip = progress.epoch_step if epoch == progress.epoch else 0
+    sampler.set_epoch(epoch)
+    sampler.start = skip * (loader.batch_size or 1)  # a stopped epoch goes on where it was
+    dataset.set_epoch(epoch)
+    show = run.procs.is_main and run.show_progress
+    stats = train_one_epoch(trainer.train_model, loader, trainer.optimizer, trainer.scheduler,
+                            trainer.criterion, run.device, trainer.scaler,
+                            EpochOptions(steps_left, show, f"epoch {epoch + 1}/{config.epochs}",
+                                         stop, estimate.on_step))
+    sampler.start = 0
+    estimate.say()  # an epoch shorter than the timed steps: from what it has
+    done = skip + stats.steps
+    progress.step += stats.steps
+    progress.epoch, progress.epoch_step = ((epoch + 1, 0) if done >= trainer.steps_per_epoch
+                                           else (epoch, done))
+    if not math.isfinite(stats.loss):
+        raise _diverged(f"the loss is not finite ({stats.loss}) by step {progress.step} "
+                        f"in epoch {epoch + 1}", config, run.run_dir, epoch)
+    trainer.monitor.check_training(stats.loss, epoch + 1, config)  # same on every rank
+    if run.procs.is_main and not (stop() and progress.epoch_step):
+        _validate_and_save(run, trainer, epoch, stats, started)
+    return stats.steps
+
+
+def _validate_and_save(run: FitRun, trainer: Trainer, epoch: int, stats: EpochStats,
+                       started: float) -> None:
+    """Rank 0 after an epoch (or the part --max-steps allowed): validate, save, say the line."""
+    progress, model = trainer.progress, trainer.model
+    val = evaluate(model, trainer.eval_loaders["val"], run.device, run.data.num_classes)
+    if not math.isfinite(val.loss):  # the last step broke the weights
+        raise _diverged(f"the validation loss is not finite ({val.loss}) after epoch "
+                        f"{epoch + 1}", run.config, run.run_dir, epoch)
+    trainer.monitor.check_validation(val.loss, epoch + 1)
+    record = {"epoch": epoch + 1, "step": progress.step,
+              "lr": trainer.optimizer.param_groups[0]["lr"],
+              "train_loss": round(stats.loss, 6), "train_top1": round(stats.top1, 6),
+              "val_loss": round(val.loss, 6), "val_top1": round(val.top1, 6),
+              "epoch_time_s": round(time.perf_counter() - started, 3)}
+    part = ""
+    if progress.epoch_step:  # stopped by --max-steps within the epoch: resumed from here
+        record.update(partial=True, epoch_steps=progress.epoch_step)
+        part = f" (steps 1..{progress.epoch_step} of {trainer.steps_per_epoch})"
+    progress.history.append(record)
+    if progress.improves(val.top1, val.loss):
         kept = (f"best.pt (epoch {progress.best_epoch}) and last.pt (epoch {epoch}) are as "
                 "they were" if epoch > 0 else "no epoch was saved")
         progress.best, progress.best_epoch = (val.top1, -val.loss), epoch + 1
-        with _writing(run_dir / "best.pt", kept):
-            save_checkpoint(run_dir / "best.pt", model, spec, data.class_names,
-                            metrics=record, epoch=epoch + 1, **extra)
+        with writing(run.run_dir / "best.pt", kept):
+            save_checkpoint(run.run_dir / "best.pt", model, trainer.spec,
+                            run.data.class_names, metrics=record, epoch=epoch + 1,
+                            dataset=run.data.dataset, train_config=run.config.to_dict())
+    _save_last(run, trainer, record)
+    trainer.tell(f"epoch {epoch + 1}/{run.config.epochs}{part}  train loss {stats.loss:.4f} "
+                 f"acc {stats.top1:.2%}  val loss {val.loss:.4f} acc {val.top1:.2%}  "
+                 f"lr {record['lr']:.4g}  {record['epoch_time_s']:.1f}s")
+    warning = trainer.monitor.after_epoch(progress.best[0], epoch + 1)
+    if warning:
+        trainer.say(f"warning: {warning}")
+
+
+def _save_last(run: FitRun, trainer: Trainer, record: dict[str, Any]) -> None:
+    """last.pt (with the optimiser's state) and, for a validated epoch, its log line; a failed
+    write says which checkpoints are intact."""
+    run_dir, progress, epoch = run.run_dir, trainer.progress, record.get("epoch", 0) - 1
     kept = (f"last.pt (epoch {epoch}) is as it was, best.pt holds epoch "
             f"{progress.best_epoch}" if epoch > 0 else
             f"only best.pt (epoch {progress.best_epoch}) was saved")
-    with _writing(run_dir / "last.pt", kept):
-        save_checkpoint(run_dir / "last.pt", model, spec, data.class_names, metrics=record,
-                        **state, **progress.saved(), **extra)
-    log_path = run_dir / "metrics.jsonl"
-    with _writing(log_path, f"last.pt holds epoch {epoch + 1}; --resume rewrites the log"):
-        with open(log_path, "a") as log:
-            log.write(json.dumps(record) + "\n")
-
-
-def _announce_run(spec: ModelSpec, data: TrainingData, config: TrainConfig, progress: Progress,
-              device: torch.device, procs: Processes, threads: int, run_dir: Path,
-              resumed: Checkpoint | None,
-              say: Callable[[str], Any]) -> None:
-    counts = data.counts()
-    say(f"{'resuming' if resumed else 'training'} {spec.name} on {source_name(data.dataset)} "
-        f"({counts['train']} train / {counts['val']} val / {counts['test']} test images, "
-        f"{data.num_classes} classes, {spec.in_chans}x{spec.input_size}x{spec.input_size}) "
-        f"on {device}" + (f" x{procs.world_size} processes" if procs.distributed else "")
-        + f", {threads} thread{'s' if threads != 1 else ''}, "
-        f"epochs {progress.epoch + 1}..{config.epochs} -> {run_dir}")
+    with writing(run_dir / "last.pt", kept):
+        save_checkpoint(run_dir / "last.pt", trainer.model, trainer.spec, run.data.class_names,
+                        metrics=record, **trainer.resume_state(), **progress.saved(),
+                        dataset=run.data.dataset, train_config=run.config.to_dict())
+    if record:
+        log_path = run_dir / "metrics.jsonl"
+        with writing(log_path, f"last.pt holds epoch {epoch + 1}; --resume rewrites the log"):
+            with open(log_path, "a") as log:
+                log.write(json.dumps(record) + "\n")
 
 
 def _diverged(what: str, config: TrainConfig, run_dir: Path, epochs_saved: int) -> UserError:
@@ -360,73 +334,48 @@ def _diverged(what: str, config: TrainConfig, run_dir: Path, epochs_saved: int) 
                      f"--warmup-epochs (it was {config.warmup_epochs:g}); {again}")
 
 
-def _finish(config: TrainConfig, data: TrainingData, spec: ModelSpec, run_dir: Path,
-            progress: Progress, test_loader: DataLoader, device: torch.device, threads: int,
-            procs: Processes, started: float, say: Callable[[str], Any],
-            notes: list[tuple[str, str]], monitor: Monitor) -> TrainResult:
+def _finish(run: FitRun, trainer: Trainer) -> TrainResult:
     """Test the best checkpoint, record the figures in it, and write curves and summary."""
-    best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
+    config, data, run_dir, say = run.config, run.data, run.run_dir, trainer.say
+    best_path = run_dir / "best.pt"
     best = load_checkpoint(best_path)
-    model = spec.build()
+    model = trainer.spec.build()
     load_state_into(model, best.state_dict, str(best_path))
-    model.to(device)
-    test = evaluate(model, test_loader, device, data.num_classes)
-    test_counts = np.bincount(data.labels["test"], minlength=data.num_classes)
-    test_chance = float(test_counts.max() / max(test_counts.sum(), 1))
-    warnings = list(monitor.warnings)
-    if monitor.near_chance(test.top1, test_chance):
-        warnings.append(f"test accuracy {test.top1:.1%} is near chance (always answering the "
-                        f"commonest class gives {test_chance:.1%}): this model has not learned "
-                        "the task")
+    model.to(run.device)
+    test = evaluate(model, trainer.eval_loaders["test"], run.device, data.num_classes)
     metrics = {**best.meta["metrics"], "test_loss": round(test.loss, 6),
                "test_top1": round(test.top1, 6)}
     kept = (f"the trained epochs are safe in last.pt and best.pt: once the folder can be "
             f"written, resnet-train --resume {run_dir} redoes only the test, curves and "
             "summary")
-    with _writing(best_path, kept):
-        save_checkpoint(best_path, model, spec, data.class_names, metrics=metrics,
+    with writing(best_path, kept):
+        save_checkpoint(best_path, model, trainer.spec, data.class_names, metrics=metrics,
                         epoch=best.meta["epoch"], dataset=best.meta["dataset"],
                         train_config=best.meta["train_config"])
-    history = progress.history
-    if history:
+    if trainer.progress.history:
         extras = [name for name, on in (("label smoothing", config.label_smoothing > 0),
-                                        ("augmented", config.augment)) if on]
-        with _writing(run_dir / "curves.png", kept):
-            plot_curves(history, run_dir / "curves.png",
+                                        ("augmented", config.augment or config.hflip)) if on]
+        with writing(run_dir / "curves.png", kept):
+            plot_curves(trainer.progress.history, run_dir / "curves.png",
                         "train" + (f" ({', '.join(extras)})" if extras else ""))
-    summary = {
-        "model": spec.name, "spec": spec.to_dict(), "dataset": data.dataset,
-        "class_names": data.class_names, "counts": data.counts(), "splits": data.splits,
-        "image_size": data.image_size,
-        "defaults_chosen": [phrase for phrase, _ in notes], "warnings": warnings,
-        "epochs": progress.epoch, "epochs_planned": config.epochs, "steps": progress.step,
-        "best_epoch": progress.best_epoch, "best_val_top1": round(progress.best[0], 6),
-        "test_top1": round(test.top1, 6), "test_loss": round(test.loss, 6),
-        "per_class_top1": dict(zip(data.class_names, test.per_class_top1)),
-        "confusion_matrix": test.confusion,
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "device": str(device), "world_size": procs.world_size, "threads": threads,
-        "torch_version": torch.__version__, "train_config": config.to_dict(),
-        "checkpoints": {"best": str(best_path), "last": str(last_path)},
-        "metrics_log": str(run_dir / "metrics.jsonl"), "curves": str(run_dir / "curves.png"),
-    }
-    with _writing(run_dir / "summary.json", kept):
+    summary = run_summary(run, trainer, test)
+    with writing(run_dir / "summary.json", kept):
         write_json(run_dir / "summary.json", summary)
     say(f"test top-1 {test.top1:.2%} ({len(data.labels['test'])} images, best epoch "
-        f"{progress.best_epoch}); per class: "
+        f"{trainer.progress.best_epoch}); per class: "
         + ", ".join(f"{n} {v:.1%}" for n, v in zip(data.class_names, test.per_class_top1)))
     if data.num_classes <= 20:
         for line in format_confusion(test.confusion, data.class_names).split("\n"):
             say(line)
-    if warnings and warnings[-1] not in monitor.warnings:
-        say(f"warning: {warnings[-1]}")
-    longer = train_longer(progress, config, run_dir) if monitor.judge else None
+    if summary["warnings"] and summary["warnings"][-1] not in trainer.monitor.warnings:
+        say(f"warning: {summary['warnings'][-1]}")
+    longer = train_longer(trainer.progress, config, run_dir) if trainer.monitor.judge else None
     if longer:
         summary["hints"] = [longer]
-        with _writing(run_dir / "summary.json", kept):
+        with writing(run_dir / "summary.json", kept):
             write_json(run_dir / "summary.json", summary)
         say(f"note: {longer}")
-    say(f"wrote {best_path}, {last_path}, {run_dir / 'summary.json'} in "
+    say(f"wrote {best_path}, {run_dir / 'last.pt'}, {run_dir / 'summary.json'} in "
         f"{summary['wall_time_s']:.1f}s")
     return TrainResult(run_dir, summary, model.eval())
 

@@ -4,7 +4,9 @@ the data loaders."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,7 @@ class Progress:
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps taken
+    epoch_step: int = 0  # steps already taken in epoch ``epoch`` (a run stopped within it)
     best: tuple[float, float] = (-1.0, -math.inf)  # (val top-1, -val loss) of best.pt
     best_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
@@ -38,15 +41,18 @@ class Progress:
         return (top1, -loss) > self.best
 
     def saved(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "step": self.step, "best_val_top1": self.best[0],
+        return {"epoch": self.epoch, "step": self.step, "epoch_step": self.epoch_step,
+                "best_val_top1": self.best[0],
                 "best_val_loss": -self.best[1], "best_epoch": self.best_epoch,
                 "history": self.history}
 
     @classmethod
     def from_saved(cls, meta: dict[str, Any]) -> Progress:
-        return cls(int(meta["epoch"]), int(meta.get("step", 0)),
+        # the record of a partial epoch goes: the epoch's full record replaces it
+        history = [h for h in meta.get("history", []) if not h.get("partial")]
+        return cls(int(meta["epoch"]), int(meta.get("step", 0)), int(meta.get("epoch_step", 0)),
                    (float(meta["best_val_top1"]), -float(meta["best_val_loss"])),
-                   int(meta["best_epoch"]), list(meta.get("history", [])))
+                   int(meta["best_epoch"]), history)
 
 
 def model_spec(config: TrainConfig, data: TrainingData, resumed: Checkpoint | None
@@ -146,14 +152,29 @@ def train_batching(images: int, batch_size: int, world_size: int = 1) -> tuple[i
     return batch, drop
 
 
+class ResumableSampler(DistributedSampler[int]):
+    """A DistributedSampler that can leave out the first ``start`` indices of an epoch's order:
+    a run stopped within an epoch goes on with the batches it had not yet seen."""
+
+    start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return max(0, super().__len__() - self.start)
+
+
 def loaders(data: TrainingData, spec: ModelSpec, config: TrainConfig, procs: Processes,
              device: torch.device) -> tuple[DataLoader, dict[str, DataLoader]]:
     """A sharded, seeded, augmented training loader and plain validation / test loaders."""
+    jitter = Augment(hflip=config.hflip) if config.augment else \
+        Augment(0.0, 0.0, 0.0, hflip=config.hflip)
     train_set = ImageDataset(data.images["train"], data.labels["train"], spec.mean, spec.std,
-                             Augment() if config.augment else None, config.seed)
+                             jitter if config.augment or config.hflip else None, config.seed)
     # DistributedSampler even for one process: its order depends only on (seed, epoch), so a
     # resumed run sees the batches an uninterrupted one would have.
-    sampler: DistributedSampler[int] = DistributedSampler(
+    sampler = ResumableSampler(
         train_set, num_replicas=procs.world_size, rank=procs.rank, shuffle=True, seed=config.seed)
     common: dict[str, Any] = dict(num_workers=config.workers, pin_memory=device.type == "cuda")
     batch_size, drop_last = train_batching(len(train_set), config.batch_size, procs.world_size)

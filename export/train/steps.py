@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,28 +79,42 @@ class EpochStats:
     steps: int
 
 
+@dataclass
+class EpochOptions:
+    """How far one call of :func:`train_one_epoch` goes and what it shows."""
+
+    max_steps: int | None = None  # stop after this many batches
+    progress: bool = False  # a progress bar
+    desc: str = ""  # the bar's label
+    should_stop: Callable[[], bool] | None = None  # asked before each batch (a stop signal)
+    on_step: Callable[[int], None] | None = None  # told the steps taken after each step
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module,
                     device: torch.device, scaler: torch.amp.GradScaler,
-                    max_steps: int | None = None, progress: bool = False,
-                    desc: str = "") -> EpochStats:
-    """One pass over ``loader`` (or ``max_steps`` batches); loss and accuracy summed over ranks.
+                    options: EpochOptions | None = None) -> EpochStats:
+    """One pass over ``loader`` (or ``options.max_steps`` batches, or until
+    ``options.should_stop()``); loss and accuracy summed over ranks.
 
     A single process stops at the first step whose loss is not finite (the returned loss is
     then not finite either): the run has diverged, and every later step would only spread the
     NaN. Under DDP every rank finishes the epoch, so that none waits for the others in vain,
     and the summed loss shows the divergence to all of them at once.
     """
+    opts = options or EpochOptions()
+    max_steps, progress = opts.max_steps, opts.progress
     model.train()
     amp = scaler.is_enabled()
     distributed = dist.is_available() and dist.is_initialized()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
     steps = 0
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
+    bar = tqdm(loader, desc=opts.desc, disable=not progress, leave=False, dynamic_ncols=True,
                unit="batch")
     try:
         for images, labels in bar:
-            if max_steps is not None and steps >= max_steps:
+            if (max_steps is not None and steps >= max_steps) or \
+                    (opts.should_stop is not None and opts.should_stop()):
                 break
             images, labels = _to_device(images, labels, device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
@@ -120,6 +135,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             totals += torch.tensor([value * len(labels),
                                     (logits.argmax(1) == labels).sum().item(), len(labels)],
                                    dtype=torch.float64)
+            if opts.on_step is not None:
+                opts.on_step(steps)
             if progress and (steps % 5 == 0 or steps == len(loader)):
                 bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}",
                                 acc=f"{totals[1] / totals[2]:.2%}", refresh=False)
