@@ -116,7 +116,7 @@ def test_a_candidate_2_points_less_accurate_fails(trained_project, release, digi
     junit = tmp_path / "reports" / "gate.xml"
     result = invoke(main, [worse, "--baseline", release, "--data", digits_folder,
                            "--out-dir", tmp_path / "candidate", "--skip", "speed",
-                           "--junit", junit], catch_exceptions=True)
+                           "--skip", "artifacts", "--junit", junit], catch_exceptions=True)
     assert result.exit_code == 1, result.output
     cases = check_junit_shape(junit)
     failed = {name for name, case in cases.items() if case.find("failure") is not None}
@@ -130,7 +130,7 @@ def test_a_candidate_2_points_less_accurate_fails(trained_project, release, digi
     assert cases["speed vs release"].find("skipped") is not None  # --skip speed
     export = cases["candidate export to onnx through the parity gate"]
     assert export.find("failure") is None and (tmp_path / "candidate").is_dir()
-    assert cases[f"release verify ({release.name})"].find("failure") is None
+    assert not any("verify" in name for name in cases)  # --skip artifacts: the next test
     assert "resnet-gate: FAIL (exit 1)" in result.stdout
 
 
