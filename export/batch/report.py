@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..predict.predictor import FileResult, Prediction
-from ..predict.scoring import Score, score
+from ..predict.scoring import Score, per_class_of, score
 from .shards import PREDICTIONS, markers
 
 #: wrong files kept for the report (the full list is a query on the predictions)
@@ -29,12 +29,7 @@ def merge(scores: Sequence[Score]) -> Score:
     """One score of several parts: confusion matrices summed, per class from the sum."""
     names = scores[0].class_names
     confusion = np.sum([np.asarray(s.confusion) for s in scores], axis=0)
-    per_class = {}
-    for i, name in enumerate(names):
-        total = int(confusion[i].sum())
-        if total:
-            per_class[name] = {"images": total, "correct": int(confusion[i, i]),
-                               "top1": float(confusion[i, i] / total)}
+    per_class = per_class_of(confusion, names)
     wrong = [w for s in scores for w in s.wrong][:MAX_WRONG]
     return Score(list(names), int(confusion.sum()), int(np.trace(confusion)), per_class,
                  confusion.tolist(), wrong)

@@ -43,6 +43,17 @@ def folder_labels(results: Sequence[FileResult], class_names: Sequence[str]
     return [int(label) for label in labels if label is not None]
 
 
+def per_class_of(confusion: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Images, correct and top-1 of every class a confusion matrix (rows: true class) holds."""
+    per_class = {}
+    for i, name in enumerate(names):
+        total = int(confusion[i].sum())
+        if total:
+            per_class[name] = {"images": total, "correct": int(confusion[i, i]),
+                               "top1": float(confusion[i, i] / total)}
+    return per_class
+
+
 def score(results: Sequence[FileResult], class_names: Sequence[str]) -> Score | None:
     """The score of classified images against their folders (None: not a labelled folder)."""
     labels = folder_labels(results, class_names)
@@ -52,12 +63,7 @@ def score(results: Sequence[FileResult], class_names: Sequence[str]) -> Score | 
     predicted = [r.top[0].index for r in results if r.top]
     confusion = np.zeros((len(names), len(names)), dtype=np.int64)
     np.add.at(confusion, (np.asarray(labels), np.asarray(predicted)), 1)
-    per_class = {}
-    for i, name in enumerate(names):
-        total = int(confusion[i].sum())
-        if total:
-            per_class[name] = {"images": total, "correct": int(confusion[i, i]),
-                               "top1": float(confusion[i, i] / total)}
+    per_class = per_class_of(confusion, names)
     wrong = [{"path": str(r.path), "label": names[y], "predicted": r.top[0].label,
               "probability": r.top[0].probability}
              for r, y, p in zip(results, labels, predicted) if y != p and r.top]

@@ -19,7 +19,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from ..core.errors import UserError
-from .loadgen import Step
+from .loadgen import Step, closed_loop
 from .protocol import NUMPY
 
 #: the largest answer the client accepts
@@ -76,20 +76,8 @@ async def grpc_step(target: str, model: str, level: int, count: int, duration: f
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         client = GrpcClient(stub, model, await _metadata(stub, target, model), batch)
-        await asyncio.gather(*(client.one(Step(level)) for _ in range(max(2, level))))
         step = Step(level)
-        deadline = time.perf_counter() + duration
-        sent = 0
-
-        async def worker() -> None:
-            nonlocal sent
-            while sent < count and time.perf_counter() < deadline:
-                sent += 1
-                await client.one(step)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(level)))
-        step.wall = time.perf_counter() - started
+        await closed_loop(client.one, step, count, duration)
     return step
 
 

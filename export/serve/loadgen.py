@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,21 +114,29 @@ async def _step(client: Client, level: int, count: int, duration: float) -> Step
     connector = aiohttp.TCPConnector(limit=level)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        warm = Step(level)
-        await asyncio.gather(*(client.one(session, warm) for _ in range(max(2, level))))
-        deadline = time.perf_counter() + duration
-        sent = 0
-
-        async def worker() -> None:
-            nonlocal sent
-            while sent < count and time.perf_counter() < deadline:
-                sent += 1
-                await client.one(session, step)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(level)))
-        step.wall = time.perf_counter() - started
+        await closed_loop(lambda s: client.one(session, s), step, count, duration)
     return step
+
+
+async def closed_loop(call: Callable[[Step], Awaitable[None]], step: Step, count: int,
+                      duration: float) -> None:
+    """``step.concurrency`` callers in flight, each sending its next request when its answer comes,
+    until ``count`` requests or ``duration`` seconds; a warm-up of untimed calls first (a
+    connection per caller), then ``step.wall`` is the timed part's wall time."""
+    warm = Step(step.concurrency)
+    await asyncio.gather(*(call(warm) for _ in range(max(2, step.concurrency))))
+    deadline = time.perf_counter() + duration
+    sent = 0
+
+    async def worker() -> None:
+        nonlocal sent
+        while sent < count and time.perf_counter() < deadline:
+            sent += 1
+            await call(step)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(step.concurrency)))
+    step.wall = time.perf_counter() - started
 
 
 def _get(url: str, method: str = "GET") -> Any:
