@@ -295,6 +295,7 @@ def _build_engine(staging: Path, req: ExportRequest, shared: _Export, target: Ta
     where it was made by this TensorRT on this GPU; returns its file name and build record."""
     from .convert.tensorrt_build import (
         DEFAULT_WORKSPACE,
+        EngineSettings,
         build_engine,
         timing_cache_reusable,
     )
@@ -308,10 +309,11 @@ def _build_engine(staging: Path, req: ExportRequest, shared: _Export, target: Ta
             shutil.copy2(artifact_file(target.out, TIMING_CACHE), staging / TIMING_CACHE)
         except (UserError, OSError):
             pass  # gone or not a plain file of the folder: build without it
-    tensorrt = build_engine(staging / written.name, staging / engine_name,
-                            written.inputs[0]["name"], shared.batch.profile_shapes(spec),
-                            req.precision, req.workspace or DEFAULT_WORKSPACE,
-                            staging / TIMING_CACHE, reuse, shared.echo)
+    settings = EngineSettings(
+        input_name=written.inputs[0]["name"], profile_shapes=shared.batch.profile_shapes(spec),
+        precision=req.precision, workspace=req.workspace or DEFAULT_WORKSPACE,
+        timing_cache=staging / TIMING_CACHE, reuse_timing_cache=reuse)
+    tensorrt = build_engine(staging / written.name, staging / engine_name, settings, shared.echo)
     return engine_name, tensorrt
 
 
