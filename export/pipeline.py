@@ -49,6 +49,7 @@ from .core.manifest import (
     MANIFEST_NAME,
     STAGING_SUFFIX,
     Manifest,
+    ManifestParts,
     build_manifest,
     file_entry,
     library_versions,
@@ -235,7 +236,7 @@ def _build_in(staging: Path, req: ExportRequest, shared: _Export, target: Target
         artifact, tensorrt = _build_engine(staging, req, shared, target, written)
         files.insert(0, file_entry(staging, artifact, "artifact"))
         files.append(file_entry(staging, TIMING_CACHE, "timing-cache"))
-    manifest = build_manifest(
+    manifest = build_manifest(ManifestParts(
         fmt=req.fmt, precision=req.precision, artifact=artifact, files=files,
         model=spec.to_dict(), class_names=source.class_names,
         normalization=normalization_of(spec),
@@ -244,7 +245,7 @@ def _build_in(staging: Path, req: ExportRequest, shared: _Export, target: Target
         fp16=written.fp16, tensorrt=tensorrt,
         gpu=gpu.to_dict() if gpu is not None and req.fmt == "trt" else None,
         versions=library_versions(shared.trt_version), parity={"passed": False, "runs": []},
-        int8=written.int8)
+        int8=written.int8))
     parity, verdicts = judge_artifact(staging, manifest, source, shared.echo)
     manifest["parity"] = parity
     carried = write_gate_reference(staging, manifest, source)  # INT8/BF16: re-checked elsewhere
