@@ -188,14 +188,24 @@ class Samples:
 Progress = Callable[[str, int, float], Any]
 
 
-def _loop(fn: Callable[[], Any], timer: Timer, clock: Clock, min_iters: int, min_time: float,
-          samples: array | None, progress: Progress | None, phase: str,
-          more: Callable[[array, float], bool] | None = None) -> tuple[int, float]:
-    """Run until both minimums are met (and ``more`` says stop); return (iterations, seconds)."""
+@dataclass(frozen=True)
+class _Until:
+    """When a timing loop may stop: both minimums met, and ``more`` (given the samples so far
+    and the seconds elapsed) no longer asks for more."""
+
+    min_iters: int
+    min_time: float
+    more: Callable[[array, float], bool] | None = None
+
+
+def _loop(fn: Callable[[], Any], timer: Timer, clock: Clock, until: _Until,
+          samples: array | None, progress: Progress | None, phase: str) -> tuple[int, float]:
+    """Run until ``until`` says stop; return (iterations, seconds)."""
     n = 0
     t0 = clock()
     elapsed = 0.0
-    while n < min_iters or elapsed < min_time or (
+    more = until.more
+    while n < until.min_iters or elapsed < until.min_time or (
             more is not None and samples is not None and more(samples, elapsed)):
         timer.start()
         fn()
@@ -223,8 +233,8 @@ def warm_up(fn: Callable[[], Any], config: TimingConfig, timer: Timer,
     if steady_rule:  # (no warm-up asked for: none at all)
         def more(w: array, elapsed: float) -> bool:
             return elapsed < config.warmup_max_time and not config.settled(w)
-    n, seconds = _loop(fn, timer, clock, config.warmup_iters, config.warmup_time, warm,
-                       progress, "warmup", more)
+    until = _Until(config.warmup_iters, config.warmup_time, more)
+    n, seconds = _loop(fn, timer, clock, until, warm, progress, "warmup")
     return n, seconds, (config.settled(warm) if steady_rule else None)
 
 
@@ -241,7 +251,8 @@ def measure(fn: Callable[[], Any], config: TimingConfig, timer: Timer | None = N
     samples = array("d")
     t0 = clock()
     try:
-        _loop(fn, timer, clock, config.min_iters, config.min_time, samples, progress, "timed")
+        _loop(fn, timer, clock, _Until(config.min_iters, config.min_time), samples, progress,
+              "timed")
     except KeyboardInterrupt:
         return Samples(_as_array(samples), clock() - t0, warm_n, warm_s, timer.name,
                        complete=False, warmup_steady=steady)
@@ -286,7 +297,8 @@ class Contender:
         for _ in range(discard):
             self.fn()
         t0 = self.clock()
-        _loop(self.fn, self.timer, self.clock, min_iters, min_time, sink, self.progress, "timed")
+        _loop(self.fn, self.timer, self.clock, _Until(min_iters, min_time), sink, self.progress,
+              "timed")
         return self.clock() - t0
 
 

@@ -3,7 +3,7 @@ that can help the failure seen."""
 
 from __future__ import annotations
 
-from .convert.int8 import METHODS
+from .convert.int8_recipes import METHODS
 from .core import cpu_features
 from .core.manifest import Manifest
 from .gate.parity import Verdict

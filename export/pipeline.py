@@ -49,6 +49,7 @@ from .core.manifest import (
     MANIFEST_NAME,
     STAGING_SUFFIX,
     Manifest,
+    ManifestParts,
     build_manifest,
     file_entry,
     library_versions,
@@ -235,7 +236,7 @@ def _build_in(staging: Path, req: ExportRequest, shared: _Export, target: Target
         artifact, tensorrt = _build_engine(staging, req, shared, target, written)
         files.insert(0, file_entry(staging, artifact, "artifact"))
         files.append(file_entry(staging, TIMING_CACHE, "timing-cache"))
-    manifest = build_manifest(
+    manifest = build_manifest(ManifestParts(
         fmt=req.fmt, precision=req.precision, artifact=artifact, files=files,
         model=spec.to_dict(), class_names=source.class_names,
         normalization=normalization_of(spec),
@@ -244,7 +245,7 @@ def _build_in(staging: Path, req: ExportRequest, shared: _Export, target: Target
         fp16=written.fp16, tensorrt=tensorrt,
         gpu=gpu.to_dict() if gpu is not None and req.fmt == "trt" else None,
         versions=library_versions(shared.trt_version), parity={"passed": False, "runs": []},
-        int8=written.int8)
+        int8=written.int8))
     parity, verdicts = judge_artifact(staging, manifest, source, shared.echo)
     manifest["parity"] = parity
     carried = write_gate_reference(staging, manifest, source)  # INT8/BF16: re-checked elsewhere
@@ -295,6 +296,7 @@ def _build_engine(staging: Path, req: ExportRequest, shared: _Export, target: Ta
     where it was made by this TensorRT on this GPU; returns its file name and build record."""
     from .convert.tensorrt_build import (
         DEFAULT_WORKSPACE,
+        EngineSettings,
         build_engine,
         timing_cache_reusable,
     )
@@ -308,10 +310,11 @@ def _build_engine(staging: Path, req: ExportRequest, shared: _Export, target: Ta
             shutil.copy2(artifact_file(target.out, TIMING_CACHE), staging / TIMING_CACHE)
         except (UserError, OSError):
             pass  # gone or not a plain file of the folder: build without it
-    tensorrt = build_engine(staging / written.name, staging / engine_name,
-                            written.inputs[0]["name"], shared.batch.profile_shapes(spec),
-                            req.precision, req.workspace or DEFAULT_WORKSPACE,
-                            staging / TIMING_CACHE, reuse, shared.echo)
+    settings = EngineSettings(
+        input_name=written.inputs[0]["name"], profile_shapes=shared.batch.profile_shapes(spec),
+        precision=req.precision, workspace=req.workspace or DEFAULT_WORKSPACE,
+        timing_cache=staging / TIMING_CACHE, reuse_timing_cache=reuse)
+    tensorrt = build_engine(staging / written.name, staging / engine_name, settings, shared.echo)
     return engine_name, tensorrt
 
 

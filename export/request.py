@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .convert.calibration import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
-from .convert.int8 import DEFAULT_METHOD
+from .convert.int8_recipes import DEFAULT_METHOD
 from .convert.onnx_export import DEFAULT_OPSET
 from .core.errors import UserError
 from .core.hardware import available_memory, inference_bytes

@@ -37,7 +37,11 @@ from export.core import cpu_features
 from export.core.errors import BackendUnavailable
 from export.core.models import ModelSpec
 from export.core.weights import fresh_source
-from export.runtime.openvino_runner import INFERENCE_PRECISION, OpenVINORunner
+from export.runtime.openvino_runner import (
+    INFERENCE_PRECISION,
+    OpenVINORunner,
+    OpenVINOSettings,
+)
 
 SHAPE = (1, 3, 224, 224)
 
@@ -53,7 +57,7 @@ def benchmark_app_path() -> str:
 def time_runner(path: Path, precision: str, threads: int, min_time: float, min_iters: int,
                 warmup_s: float) -> dict:
     x = np.random.default_rng(0).standard_normal(SHAPE, dtype=np.float32)
-    runner = OpenVINORunner(path, precision, threads=threads)
+    runner = OpenVINORunner(path, precision, OpenVINOSettings(threads=threads))
     with runner:
         start = time.perf_counter()
         runner.infer(x)  # compiles the static-shape model

@@ -226,12 +226,17 @@ def test_a_backend_failing_at_one_batch_size_is_skipped_and_the_run_goes_on(tmp_
 
 def _write_artifact(folder, onnx_path, batch_range, passed=True):
     """A real artifact folder (the manifest schema) around an ONNX file from the cache."""
-    from export.core.manifest import build_manifest, file_entry, write_manifest
+    from export.core.manifest import (
+        ManifestParts,
+        build_manifest,
+        file_entry,
+        write_manifest,
+    )
 
     folder.mkdir()
     shutil.copy(onnx_path, folder / "model.onnx")
     spec = matrix.ModelSpec.create("resnet18", input_size=32)
-    write_manifest(folder, build_manifest(
+    write_manifest(folder, build_manifest(ManifestParts(
         fmt="onnx", precision="fp32", artifact="model.onnx",
         files=[file_entry(folder, "model.onnx", "model")], model=spec.to_dict(), class_names=None,
         normalization={"mean": list(spec.mean), "std": list(spec.std)},
@@ -239,7 +244,7 @@ def _write_artifact(folder, onnx_path, batch_range, passed=True):
         inputs=[{"name": "images", "shape": ["batch", 3, 32, 32], "dtype": "float32"}],
         outputs=[{"name": "logits", "shape": ["batch", 1000], "dtype": "float32"}],
         batch_range=batch_range, opset=20, fp16=None, tensorrt=None, gpu=None, versions={},
-        parity={"passed": passed, "runs": []}))
+        parity={"passed": passed, "runs": []})))
 
 
 def test_artifacts_are_measured_through_their_manifest_within_the_batch_range(

@@ -96,13 +96,18 @@ def test_openvino_missing_or_on_cuda_is_skipped_with_the_reason(monkeypatch):
 
 def _artifact(root, spec, cache):
     """A real artifact folder around the cached on-the-fly ONNX of ``spec``."""
-    from export.core.manifest import build_manifest, file_entry, write_manifest
+    from export.core.manifest import (
+        ManifestParts,
+        build_manifest,
+        file_entry,
+        write_manifest,
+    )
 
     onnx_path, _ = cached_onnx(spec.build().eval(), spec, 0, cache)
     folder = root / f"{spec.name}-onnx"
     folder.mkdir()
     shutil.copy(onnx_path, folder / "model.onnx")
-    write_manifest(folder, build_manifest(
+    write_manifest(folder, build_manifest(ManifestParts(
         fmt="onnx", precision="fp32", artifact="model.onnx",
         files=[file_entry(folder, "model.onnx", "model")], model=spec.to_dict(),
         class_names=None, normalization={"mean": list(spec.mean), "std": list(spec.std)},
@@ -111,7 +116,7 @@ def _artifact(root, spec, cache):
                  "dtype": "float32"}],
         outputs=[{"name": "logits", "shape": ["batch", spec.num_classes], "dtype": "float32"}],
         batch_range={"min": 1, "opt": 1, "max": 4}, opset=20, fp16=None, tensorrt=None,
-        gpu=None, versions={}, parity={"passed": True, "runs": []}))
+        gpu=None, versions={}, parity={"passed": True, "runs": []})))
     return folder
 
 

@@ -98,12 +98,17 @@ def onnx_file(tmp_path_factory):
 
 
 def _artifact(folder, onnx_path, edit=None):
-    from export.core.manifest import build_manifest, file_entry, write_manifest
+    from export.core.manifest import (
+        ManifestParts,
+        build_manifest,
+        file_entry,
+        write_manifest,
+    )
 
     folder.mkdir(parents=True)
     shutil.copy(onnx_path, folder / "model.onnx")
     spec = matrix.ModelSpec.create("resnet18", input_size=32)
-    manifest = build_manifest(
+    manifest = build_manifest(ManifestParts(
         fmt="onnx", precision="fp32", artifact="model.onnx",
         files=[file_entry(folder, "model.onnx", "artifact")], model=spec.to_dict(),
         class_names=None, normalization={"mean": list(spec.mean), "std": list(spec.std)},
@@ -111,7 +116,7 @@ def _artifact(folder, onnx_path, edit=None):
         inputs=[{"name": "images", "shape": ["batch", 3, 32, 32], "dtype": "float32"}],
         outputs=[{"name": "logits", "shape": ["batch", 1000], "dtype": "float32"}],
         batch_range={"min": 1, "opt": 1, "max": 2}, opset=20, fp16=None, tensorrt=None,
-        gpu=None, versions={}, parity={"passed": True, "runs": []})
+        gpu=None, versions={}, parity={"passed": True, "runs": []}))
     if edit:
         edit(manifest)
     write_manifest(folder, manifest)

@@ -10,7 +10,7 @@ from bench.throughput import measure_throughput
 from export.convert.onnx_export import export_onnx, save_onnx
 from export.core.models import ModelSpec
 from export.core.weights import fresh_source
-from export.runtime.openvino_runner import OpenVINORunner
+from export.runtime.openvino_runner import OpenVINORunner, OpenVINOSettings
 from export.runtime.ort_runner import OnnxRuntimeRunner
 
 SPEC = ModelSpec.create("resnet20", num_classes=10, in_chans=1)
@@ -24,7 +24,7 @@ def onnx_file(tmp_path_factory):
 
 def test_windows_of_requests_in_flight(onnx_file):
     batch = np.random.default_rng(0).standard_normal((4, 1, 32, 32)).astype(np.float32)
-    with OpenVINORunner(onnx_file, "fp32", threads=2) as runner:
+    with OpenVINORunner(onnx_file, "fp32", OpenVINOSettings(threads=2)) as runner:
         result = measure_throughput(runner, batch, min_time_s=0.3, min_iters=20)
         again = measure_throughput(runner, batch, min_time_s=0, min_iters=3)  # a second window
     assert result["images_per_s"] > 0 and result["requests"] >= 1

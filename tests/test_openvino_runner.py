@@ -16,7 +16,7 @@ from export.core.models import ModelSpec
 from export.core.weights import fresh_source
 from export.gate.parity import compare
 from export.gate.tolerances import TOLERANCES
-from export.runtime.openvino_runner import OpenVINORunner
+from export.runtime.openvino_runner import OpenVINORunner, OpenVINOSettings
 
 SPEC = ModelSpec.create("resnet20", num_classes=10, in_chans=1)
 
@@ -42,7 +42,7 @@ def _eager(source, x):
 
 def test_fp32_matches_eager_and_runs_f32_although_this_cpu_defaults_otherwise(source, onnx_file):
     x = _batch(4)
-    with OpenVINORunner(onnx_file, "fp32", threads=2) as runner:
+    with OpenVINORunner(onnx_file, "fp32", OpenVINOSettings(threads=2)) as runner:
         out = runner.infer(x)
         info = runner.runtime_info()
     result = compare(_eager(source, x), out, TOLERANCES["fp32"], name="openvino fp32")
@@ -68,7 +68,7 @@ def test_the_plugin_would_run_bf16_by_itself_where_the_cpu_has_native_bf16(onnx_
 
 def test_bf16_is_close_or_refused_with_the_reason(source, onnx_file):
     try:
-        runner = OpenVINORunner(onnx_file, "bf16", threads=2)
+        runner = OpenVINORunner(onnx_file, "bf16", OpenVINOSettings(threads=2))
     except BackendUnavailable as exc:
         pytest.skip(str(exc))
     x = _batch(4)
@@ -89,7 +89,8 @@ def test_bf16_without_native_bf16_is_refused_not_emulated(onnx_file, monkeypatch
 
 @pytest.mark.parametrize("static_shapes", [True, False])
 def test_dynamic_batch_sizes_1_and_3(source, onnx_file, static_shapes):
-    with OpenVINORunner(onnx_file, "fp32", threads=2, static_shapes=static_shapes) as runner:
+    settings = OpenVINOSettings(threads=2, static_shapes=static_shapes)
+    with OpenVINORunner(onnx_file, "fp32", settings) as runner:
         for n in (1, 3, 1):
             x = _batch(n, seed=n)
             result = compare(_eager(source, x), runner.infer(x), TOLERANCES["fp32"])
@@ -106,7 +107,7 @@ def test_fp16_io_file_gets_its_input_cast(source, onnx_file, tmp_path):
     proto, _ = convert_to_fp16(onnx.load(str(onnx_file)), io_fp16=True)
     path = save_onnx(proto, tmp_path / "fp16io.onnx")
     x = _batch(2)
-    with OpenVINORunner(path, "fp32", threads=2) as runner:
+    with OpenVINORunner(path, "fp32", OpenVINOSettings(threads=2)) as runner:
         assert runner.input_dtype == np.float16
         out = runner.infer(x)
     assert out.dtype == np.float32
@@ -138,7 +139,7 @@ def test_int8_runs_a_qdq_file_in_int8_and_refuses_a_float_one(source, onnx_file,
     quantize_static(str(pre), str(qdq), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     x = _batch(4)
-    with OpenVINORunner(qdq, "int8", threads=2) as runner:
+    with OpenVINORunner(qdq, "int8", OpenVINOSettings(threads=2)) as runner:
         out = runner.infer(x)
         info = runner.runtime_info()
     assert info["effective_precision"] == "f32" and info["quantized_model"]

@@ -21,7 +21,7 @@ from ..core.errors import BadOption
 from ..core.hardware import ACTIVATION_VALUES_PER_PIXEL, check_memory, inference_bytes
 from ..core.models import ModelSpec
 from ..data import describe_source, indices_digest, scan, source_name, split_images
-from .int8 import MIN_CALIBRATION
+from .int8_recipes import MIN_CALIBRATION
 
 DEFAULT_COUNT = 256  # measured: 256 covers the outliers 32-64 miss; 512 gains nothing
 CALIBRATION_SEED = 0

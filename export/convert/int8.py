@@ -2,8 +2,8 @@
 
 This module is deliberately thin: every number (ranges, scales, zero points, quantized weights)
 comes from ONNX Runtime's quantizer (``quantize_static``, QDQ format); nothing here does
-quantization arithmetic. What it adds is the choice of settings, checks on the user's input, and a
-JSON-ready report for the manifest.
+quantization arithmetic. What it adds is the choice of settings (:mod:`.int8_recipes`), checks on
+the user's input, and a JSON-ready report for the manifest.
 
 Steps of :func:`quantize_qdq`:
 
@@ -14,47 +14,12 @@ Steps of :func:`quantize_qdq`:
    quantizing (it also marks the model so ``quantize_static`` does not warn);
 3. ``quantize_static(..., quant_format=QDQ, per_channel=True)``, fed batches of the calibration
    array by a :class:`~onnxruntime.quantization.CalibrationDataReader`, with the flavour's
-   settings (:data:`RECIPES`);
+   settings (:data:`.int8_recipes.RECIPES`);
 4. ``onnx.checker`` on the result, and a report of what the file now holds (counted from the
    graph, not assumed from the settings).
 
-Two flavours, because the fast form differs between runtimes (docs/export.md, INT8):
-
-``"cpu"`` - ONNX Runtime and OpenVINO on x86:
-    uint8 *asymmetric* activations, int8 *symmetric* per-channel weights, int32 biases,
-    ``reduce_range=True`` (7-bit weights, -64..63). u8 x s8 is the only form measured to run in
-    integer kernels end to end on ORT CPU (every Conv and Add fused into QLinearConv/QLinearAdd);
-    with symmetric int8 activations the ReLU cannot be folded into the quantized range, stays
-    between Conv and Q, and blocks that fusion: measured at or below FP32 speed. Without VNNI
-    (AVX2 only) ORT's u8 x s8 kernels multiply through ``vpmaddubsw``, whose 16-bit sum of two
-    products saturates with full-range weights (2 x 255 x 127 > 32767): the reporter's AVX2 EPYC
-    fell to cosine ~0.7, and emulating an AVX2-only CPU here reproduced it. 7-bit weights keep
-    that sum in range (2 x 255 x 64 < 32767), ONNX Runtime's documented remedy. An artifact
-    travels to CPUs other than the one that built it, so the flavour always uses it: its cost
-    on VNNI/AMX is weight resolution only (figures in docs/export.md, INT8), not speed.
-    OpenVINO ran every QDQ form equally fast.
-
-``"tensorrt"`` - TensorRT explicit quantization (strongly typed network from Q/DQ):
-    - int8 *symmetric* activations AND weights, so every zero point is 0 (TensorRT supports
-      only zero zero-points for INT8; it has no uint8 quantized type);
-    - per-channel weight scales on the output-channel axis (Conv: axis 0; Gemm with
-      ``transB=1``: axis 0), per-tensor activation scales;
-    - Q/DQ on every input of Conv and Gemm (activation and weight) and on both inputs of the
-      residual ``Add``, and *not* on the outputs of Conv/Gemm: NVIDIA's placement guidance
-      ("quantize all inputs of weighted operations", "do not quantize the outputs of weighted
-      operations by default", quantize the residual input of the skip connection), so TensorRT
-      fuses Conv + bias + Add + ReLU and writes INT8 at the next Q;
-    - biases stay float (``QuantizeBias=False``): TensorRT's parser refuses a DequantizeLinear
-      whose input is an int32 initializer ("only activation types allowed as input");
-    - one dedicated Q/DQ pair per consumer (``DedicatedQDQPair``), the form NVIDIA's
-      tools export, so each DQ has exactly one consumer to fuse into;
-    - weights stored as int8 initializers behind a DequantizeLinear, the "pre-quantized
-      weights" form TensorRT 10 documents (a DQ between the weights and the linear operator).
-
-Calibration methods (``method``): ``"minmax"`` (observed range; the default, measured best),
-``"entropy"`` (KL divergence between the FP32 and quantized histograms, TensorRT's classic
-choice), ``"percentile"`` (99.999th percentile of |x|, 2048 bins). Figures in docs/export.md
-(INT8, the calibration methods).
+The flavours (``"cpu"``, ``"tensorrt"``), their settings and why, and the calibration methods
+are :mod:`.int8_recipes`'s.
 
 The calibration array is float32 NCHW, already normalised exactly as the model's input (what
 ``export.data.reference_images`` and the training pipeline produce). It must come from training
@@ -64,7 +29,6 @@ data, never from the images the INT8 model is then judged on.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import io
 import logging
@@ -82,83 +46,29 @@ import onnx
 
 from ..core.errors import UserError
 from ..core.fileio import sha256_file
+from .int8_recipes import (
+    DEFAULT_METHOD,
+    ENTROPY_BINS,
+    ENTROPY_QUANTIZED_BINS,
+    FLAVOURS,
+    HISTOGRAM_BINS,
+    METHODS,
+    MIN_CALIBRATION,
+    PERCENTILE,
+    RECIPES,
+    RECOMMENDED_CALIBRATION,
+    Recipe,
+    extra_options,
+    method_options,
+)
 from .qdq import describe_qdq, load_onnx, unquantize_residual_branch
 
-FLAVOURS = ("cpu", "tensorrt")
-METHODS = ("minmax", "entropy", "percentile")
-#: Measured on the trained digits models (docs/export.md, INT8): minmax was as accurate
-#: as percentile (99.999) or slightly better, in both flavours and at every calibration count,
-#: and faster; entropy clipped too much (top-1 -6 points on ResNet-18) and is ~10x slower.
-DEFAULT_METHOD = "minmax"
-#: Fewer images than this are refused: below it one batch of images decides every range, and
-#: the histogram methods have too few samples for a tail. 32 still gave >= 99.7% top-1
-#: agreement with FP32 on both digits models, but see RECOMMENDED_CALIBRATION.
-MIN_CALIBRATION = 32
-#: Measured: with 32 or 64 images the ranges missed one outlier test image of ResNet-18 (its
-#: INT8 logits collapsed: cosine -0.2 to 0.18); from 256 on every image kept a cosine of at
-#: least 0.977 (0.99 in the tensorrt flavour), and 512 gained nothing more.
-RECOMMENDED_CALIBRATION = 256
-#: Percentile kept by the "percentile" method (ONNX Runtime's default) and its histogram bins.
-PERCENTILE = 99.999
-HISTOGRAM_BINS = 2048
-#: The entropy method's histogram: 2048 bins searched for the window whose 128-level
-#: quantization loses least information (KL divergence), as in NVIDIA's entropy calibration.
-#: ``quantize_static`` cannot pass these, and its own defaults (128 bins, 128 quantized bins)
-#: leave the search a single candidate, the full range: "entropy" would silently equal
-#: "minmax" (measured: identical scales). So the entropy ranges are computed by ORT's
-#: ``create_calibrator`` with these settings and handed to ``quantize_static`` through its
-#: calibration cache.
-ENTROPY_BINS = 2048
-ENTROPY_QUANTIZED_BINS = 128
-
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The settings one flavour hands to ``quantize_static`` (module docstring says why)."""
-
-    flavour: str
-    target: str
-    activation_type: str  # "uint8" | "int8"
-    activation_symmetric: bool
-    weight_type: str  # "int8"
-    weight_symmetric: bool
-    per_channel: bool
-    reduce_range: bool
-    quantize_bias: bool
-    dedicated_qdq_pair: bool
-    #: op types whose inputs get Q/DQ; None = every op type ONNX Runtime can quantize
-    op_types: tuple[str, ...] | None
-    #: op types whose outputs get no Q/DQ
-    no_output_quantization: tuple[str, ...] = ()
-    #: drop the Q/DQ on the convolution-side input of each residual Add (see
-    #: :func:`.qdq.unquantize_residual_branch`)
-    residual_add_fusion: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["op_types"] = list(self.op_types) if self.op_types is not None else None
-        data["no_output_quantization"] = list(self.no_output_quantization)
-        return data
-
-
-RECIPES: dict[str, Recipe] = {
-    "cpu": Recipe(
-        flavour="cpu", target="ONNX Runtime / OpenVINO CPU (x86 u8s8 kernels, with or without "
-                              "VNNI: 7-bit weights)",
-        activation_type="uint8", activation_symmetric=False,
-        weight_type="int8", weight_symmetric=True, per_channel=True, reduce_range=True,
-        quantize_bias=True, dedicated_qdq_pair=False, op_types=None),
-    "tensorrt": Recipe(
-        flavour="tensorrt", target="TensorRT explicit quantization (Q/DQ, strongly typed)",
-        activation_type="int8", activation_symmetric=True,
-        weight_type="int8", weight_symmetric=True, per_channel=True, reduce_range=False,
-        quantize_bias=False, dedicated_qdq_pair=True,
-        op_types=("Conv", "Gemm", "MatMul", "Add"),
-        no_output_quantization=("Conv", "Gemm", "MatMul", "Add"),
-        residual_add_fusion=True),
-}
-
+#: the recipes' names, re-exported: callers know the quantizer by this module
+__all__ = [
+    "DEFAULT_METHOD", "ENTROPY_BINS", "ENTROPY_QUANTIZED_BINS", "FLAVOURS", "HISTOGRAM_BINS",
+    "METHODS", "MIN_CALIBRATION", "PERCENTILE", "RECIPES", "RECOMMENDED_CALIBRATION", "Recipe",
+    "check_calibration", "even_batch", "quantize_qdq", "sensitive_layers",
+]
 
 # ---------------------------------------------------------------------------------------------
 # Checks on the user's input
@@ -276,15 +186,6 @@ def _calibrate_method(method: str) -> Any:
             "percentile": CalibrationMethod.Percentile}[method]
 
 
-def _method_options(method: str) -> dict[str, Any]:
-    """Histogram settings of the method (reported in the manifest)."""
-    if method == "percentile":
-        return {"percentile": PERCENTILE, "num_bins": HISTOGRAM_BINS}
-    if method == "entropy":
-        return {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS}
-    return {}
-
-
 def _entropy_cache(model: Path, reader: Any, op_types: list[str] | None, folder: Path) -> Path:
     """Entropy ranges from ORT's calibrator with :data:`ENTROPY_BINS`, as a calibration cache."""
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
@@ -301,24 +202,6 @@ def _entropy_cache(model: Path, reader: Any, op_types: list[str] | None, folder:
     cache = folder / "entropy-ranges.json"
     save_tensors_data(calibrator.compute_data(), cache)
     return cache
-
-
-def _extra_options(recipe: Recipe, method: str) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "ActivationSymmetric": recipe.activation_symmetric,
-        "WeightSymmetric": recipe.weight_symmetric,
-        "QuantizeBias": recipe.quantize_bias,
-        "DedicatedQDQPair": recipe.dedicated_qdq_pair,
-        # output channels: Conv weight (O, I, kH, kW) and Gemm weight with transB=1 (O, I)
-        "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "Gemm": 0} if recipe.per_channel else {},
-    }
-    if recipe.no_output_quantization:
-        options["OpTypesToExcludeOutputQuantization"] = list(recipe.no_output_quantization)
-    # The percentile calibrator works on |x| (ORT's default); its range is then clipped to the
-    # observed min/max, so a ReLU output still gets [0, t] with uint8 activations.
-    if method == "percentile":
-        options["CalibPercentile"] = PERCENTILE
-    return options
 
 
 def sensitive_layers(proto: onnx.ModelProto) -> list[str]:
@@ -345,6 +228,32 @@ def _temporary_files_in(folder: str) -> Iterator[None]:
         tempfile.tempdir = previous
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One quantization, its inputs checked (:func:`_checked_job`)."""
+
+    fp32_onnx: Path
+    out_path: Path
+    calibration: np.ndarray
+    input_name: str
+    batch_size: int
+    method: str
+    recipe: Recipe
+    keep_float: bool
+
+
+@dataclass(frozen=True)
+class _Result:
+    """What the quantizer wrote: the checked model, the extra options it was given, the layers
+    kept in float, the residual Adds left for fusion, and the wall time."""
+
+    quantized: onnx.ModelProto
+    options: dict[str, Any]
+    kept: list[str]
+    fused_adds: int
+    seconds: float
+
+
 def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
                  calibration: np.ndarray, *, flavour: str = "cpu",
                  method: str = DEFAULT_METHOD, batch_size: int = 16,
@@ -353,7 +262,7 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
 
     ``calibration``: float32 N x C x H x W, normalised like the model's input, at least
     :data:`MIN_CALIBRATION` images, from the training split. ``flavour``: ``"cpu"`` or
-    ``"tensorrt"`` (module docstring). ``method``: ``"minmax"``, ``"entropy"`` or
+    ``"tensorrt"`` (:mod:`.int8_recipes`). ``method``: ``"minmax"``, ``"entropy"`` or
     ``"percentile"``. ``batch_size``: at most this many images per calibration run (memory, not
     results: the ranges are gathered over all batches; lowered to divide the count evenly).
     ``recipe`` replaces the flavour's settings (for
@@ -362,16 +271,18 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
     accuracy-controlled retry of an artifact that missed its accuracy contract.
     Every bad input raises :class:`UserError` before anything is written.
     """
-    from onnxruntime import __version__ as ort_version
-    from onnxruntime.quantization import QuantFormat, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     _check_choice(flavour, FLAVOURS, "flavour")
     _check_choice(method, METHODS, "calibration method")
     if batch_size < 1:
         raise UserError(f"calibration batch size must be at least 1, not {batch_size}")
-    recipe = recipe or RECIPES[flavour]
-    fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
+    job = _checked_job(Path(fp32_onnx), Path(out_path), calibration, batch_size,
+                       method, recipe or RECIPES[flavour], keep_float)
+    return _report(job, _quantize(job))
+
+
+def _checked_job(fp32_onnx: Path, out_path: Path, calibration: np.ndarray, batch_size: int,
+                 method: str, recipe: Recipe, keep_float: bool) -> _Job:
+    """Step 1 past the choices: the calibration array and the opset against the model."""
     proto = load_onnx(fp32_onnx)
     calibration = check_calibration(calibration, proto)
     input_name, _ = _input_contract(proto)
@@ -379,23 +290,30 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
     if opset is None or opset < 13:
         raise UserError(f"{fp32_onnx.name} has opset {opset}: per-channel QDQ needs opset 13+ "
                         "(re-export with --opset 13 or newer)")
-    del proto
-    batch_size = even_batch(len(calibration), batch_size)
+    return _Job(fp32_onnx, out_path, calibration, input_name,
+                even_batch(len(calibration), batch_size), method, recipe, keep_float)
 
-    extra_options = _extra_options(recipe, method)
+
+def _quantize(job: _Job) -> _Result:
+    """Steps 2 to 4: pre-process, quantize, fuse, check, write ``job.out_path``."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    recipe, method = job.recipe, job.method
+    options = extra_options(recipe, method)
     started = time.perf_counter()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    job.out_path.parent.mkdir(parents=True, exist_ok=True)
     # beside the output (an export's staging folder), not in the system temp folder: a killed
     # run leaves it where the next export's cleanup finds it
-    with tempfile.TemporaryDirectory(prefix=".int8-", dir=out_path.parent) as tmp, _quiet(), \
-            _temporary_files_in(tmp):
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=job.out_path.parent) as tmp, \
+            _quiet(), _temporary_files_in(tmp):
         prepared = Path(tmp) / "preprocessed.onnx"
-        quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=False,
+        quant_pre_process(str(job.fp32_onnx), str(prepared), skip_optimization=False,
                           skip_onnx_shape=False, skip_symbolic_shape=False)
         partial = Path(tmp) / "quantized.onnx"
         op_types = list(recipe.op_types) if recipe.op_types else None
-        reader = _data_reader(input_name, calibration, batch_size)
-        kept = sensitive_layers(onnx.load(str(prepared))) if keep_float else []
+        reader = _data_reader(job.input_name, job.calibration, job.batch_size)
+        kept = sensitive_layers(onnx.load(str(prepared))) if job.keep_float else []
         cache = None
         if method == "entropy":
             cache = _entropy_cache(prepared, reader, op_types, Path(tmp))
@@ -407,8 +325,8 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
             per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
             activation_type=_quant_type(recipe.activation_type),
             weight_type=_quant_type(recipe.weight_type),
-            calibrate_method=_calibrate_method(method), extra_options=extra_options,
-            nodes_to_exclude=kept or None)
+            calibrate_method=_calibrate_method(method),
+            extra_options=options, nodes_to_exclude=kept or None)
         quantized = onnx.load(str(partial))
         fused_adds = unquantize_residual_branch(quantized) if recipe.residual_add_fusion else 0
         try:
@@ -416,10 +334,17 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             first = (str(exc).strip().splitlines() or ["invalid model"])[0]
             raise UserError(f"the quantized model fails the ONNX checker: {first}") from None
-        onnx.save_model(quantized, str(out_path), save_as_external_data=False)
-    seconds = time.perf_counter() - started
+        onnx.save_model(quantized, str(job.out_path), save_as_external_data=False)
+    return _Result(quantized, options, kept, fused_adds, time.perf_counter() - started)
 
-    summary = describe_qdq(quantized)
+
+def _report(job: _Job, result: _Result) -> dict[str, Any]:
+    """The manifest's ``int8.quantizer`` report: the settings asked for, and what the written
+    graph holds (counted from it, not assumed from the settings)."""
+    from onnxruntime import __version__ as ort_version
+
+    recipe, method, calibration = job.recipe, job.method, job.calibration
+    summary = describe_qdq(result.quantized)
     return {
         "quantizer": "onnxruntime.quantization",
         "quantizer_version": ort_version,
@@ -437,12 +362,12 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
         "bias": "int32 (quantized)" if recipe.quantize_bias else "float32 (not quantized)",
         "per_channel": recipe.per_channel,
         "method": method,
-        "method_options": _method_options(method),
-        "calibration": {"count": int(len(calibration)), "batch_size": int(batch_size),
+        "method_options": method_options(method),
+        "calibration": {"count": int(len(calibration)), "batch_size": int(job.batch_size),
                         "shape": list(calibration.shape[1:]), "dtype": "float32",
                         "sha256": hashlib.sha256(calibration.tobytes()).hexdigest()},
         "recipe": recipe.to_dict(),
-        "extra_options": extra_options,
+        "extra_options": result.options,
         "op_types_requested": list(recipe.op_types) if recipe.op_types else "all supported",
         "op_types_quantized": summary["op_types_quantized"],
         "qdq_nodes": summary["qdq_nodes"],
@@ -451,8 +376,8 @@ def quantize_qdq(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike,
         "weight_dtypes": summary["weight_dtypes"],
         "per_channel_weights": summary["per_channel_weights"],
         "opset": summary["opset"],
-        "residual_adds_left_for_fusion": fused_adds,
-        "kept_float": kept,
-        "source_sha256": sha256_file(fp32_onnx),
-        "seconds": round(seconds, 2),
+        "residual_adds_left_for_fusion": result.fused_adds,
+        "kept_float": result.kept,
+        "source_sha256": sha256_file(job.fp32_onnx),
+        "seconds": round(result.seconds, 2),
     }

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +79,35 @@ def timing_cache_reusable(previous_manifest: Manifest | None, trt_version: str |
 # ---------------------------------------------------------------------------------------------
 
 
-def build_engine(onnx_path: Path, engine_path: Path, input_name: str,
-                 profile_shapes: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
-                 precision: str, workspace: int, timing_cache: Path,
-                 reuse_timing_cache: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
+#: the three profile shapes of the input: (min, opt, max)
+ProfileShapes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What one engine build is asked for (recorded in the manifest's ``tensorrt`` section).
+
+    ``precision``: the artifact's contract ("fp32" clears TF32); ``workspace``: the builder's
+    memory pool cap in bytes; ``timing_cache``: where the cache is read from (only when
+    ``reuse_timing_cache`` and it exists) and written to after the build.
+    """
+
+    input_name: str
+    profile_shapes: ProfileShapes
+    precision: str
+    workspace: int
+    timing_cache: Path
+    reuse_timing_cache: bool
+
+
+def build_engine(onnx_path: Path, engine_path: Path, settings: EngineSettings,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Parse ``onnx_path`` into a strongly typed network and build ``engine_path``.
 
     Returns the build settings for the manifest's ``tensorrt`` section.
     """
+    input_name, precision, workspace = settings.input_name, settings.precision, settings.workspace
+    timing_cache = settings.timing_cache
     trt, _gpu = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -101,11 +123,11 @@ def build_engine(onnx_path: Path, engine_path: Path, input_name: str,
         config.clear_flag(trt.BuilderFlag.TF32)  # TF32 would round FP32 convolutions to 10 bits
 
     profile = builder.create_optimization_profile()
-    shape_min, shape_opt, shape_max = profile_shapes
+    shape_min, shape_opt, shape_max = settings.profile_shapes
     profile.set_shape(input_name, shape_min, shape_opt, shape_max)
     config.add_optimization_profile(profile)
 
-    reuse = reuse_timing_cache and timing_cache.is_file()
+    reuse = settings.reuse_timing_cache and timing_cache.is_file()
     cache_bytes = timing_cache.read_bytes() if reuse else b""
     cache = config.create_timing_cache(cache_bytes)
     if not config.set_timing_cache(cache, False):

@@ -1,9 +1,10 @@
 """An artifact folder as every reader sees it: reading its manifest, opening its files safely,
 and telling whether a folder is provably one of ours.
 
-The schema is :mod:`export.core.manifest`'s; the runtime's loader, ``verify``, the benchmark and
-prediction read artifacts through this module only. Every file an artifact lists is opened through
-:func:`artifact_file`, which refuses a path (or a symbolic link) that leads out of the folder.
+The schema is :mod:`export.core.manifest_schema`'s; the runtime's loader, ``verify``, the
+benchmark and prediction read artifacts through this module only. Every file an artifact lists
+is opened through :func:`artifact_file`, which refuses a path (or a symbolic link) that leads
+out of the folder.
 Replacing a folder atomically, and recovering from a killed replacement, is :mod:`.folders`.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 from .errors import UserError
 from .fileio import sha256_file
-from .manifest import (
+from .manifest_schema import (
     KIND,
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,

@@ -40,6 +40,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,37 +93,51 @@ def _rt(op: Any, key: str) -> str | None:
     return info[key].astype(str) if key in info else None
 
 
+@dataclass(frozen=True)
+class OpenVINOSettings:
+    """How an :class:`OpenVINORunner` compiles (module docstring says why each default).
+
+    ``threads``: ``INFERENCE_NUM_THREADS`` (None: the plugin's choice, all usable cores).
+    ``static_shapes``: one static-shape model per input shape (else the file's dynamic one).
+    ``execution_mode``: one of :data:`EXECUTION_MODES`. ``performance_hint``: the synchronous
+    compiles' (throughput windows use THROUGHPUT). ``config``: extra compile properties, applied
+    last (the precision check still applies). ``ov_device``: only "CPU" is supported.
+    """
+
+    threads: int | None = None
+    static_shapes: bool = True
+    execution_mode: str = "ACCURACY"
+    performance_hint: str = "LATENCY"
+    config: dict[str, Any] = field(default_factory=dict)
+    ov_device: str = "CPU"
+
+
 class OpenVINORunner(Runner):
     """An ONNX file compiled by OpenVINO on the CPU at an explicit precision.
 
     ``precision``: "fp32", "bf16" or "int8" (a QDQ-quantized ONNX file; its float parts in f32).
-    ``threads``: ``INFERENCE_NUM_THREADS`` (None: the plugin's choice, all usable cores).
-    ``config``: extra compile properties, applied last (the precision check still applies).
+    ``settings``: threads, shapes, hints and extra properties (:class:`OpenVINOSettings`).
     """
 
     backend = "openvino"
     throughput_mode = True
 
-    def __init__(self, onnx_path: str | Path, precision: str = "fp32", threads: int | None = None,
-                 *, static_shapes: bool = True, execution_mode: str = "ACCURACY",
-                 performance_hint: str = "LATENCY", config: dict[str, Any] | None = None,
-                 ov_device: str = "CPU", contract: InputContract | None = None):
+    def __init__(self, onnx_path: str | Path, precision: str = "fp32",
+                 settings: OpenVINOSettings | None = None, *,
+                 contract: InputContract | None = None):
+        settings = settings if settings is not None else OpenVINOSettings()
         if precision not in INFERENCE_PRECISION:
             raise ValueError(f"precision must be one of {list(INFERENCE_PRECISION)}, "
                              f"got {precision!r}")
-        if execution_mode not in EXECUTION_MODES:
+        if settings.execution_mode not in EXECUTION_MODES:
             raise ValueError(f"execution_mode must be one of {EXECUTION_MODES}, "
-                             f"got {execution_mode!r}")
-        if ov_device != "CPU":
+                             f"got {settings.execution_mode!r}")
+        if settings.ov_device != "CPU":
             raise ValueError("only OpenVINO's CPU plugin is supported")
         super().__init__(precision, "cpu", contract)
         self.onnx_path = Path(onnx_path)
-        self.threads = threads
-        self.static_shapes = static_shapes
-        self.execution_mode = execution_mode
-        self.performance_hint = performance_hint
-        self.extra_config = dict(config or {})
-        self.ov_device = ov_device
+        self.settings = replace(settings, config=dict(settings.config or {}))
+        ov_device = settings.ov_device
         ov = _import_openvino()
         self._ov = ov
         self._core = ov.Core()
@@ -142,6 +157,11 @@ class OpenVINORunner(Runner):
         self.quantized: bool | None = None
 
     # -- configuration ---------------------------------------------------------------------
+
+    @property
+    def threads(self) -> int | None:
+        """``INFERENCE_NUM_THREADS`` asked for (None: the plugin's choice), as other runners'."""
+        return self.settings.threads
 
     @property
     def arithmetic(self) -> str:
@@ -167,16 +187,16 @@ class OpenVINORunner(Runner):
         """The properties every compile of this runner gets (explicit precision and mode)."""
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[self.precision],
-            "EXECUTION_MODE_HINT": self.execution_mode,
-            "PERFORMANCE_HINT": performance_hint or self.performance_hint,
+            "EXECUTION_MODE_HINT": self.settings.execution_mode,
+            "PERFORMANCE_HINT": performance_hint or self.settings.performance_hint,
         }
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
-        config.update(self.extra_config)
+        config.update(self.settings.config)
         return config
 
     def _compile(self, model: Any, performance_hint: str | None = None) -> Any:
-        compiled = self._core.compile_model(model, self.ov_device,
+        compiled = self._core.compile_model(model, self.settings.ov_device,
                                             self.compile_config(performance_hint))
         got = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
         wanted = INFERENCE_PRECISION[self.precision]
@@ -231,10 +251,10 @@ class OpenVINORunner(Runner):
             self._request_for(tuple(shape))
 
     def _request_for(self, shape: tuple[int, ...]) -> Any:
-        key = shape if self.static_shapes else None  # one request serves the dynamic model
+        key = shape if self.settings.static_shapes else None  # one request serves the dynamic model
         entry = self._compiled.get(key)
         if entry is None:
-            compiled = (self._compile(self._static_model(shape)) if self.static_shapes
+            compiled = (self._compile(self._static_model(shape)) if self.settings.static_shapes
                         else self._dynamic)
             entry = self._compiled[key] = (compiled, compiled.create_infer_request())
         self._last = entry[0]
@@ -285,13 +305,14 @@ class OpenVINORunner(Runner):
         info: dict[str, Any] = {
             "backend": self.backend,
             "openvino": self._ov.get_version(),
-            "device": self.ov_device,
-            "device_name": self._core.get_property(self.ov_device, "FULL_DEVICE_NAME"),
+            "device": self.settings.ov_device,
+            "device_name": self._core.get_property(self.settings.ov_device,
+                                                   "FULL_DEVICE_NAME"),
             "cpu": cpu_features.describe(),
             "optimization_capabilities": self.capabilities,
             "precision": self.precision,
             "requested": {k: str(v) for k, v in self.compile_config().items()},
-            "static_shapes": self.static_shapes,
+            "static_shapes": self.settings.static_shapes,
             "compiled_shapes": [list(s) for s in self._compiled if s is not None],
         }
         if self._last is not None:
@@ -361,5 +382,5 @@ class OpenVINORunner(Runner):
 
 def build(target: RunTarget) -> OpenVINORunner:
     """The registry's factory: the ONNX file at the target's explicit precision."""
-    return OpenVINORunner(target.path, target.precision, contract=target.contract,
-                          **target.options)
+    return OpenVINORunner(target.path, target.precision, OpenVINOSettings(**target.options),
+                          contract=target.contract)
