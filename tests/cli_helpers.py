@@ -47,3 +47,16 @@ def only_error_line(result: Result, code: int) -> str:
              if line.strip() and not re.match(r"\s*epoch \d+/\d+:", line)]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     return lines[0]
+
+
+def artifact_listing(folder: Any, *names: str) -> list[str]:
+    """What an artifact folder holds: ``names`` and its manifest, plus the gate's reference inputs
+    where its gate judged a precision a machine of another kind re-checks (INT8, or BF16 on a
+    CPU with native BF16)."""
+    import json
+    from pathlib import Path
+
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    judged = manifest["parity"].get("contracts") or {}
+    carried = manifest["precision"] == "int8" or judged.get("bf16") is True
+    return sorted(["manifest.json", *names, *(["gate-reference.npz"] if carried else [])])

@@ -29,6 +29,8 @@ from export.core.artifact import read_manifest
 from export.core.shapes import BatchRange
 from export.pipeline import ExportRequest, export_artifacts
 
+from cli_helpers import artifact_listing
+
 # (model, input size, classes, input channels): every ImageNet depth small, and the default
 # small-image model exactly as the digits use it.
 #: the default run gates one model of each block (BasicBlock, Bottleneck, the paper's CIFAR net);
@@ -87,7 +89,7 @@ def test_every_depth_exports_and_passes_the_gate(export_dir, name, size, classes
     # the folder holds exactly the artifact and its manifest: one self-contained file
     out = export_dir / result.out
     assert result.out.as_posix() == f"artifacts/{name}-{fmt}"
-    assert sorted(p.name for p in out.iterdir()) == sorted([manifest["artifact"], "manifest.json"])
+    assert sorted(p.name for p in out.iterdir()) == artifact_listing(out, manifest["artifact"])
     assert read_manifest(out)["precision"] == ("fp16" if fmt == "onnx-fp16" else "fp32")
 
 
