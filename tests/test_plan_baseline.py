@@ -21,9 +21,8 @@ def test_the_baseline_runs_on_the_free_cores(monkeypatch: pytest.MonkeyPatch,
                                              onnx_artifact: Path) -> None:
     seen: dict[str, Any] = {}
 
-    def fake_sweep(doc: dict[str, Any], _cands: list[Any], _config: Any, _batches: list[int],
-                   _seed: int, threads: int, *_rest: Any, **_kw: Any) -> None:
-        seen["torch"], seen["row_threads"] = torch.get_num_threads(), threads
+    def fake_sweep(doc: dict[str, Any], _cands: list[Any], settings: Any, _macs: Any) -> None:
+        seen["torch"], seen["row_threads"] = torch.get_num_threads(), settings.threads
 
     monkeypatch.setattr(measure, "sweep", fake_sweep)
     monkeypatch.setattr(measure, "free_threads", lambda: (1, "busy"))

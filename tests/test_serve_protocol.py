@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from export.core.errors import BadOption
+from export.core.manifest import write_manifest
 from export.serve.protocol import (
     HEADER_LENGTH,
     ModelSignature,
@@ -179,8 +180,10 @@ def test_a_failed_or_tampered_artifact_refuses_to_serve_in_one_line(artifact, tm
     failed = tmp_path / "failed"
     shutil.copytree(artifact, failed)
     manifest = json.loads((failed / "manifest.json").read_text())
-    manifest["parity"]["passed"] = False
-    (failed / "manifest.json").write_text(json.dumps(manifest))
+    manifest["parity"]["passed"] = False  # failed on every runtime it was judged on
+    for run in manifest["parity"]["runs"]:
+        run["passed"] = False
+    write_manifest(failed, manifest)  # sealed: the failure, not the edit, is the point
     tampered = tmp_path / "tampered"
     shutil.copytree(artifact, tampered)
     onnx = next(tampered.glob("*.onnx"))
