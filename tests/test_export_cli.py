@@ -6,24 +6,16 @@ import os
 import pytest
 import torch
 
-from export.cli import main as export_cli
 from export.core.checkpoint import save_checkpoint
 from export.core.models import ModelSpec
 from export.runtime.tensorrt_runner import cuda_gpu, tensorrt_version
 
-from cli_helpers import artifact_listing, invoke
+from artifact_fixtures import run  # cwd: the shared fixture of the same module
+from cli_helpers import artifact_listing
 
 FAST = ["--batch-range", "1:2:4"]  # small parity batches keep these tests quick
 
 
-@pytest.fixture
-def cwd(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def run(*args):
-    return invoke(export_cli, args, catch_exceptions=True)
 
 
 def one_line_error(result):
