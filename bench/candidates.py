@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.core.models import ModelSpec, count_macs
+from export.core.counting import count_macs
+from export.core.models import ModelSpec
 from export.runtime.base import Runner
 
 from .model_backends import HARNESS

@@ -192,8 +192,9 @@ def main(n_train: int, n_test: int, model: str, threads: int, loader_batches: in
               f"{seconds:.2f} s ({total / seconds:,.0f} images/s); {data.counts()}; "
               f"{held / 2**20:.1f} MiB uint8 held at {config.input_size} x {config.input_size}")
         mean, std = channel_stats(data.images["train"])
-        spec = ModelSpec.create(config.model, data.num_classes, data.in_chans,
-                                config.input_size, mean=mean, std=std, stem=config.stem)
+        spec = ModelSpec.create(model, data.num_classes, data.in_chans,
+                                config.input_size, mean=mean, std=std, stem=config.stem,
+                                downsample=config.downsample)
         print(f"defaults for this data: input size {config.input_size}, stem {config.stem}, "
               f"epochs {config.epochs}, warm-up {config.warmup_epochs} epochs, batch "
               f"{config.batch_size}, lr {config.lr}")

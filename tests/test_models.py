@@ -5,12 +5,11 @@ import torch
 from click.testing import CliRunner
 
 from export.cli import main as export_cli
+from export.core.counting import count_macs, count_parameters
 from export.core.models import (
     ModelSpec,
     UnknownModelError,
     build_model,
-    count_macs,
-    count_parameters,
     model_names,
     resnet50,
 )
@@ -242,3 +241,61 @@ def test_stem_travels_in_the_spec_and_old_descriptions_mean_imagenet():
         ModelSpec.create("resnet20", stem="imagenet")
     with pytest.raises(ValueError, match="stem must be one of"):
         ModelSpec.create("resnet18", stem="tiny")
+
+
+def test_resnet8_is_the_papers_formula_at_one_block_per_stage():
+    """6n+2 layers at n=1: conv1, one BasicBlock per stage (16/32/64), fc. Counted by hand for
+    10 classes and RGB: conv1 432 + bn 32, layer1 2 x 2,304 + 64, layer2 4,608 + 9,216 + 128,
+    layer3 18,432 + 36,864 + 256, fc 650 = 75,290."""
+    model = build_model("resnet8", num_classes=10, in_chans=3)
+    assert count_parameters(model) == 75_290
+    assert [len(getattr(model, f"layer{i}")) for i in (1, 2, 3)] == [1, 1, 1]
+
+
+def _stage_sizes(model, side=32):
+    sizes = {}
+    hooks = [getattr(model, f"layer{i}").register_forward_hook(
+        lambda _m, _i, out, i=i: sizes.__setitem__(i, tuple(out.shape[-2:]))) for i in (1, 2, 3)]
+    with torch.no_grad():
+        model(torch.randn(1, 3, side, side))
+    for hook in hooks:
+        hook.remove()
+    return sizes
+
+
+def test_avgpool_downsampling_averages_where_the_paper_strides():
+    """Same parameters (the state dicts load into each other), the same stage sizes, a
+    different function: the pooled network's stages run at stride 1 after a 2x2 average."""
+    torch.manual_seed(0)
+    paper = build_model("resnet20", num_classes=10).eval()
+    pooled = build_model("resnet20", num_classes=10, downsample="avgpool").eval()
+    pooled.load_state_dict(paper.state_dict())
+    assert _stage_sizes(paper) == _stage_sizes(pooled) == {1: (32, 32), 2: (16, 16), 3: (8, 8)}
+    assert pooled.layer2[0].conv1.stride == (1, 1) and paper.layer2[0].conv1.stride == (2, 2)
+    assert isinstance(pooled.pool, torch.nn.AvgPool2d)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(paper(x), pooled(x), atol=1e-3)
+        # a pixel-level checkerboard (period 2) averages to nothing in the pooled network's
+        # layer2 input; the paper's stride keeps one pixel in four, the board's one phase
+        board = torch.ones(1, 16, 32, 32)
+        board[..., ::2, 1::2] = board[..., 1::2, ::2] = -1
+        assert pooled.pool(board).abs().max() == 0
+        kept = paper.layer2[0].downsample(board)[:, 8:24]  # 16 channels padded to 32
+        assert kept.shape[-1] == 16 and kept.abs().min() == 1
+
+
+def test_downsample_travels_in_the_spec_and_old_descriptions_mean_stride():
+    spec = ModelSpec.create("resnet8", num_classes=10, in_chans=3, downsample="avgpool")
+    assert spec.to_dict()["downsample"] == "avgpool"
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert isinstance(spec.build().pool, torch.nn.AvgPool2d)
+    old = {k: v for k, v in spec.to_dict().items() if k != "downsample"}
+    assert ModelSpec.from_dict(old).downsample == "stride"
+    assert ModelSpec.create("resnet50").downsample == "stride"
+    with pytest.raises(ValueError, match="small-image ResNets"):
+        ModelSpec.create("resnet18", downsample="avgpool")
+    with pytest.raises(ValueError, match="downsample must be one of"):
+        ModelSpec.from_dict({**spec.to_dict(), "downsample": "maxpool"})
+    with pytest.raises(ValueError, match="downsample must be a string"):
+        ModelSpec.from_dict({**spec.to_dict(), "downsample": 2})

@@ -20,8 +20,9 @@ from click.testing import CliRunner
 import bench.sweep as sweep
 from bench.cli import main as bench_cli
 from export.convert.tensorrt_build import check_parse
+from export.core.counting import count_parameters, family_table
 from export.core.errors import UserError
-from export.core.models import count_parameters, default_spec, family_table
+from export.core.models import default_spec
 from export.core.shapes import BatchRange
 from export.pipeline import ExportRequest, export_artifact
 from export.request import resolve_source

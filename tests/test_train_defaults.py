@@ -169,8 +169,8 @@ def test_small_data_defaults_make_resnet18_worth_typing():
     tune = TrainConfig(model="resnet18", data="d", init_weights="w.pth").resolved(64, 240)
     assert (tune.input_size, tune.optimizer, tune.epochs) == (64, "sgd", 15)
     ours = TrainConfig(data="d").resolved(64, 240)
-    assert (ours.model, ours.input_size, ours.optimizer, ours.epochs) == ("resnet20", 32, "sgd",
-                                                                          15)
+    assert (ours.model, ours.downsample, ours.input_size, ours.optimizer, ours.epochs) == (
+        "resnet8", "avgpool", 32, "sgd", 15)
 
 
 def test_a_run_still_improving_at_its_last_epoch_says_to_train_longer(tmp_path):
@@ -222,13 +222,31 @@ def check_good_model(run, shapes163):
     return summary
 
 
-def test_default_run_on_a_small_folder_learns(tmp_path, shapes163):
-    """``resnet-train --data my_images/`` (the default resnet20): 20 to 60 s here."""
+def test_default_run_on_a_small_folder_learns_and_exports(tmp_path, shapes163):
+    """``resnet-train --data my_images/`` (resnet8, average-pool downsampling: 5 to 20 s here),
+    then its best.pt through ``resnet-export`` to FP32 and INT8 ONNX: both gates pass and the
+    graph pools where the paper's network strides."""
+    import onnx
+
+    from export.cli import main as export_cli
+
     result = invoke(["--data", shapes163, "--out", tmp_path / "run"])
     assert result.exit_code == 0, result.output
-    assert "defaults for this data: input size 32" not in result.output  # 32 is its design size
-    assert "batch 16 (at least 8 steps per epoch)" in result.output
-    check_good_model(tmp_path / "run", shapes163)
+    assert "defaults for this data: resnet8 with avgpool downsampling (your data); whole-pixel " \
+           "shifts (the images are not upscaled); batch 16" in result.output
+    assert "input size 32" not in result.output  # the images' own size
+    summary = check_good_model(tmp_path / "run", shapes163)
+    assert (summary["spec"]["name"], summary["spec"]["downsample"]) == ("resnet8", "avgpool")
+    exported = command(export_cli)(["--checkpoint", tmp_path / "run" / "best.pt", "--fmt",
+                                    "onnx", "--fmt", "onnx-int8", "--out-dir", tmp_path / "art"])
+    assert exported.exit_code == 0, exported.output
+    for fmt in ("onnx", "onnx-int8"):
+        folder = tmp_path / "art" / f"resnet8-run-{fmt}"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["parity"]["passed"] is True, (fmt, manifest["parity"])
+        assert manifest["model"]["downsample"] == "avgpool"
+    graph = onnx.load(str(tmp_path / "art" / "resnet8-run-onnx" / "resnet8.onnx")).graph
+    assert sum(node.op_type == "AveragePool" for node in graph.node) == 2
 
 
 @pytest.mark.slow

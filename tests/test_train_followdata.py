@@ -91,6 +91,62 @@ def test_the_default_jitter_moves_but_never_flips():
     assert torch.equal(again[1][0], shifted[1][0])  # seeded by (seed, epoch, index)
 
 
+def test_the_model_and_the_jitter_follow_the_data():
+    """Own data: resnet8 pooling between stages, whole-pixel shifts at the images' own size;
+    the digits (upscaled 8 -> 16): the paper's resnet20 and the affine jitter; a named model is
+    the paper's network."""
+    own = TrainConfig(data="d").resolved(image_size=32, train_images=1600)
+    assert (own.model, own.downsample, own.jitter) == ("resnet8", "avgpool", "shift")
+    digits = TrainConfig().resolved()
+    assert (digits.model, digits.downsample, digits.jitter) == ("resnet20", "stride", "affine")
+    named = TrainConfig(model="resnet20", data="d").resolved(32, 1600)
+    assert (named.model, named.downsample) == ("resnet20", "stride")
+    assert TrainConfig(data="d").resolved(8, 1600).jitter == "affine"  # upscaled to 16
+    asked = TrainConfig(model="resnet56", data="d", downsample="avgpool", jitter="affine")
+    assert (asked.resolved(32, 1600).downsample, asked.resolved(32, 1600).jitter) == (
+        "avgpool", "affine")
+    again = TrainConfig.from_dict(own.to_dict()).resolved(32, 1600)  # what a resume reads
+    assert (again.model, again.downsample, again.jitter) == ("resnet8", "avgpool", "shift")
+    before = {k: v for k, v in digits.to_dict().items() if k not in ("jitter", "downsample")}
+    assert TrainConfig.from_dict(before).resolved().jitter == "affine"  # what older runs had
+
+
+def test_downsample_and_jitter_refuse_what_cannot_be(tmp_path):
+    line = error_line(invoke(["--depth", "18", "--downsample", "avgpool", "--epochs", "1",
+                              "--out", tmp_path / "r"]), 2)
+    assert "--downsample avgpool" in line and "small-image ResNets" in line
+    assert "Invalid value for '--jitter'" in error_line(invoke(["--jitter", "blur"]), 2)
+    assert not (tmp_path / "r").exists()
+
+
+def test_whole_pixel_shifts_keep_every_pixel_value():
+    """The shift jitter moves the image by whole pixels (at most 4 at 32 px), replicating the
+    border: the moved image is the original's window, not a resampled (smoothed) copy."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(1, 3, 32, 32), dtype=np.uint8)
+    plain = ImageDataset(images, np.zeros(1), (0.0,) * 3, (1.0,) * 3)
+    shifted = ImageDataset(images, np.zeros(1), (0.0,) * 3, (1.0,) * 3,
+                           Augment.for_mode("shift", hflip=False), seed=1)
+    original = plain[0][0]
+    padded = torch.nn.functional.pad(original[None], (4, 4, 4, 4), mode="replicate")[0]
+    offsets = set()
+    for epoch in range(30):
+        shifted.set_epoch(epoch)
+        x = shifted[0][0]
+        found = [(dy, dx) for dy in range(9) for dx in range(9)
+                 if torch.equal(x, padded[:, dy:dy + 32, dx:dx + 32])]
+        assert found, "not a whole-pixel shift of the image"
+        offsets.add(found[0])
+    assert len(offsets) >= 10  # 30 draws of 81 offsets
+    # the affine jitter resamples: on pixel noise it lowers the spread the test images keep
+    affine = ImageDataset(images, np.zeros(1), (0.0,) * 3, (1.0,) * 3, Augment(), seed=1)
+    spreads = []
+    for epoch in range(10):
+        affine.set_epoch(epoch)
+        spreads.append(float(torch.std(affine[0][0]) / torch.std(original)))
+    assert max(spreads) < 0.95, spreads
+
+
 def test_own_data_keeps_eighty_percent_for_training(tmp_path, digits_npz):
     config = TrainConfig(data="d").resolved(32, 1600)
     assert (config.val_fraction, config.test_fraction) == (0.1, 0.1)

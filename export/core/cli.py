@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from .counting import family_table
 from .errors import (
     BackendUnavailable,
     BadOption,
@@ -23,7 +24,7 @@ from .errors import (
     printable,
 )
 from .hardware import thread_problem
-from .models import family_table, get_architecture, model_names
+from .models import get_architecture, model_names
 
 
 class OneLineUsageError(click.UsageError):

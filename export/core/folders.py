@@ -132,7 +132,8 @@ def weights_identity(source: dict[str, Any], model: dict[str, Any]) -> tuple[Any
     model description that seeded weights follow from."""
     if source.get("kind") == "seed":
         return ("seed", source.get("seed"), model.get("name"), model.get("num_classes"),
-                model.get("in_chans"), model.get("shortcut", "A"))
+                model.get("in_chans"), model.get("shortcut", "A"),
+                model.get("downsample") or "stride")
     return ("file", source.get("sha256"))
 
 

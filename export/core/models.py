@@ -33,6 +33,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: stems of the ImageNet models; the small-image ResNets always have the "small" one
 STEMS = ("imagenet", "small")
+#: how the small-image ResNets halve the feature map between stages: "stride" (the paper's
+#: stride-2 convolution and a shortcut that keeps every other pixel) or "avgpool" (2x2 average
+#: pooling before the stage, whose blocks then run at stride 1: four pixels averaged instead of
+#: one kept, which measured better on small, noisy datasets: docs/training.md)
+DOWNSAMPLING = ("stride", "avgpool")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,22 +93,33 @@ class _ResNet(nn.Module):
 
 
 class _CifarResNet(nn.Module):
-    """The paper's 6n+2-layer ResNet for 32x32 inputs: a 3x3 stem, stages of 16/32/64 channels."""
+    """The paper's 6n+2-layer ResNet for 32x32 inputs: a 3x3 stem, stages of 16/32/64 channels.
+
+    ``downsample="avgpool"`` halves the map before layer2 and layer3 with a 2x2 average pool
+    (the parameter-free ``pool``) and runs those stages at stride 1; the module names and the
+    parameters are the same as the paper's network.
+    """
 
     def __init__(self, n: int, num_classes: int = 10, in_chans: int = 3, shortcut: str = "A",
-                 zero_init_residual: bool = False):
+                 zero_init_residual: bool = False, downsample: str = "stride"):
         super().__init__()
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (projection), "
                              f"got {shortcut!r}")
+        if downsample not in DOWNSAMPLING:
+            raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLING)}, "
+                             f"got {downsample!r}")
         self.inplanes = 16
         self.shortcut = shortcut
+        pooled = downsample == "avgpool"
+        self.pool = nn.AvgPool2d(2) if pooled else nn.Identity()
+        stride = 1 if pooled else 2
         self.conv1 = conv3x3(in_chans, 16)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
         self.layer1 = self._make_layer(16, n)
-        self.layer2 = self._make_layer(32, n, stride=2)
-        self.layer3 = self._make_layer(64, n, stride=2)
+        self.layer2 = self._make_layer(32, n, stride=stride)
+        self.layer3 = self._make_layer(64, n, stride=stride)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(64, num_classes)
         init_weights(self, zero_init_residual)
@@ -122,8 +138,8 @@ class _CifarResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        x = self.layer1(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer3(self.pool(self.layer2(self.pool(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
@@ -154,10 +170,13 @@ class Architecture:
         return "imagenet" if self.kind == "imagenet" else "small"
 
     def construct(self, num_classes: int, in_chans: int, shortcut: str,
-                  zero_init_residual: bool, stem: str | None = None) -> nn.Module:
+                  zero_init_residual: bool, stem: str | None = None,
+                  downsample: str | None = None) -> nn.Module:
         stem = check_stem(self, stem)
+        downsample = check_downsample(self, downsample)
         if self.kind == "cifar":
-            return _CifarResNet(self.layers[0], num_classes, in_chans, shortcut, zero_init_residual)
+            return _CifarResNet(self.layers[0], num_classes, in_chans, shortcut, zero_init_residual,
+                                downsample)
         return _ResNet(self.block, list(self.layers), num_classes, in_chans, zero_init_residual,
                        self.groups, self.width_per_group, stem)
 
@@ -174,6 +193,19 @@ def check_stem(arch: Architecture, stem: str | None) -> str:
     return stem
 
 
+def check_downsample(arch: Architecture, downsample: str | None) -> str:
+    """``downsample`` for ``arch`` (None: the paper's "stride"), or ValueError."""
+    if downsample is None:
+        return "stride"
+    if downsample not in DOWNSAMPLING:
+        raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLING)}, "
+                         f"got {downsample!r}")
+    if arch.kind != "cifar" and downsample != "stride":
+        raise ValueError(f"{arch.name} downsamples as torchvision's does: the downsample "
+                         "option is for the small-image ResNets (resnet8..110)")
+    return downsample
+
+
 def _family() -> dict[str, Architecture]:
     rows = [
         Architecture("resnet18", "imagenet", BasicBlock, (2, 2, 2, 2), 224),
@@ -185,7 +217,7 @@ def _family() -> dict[str, Architecture]:
         Architecture("wide_resnet50_2", "imagenet", Bottleneck, (3, 4, 6, 3), 224, 1, 128),
     ]
     rows += [Architecture(f"resnet{6 * n + 2}", "cifar", BasicBlock, (n, n, n), 32)
-             for n in (3, 5, 7, 9, 18)]
+             for n in (1, 3, 5, 7, 9, 18)]
     return {a.name: a for a in rows}
 
 
@@ -223,11 +255,15 @@ class ModelSpec:
     # ResNets: always "small". None (and a description without the field, as every one written
     # before it existed) means the architecture's own.
     stem: str | None = None
+    # small-image ResNets: "stride" (the paper's) or "avgpool"; None (and a description without
+    # the field, as every one written before it existed) means "stride"
+    downsample: str | None = None
 
     def __post_init__(self) -> None:
         arch = get_architecture(self.name)
         object.__setattr__(self, "name", arch.name)
         object.__setattr__(self, "stem", check_stem(arch, self.stem))
+        object.__setattr__(self, "downsample", check_downsample(arch, self.downsample))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if self.num_classes < 1 or self.in_chans < 1 or self.input_size < 1:
@@ -248,13 +284,14 @@ class ModelSpec:
     def create(cls, name: str, num_classes: int = 1000, in_chans: int = 3,
                input_size: int | None = None, shortcut: str = "A",
                mean: tuple[float, ...] | None = None,
-               std: tuple[float, ...] | None = None, stem: str | None = None) -> ModelSpec:
+               std: tuple[float, ...] | None = None, stem: str | None = None,
+               downsample: str | None = None) -> ModelSpec:
         """A spec with defaults that suit the architecture (input size, normalisation, stem)."""
         arch = get_architecture(name)
         if mean is None or std is None:
             mean, std = default_normalisation(in_chans)
         return cls(arch.name, num_classes, in_chans, input_size or arch.input_size, shortcut,
-                   tuple(mean), tuple(std), stem)
+                   tuple(mean), tuple(std), stem, downsample)
 
     @property
     def architecture(self) -> Architecture:
@@ -262,7 +299,7 @@ class ModelSpec:
 
     def build(self, zero_init_residual: bool = False) -> nn.Module:
         return self.architecture.construct(self.num_classes, self.in_chans, self.shortcut,
-                                           zero_init_residual, self.stem)
+                                           zero_init_residual, self.stem, self.downsample)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v)
@@ -280,8 +317,9 @@ class ModelSpec:
             raise ValueError(f"model description has unknown fields: {sorted(map(str, unknown))}")
         if "name" not in data:
             raise ValueError("model description has no 'name'")
-        for key in ("name", "shortcut"):
-            if key in data and not isinstance(data[key], str):
+        for key in ("name", "shortcut", "downsample"):
+            if key in data and not isinstance(data[key], str) and not (
+                    key == "downsample" and data[key] is None):
                 raise ValueError(f"{key} must be a string, got {data[key]!r}")
         for key in ("num_classes", "in_chans", "input_size"):
             if key in data and (not isinstance(data[key], int) or isinstance(data[key], bool)):
@@ -319,13 +357,15 @@ def default_spec(name: str, num_classes: int | None = None, in_chans: int | None
 
 
 def build_model(name: str, num_classes: int = 1000, in_chans: int = 3, shortcut: str = "A",
-                zero_init_residual: bool = False, stem: str | None = None) -> nn.Module:
+                zero_init_residual: bool = False, stem: str | None = None,
+                downsample: str | None = None) -> nn.Module:
     """Build a family member by name ("resnet50", "resnet20", or a bare depth such as "50").
 
-    ``stem="small"`` gives an ImageNet model the 3x3 stride-1 stem without max-pool.
+    ``stem="small"`` gives an ImageNet model the 3x3 stride-1 stem without max-pool;
+    ``downsample="avgpool"`` a small-image ResNet average pooling between stages.
     """
     return get_architecture(name).construct(num_classes, in_chans, shortcut, zero_init_residual,
-                                            stem)
+                                            stem, downsample)
 
 
 def _thin(name: str) -> Callable[..., nn.Module]:
@@ -343,51 +383,9 @@ resnet101 = _thin("resnet101")
 resnet152 = _thin("resnet152")
 resnext50_32x4d = _thin("resnext50_32x4d")
 wide_resnet50_2 = _thin("wide_resnet50_2")
+resnet8 = _thin("resnet8")
 resnet20 = _thin("resnet20")
 resnet32 = _thin("resnet32")
 resnet44 = _thin("resnet44")
 resnet56 = _thin("resnet56")
 resnet110 = _thin("resnet110")
-
-
-# ---------------------------------------------------------------------------------------------
-# Counting
-# ---------------------------------------------------------------------------------------------
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
-    """Multiply-accumulates of one forward pass on one image, from torch's FLOP counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = model.eval()
-    x = torch.zeros(1, in_chans, input_size, input_size)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops() // 2
-
-
-@dataclass
-class FamilyRow:
-    name: str
-    block: str
-    layers: tuple[int, ...]
-    input_size: int
-    params: int
-    macs: int
-
-
-def family_table(num_classes: int = 1000, names: list[str] | None = None) -> list[FamilyRow]:
-    """Name, block, layers, parameters and MACs at the design input size, for each member."""
-    rows = []
-    for name in names or model_names():
-        arch = get_architecture(name)
-        spec = default_spec(name, num_classes if arch.kind == "imagenet" else None)
-        model = spec.build()
-        rows.append(FamilyRow(arch.name, arch.block.__name__, arch.layers, arch.input_size,
-                              count_parameters(model),
-                              count_macs(model, arch.input_size, spec.in_chans)))
-    return rows

@@ -10,7 +10,7 @@ from torch import nn
 from ..core.checkpoint import load_checkpoint, load_state_into
 from ..core.errors import UserError
 from ..core.pretrained import IMAGENET, imagenet_weights
-from .config import TrainConfig
+from .config import TrainConfig, default_model
 
 
 def adapt_init_weights(model: nn.Module, state: dict[str, torch.Tensor],
@@ -60,14 +60,15 @@ def load_init_weights(model: nn.Module, config: TrainConfig) -> list[str]:
         return []
     notes = []
     path = config.init_weights
+    name = config.model or default_model(config.data)
     if path == IMAGENET:
-        path = str(imagenet_weights(config.model))
+        path = str(imagenet_weights(name))
         notes.append(f"torchvision's ImageNet weights {Path(path).name} (sha256 checked) "
                      f"from {Path(path).parent}")
     ckpt = load_checkpoint(path)
-    if ckpt.spec is not None and ckpt.spec.name != config.model:
+    if ckpt.spec is not None and ckpt.spec.name != name:
         raise UserError(f"--init-weights {ckpt.path} holds a {ckpt.spec.name}, but this run "
-                        f"trains a {config.model}: pass --model {ckpt.spec.name}")
+                        f"trains a {name}: pass --model {ckpt.spec.name}")
     try:
         return notes + adapt_init_weights(model, ckpt.state_dict, f"--init-weights {ckpt.path}")
     except UserError as exc:

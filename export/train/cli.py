@@ -16,17 +16,22 @@ from ..core.cli import (
     resolve_model_name,
 )
 from ..core.hardware import thread_problem
+from ..core.models import DOWNSAMPLING
 from ..data.layouts import detect_layout
 from .config import (
     BOUNDS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     DEFAULT_VAL_FRACTION,
+    DIGITS_MODEL,
     DIGITS_TEST_FRACTION,
     EPOCH_BUDGET_IMAGES,
     FINE_TUNE_LR_FACTOR,
+    JITTERS,
     MIN_DEFAULT_BATCH_SIZE,
     MIN_STEPS_PER_EPOCH,
+    OWN_DATA_DOWNSAMPLE,
+    OWN_DATA_MODEL,
     OWN_DATA_TEST_FRACTION,
     RESUME_CHANGES,
     SMALL_DATA_EPOCHS,
@@ -65,7 +70,8 @@ def bounded(option: str) -> click.ParamType:
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"],
                                                      "show_default": True})
-@model_options(default=DEFAULTS.model)
+@model_options(default=f"{DIGITS_MODEL} on the digits; {OWN_DATA_MODEL} with "
+                       f"{OWN_DATA_DOWNSAMPLE} downsampling on --data")
 @click.option("--data", type=click.Path(), default=None,
               help="A folder with one sub-folder of PNG/JPEG images per class, an .npz file "
                    "with arrays x (N x H x W [x C]) and y (N), or MNIST / Fashion-MNIST / "
@@ -105,8 +111,15 @@ def bounded(option: str) -> click.ParamType:
                    "stride 1, no max-pool). [default: small for inputs up to "
                    f"{SMALL_STEM_MAX_INPUT} px, else imagenet]")
 @click.option("--augment/--no-augment", default=DEFAULTS.augment,
-              help="Small random rotations, shifts and scaling of the training images "
-                   "(flips only with --hflip).")
+              help="Random jitter of the training images (--jitter; flips only with --hflip).")
+@click.option("--jitter", type=click.Choice(JITTERS), default=None,
+              help="affine: small rotations, shifts and scaling (resampled); shift: "
+                   "whole-pixel shifts up to 1/8 of the side. [default: affine where the "
+                   "images are upscaled to the input size (the digits), else shift]")
+@click.option("--downsample", type=click.Choice(DOWNSAMPLING), default=None,
+              help="How resnet8..110 halve the map between stages: stride (the paper's "
+                   "stride-2 convolutions) or avgpool (2x2 average pooling). [default: "
+                   f"{OWN_DATA_DOWNSAMPLE} for the default model on --data, else stride]")
 @click.option("--hflip/--no-hflip", default=DEFAULTS.hflip,
               help="Random horizontal flips of the training images: only for classes a mirror "
                    "image leaves the same (not digits, letters or left/right classes).")
@@ -181,10 +194,10 @@ def main(depth: int | None, model: str | None, resume: str | None, out: str | No
             and detect_layout(options["data"]) is not None:
         raise OneLineUsageError(f"--test-fraction does not apply to {options['data']}: the "
                                 "dataset's own test split is the test split")
-    name = resolve_model_name(depth, model) if (depth is not None or model is not None) \
-        else DEFAULTS.model
-    run_training(TrainConfig(model=name, **options), out=out, overwrite=overwrite,
-                 echo=click.echo, progress=progress)
+    # no model named: the default follows the data (config.default_model)
+    config = TrainConfig(**options) if depth is None and model is None else \
+        TrainConfig(model=resolve_model_name(depth, model), **options)
+    run_training(config, out=out, overwrite=overwrite, echo=click.echo, progress=progress)
 
 
 if __name__ == "__main__":

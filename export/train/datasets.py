@@ -17,13 +17,26 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class Augment:
-    """Small random affine jitter (rotation, shift and scale, the border pixels extended), and
-    horizontal flips only when asked for: a mirrored digit or letter is not the same class."""
+    """Small random affine jitter (rotation, shift and scale, the border pixels extended), or
+    with ``whole_pixels`` shifts by whole pixels only (pad by replicating the border, crop back:
+    every pixel keeps its value, where resampling would smooth the noise); horizontal flips only
+    when asked for: a mirrored digit or letter is not the same class."""
 
     max_rotate_deg: float = 10.0
     max_shift: float = 0.1  # of the image side
     max_scale: float = 0.1  # +- relative
     hflip: bool = False
+    whole_pixels: bool = False
+
+    @classmethod
+    def for_mode(cls, mode: str, hflip: bool) -> Augment:
+        """"affine" (the jitter above) or "shift": whole-pixel shifts of up to 1/8 of the side
+        (the paper's 4 px at 32)."""
+        if mode == "shift":
+            return cls(0.0, 0.125, 0.0, hflip, whole_pixels=True)
+        if mode == "affine":
+            return cls(hflip=hflip)
+        raise ValueError(f"unknown jitter {mode!r}")
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -63,6 +76,8 @@ class ImageDataset(torch.utils.data.Dataset):
         tx, ty = rng.uniform(-a.max_shift, a.max_shift, size=2) * 2.0  # grid units span 2
         if a.hflip and rng.random() < 0.5:
             x = x.flip(-1)
+        if a.whole_pixels:
+            return _shift_whole_pixels(x, a.max_shift, rng)
         if not (angle or tx or ty or scale != 1.0):
             return x
         cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
@@ -70,3 +85,16 @@ class ImageDataset(torch.utils.data.Dataset):
         grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)
         return F.grid_sample(x[None], grid, mode="bilinear", padding_mode="border",
                              align_corners=False)[0]
+
+
+def _shift_whole_pixels(x: torch.Tensor, max_shift: float, rng: np.random.Generator
+                        ) -> torch.Tensor:
+    """``x`` (C, H, W) moved by up to ``max_shift`` of each side in whole pixels, the border
+    replicated into the space it leaves."""
+    h, w = x.shape[-2:]
+    py, px = round(max_shift * h), round(max_shift * w)
+    if not (py or px):
+        return x
+    dy, dx = int(rng.integers(0, 2 * py + 1)), int(rng.integers(0, 2 * px + 1))
+    padded = F.pad(x[None], (px, px, py, py), mode="replicate")[0]
+    return padded[:, dy:dy + h, dx:dx + w]

@@ -61,7 +61,8 @@ def model_spec(config: TrainConfig, data: TrainingData, resumed: Checkpoint | No
     if resumed is None:
         mean, std = channel_stats(data.images["train"])
         return ModelSpec.create(config.model, data.num_classes, data.in_chans, config.input_size,
-                                mean=mean, std=std, stem=config.stem)
+                                mean=mean, std=std, stem=config.stem,
+                                downsample=config.downsample)
     spec = resumed.spec
     if spec.in_chans != data.in_chans or spec.num_classes != data.num_classes:
         raise UserError(f"the data no longer matches {resumed.path}'s model "
@@ -168,7 +169,7 @@ class ResumableSampler(DistributedSampler[int]):
 def loaders(data: TrainingData, spec: ModelSpec, config: TrainConfig, procs: Processes,
              device: torch.device) -> tuple[DataLoader, dict[str, DataLoader]]:
     """A sharded, seeded, augmented training loader and plain validation / test loaders."""
-    jitter = Augment(hflip=config.hflip) if config.augment else \
+    jitter = Augment.for_mode(config.jitter or "affine", config.hflip) if config.augment else \
         Augment(0.0, 0.0, 0.0, hflip=config.hflip)
     train_set = ImageDataset(data.images["train"], data.labels["train"], spec.mean, spec.std,
                              jitter if config.augment or config.hflip else None, config.seed)
