@@ -201,7 +201,7 @@ def test_a_long_data_folder_name_gets_a_short_run_folder(tmp_path, monkeypatch):
         assert result.exit_code == 0, result.output
         made += [p for p in (tmp_path / "artifacts" / "train").iterdir() if p not in made]
     assert len(made) == 2 and all(len(p.name.encode()) <= 120 for p in made)
-    assert made[0].name.startswith("resnet20-ppp") and made[1].name.startswith("resnet20-qqq")
+    assert made[0].name.startswith("resnet8-ppp") and made[1].name.startswith("resnet8-qqq")
     assert all((p / "summary.json").exists() for p in made)
 
 
@@ -246,7 +246,8 @@ def test_a_batch_whose_activations_cannot_fit_is_refused_before_training(tmp_pat
     from export.core.models import build_model
     from export.train.steps import activation_bytes
 
-    per_image = activation_bytes(build_model("resnet20", 2, 1), 1, 16)
+    # the own-data default model, as the run builds it
+    per_image = activation_bytes(build_model("resnet8", 2, 1, downsample="avgpool"), 1, 16)
     assert per_image > 16 * 16 * 16 * 4  # at least the first convolution's 16 channels
     monkeypatch.setattr("export.train.setup.available_memory", lambda: 3 * per_image)
     monkeypatch.chdir(tmp_path)

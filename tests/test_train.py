@@ -127,7 +127,7 @@ def test_run_folder_and_checkpoint_reload_to_identical_logits(tmp_path, digits_n
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["model"] == "resnet20" and summary["epochs"] == 2
+    assert summary["model"] == "resnet8" and summary["epochs"] == 2  # the own-data default
     assert 0.0 <= summary["test_top1"] <= 1.0 and summary["wall_time_s"] > 0
     matrix = np.array(summary["confusion_matrix"])
     assert matrix.sum() == summary["counts"]["test"] == 30  # own data: 10 % held out to test
@@ -262,7 +262,7 @@ def test_fine_tuning_from_a_torchvision_style_file(tmp_path, digits_npz):
     torch.manual_seed(2)
     source = build_model("resnet20", num_classes=100, in_chans=3).state_dict()
     torch.save(source, tmp_path / "weights.pth")
-    result = run_training(small_config(digits_npz, epochs=1, max_steps=1,
+    result = run_training(small_config(digits_npz, model="resnet20", epochs=1, max_steps=1,
                                        init_weights=str(tmp_path / "weights.pth"), lr=1e-4,
                                        optimizer="adamw"),
                           out=tmp_path / "ft", echo=quiet)
@@ -340,7 +340,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path, digits_npz):
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("training resnet20") == 1  # only rank 0 talks
+    assert done.stdout.count("training resnet8") == 1  # only rank 0 talks
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 3
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1

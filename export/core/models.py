@@ -282,16 +282,19 @@ class ModelSpec:
 
     @classmethod
     def create(cls, name: str, num_classes: int = 1000, in_chans: int = 3,
-               input_size: int | None = None, shortcut: str = "A",
-               mean: tuple[float, ...] | None = None,
-               std: tuple[float, ...] | None = None, stem: str | None = None,
-               downsample: str | None = None) -> ModelSpec:
-        """A spec with defaults that suit the architecture (input size, normalisation, stem)."""
+               input_size: int | None = None, mean: tuple[float, ...] | None = None,
+               std: tuple[float, ...] | None = None, **layout: str | None) -> ModelSpec:
+        """A spec with defaults that suit the architecture (input size, normalisation, stem).
+        ``layout``: ``shortcut``, ``stem``, ``downsample`` (the architecture's own if not given)."""
         arch = get_architecture(name)
         if mean is None or std is None:
             mean, std = default_normalisation(in_chans)
-        return cls(arch.name, num_classes, in_chans, input_size or arch.input_size, shortcut,
-                   tuple(mean), tuple(std), stem, downsample)
+        unknown = set(layout) - {"shortcut", "stem", "downsample"}
+        if unknown:
+            raise TypeError(f"unknown layout option(s): {', '.join(sorted(unknown))}")
+        return cls(arch.name, num_classes, in_chans, input_size or arch.input_size,
+                   layout.get("shortcut") or "A", tuple(mean), tuple(std), layout.get("stem"),
+                   layout.get("downsample"))
 
     @property
     def architecture(self) -> Architecture:

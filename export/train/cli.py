@@ -22,8 +22,8 @@ from .config import (
     BOUNDS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
+    DEFAULT_MODEL,
     DEFAULT_VAL_FRACTION,
-    DIGITS_MODEL,
     DIGITS_TEST_FRACTION,
     EPOCH_BUDGET_IMAGES,
     FINE_TUNE_LR_FACTOR,
@@ -70,8 +70,8 @@ def bounded(option: str) -> click.ParamType:
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"],
                                                      "show_default": True})
-@model_options(default=f"{DIGITS_MODEL} on the digits; {OWN_DATA_MODEL} with "
-                       f"{OWN_DATA_DOWNSAMPLE} downsampling on --data")
+@model_options(default=f"{OWN_DATA_MODEL} with {OWN_DATA_DOWNSAMPLE} downsampling on your "
+                       f"folder or arrays; {DEFAULT_MODEL} on the digits, MNIST and CIFAR")
 @click.option("--data", type=click.Path(), default=None,
               help="A folder with one sub-folder of PNG/JPEG images per class, an .npz file "
                    "with arrays x (N x H x W [x C]) and y (N), or MNIST / Fashion-MNIST / "
@@ -119,7 +119,8 @@ def bounded(option: str) -> click.ParamType:
 @click.option("--downsample", type=click.Choice(DOWNSAMPLING), default=None,
               help="How resnet8..110 halve the map between stages: stride (the paper's "
                    "stride-2 convolutions) or avgpool (2x2 average pooling). [default: "
-                   f"{OWN_DATA_DOWNSAMPLE} for the default model on --data, else stride]")
+                   f"{OWN_DATA_DOWNSAMPLE} for the default model on your folder or arrays, else "
+                   "stride]")
 @click.option("--hflip/--no-hflip", default=DEFAULTS.hflip,
               help="Random horizontal flips of the training images: only for classes a mirror "
                    "image leaves the same (not digits, letters or left/right classes).")

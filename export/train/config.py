@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import BadOption, UserError
-from ..core.models import DOWNSAMPLING, STEMS, check_downsample, check_stem, get_architecture
+from ..core.models import (
+    DOWNSAMPLING,
+    STEMS,
+    Architecture,
+    check_downsample,
+    check_stem,
+    get_architecture,
+)
+from ..data.layout_names import detect_layout
 
 RESUME_CHANGES = ("epochs", "device", "workers", "threads", "max_steps")
 # The files that make a folder hold a run (with a log that is not empty: see rundir.holds_run)
@@ -55,10 +63,11 @@ SMALL_DATA_OPTIMIZER = "adamw"
 SMALL_DATA_EPOCHS = 30
 MAX_INPUT_SIZE = 2048
 #: the model of a run that names none: the paper's resnet20 on the embedded digits (the quick
-#: start's documented figures and the INT8 gates rest on it); on your own data (--data) resnet8
-#: with average-pool downsampling, which measured better than resnet20 and than a plain CNN
-#: given the same time on small noisy folders (docs/training.md#own-data-against-a-plain-cnn)
-DIGITS_MODEL = "resnet20"
+#: start's documented figures and the INT8 gates rest on it) and on MNIST / CIFAR as stored
+#: (CIFAR-10 is the paper's own benchmark); on your own folder or arrays resnet8 with
+#: average-pool downsampling, which measured better than resnet20 and than a plain CNN given
+#: the same time on small noisy folders (docs/training.md#own-data-against-a-plain-cnn)
+DEFAULT_MODEL = "resnet20"
 OWN_DATA_MODEL = "resnet8"
 OWN_DATA_DOWNSAMPLE = "avgpool"
 #: training-image jitter: "affine" (rotation, sub-pixel shift and scale, resampled) or "shift"
@@ -148,7 +157,7 @@ def bound_problem(name: str, value: Any) -> str | None:
 class TrainConfig:
     """Every choice a run makes; stored in checkpoints as ``train_config``."""
 
-    model: str | None = None  # None: DIGITS_MODEL, or OWN_DATA_MODEL for --data
+    model: str | None = None  # None: default_model(data)
     data: str | None = None  # folder, .npz or dataset layout; None: the embedded digits
     epochs: int | None = None  # None: default_epochs(training images)
     batch_size: int | None = None  # per process; None: default_batch_size(training images)
@@ -206,11 +215,7 @@ class TrainConfig:
         if self.downsample is not None and self.downsample not in DOWNSAMPLING:
             raise BadOption(f"--downsample must be one of {', '.join(DOWNSAMPLING)}")
         arch = get_architecture(self.model or default_model(self.data))
-        try:
-            downsample = check_downsample(arch, self.downsample or (
-                OWN_DATA_DOWNSAMPLE if self.model is None and self.data is not None else None))
-        except ValueError as exc:
-            raise BadOption(f"--downsample {self.downsample}: {exc}") from None
+        downsample = self._downsample(arch)
         if image_size is None and self.data is None:
             image_size = DIGITS_IMAGE_SIZE
         small = small_data(arch.name, train_images, self.init_weights)
@@ -238,6 +243,14 @@ class TrainConfig:
             weight_decay=(DEFAULT_WEIGHT_DECAY[optimizer] if self.weight_decay is None
                           else self.weight_decay))
 
+    def _downsample(self, arch: Architecture) -> str:
+        """As asked, else OWN_DATA_DOWNSAMPLE for the own-data default model, else the paper's."""
+        own = self.model is None and arch.name == OWN_DATA_MODEL
+        try:
+            return check_downsample(arch, self.downsample or (OWN_DATA_DOWNSAMPLE if own else None))
+        except ValueError as exc:
+            raise BadOption(f"--downsample {self.downsample}: {exc}") from None
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -249,8 +262,9 @@ class TrainConfig:
 
 
 def default_model(data: Any) -> str:
-    """DIGITS_MODEL for the embedded digits, OWN_DATA_MODEL for ``--data``."""
-    return DIGITS_MODEL if data is None else OWN_DATA_MODEL
+    """DEFAULT_MODEL for the embedded digits and the stored datasets (MNIST, CIFAR...),
+    OWN_DATA_MODEL for a folder or arrays of your own."""
+    return DEFAULT_MODEL if data is None or detect_layout(data) is not None else OWN_DATA_MODEL
 
 
 def default_jitter(image_size: int | None, input_size: int) -> str:
@@ -348,7 +362,7 @@ def default_notes(asked: TrainConfig, chosen: TrainConfig, image_size: int | Non
     e.g. ("input size 28 (the images are 28 px)", "--input-size")."""
     notes = []
     arch = get_architecture(chosen.model)
-    if asked.model is None and asked.data is not None:
+    if asked.model is None and chosen.model == OWN_DATA_MODEL:
         notes.append((f"{chosen.model} with {chosen.downsample} downsampling (your data)",
                       "--model"))
     if asked.jitter is None and asked.augment and chosen.jitter == "shift":
