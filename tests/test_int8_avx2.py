@@ -87,3 +87,38 @@ def test_seven_bit_weights_do_not_saturate_without_vnni(tmp_path):
     assert haswell["cpu flavour"] > 0.999
     np.testing.assert_allclose(emulated["cpu flavour"], native["cpu flavour"], rtol=0,
                                atol=1e-4 * float(np.abs(reference).max()))
+
+
+def test_the_emulated_check_passes_an_exported_int8_file_and_fails_a_damaged_one(
+        trained_project, tmp_path):
+    """scripts/check_int8_emulated.py: the quick-start model's INT8 export, re-checked on its
+    own gate images by ONNX Runtime and OpenVINO inside the emulated Haswell, passes; the same
+    file with its classifier's weight scales negated fails, on both runtimes."""
+    from pathlib import Path
+
+    from test_int8_travel import _copy, _damage_scales
+
+    from export.pipeline import ExportRequest, export_artifact
+
+    folder = tmp_path / "int8"
+    export_artifact(ExportRequest(fmt="onnx-int8", calib_count=64,
+                                  checkpoint=trained_project / "artifacts/train/resnet20-digits"
+                                  / "best.pt", out=folder), echo=lambda _: None,
+                    warn=lambda _: None)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_int8_emulated.py"
+
+    def check(path):
+        return subprocess.run([sys.executable, script, str(path)], capture_output=True,
+                              text=True, timeout=1800, check=False)
+
+    passed = check(folder)
+    assert passed.returncode == 0, passed.stderr
+    lines = passed.stdout.splitlines()
+    assert [line.split(" on an emulated Haswell")[0] for line in lines] == [
+        "onnxruntime", "openvino"]
+    assert all(line.endswith(": PASS") for line in lines)
+    assert "BF16" not in lines[1] and "INT8" in lines[1]  # OpenVINO sees the Haswell's features
+    failed = check(_copy(folder, tmp_path, _damage_scales))
+    assert failed.returncode == 1
+    assert [": FAIL: cosine similarity" in line for line in failed.stdout.splitlines()] == [
+        True, True]
