@@ -327,3 +327,19 @@ def test_ray_data_gives_the_local_engines_rows(onnx_artifact, digits, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "Ray actor(s) x 1 runtime thread(s)" in done.stderr
     assert rows(tmp_path / "ray") == rows(tmp_path / "local")
+
+
+def test_a_folder_source_streams_in_name_order_and_ends_a_link_loop(tmp_path):
+    """resnet-batch walks a folder with the walker training and prediction use: depth first,
+    each folder by name, hidden entries and other file types left out, a link back up read
+    once; keys are relative to the folder."""
+    from export.batch.sources import check_sources, items
+
+    root = tmp_path / "photos"
+    for name in ("b/2.png", "b/1.jpg", "a.png", "c/d/3.PNG", ".hidden/4.png", "b/.5.png",
+                 "notes.txt"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    os.symlink(root, root / "c" / "d" / "up")
+    keys = [item.key for item in items(check_sources([root], None))]
+    assert keys == ["a.png", "b/1.jpg", "b/2.png", "c/d/3.PNG"]

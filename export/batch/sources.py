@@ -22,6 +22,7 @@ from typing import Any
 
 from ..core.errors import UserError
 from ..data import IMAGE_SUFFIXES
+from ..data.pixels import walk_images
 
 #: the members of a WebDataset sample that hold an image (the rest are metadata)
 TAR_IMAGE_SUFFIXES = (*IMAGE_SUFFIXES, ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -103,32 +104,11 @@ def check_sources(paths: list[Path], column: str | None) -> list[tuple[str, Path
 
 
 def _walk(root: Path) -> Iterator[Item]:
-    """Image files under ``root``, depth first, each folder's entries sorted by name; hidden
-    entries left out; a folder reached twice through links read once. Keys are relative."""
-    stack: list[Path] = [root]
-    seen: set[tuple[int, int]] = set()
-    while stack:
-        folder = stack.pop()
-        try:
-            info = os.stat(folder)
-            if (info.st_dev, info.st_ino) in seen:
-                continue
-            seen.add((info.st_dev, info.st_ino))
-            with os.scandir(folder) as it:
-                entries = sorted((e for e in it if not e.name.startswith(".")),
-                                 key=lambda e: e.name)
-        except OSError as exc:
-            raise UserError(f"cannot read {exc.filename or folder}: {exc.strerror or exc}"
-                            ) from None
-        subfolders = []
-        for entry in entries:
-            if entry.is_dir():
-                subfolders.append(Path(entry.path))
-            elif entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-                st = entry.stat()
-                yield Item(Path(entry.path).relative_to(root).as_posix(),
-                           ("file", entry.path), st.st_size, st.st_mtime_ns)
-        stack.extend(reversed(subfolders))
+    """Image files under ``root`` as :func:`walk_images` finds them; keys are relative."""
+    for entry in walk_images(root):
+        st = entry.stat()
+        yield Item(Path(entry.path).relative_to(root).as_posix(), ("file", entry.path),
+                   st.st_size, st.st_mtime_ns)
 
 
 def _list_file(path: Path) -> Iterator[Item]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,35 +69,40 @@ def _decode(opener: Callable[[], Any], path: Path, size: int | None) -> np.ndarr
     return arr if size is None else resize_array(arr[None], size)[0]
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The PNG/JPEG regular files under ``folder`` at any depth, sorted, hidden files and
-    folders left out.
-
-    Walked with a stack rather than recursion (``Path.rglob`` recurses, and a folder nested
-    1,400 deep ends it in a RecursionError); a folder reached twice through symbolic links is
-    read once, so a link loop ends.
-    """
-    found: list[Path] = []
-    stack, seen = [folder], set()
+def walk_images(root: Path) -> Iterator[os.DirEntry[str]]:
+    """The PNG/JPEG regular files under ``root`` at any depth, as they are found: depth first,
+    each folder's entries by name, hidden files and folders left out. It streams (a folder of
+    a million files is never held as a list), walks with a stack rather than recursion
+    (``Path.rglob`` recurses, and a folder nested 1,400 deep ends it in a RecursionError), and
+    reads a folder reached twice through symbolic links once, so a link loop ends. A folder it
+    cannot read is one :class:`UserError`."""
+    stack: list[Path] = [root]
+    seen: set[tuple[int, int]] = set()
     while stack:
-        current = stack.pop()
+        folder = stack.pop()
         try:
-            info = os.stat(current)
+            info = os.stat(folder)
             if (info.st_dev, info.st_ino) in seen:
                 continue
             seen.add((info.st_dev, info.st_ino))
-            with os.scandir(current) as entries:
-                for entry in entries:
-                    if entry.name.startswith("."):
-                        continue
-                    if entry.is_dir():
-                        stack.append(Path(entry.path))
-                    elif entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-                        found.append(Path(entry.path))
+            with os.scandir(folder) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")),
+                                 key=lambda e: e.name)
+            subfolders = []
+            for entry in entries:
+                if entry.is_dir():
+                    subfolders.append(Path(entry.path))
+                elif entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                    yield entry
         except OSError as exc:
-            raise UserError(f"cannot read {exc.filename or current}: {exc.strerror or exc}"
+            raise UserError(f"cannot read {exc.filename or folder}: {exc.strerror or exc}"
                             ) from None
-    return sorted(found)
+        stack.extend(reversed(subfolders))
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The PNG/JPEG regular files under ``folder`` at any depth (:func:`walk_images`), sorted."""
+    return sorted(Path(entry.path) for entry in walk_images(folder))
 
 
 def _eight_bit(img: Any, path: Path) -> Any:
