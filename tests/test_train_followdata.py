@@ -93,13 +93,14 @@ def test_the_default_jitter_moves_but_never_flips():
 
 def test_the_model_and_the_jitter_follow_the_data(tmp_path):
     """Own data: resnet8 pooling between stages, whole-pixel shifts at the images' own size;
-    the digits (upscaled 8 -> 16) and MNIST / CIFAR as stored: the paper's resnet20, and the
-    affine jitter where the images are upscaled; a named model is the paper's network."""
+    the digits and MNIST / CIFAR as stored: the paper's resnet20 and the affine jitter they
+    always had; own images that are upscaled: the affine jitter; a named model is the paper's
+    network."""
     from layout_writers import gray28, write_torchvision
 
     write_torchvision(tmp_path, gray28())
     mnist = TrainConfig(data=str(tmp_path)).resolved(image_size=28, train_images=1000)
-    assert (mnist.model, mnist.downsample, mnist.jitter) == ("resnet20", "stride", "shift")
+    assert (mnist.model, mnist.downsample, mnist.jitter) == ("resnet20", "stride", "affine")
     own = TrainConfig(data="d").resolved(image_size=32, train_images=1600)
     assert (own.model, own.downsample, own.jitter) == ("resnet8", "avgpool", "shift")
     digits = TrainConfig().resolved()

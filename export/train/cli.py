@@ -114,8 +114,9 @@ def bounded(option: str) -> click.ParamType:
               help="Random jitter of the training images (--jitter; flips only with --hflip).")
 @click.option("--jitter", type=click.Choice(JITTERS), default=None,
               help="affine: small rotations, shifts and scaling (resampled); shift: "
-                   "whole-pixel shifts up to 1/8 of the side. [default: affine where the "
-                   "images are upscaled to the input size (the digits), else shift]")
+                   "whole-pixel shifts up to 1/8 of the side. [default: shift for your own "
+                   "images at their own size or smaller; affine where upscaled, and for the "
+                   "digits, MNIST and CIFAR]")
 @click.option("--downsample", type=click.Choice(DOWNSAMPLING), default=None,
               help="How resnet8..110 halve the map between stages: stride (the paper's "
                    "stride-2 convolutions) or avgpool (2x2 average pooling). [default: "

@@ -231,7 +231,8 @@ class TrainConfig:
         lr = self.lr or default_lr(optimizer, batch_size, bool(self.init_weights))
         return dataclasses.replace(
             self, model=arch.name, lr=lr, epochs=epochs, input_size=input_size, stem=stem,
-            downsample=downsample, jitter=self.jitter or default_jitter(image_size, input_size),
+            downsample=downsample,
+            jitter=self.jitter or default_jitter(image_size, input_size, own_data(self.data)),
             optimizer=optimizer, val_fraction=val_fraction, test_fraction=test_fraction,
 
             batch_size=batch_size,
@@ -261,18 +262,26 @@ class TrainConfig:
         return cls(**{"jitter": "affine", **{k: v for k, v in data.items() if k in known}})
 
 
+def own_data(data: Any) -> bool:
+    """A folder or arrays of your own: not the embedded digits, not MNIST / CIFAR as stored."""
+    return data is not None and detect_layout(data) is None
+
+
 def default_model(data: Any) -> str:
-    """DEFAULT_MODEL for the embedded digits and the stored datasets (MNIST, CIFAR...),
-    OWN_DATA_MODEL for a folder or arrays of your own."""
-    return DEFAULT_MODEL if data is None or detect_layout(data) is not None else OWN_DATA_MODEL
+    """OWN_DATA_MODEL for your own folder or arrays, DEFAULT_MODEL for the embedded digits and
+    the stored datasets (MNIST, CIFAR...)."""
+    return OWN_DATA_MODEL if own_data(data) else DEFAULT_MODEL
 
 
-def default_jitter(image_size: int | None, input_size: int) -> str:
-    """"affine" where the images are upscaled to the input size (the 8x8 digits at 16): they
-    are resampled anyway. "shift" otherwise: the affine jitter's resampling averages
-    neighbouring pixels, so training images would be smoother than the test images (on noisy
-    textures it cost 8-25 points, docs/training.md), while whole-pixel shifts keep each pixel."""
-    return "affine" if image_size is not None and image_size < input_size else "shift"
+def default_jitter(image_size: int | None, input_size: int, own: bool = True) -> str:
+    """"shift" for your own images trained at their own size or smaller: the affine jitter's
+    resampling averages neighbouring pixels, so training images would be smoother than the
+    test images (on noisy textures it cost 5.8 points, docs/training.md), while whole-pixel
+    shifts keep each pixel. "affine" where the images are upscaled to the input size (they
+    are resampled anyway), and for the digits and the stored datasets, whose figures rest on
+    it (the MNIST stand-in: 98.8 % with it, 98.55 % with shifts)."""
+    upscaled = image_size is not None and image_size < input_size
+    return "shift" if own and not upscaled else "affine"
 
 
 def split_fractions(config: TrainConfig) -> tuple[float, float]:
