@@ -19,8 +19,8 @@ from export.core.models import build_model
 from export.train import TrainConfig, run_training
 from export.train.adapt import adapt_init_weights
 from export.train.cli import main as train_cli
-from export.train.config import default_notes
 from export.train.monitor import Monitor
+from export.train.notes import default_notes
 from export.train.setup import train_batching
 
 from cli_helpers import command

@@ -5,7 +5,7 @@ size of the training split): the input size, the stem of an ImageNet model, the 
 epochs and the warm-up, the shares held out (:func:`split_fractions`), and on a small
 training split the batch size
 (with SGD's learning rate in proportion); the learning rate also follows ``--init-weights``.
-:func:`default_notes` says in one line which of them were chosen that way.
+:func:`.notes.default_notes` says in one line which of them were chosen that way.
 """
 
 from __future__ import annotations
@@ -221,10 +221,7 @@ class TrainConfig:
         small = small_data(arch.name, train_images, self.init_weights)
         input_size = self.input_size or default_input_size(arch.name, image_size, small)
         optimizer = self.optimizer or (SMALL_DATA_OPTIMIZER if small else "sgd")
-        try:
-            stem = check_stem(arch, self.stem or default_stem(arch.name, input_size))
-        except ValueError as exc:
-            raise UserError(f"--stem {self.stem}: {exc}") from None
+        stem = self._stem(arch, input_size)
         epochs = self.epochs or (SMALL_DATA_EPOCHS if small else default_epochs(train_images))
         per_process = math.ceil(train_images / world_size) if train_images else None
         batch_size = self.batch_size or default_batch_size(per_process)
@@ -243,6 +240,12 @@ class TrainConfig:
                            else self.warmup_epochs),
             weight_decay=(DEFAULT_WEIGHT_DECAY[optimizer] if self.weight_decay is None
                           else self.weight_decay))
+
+    def _stem(self, arch: Architecture, input_size: int) -> str:
+        try:
+            return check_stem(arch, self.stem or default_stem(arch.name, input_size))
+        except ValueError as exc:
+            raise UserError(f"--stem {self.stem}: {exc}") from None
 
     def _downsample(self, arch: Architecture) -> str:
         """As asked, else OWN_DATA_DOWNSAMPLE for the own-data default model, else the paper's."""
@@ -363,47 +366,3 @@ def default_warmup(train_images: int | None) -> float:
     """One warm-up epoch, or a tenth of the default run where that is shorter than ten epochs
     (MNIST: 0.2). It follows the data, not --epochs, so a resumed run keeps its schedule."""
     return min(DEFAULT_WARMUP_EPOCHS, default_epochs(train_images) / 10)
-
-
-def default_notes(asked: TrainConfig, chosen: TrainConfig, image_size: int | None,
-                  train_images: int | None) -> list[tuple[str, str]]:
-    """What the defaults chose because of the data or of --init-weights: (phrase, option) pairs,
-    e.g. ("input size 28 (the images are 28 px)", "--input-size")."""
-    notes = []
-    arch = get_architecture(chosen.model)
-    if asked.model is None and chosen.model == OWN_DATA_MODEL:
-        notes.append((f"{chosen.model} with {chosen.downsample} downsampling (your data)",
-                      "--model"))
-    if asked.jitter is None and asked.augment and chosen.jitter == "shift":
-        notes.append(("whole-pixel shifts (the images are not upscaled)", "--jitter"))
-    small = small_data(chosen.model, train_images, asked.init_weights)
-    if asked.input_size is None and image_size is not None \
-            and chosen.input_size != arch.input_size:
-        how = ("" if chosen.input_size == image_size else
-               f", {'upscaled' if chosen.input_size > image_size else 'downscaled'}")
-        if small and (chosen.input_size or 0) < min(image_size, arch.input_size):
-            how += " for small data: the small stem costs 4x the work at twice the side"
-        notes.append((f"input size {chosen.input_size} (the images are {image_size} px{how})",
-                      "--input-size"))
-    if asked.stem is None and arch.kind == "imagenet" and chosen.stem == "small":
-        notes.append((f"small stem (3x3 stride-1 conv1, no max-pool: inputs up to "
-                      f"{SMALL_STEM_MAX_INPUT} px)", "--stem"))
-    if small and asked.optimizer is None:
-        notes.append((f"{SMALL_DATA_OPTIMIZER} (small data: {train_images:,} training images)",
-                      "--optimizer"))
-    if small and asked.epochs is None:
-        notes.append((f"{chosen.epochs} epochs (small data)", "--epochs"))
-    elif asked.epochs is None and chosen.epochs != DEFAULT_EPOCHS and train_images:
-        notes.append((f"{chosen.epochs} epochs (about {EPOCH_BUDGET_IMAGES:,} images for "
-                      f"{train_images:,} training images)", "--epochs"))
-    if asked.batch_size is None and chosen.batch_size != DEFAULT_BATCH_SIZE:
-        notes.append((f"batch {chosen.batch_size} (at least {MIN_STEPS_PER_EPOCH} steps per "
-                      "epoch)", "--batch-size"))
-    if asked.lr is None and (asked.init_weights or chosen.lr != DEFAULT_LR[chosen.optimizer]):
-        why = [f"for batch {chosen.batch_size}"] if chosen.optimizer == "sgd" \
-            and chosen.batch_size < DEFAULT_BATCH_SIZE else []
-        if asked.init_weights:
-            why.append(f"{1 / FINE_TUNE_LR_FACTOR:.0f}x lower for fine-tuning from "
-                       "--init-weights")
-        notes.append((f"lr {chosen.lr:g} ({', '.join(why)})", "--lr"))
-    return notes

@@ -34,11 +34,12 @@ from ..data import (
     split_of,
 )
 from .adapt import load_init_weights
-from .config import RESUME_CHANGES, TrainConfig, default_notes, split_fractions
+from .config import RESUME_CHANGES, TrainConfig, split_fractions
 from .datasets import ImageDataset
 from .devices import Processes, cpu_thread_count, cpu_threads, pick_device, process_group
 from .interrupt import StopRequest, stop_after_step
 from .monitor import Monitor, train_longer
+from .notes import default_notes
 from .plots import format_confusion, plot_curves
 from .reporting import Estimate, run_summary, say_setup, stopped_line
 from .rundir import claim_resumed, claim_run_dir, holds_run, resolve_run_dir, resume_checkpoint_path
