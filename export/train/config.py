@@ -172,8 +172,8 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float | None = None  # None: split_fractions(data)
     test_fraction: float | None = None  # None: split_fractions(data)
-    augment: bool = True  # random shifts (datasets.Augment): safe for any image class
-    jitter: str | None = None  # None: default_jitter(image size, input size)
+    augment: bool = True  # random jitter (datasets.Augment), flips only with hflip
+    jitter: str | None = None  # None: default_jitter(image size, input size, own data)
     downsample: str | None = None  # None: OWN_DATA_DOWNSAMPLE for the own-data default model
     hflip: bool = False  # random horizontal flips: only the user knows the classes allow them
     init_weights: str | None = None
