@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("starlette", reason="the serve extra is not installed")
 
+from serve_fakes import MANIFEST
+
 from export.serve.batcher import Batcher, BatchSettings, _Waiting, fair_batch
 from export.serve.protocol import HEADER_LENGTH, ModelSignature, encode_request
 from export.serve.routes import AppInfo, build_app
@@ -19,12 +21,6 @@ from export.serve.served import Overloaded
 from export.serve.stats import Stats
 from export.serve.uploads import Limits
 
-MANIFEST = {"model": {"name": "resnet20", "num_classes": 3, "in_chans": 1, "input_size": 4,
-                      "shortcut": "A", "mean": [0.5], "std": [0.5], "stem": "small"},
-            "batch_range": {"min": 1, "opt": 2, "max": 4}, "format": "onnx",
-            "precision": "fp32", "class_names": ["a", "b", "c"],
-            "inputs": [{"name": "images", "shape": ["batch", 1, 4, 4], "dtype": "float32"}],
-            "outputs": [{"name": "logits", "shape": ["batch", 3], "dtype": "float32"}]}
 SIG = ModelSignature.from_manifest("m", MANIFEST)
 
 

@@ -18,6 +18,7 @@ pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not insta
 
 import grpc
 import tritonclient.grpc as grpcclient
+from serve_fakes import MANIFEST
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
@@ -30,13 +31,6 @@ from export.serve.protocol import ModelSignature
 from export.serve.served import Overloaded
 
 from built_artifacts import BATCH
-
-MANIFEST = {"model": {"name": "resnet20", "num_classes": 3, "in_chans": 1, "input_size": 4,
-                      "shortcut": "A", "mean": [0.5], "std": [0.5], "stem": "small"},
-            "batch_range": {"min": 1, "opt": 2, "max": 4}, "format": "onnx",
-            "precision": "fp32", "class_names": ["a", "b", "c"],
-            "inputs": [{"name": "images", "shape": ["batch", 1, 4, 4], "dtype": "float32"}],
-            "outputs": [{"name": "logits", "shape": ["batch", 3], "dtype": "float32"}]}
 
 
 def fake_logits(x):

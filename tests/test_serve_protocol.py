@@ -9,6 +9,7 @@ import zlib
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from serve_fakes import MANIFEST
 
 from export.core.errors import BadOption
 from export.core.manifest import write_manifest
@@ -24,12 +25,6 @@ from export.serve.protocol import (
 )
 from export.serve.server import ServeConfig, check_models, size_threads
 
-MANIFEST = {"model": {"name": "resnet20", "num_classes": 3, "in_chans": 1, "input_size": 4,
-                      "shortcut": "A", "mean": [0.5], "std": [0.5], "stem": "small"},
-            "batch_range": {"min": 1, "opt": 2, "max": 4}, "format": "onnx",
-            "precision": "fp32", "class_names": ["a", "b", "c"],
-            "inputs": [{"name": "images", "shape": ["batch", 1, 4, 4], "dtype": "float32"}],
-            "outputs": [{"name": "logits", "shape": ["batch", 3], "dtype": "float32"}]}
 SIG = ModelSignature.from_manifest("m", MANIFEST)
 
 
